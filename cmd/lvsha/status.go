@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/lvsha/lvsha/conf"
+	"github.com/lvsha/lvsha/internal/daemon"
+)
+
+func runStatus(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("lvsha status")
+	var asJSON bool
+	socket := conf.DefaultControlSocket
+	fs.BoolVar(&asJSON, "json", false, "")
+	fs.StringVar(&socket, "S", socket, "")
+	fs.StringVar(&socket, "socket", socket, "")
+	if err := fs.Parse(args); err != nil {
+		return usageErr(stderr, err.Error())
+	}
+	if fs.NArg() > 0 {
+		return usageErr(stderr, fmt.Sprintf("status: unexpected argument %q", fs.Arg(0)))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := daemon.QueryStatus(ctx, socket)
+	if err != nil {
+		fmt.Fprintf(stderr, "lvsha: %v\n", err)
+		var nr *daemon.ErrNotRunning
+		if errors.As(err, &nr) {
+			return 3 // like systemctl status: not running
+		}
+		return exitFail
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(st); err != nil {
+			return exitFail
+		}
+		return exitOK
+	}
+	printStatus(stdout, st)
+	return exitOK
+}
+
+func printStatus(w io.Writer, st *daemon.Status) {
+	fmt.Fprintf(w, "lvsha %s, config %s, up since %s\n", st.Version, st.Config, st.Started.Format(time.RFC3339))
+	if len(st.VRRP) > 0 {
+		fmt.Fprintln(w, "\nVRRP:")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  INSTANCE\tIF\tVRID\tSTATE\tPRIO\tMASTER\tSINCE\tCAUSE")
+		for _, v := range st.VRRP {
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%d\t%s\t%s\t%s\n", v.Name, v.Interface, v.VRID, v.State, v.Priority,
+				dash(v.Master), v.Since.Format(time.TimeOnly), dash(v.LastCause))
+		}
+		_ = tw.Flush()
+	}
+	if len(st.Services) > 0 {
+		fmt.Fprintln(w, "\nIPVS:")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  Prot LocalAddress:Port Scheduler\tForward\tWeight(conf/kernel)\tActiveConn\tInActConn\tHealth\tLast error")
+		for _, s := range st.Services {
+			kern := ""
+			if !s.InKernel {
+				kern = "  (missing in kernel)"
+			}
+			fmt.Fprintf(tw, "  %s %s%s\t\t\t\t\t\t\n", s.Key, s.Scheduler, kern)
+			for _, r := range s.Reals {
+				fmt.Fprintf(tw, "    -> %s\t%s\t%d/%d\t%d\t%d\t%s\t%s\n", r.Address, strings.ToUpper(s.Forwarding), r.Weight, r.KernelWeight,
+					r.ActiveConns, r.InactiveConns, r.Health, dash(r.LastError))
+			}
+		}
+		_ = tw.Flush()
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

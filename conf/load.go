@@ -1,0 +1,185 @@
+package conf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Diag is one problem found in a config file.
+type Diag struct {
+	Pos     Pos
+	Path    string // key path, e.g. virtual_server[0].real_server[1].weight
+	Msg     string
+	Warning bool // a warning does not make the config invalid
+}
+
+// Format renders the diagnostic as FILE:LINE:COL: key.path: message.
+func (d Diag) Format(file string) string {
+	var b strings.Builder
+	b.WriteString(file)
+	if d.Pos.Line > 0 {
+		fmt.Fprintf(&b, ":%d", d.Pos.Line)
+		if d.Pos.Col > 0 {
+			fmt.Fprintf(&b, ":%d", d.Pos.Col)
+		}
+	}
+	b.WriteString(": ")
+	if d.Path != "" {
+		b.WriteString(d.Path)
+		b.WriteString(": ")
+	}
+	if d.Warning {
+		b.WriteString("warning: ")
+	}
+	b.WriteString(d.Msg)
+	return b.String()
+}
+
+// InvalidError is returned when a config has errors. It lists all of them.
+type InvalidError struct {
+	File  string
+	Diags []Diag // errors and warnings, in file order
+}
+
+// Errors counts the diagnostics that are errors.
+func (e *InvalidError) Errors() int {
+	n := 0
+	for _, d := range e.Diags {
+		if !d.Warning {
+			n++
+		}
+	}
+	return n
+}
+
+func (e *InvalidError) Error() string {
+	lines := make([]string, 0, len(e.Diags)+1)
+	for _, d := range e.Diags {
+		lines = append(lines, d.Format(e.File))
+	}
+	lines = append(lines, fmt.Sprintf("%s: %d error(s)", e.File, e.Errors()))
+	return strings.Join(lines, "\n")
+}
+
+// Load reads and validates the config at file. A config with errors returns
+// an *InvalidError; warnings of a valid config are returned beside it.
+func Load(file string) (*Config, []Diag, error) {
+	src, err := os.ReadFile(file)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(file, src)
+}
+
+// Parse is Load for a config already read.
+func Parse(file string, src []byte) (*Config, []Diag, error) {
+	var raw map[string]any
+	if _, err := toml.Decode(string(src), &raw); err != nil {
+		d := Diag{Msg: "syntax error: " + err.Error()}
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			d.Pos = Pos{Line: pe.Position.Line, Col: pe.Position.Col}
+			d.Msg = "syntax error: " + pe.Message
+		}
+		return nil, nil, &InvalidError{File: file, Diags: []Diag{d}}
+	}
+	var diags []Diag
+	cfg := &Config{Global: defaultGlobal(), File: file}
+	dec := decoder{diags: &diags}
+	dec.decodeStruct("", raw, reflect.ValueOf(cfg).Elem())
+	// Each real server's check is the service's check with its own keys on top.
+	for i := range cfg.Services {
+		vs := &cfg.Services[i]
+		for j := range vs.Reals {
+			rs := &vs.Reals[j]
+			if vs.Check != nil {
+				c := *vs.Check
+				rs.Check = &c
+			}
+			if rs.CheckOverride != nil {
+				if rs.Check == nil {
+					c := defaultCheck()
+					rs.Check = &c
+				}
+				dec.decodeStruct(fmt.Sprintf("virtual_server[%d].real_server[%d].check", i, j), rs.CheckOverride.m, reflect.ValueOf(rs.Check).Elem())
+			}
+		}
+	}
+	v := validator{cfg: cfg}
+	v.run()
+	// A key that did not decode keeps its default, so what validation says
+	// of it would be noise after the real error.
+	decodeErrs := slices.Clone(diags)
+	for _, vd := range v.diags {
+		if !underAny(vd.Path, decodeErrs) {
+			diags = append(diags, vd)
+		}
+	}
+
+	ix := indexPositions(src)
+	for i := range diags {
+		diags[i].Pos = ix.lookup(diags[i].Path)
+	}
+	sort.SliceStable(diags, func(a, b int) bool {
+		pa, pb := diags[a].Pos, diags[b].Pos
+		if pa.Line != pb.Line {
+			return pa.Line < pb.Line
+		}
+		return pa.Col < pb.Col
+	})
+	for _, d := range diags {
+		if !d.Warning {
+			return nil, nil, &InvalidError{File: file, Diags: diags}
+		}
+	}
+	return cfg, diags, nil
+}
+
+// Summary says in a few lines what a valid config declares.
+func (c *Config) Summary() string {
+	var b strings.Builder
+	reals := 0
+	for _, vs := range c.Services {
+		reals += len(vs.Reals)
+	}
+	fmt.Fprintf(&b, "%d vrrp instance(s), %d virtual service(s), %d real server(s)", len(c.VRRP), len(c.Services), reals)
+	if c.Realserver != nil {
+		fmt.Fprintf(&b, ", realserver with %d VIP(s) on lo", len(c.Realserver.VIPAddrs))
+	}
+	b.WriteString("\n")
+	for _, in := range c.VRRP {
+		fmt.Fprintf(&b, "  vrrp %s: VRID %d on %s, priority %d, v%d every %s, VIPs %s\n",
+			in.Name, in.VRID, in.Interface, in.Priority, in.Version, in.AdvertInterval, strings.Join(in.VIPs, " "))
+	}
+	for _, vs := range c.Services {
+		fmt.Fprintf(&b, "  service %s: %s %s, %d real server(s)\n", vs.Key(), vs.Scheduler, vs.Forwarding, len(vs.Reals))
+	}
+	if rs := c.Realserver; rs != nil {
+		fmt.Fprintf(&b, "  realserver: VIPs %s on lo, ARP suppressed on %s\n", strings.Join(rs.VIPs, " "), rs.Interface)
+	}
+	return b.String()
+}
+
+// Key names a virtual service the way ipvsadm does: "TCP 10.0.0.1:80" or "FWM 5".
+func (vs *VirtualServer) Key() string {
+	if vs.FWMark != 0 {
+		return fmt.Sprintf("FWM %d", vs.FWMark)
+	}
+	return strings.ToUpper(vs.Protocol) + " " + vs.Address
+}
+
+func underAny(path string, decodeErrs []Diag) bool {
+	for _, d := range decodeErrs {
+		if path == d.Path || strings.HasPrefix(path, d.Path+".") || strings.HasPrefix(path, d.Path+"[") {
+			return true
+		}
+	}
+	return false
+}

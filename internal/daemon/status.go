@@ -1,0 +1,112 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Status is what `lvsha status --json` prints: a stable document.
+type Status struct {
+	Version  string          `json:"version"`
+	Config   string          `json:"config"`
+	Started  time.Time       `json:"started"`
+	VRRP     []VRRPStatus    `json:"vrrp"`
+	Services []ServiceStatus `json:"services"`
+}
+
+// VRRPStatus is one VRRP instance.
+type VRRPStatus struct {
+	Name       string            `json:"name"`
+	Interface  string            `json:"interface"`
+	VRID       int               `json:"vrid"`
+	State      string            `json:"state"`
+	Priority   int               `json:"priority"`
+	Master     string            `json:"master,omitempty"`
+	Since      time.Time         `json:"since"`
+	LastCause  string            `json:"last_cause,omitempty"`
+	VIPs       []string          `json:"vips"`
+	AdvertsOut uint64            `json:"adverts_sent"`
+	AdvertsIn  uint64            `json:"adverts_received"`
+	Dropped    map[string]uint64 `json:"dropped,omitempty"`
+}
+
+// ServiceStatus is one virtual service, like a block of `ipvsadm -ln`.
+type ServiceStatus struct {
+	Key        string       `json:"key"`
+	Scheduler  string       `json:"scheduler"`
+	Forwarding string       `json:"forwarding"`
+	InKernel   bool         `json:"in_kernel"`
+	Reals      []RealStatus `json:"reals"`
+}
+
+// RealStatus is one real server of a service.
+type RealStatus struct {
+	Address        string    `json:"address"`
+	Weight         int       `json:"weight"`
+	KernelWeight   int       `json:"kernel_weight"`
+	ActiveConns    int       `json:"active_conns"`
+	InactiveConns  int       `json:"inactive_conns"`
+	Health         string    `json:"health"` // up, down, unchecked
+	LastError      string    `json:"last_error,omitempty"`
+	LastTransition time.Time `json:"last_transition,omitzero"`
+}
+
+func (d *Daemon) status() Status {
+	cfg := d.config()
+	st := Status{Version: d.opts.Version, Config: cfg.File, Started: d.started}
+	return st
+}
+
+func (d *Daemon) controlHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(d.status())
+	})
+	return mux
+}
+
+// ErrNotRunning says no daemon answers on the control socket.
+type ErrNotRunning struct {
+	Socket string
+	Err    error
+}
+
+func (e *ErrNotRunning) Error() string {
+	return fmt.Sprintf("lvsha is not running (no answer on %s: %v)", e.Socket, e.Err)
+}
+
+func (e *ErrNotRunning) Unwrap() error { return e.Err }
+
+// QueryStatus asks the daemon behind socket for its status.
+func QueryStatus(ctx context.Context, socket string) (*Status, error) {
+	c := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://lvsha/v1/status", nil)
+	if err != nil {
+		return nil, fmt.Errorf("status request: %w", err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, &ErrNotRunning{Socket: socket, Err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status: daemon answered %s", resp.Status)
+	}
+	var st Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("status: decode answer: %w", err)
+	}
+	return &st, nil
+}
