@@ -175,7 +175,7 @@ func defaultVRRP() VRRPInstance {
 		Version:    3,
 		Preempt:    true,
 		Checksum:   "keepalived",
-		GARPRepeat: 5,            // keepalived's garp_master_repeat
+		GARPRepeat: 5,             // keepalived's garp_master_repeat
 		GARPDelay:  Duration(5e9), // keepalived's garp_master_delay: a second burst 5 s after takeover
 	}
 }
