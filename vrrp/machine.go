@@ -1,0 +1,455 @@
+package vrrp
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// State is the state of a virtual router instance.
+type State int
+
+const (
+	Init State = iota
+	Backup
+	Master
+	Fault
+)
+
+func (s State) String() string {
+	switch s {
+	case Init:
+		return "INIT"
+	case Backup:
+		return "BACKUP"
+	case Master:
+		return "MASTER"
+	case Fault:
+		return "FAULT"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// TimerKind names one of the machine's timers. The driver keeps at most one
+// armed timer of each kind: ArmTimer replaces a pending one.
+type TimerKind int
+
+const (
+	TimerAdvert      TimerKind = iota // master: send the next advert
+	TimerMasterDown                   // backup: the master is presumed dead
+	TimerGARPDelay                    // master: second GARP burst after takeover
+	TimerGARPRefresh                  // master: periodic GARP burst
+)
+
+func (k TimerKind) String() string {
+	switch k {
+	case TimerAdvert:
+		return "advert"
+	case TimerMasterDown:
+		return "master-down"
+	case TimerGARPDelay:
+		return "garp-delay"
+	case TimerGARPRefresh:
+		return "garp-refresh"
+	}
+	return fmt.Sprintf("TimerKind(%d)", int(k))
+}
+
+// Event is an input to Machine.Step.
+type Event interface{ isEvent() }
+
+// Start starts the machine. LinkUp is the state of the instance's interface.
+type Start struct{ LinkUp bool }
+
+// AdvertReceived is a valid advert for this virtual router (the driver has
+// already checked TTL, checksum, VRID, authentication and interval).
+type AdvertReceived struct {
+	From   netip.Addr
+	Advert *Advert
+}
+
+// TimerFired reports that a timer armed with ArmTimer ran out.
+type TimerFired struct{ Timer TimerKind }
+
+// LinkDown and LinkUp report the instance's own interface.
+type (
+	LinkDown struct{}
+	LinkUp   struct{}
+)
+
+// TrackChanged reports that a tracked interface went up or down; it changes
+// the priority by the interface's weight, or faults the instance when the
+// weight is 0.
+type TrackChanged struct {
+	Name string
+	Up   bool
+}
+
+// Shutdown stops the machine: a master sends priority 0 and gives up its VIPs.
+type Shutdown struct{}
+
+func (Start) isEvent()          {}
+func (AdvertReceived) isEvent() {}
+func (TimerFired) isEvent()     {}
+func (LinkDown) isEvent()       {}
+func (LinkUp) isEvent()         {}
+func (TrackChanged) isEvent()   {}
+func (Shutdown) isEvent()       {}
+
+// Action is an output of Machine.Step, to be carried out in order.
+type Action interface{ isAction() }
+
+// SendAdvert sends one advert with the given priority.
+type SendAdvert struct{ Priority uint8 }
+
+// ArmTimer (re)arms a timer to fire after D.
+type ArmTimer struct {
+	Timer TimerKind
+	D     time.Duration
+}
+
+// StopTimer cancels a timer if it is armed.
+type StopTimer struct{ Timer TimerKind }
+
+// AddVIPs and RemoveVIPs put the virtual addresses on or off the interface.
+type (
+	AddVIPs    struct{}
+	RemoveVIPs struct{}
+)
+
+// SendGARP sends one burst of gratuitous ARPs for every VIP.
+type SendGARP struct{}
+
+// Notify reports a state transition and why it happened.
+type Notify struct {
+	From, To State
+	Priority uint8
+	Cause    string
+}
+
+func (SendAdvert) isAction() {}
+func (ArmTimer) isAction()   {}
+func (StopTimer) isAction()  {}
+func (AddVIPs) isAction()    {}
+func (RemoveVIPs) isAction() {}
+func (SendGARP) isAction()   {}
+func (Notify) isAction()     {}
+
+// TrackInterface is an interface whose state changes the instance's priority.
+// A negative weight is added while it is down, a positive one while it is up;
+// weight 0 puts the instance in FAULT while it is down (keepalived's rules).
+type TrackInterface struct {
+	Name   string
+	Weight int
+}
+
+// MachineConfig is what the pure state machine needs to know.
+type MachineConfig struct {
+	VRID           uint8
+	Priority       uint8 // configured priority; 255 = address owner
+	Version        int   // 2 or 3
+	AdvertInterval time.Duration
+	Preempt        bool
+	PreemptDelay   time.Duration
+	// PrimaryIP is the source address of our adverts; it breaks ties
+	// between masters of equal priority (the higher one wins).
+	PrimaryIP   netip.Addr
+	GARPDelay   time.Duration // >0: a second GARP burst this long after takeover
+	GARPRefresh time.Duration // >0: a GARP burst this often while master
+	Track       []TrackInterface
+}
+
+// Machine is the VRRP state machine of one virtual router, without I/O: Step
+// takes an event and the current time and returns the actions to perform.
+type Machine struct {
+	cfg     MachineConfig
+	state   State
+	started bool
+	linkUp  bool
+	trackUp map[string]bool
+
+	masterAdverInterval time.Duration // learned from the master in v3
+	master              netip.Addr    // current master as far as we know
+	since               time.Time
+	cause               string
+	preemptAt           time.Time // preempt_delay: do not preempt before this
+	downCause           string    // cause to report if the master-down timer fires
+}
+
+// NewMachine returns a machine in INIT; send it Start.
+func NewMachine(cfg MachineConfig) *Machine {
+	m := &Machine{cfg: cfg, linkUp: true, trackUp: map[string]bool{}, masterAdverInterval: cfg.AdvertInterval}
+	for _, t := range cfg.Track {
+		m.trackUp[t.Name] = true
+	}
+	return m
+}
+
+// State returns the current state.
+func (m *Machine) State() State { return m.state }
+
+// Priority returns the effective priority: the configured one adjusted by
+// the weights of tracked interfaces, kept within 1..254 (255 never changes).
+func (m *Machine) Priority() uint8 {
+	if m.cfg.Priority == 255 {
+		return 255
+	}
+	p := int(m.cfg.Priority)
+	for _, t := range m.cfg.Track {
+		up := m.trackUp[t.Name]
+		if (t.Weight > 0 && up) || (t.Weight < 0 && !up) {
+			p += t.Weight
+		}
+	}
+	return uint8(min(max(p, 1), 254))
+}
+
+// Master returns the address of the current master: ours when MASTER, the
+// last accepted advert's source when BACKUP.
+func (m *Machine) Master() netip.Addr {
+	if m.state == Master {
+		return m.cfg.PrimaryIP
+	}
+	return m.master
+}
+
+// Since returns when the current state was entered.
+func (m *Machine) Since() time.Time { return m.since }
+
+// Cause returns why the current state was entered.
+func (m *Machine) Cause() string { return m.cause }
+
+// MasterAdverInterval returns the master's advert interval as learned (v3)
+// or configured (v2).
+func (m *Machine) MasterAdverInterval() time.Duration { return m.masterAdverInterval }
+
+// SkewTime returns Skew_Time for the current priority and master interval.
+func (m *Machine) SkewTime() time.Duration {
+	p := time.Duration(256 - int(m.Priority()))
+	if m.cfg.Version == 2 {
+		return p * time.Second / 256
+	}
+	return p * m.masterAdverInterval / 256
+}
+
+// MasterDownInterval returns 3 * Master_Adver_Interval + Skew_Time.
+func (m *Machine) MasterDownInterval() time.Duration {
+	return 3*m.masterAdverInterval + m.SkewTime()
+}
+
+// faultCause says why the instance must be in FAULT, or "" if it need not.
+func (m *Machine) faultCause() string {
+	if !m.linkUp {
+		return "link down"
+	}
+	for _, t := range m.cfg.Track {
+		if t.Weight == 0 && !m.trackUp[t.Name] {
+			return fmt.Sprintf("tracked interface %s down", t.Name)
+		}
+	}
+	return ""
+}
+
+// Step advances the machine by one event at time now.
+func (m *Machine) Step(now time.Time, ev Event) []Action {
+	switch ev := ev.(type) {
+	case Start:
+		if m.started {
+			return nil
+		}
+		m.started = true
+		m.linkUp = ev.LinkUp
+		return m.settle(now, "startup")
+	case LinkDown:
+		m.linkUp = false
+		if !m.started {
+			return nil
+		}
+		return m.settle(now, "")
+	case LinkUp:
+		m.linkUp = true
+		if !m.started {
+			return nil
+		}
+		return m.settle(now, "link up")
+	case TrackChanged:
+		if _, ok := m.trackUp[ev.Name]; !ok {
+			return nil
+		}
+		before := m.Priority()
+		m.trackUp[ev.Name] = ev.Up
+		if !m.started {
+			return nil
+		}
+		acts := m.settle(now, fmt.Sprintf("tracked interface %s up", ev.Name))
+		if acts == nil && m.state == Master && m.Priority() != before {
+			// Tell the peers at once so a now-better backup can preempt.
+			acts = append(acts, SendAdvert{m.Priority()}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval})
+		}
+		return acts
+	case AdvertReceived:
+		return m.advert(now, ev.From, ev.Advert)
+	case TimerFired:
+		return m.timer(now, ev.Timer)
+	case Shutdown:
+		if !m.started {
+			return nil
+		}
+		m.started = false
+		var acts []Action
+		if m.state == Master {
+			acts = append(acts, SendAdvert{0})
+		}
+		acts = append(acts, m.leave()...)
+		return append(acts, m.enter(now, Init, "shutdown"))
+	}
+	return nil
+}
+
+// settle moves between FAULT and the running states after a change of link
+// or tracked-interface state; recoverCause is the cause if it recovers.
+func (m *Machine) settle(now time.Time, recoverCause string) []Action {
+	if fc := m.faultCause(); fc != "" {
+		if m.state == Fault {
+			return nil
+		}
+		acts := m.leave()
+		return append(acts, m.enter(now, Fault, fc))
+	}
+	if m.state != Fault && m.state != Init {
+		return nil
+	}
+	if m.Priority() == 255 {
+		return m.becomeMaster(now, recoverCause+", address owner (priority 255)")
+	}
+	return m.becomeBackup(now, recoverCause)
+}
+
+// leave undoes what the current state holds: timers, and the VIPs of a master.
+func (m *Machine) leave() []Action {
+	var acts []Action
+	if m.state == Master {
+		acts = append(acts, RemoveVIPs{})
+	}
+	return append(acts,
+		StopTimer{TimerAdvert}, StopTimer{TimerMasterDown},
+		StopTimer{TimerGARPDelay}, StopTimer{TimerGARPRefresh})
+}
+
+func (m *Machine) enter(now time.Time, s State, cause string) Notify {
+	n := Notify{From: m.state, To: s, Priority: m.Priority(), Cause: cause}
+	m.state, m.since, m.cause = s, now, cause
+	m.preemptAt = time.Time{}
+	m.downCause = ""
+	return n
+}
+
+func (m *Machine) becomeMaster(now time.Time, cause string) []Action {
+	acts := []Action{
+		StopTimer{TimerMasterDown},
+		SendAdvert{m.Priority()},
+		AddVIPs{},
+		SendGARP{},
+		ArmTimer{TimerAdvert, m.cfg.AdvertInterval},
+	}
+	if m.cfg.GARPDelay > 0 {
+		acts = append(acts, ArmTimer{TimerGARPDelay, m.cfg.GARPDelay})
+	}
+	if m.cfg.GARPRefresh > 0 {
+		acts = append(acts, ArmTimer{TimerGARPRefresh, m.cfg.GARPRefresh})
+	}
+	m.master = m.cfg.PrimaryIP
+	return append(acts, m.enter(now, Master, cause))
+}
+
+func (m *Machine) becomeBackup(now time.Time, cause string) []Action {
+	var acts []Action
+	if m.state == Master {
+		acts = append(acts, RemoveVIPs{},
+			StopTimer{TimerAdvert}, StopTimer{TimerGARPDelay}, StopTimer{TimerGARPRefresh})
+	}
+	if m.state != Backup {
+		if m.state != Master {
+			// Startup or recovery: assume our own interval until a
+			// master tells us its own.
+			m.masterAdverInterval = m.cfg.AdvertInterval
+		}
+		n := m.enter(now, Backup, cause)
+		acts = append(acts, ArmTimer{TimerMasterDown, m.MasterDownInterval()}, n)
+	}
+	return acts
+}
+
+// learn takes the master's interval from a v3 advert (RFC 5798 6.4.2).
+func (m *Machine) learn(a *Advert) {
+	if m.cfg.Version == 3 && a.Version == 3 && a.MaxAdvertInterval > 0 {
+		m.masterAdverInterval = time.Duration(a.MaxAdvertInterval) * 10 * time.Millisecond
+	}
+}
+
+func (m *Machine) advert(now time.Time, from netip.Addr, a *Advert) []Action {
+	mine := m.Priority()
+	switch m.state {
+	case Backup:
+		if a.Priority == 0 {
+			// The master is leaving: take over after Skew_Time only.
+			m.downCause = fmt.Sprintf("priority 0 from %s", from)
+			return []Action{ArmTimer{TimerMasterDown, m.SkewTime()}}
+		}
+		accept := !m.cfg.Preempt || a.Priority >= mine
+		if !accept && m.cfg.PreemptDelay > 0 {
+			// A lower-priority master: wait preempt_delay after first
+			// seeing it before letting the master-down timer run out.
+			if m.preemptAt.IsZero() {
+				m.preemptAt = now.Add(m.cfg.PreemptDelay)
+			}
+			accept = now.Before(m.preemptAt)
+		} else if a.Priority >= mine {
+			m.preemptAt = time.Time{}
+		}
+		if !accept {
+			// Lower priority and we preempt: let the timer run out.
+			return nil
+		}
+		m.learn(a)
+		m.master = from
+		m.downCause = ""
+		return []Action{ArmTimer{TimerMasterDown, m.MasterDownInterval()}}
+	case Master:
+		if a.Priority == 0 {
+			return []Action{SendAdvert{mine}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval}}
+		}
+		if a.Priority > mine || (a.Priority == mine && from.Compare(m.cfg.PrimaryIP) > 0) {
+			m.learn(a)
+			m.master = from
+			what := "higher priority"
+			if a.Priority == mine {
+				what = "equal priority and higher address"
+			}
+			return m.becomeBackup(now, fmt.Sprintf("%s %d from %s", what, a.Priority, from))
+		}
+		// A lower-priority master exists (split brain, or a peer just
+		// starting): assert ourselves at once and re-announce the VIPs so
+		// caches that followed the other node come back.
+		return []Action{SendAdvert{mine}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval}, SendGARP{}}
+	}
+	return nil
+}
+
+func (m *Machine) timer(now time.Time, k TimerKind) []Action {
+	switch {
+	case m.state == Master && k == TimerAdvert:
+		return []Action{SendAdvert{m.Priority()}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval}}
+	case m.state == Master && k == TimerGARPDelay:
+		return []Action{SendGARP{}}
+	case m.state == Master && k == TimerGARPRefresh:
+		return []Action{SendGARP{}, ArmTimer{TimerGARPRefresh, m.cfg.GARPRefresh}}
+	case m.state == Backup && k == TimerMasterDown:
+		cause := "master down timer expired"
+		if m.downCause != "" {
+			cause = m.downCause
+		}
+		return m.becomeMaster(now, cause)
+	}
+	return nil
+}
