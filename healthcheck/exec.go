@@ -1,0 +1,81 @@
+package healthcheck
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// execChecker runs a command without a shell; exit status 0 means healthy.
+// The command gets its own process group so that at the deadline the whole
+// group (children of a script too) is killed, and whatever it left behind is
+// killed when it exits.
+type execChecker struct {
+	argv []string
+	port uint16
+}
+
+// maxExecOutput is how much of the command's output is kept for the reason.
+const maxExecOutput = 256
+
+// cappedBuffer keeps the first maxExecOutput bytes written to it.
+type cappedBuffer struct{ bytes.Buffer }
+
+func (b *cappedBuffer) Write(p []byte) (int, error) {
+	if room := maxExecOutput - b.Len(); room > 0 {
+		b.Buffer.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
+}
+
+func (c *execChecker) Check(ctx context.Context, target netip.AddrPort) error {
+	addr := probeAddr(target, c.port)
+	cmd := exec.CommandContext(ctx, c.argv[0], c.argv[1:]...)
+	cmd.Env = append(os.Environ(),
+		"LVSHA_RS_ADDR="+addr.Addr().String(),
+		"LVSHA_RS_PORT="+strconv.Itoa(int(addr.Port())))
+	var out cappedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return killGroup(cmd) }
+	// A grandchild that keeps the output pipe open must not hold Wait.
+	cmd.WaitDelay = 100 * time.Millisecond
+
+	err := cmd.Run()
+	if cmd.Process != nil {
+		_ = killGroup(cmd)
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return stage("running "+c.argv[0], ctxErr)
+	}
+	if err == nil {
+		return nil
+	}
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		msg := exitErr.Error() // "exit status 2" or "signal: killed"
+		if o := strings.TrimSpace(out.String()); o != "" {
+			msg += ": " + strings.ReplaceAll(o, "\n", " ")
+		}
+		return errors.New(msg)
+	}
+	return fmt.Errorf("exec %s: %w", c.argv[0], err)
+}
+
+// killGroup sends SIGKILL to the command's process group (its pgid is its
+// pid because of Setpgid).
+func killGroup(cmd *exec.Cmd) error {
+	err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	if errors.Is(err, syscall.ESRCH) {
+		return os.ErrProcessDone
+	}
+	return err
+}

@@ -1,0 +1,494 @@
+package healthcheck
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Target is one real server to check. ID is the stable key across reloads,
+// e.g. "192.168.94.200:80/tcp -> 192.168.94.134:80".
+type Target struct {
+	ID   string
+	Addr netip.AddrPort
+	Spec Spec
+}
+
+// Transition is a change of a target's state.
+type Transition struct {
+	ID     string
+	Addr   netip.AddrPort
+	Up     bool
+	Reason string // "ok", "status 503", "timeout after 1s (connect)", ...
+	At     time.Time
+}
+
+// TargetState is a target's current state, for status output.
+type TargetState struct {
+	ID         string
+	Addr       netip.AddrPort
+	Up         bool
+	LastOK     bool      // result of the last check (false before the first)
+	LastError  string    // reason of the last failure, "" if none yet
+	LastCheck  time.Time // end of the last check; zero before the first
+	LastChange time.Time // last transition; zero if none yet
+	Checks     uint64
+	Failures   uint64
+}
+
+// Option configures a Manager.
+type Option func(*Manager)
+
+// WithMaxInFlight bounds the number of checks running at once (default
+// 1024). Due checks beyond it wait in FIFO order.
+func WithMaxInFlight(n int) Option {
+	return func(m *Manager) {
+		if n > 0 {
+			m.maxInFlight = n
+		}
+	}
+}
+
+// WithCheckerFactory replaces NewChecker (tests, custom probes).
+func WithCheckerFactory(f func(Spec) (Checker, error)) Option {
+	return func(m *Manager) { m.newChecker = f }
+}
+
+// Manager schedules the checks of a set of targets and emits their
+// transitions. One goroutine (Run) owns the schedule: a min-heap of due
+// times and a single timer, so 10,000 targets cost no goroutines or timers
+// while idle; each check runs in its own short-lived goroutine, at most
+// maxInFlight at once, so a hung server only holds its own slot until its
+// timeout.
+//
+// Transitions are not buffered in a channel: Run keeps at most one pending
+// transition per target and hands them out in order of occurrence while the
+// reader keeps up. If the reader is slow, a target that changes again before
+// its pending transition was read has the pending one replaced (and dropped
+// altogether when the state is back to what the reader last saw), so a slow
+// reader never stalls checking and always converges to the current state.
+type Manager struct {
+	log         *slog.Logger
+	maxInFlight int
+	newChecker  func(Spec) (Checker, error)
+
+	out     chan Transition
+	updates chan struct{} // capacity 1: "desired changed"
+
+	mu      sync.Mutex
+	desired []Target           // latest Update, taken by Run
+	entries map[string]*entry // guarded by mu (Run mutates, Snapshot reads)
+}
+
+// NewManager returns a Manager with no targets; call Update and Run.
+func NewManager(log *slog.Logger, opts ...Option) *Manager {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m := &Manager{
+		log:         log,
+		maxInFlight: 1024,
+		newChecker:  NewChecker,
+		out:         make(chan Transition),
+		updates:     make(chan struct{}, 1),
+		entries:     make(map[string]*entry),
+	}
+	for _, o := range opts {
+		o(m)
+	}
+	return m
+}
+
+// Transitions returns the stream of state changes. It is closed when Run
+// returns. New and replaced targets start in Spec.InitialUp without a
+// transition.
+func (m *Manager) Transitions() <-chan Transition { return m.out }
+
+// Update replaces the set of targets (a reload). Targets whose ID, address
+// and Spec are unchanged keep their state and schedule; new ones start
+// (after a random offset within their interval) in Spec.InitialUp; gone
+// ones stop, a running check of theirs is cancelled. If any spec is invalid
+// (or its CA file unreadable) nothing changes and the error says which.
+// Update never blocks; it may be called before Run.
+func (m *Manager) Update(targets []Target) error {
+	var errs []error
+	seen := make(map[string]bool, len(targets))
+	norm := make([]Target, len(targets))
+	for i, t := range targets {
+		t.Spec = t.Spec.WithDefaults()
+		if seen[t.ID] {
+			errs = append(errs, fmt.Errorf("target %s: duplicate id", t.ID))
+		}
+		seen[t.ID] = true
+		if err := t.Spec.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("target %s: %w", t.ID, err))
+		}
+		norm[i] = t
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.desired = norm
+	m.mu.Unlock()
+	select {
+	case m.updates <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Snapshot returns the state of every target, sorted by ID.
+func (m *Manager) Snapshot() []TargetState {
+	m.mu.Lock()
+	out := make([]TargetState, 0, len(m.entries))
+	for _, e := range m.entries {
+		out = append(out, TargetState{
+			ID: e.t.ID, Addr: e.t.Addr, Up: e.up, LastOK: e.lastOK, LastError: e.lastErr,
+			LastCheck: e.lastCheck, LastChange: e.lastChange, Checks: e.checks, Failures: e.failures,
+		})
+	}
+	m.mu.Unlock()
+	slices.SortFunc(out, func(a, b TargetState) int {
+		if a.ID < b.ID {
+			return -1
+		}
+		if a.ID > b.ID {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// entry is one target's schedule and state; owned by Run, fields read by
+// Snapshot under Manager.mu.
+type entry struct {
+	t       Target
+	checker Checker
+	idx     int // heap index, -1 when not in the heap
+	due     time.Time
+	running bool
+	cancel  context.CancelFunc // of the running check
+	gone    bool               // removed or replaced while running
+
+	up     bool
+	streak int // consecutive results disagreeing with up
+
+	lastOK     bool
+	lastErr    string
+	lastCheck  time.Time
+	lastChange time.Time
+	checks     uint64
+	failures   uint64
+}
+
+// observe applies one result to the hysteresis and reports whether the state
+// changed: fall consecutive failures take an UP target DOWN, rise
+// consecutive successes a DOWN one UP; a result that agrees with the state
+// resets the count.
+func (e *entry) observe(ok bool) bool {
+	return hysteresis(&e.up, &e.streak, ok, e.t.Spec.Rise, e.t.Spec.Fall)
+}
+
+func hysteresis(up *bool, streak *int, ok bool, rise, fall int) bool {
+	if ok == *up {
+		*streak = 0
+		return false
+	}
+	*streak++
+	need := rise
+	if *up {
+		need = fall
+	}
+	if *streak < need {
+		return false
+	}
+	*up, *streak = ok, 0
+	return true
+}
+
+type result struct {
+	e          *entry
+	err        error
+	start, end time.Time
+}
+
+// Run checks the targets until ctx is done, then cancels the running checks,
+// waits for them and closes the Transitions channel.
+func (m *Manager) Run(ctx context.Context) error {
+	r := &runner{
+		m:       m,
+		ctx:     ctx,
+		results: make(chan result, m.maxInFlight),
+		pending: make(map[string]*pendingTransition),
+		seen:    make(map[string]bool),
+	}
+	defer close(m.out)
+	r.loop()
+	return nil
+}
+
+type pendingTransition struct {
+	tr        Transition
+	cancelled bool // net no change since the reader last saw this target
+	queued    bool // in runner.order
+}
+
+type runner struct {
+	m       *Manager
+	ctx     context.Context
+	heap    entryHeap
+	ready   []*entry // due but waiting for an in-flight slot
+	running int
+	results chan result
+
+	// Transition delivery, see Manager.
+	pending map[string]*pendingTransition
+	order   []string        // IDs with a pending transition, oldest first
+	seen    map[string]bool // state the reader last received (or the initial one)
+}
+
+func (r *runner) loop() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	r.applyUpdate()
+	for {
+		now := time.Now()
+		r.startDue(now)
+		var wait <-chan time.Time
+		if len(r.heap) > 0 {
+			timer.Reset(r.heap[0].due.Sub(now))
+			wait = timer.C
+		}
+		out, next := r.nextTransition()
+		select {
+		case <-r.ctx.Done():
+			r.shutdown()
+			return
+		case <-r.m.updates:
+			r.applyUpdate()
+		case res := <-r.results:
+			r.finish(res)
+			// Drain what else has finished before rescheduling.
+			for n := len(r.results); n > 0; n-- {
+				r.finish(<-r.results)
+			}
+		case <-wait:
+		case out <- next:
+			r.delivered(next)
+		}
+	}
+}
+
+// startDue starts every check whose time has come, as far as the in-flight
+// bound allows; the rest wait in r.ready in due order.
+func (r *runner) startDue(now time.Time) {
+	for len(r.heap) > 0 && !r.heap[0].due.After(now) {
+		e := heap.Pop(&r.heap).(*entry)
+		r.ready = append(r.ready, e)
+	}
+	n := 0
+	for ; n < len(r.ready) && r.running < r.m.maxInFlight; n++ {
+		r.start(r.ready[n])
+	}
+	if n > 0 {
+		clear(r.ready[:n])
+		r.ready = r.ready[n:]
+		if len(r.ready) == 0 {
+			r.ready = nil // let the backing array go after a burst
+		}
+	}
+}
+
+func (r *runner) start(e *entry) {
+	ctx, cancel := context.WithTimeout(r.ctx, e.t.Spec.Timeout)
+	e.running, e.cancel = true, cancel
+	r.running++
+	go func() {
+		start := time.Now()
+		err := e.checker.Check(ctx, e.t.Addr)
+		if err == nil && ctx.Err() != nil {
+			err = ctx.Err() // finished, but too late to count
+		}
+		cancel()
+		r.results <- result{e: e, err: err, start: start, end: time.Now()}
+	}()
+}
+
+func (r *runner) finish(res result) {
+	r.running--
+	e := res.e
+	e.running, e.cancel = false, nil
+	if e.gone || r.ctx.Err() != nil {
+		return
+	}
+	ok := res.err == nil
+	reason := Reason(res.err, e.t.Spec.Timeout)
+	r.m.mu.Lock()
+	e.checks++
+	e.lastOK, e.lastCheck = ok, res.end
+	if !ok {
+		e.failures++
+		e.lastErr = reason
+	}
+	changed := e.observe(ok)
+	if changed {
+		e.lastChange = res.end
+	}
+	r.m.mu.Unlock()
+	if changed {
+		r.m.log.Info("real server state changed", "id", e.t.ID, "up", e.up, "reason", reason)
+		r.queueTransition(Transition{ID: e.t.ID, Addr: e.t.Addr, Up: e.up, Reason: reason, At: res.end})
+	}
+	// Keep the cadence of start times; never overlap; no catch-up burst
+	// after a check that took longer than the interval.
+	e.due = res.start.Add(e.t.Spec.Interval)
+	if e.due.Before(res.end) {
+		e.due = res.end
+	}
+	heap.Push(&r.heap, e)
+}
+
+// applyUpdate reconciles the running set with the latest Update.
+func (r *runner) applyUpdate() {
+	r.m.mu.Lock()
+	desired := r.m.desired
+	r.m.desired = nil
+	r.m.mu.Unlock()
+	if desired == nil {
+		return
+	}
+	now := time.Now()
+	keep := make(map[string]bool, len(desired))
+	var added []*entry
+	for _, t := range desired {
+		if old := r.m.entries[t.ID]; old != nil && old.t.Addr == t.Addr && old.t.Spec.Equal(t.Spec) {
+			keep[t.ID] = true
+			continue
+		}
+		c, err := r.m.newChecker(t.Spec)
+		if err != nil {
+			// Update validated the spec; only e.g. an unreadable CA file gets
+			// here. Such a target is never checked and stays in its
+			// initial state, loudly.
+			r.m.log.Error("health check not started", "id", t.ID, "err", err)
+			c = CheckerFunc(func(context.Context, netip.AddrPort) error {
+				return fmt.Errorf("check not set up: %w", err)
+			})
+		}
+		e := &entry{t: t, checker: c, idx: -1, up: t.Spec.InitialUp}
+		e.due = now.Add(rand.N(t.Spec.Interval))
+		added = append(added, e)
+	}
+	r.m.mu.Lock()
+	for id, e := range r.m.entries {
+		if keep[id] {
+			continue
+		}
+		e.gone = true
+		if e.cancel != nil {
+			e.cancel()
+		}
+		if e.idx >= 0 {
+			heap.Remove(&r.heap, e.idx)
+		}
+		delete(r.m.entries, id)
+		if p := r.pending[id]; p != nil {
+			p.cancelled = true
+		}
+		delete(r.seen, id)
+	}
+	for _, e := range added {
+		r.m.entries[e.t.ID] = e
+		r.seen[e.t.ID] = e.up
+		heap.Push(&r.heap, e)
+	}
+	r.m.mu.Unlock()
+	if n := len(r.ready); n > 0 {
+		r.ready = slices.DeleteFunc(r.ready, func(e *entry) bool { return e.gone })
+	}
+	r.m.log.Debug("health check targets updated", "targets", len(desired), "new", len(added))
+}
+
+func (r *runner) queueTransition(tr Transition) {
+	p := r.pending[tr.ID]
+	if p == nil {
+		p = &pendingTransition{}
+		r.pending[tr.ID] = p
+	}
+	p.tr = tr
+	p.cancelled = tr.Up == r.seen[tr.ID]
+	if !p.queued && !p.cancelled {
+		p.queued = true
+		r.order = append(r.order, tr.ID)
+	}
+}
+
+// nextTransition returns the channel and value for the select: a nil
+// channel when nothing is pending.
+func (r *runner) nextTransition() (chan<- Transition, Transition) {
+	for len(r.order) > 0 {
+		id := r.order[0]
+		p := r.pending[id]
+		if p != nil && !p.cancelled {
+			return r.m.out, p.tr
+		}
+		r.order = r.order[1:]
+		if p != nil {
+			delete(r.pending, id)
+		}
+	}
+	r.order = nil
+	return nil, Transition{}
+}
+
+func (r *runner) delivered(tr Transition) {
+	delete(r.pending, tr.ID)
+	r.order = r.order[1:]
+	if _, ok := r.seen[tr.ID]; ok {
+		r.seen[tr.ID] = tr.Up
+	}
+}
+
+func (r *runner) shutdown() {
+	for _, e := range r.m.entries {
+		if e.cancel != nil {
+			e.cancel()
+		}
+	}
+	for r.running > 0 {
+		<-r.results
+		r.running--
+	}
+}
+
+// entryHeap orders entries by due time.
+type entryHeap []*entry
+
+func (h entryHeap) Len() int           { return len(h) }
+func (h entryHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h entryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].idx, h[j].idx = i, j
+}
+func (h *entryHeap) Push(x any) {
+	e := x.(*entry)
+	e.idx = len(*h)
+	*h = append(*h, e)
+}
+func (h *entryHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	e.idx = -1
+	*h = old[:len(old)-1]
+	return e
+}
