@@ -38,11 +38,16 @@ func addrOf(t *testing.T, s string) netip.AddrPort {
 // check runs one check of spec against target with the test timeout.
 func check(t *testing.T, spec Spec, target netip.AddrPort) error {
 	t.Helper()
+	return checkWithin(t, spec, target, testTimeout)
+}
+
+func checkWithin(t *testing.T, spec Spec, target netip.AddrPort, timeout time.Duration) error {
+	t.Helper()
 	c, err := NewChecker(spec)
 	if err != nil {
 		t.Fatalf("NewChecker: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	defer cancel()
 	return c.Check(ctx, target)
 }
@@ -308,6 +313,11 @@ func TestHTTPMalformed(t *testing.T) {
 }
 
 func TestHTTPSVerification(t *testing.T) {
+	// TLS handshakes are slow under the race detector: a generous timeout.
+	httpsCheck := func(t *testing.T, spec Spec, target netip.AddrPort) error {
+		t.Helper()
+		return checkWithin(t, spec, target, 10*time.Second)
+	}
 	var sni atomic.Value
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "secure")
@@ -326,24 +336,24 @@ func TestHTTPSVerification(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	err := check(t, Spec{Type: TypeHTTPS}, target)
+	err := httpsCheck(t, Spec{Type: TypeHTTPS}, target)
 	if err == nil || !strings.Contains(Reason(err, testTimeout), "certificate") {
 		t.Fatalf("self-signed with verification: %v, want a certificate error", err)
 	}
-	if err := check(t, Spec{Type: TypeHTTPS, TLSSkipVerify: true}, target); err != nil {
+	if err := httpsCheck(t, Spec{Type: TypeHTTPS, TLSSkipVerify: true}, target); err != nil {
 		t.Fatalf("skip verify: %v", err)
 	}
-	if err := check(t, Spec{Type: TypeHTTPS, TLSCAFile: caFile, BodyRegex: regexp.MustCompile("secure")}, target); err != nil {
+	if err := httpsCheck(t, Spec{Type: TypeHTTPS, TLSCAFile: caFile, BodyRegex: regexp.MustCompile("secure")}, target); err != nil {
 		t.Fatalf("with CA file: %v", err)
 	}
 	// SNI: the certificate is for example.com, the server sees the name.
-	if err := check(t, Spec{Type: TypeHTTPS, TLSCAFile: caFile, TLSServerName: "example.com"}, target); err != nil {
+	if err := httpsCheck(t, Spec{Type: TypeHTTPS, TLSCAFile: caFile, TLSServerName: "example.com"}, target); err != nil {
 		t.Fatalf("with server name: %v", err)
 	}
 	if got, _ := sni.Load().(string); got != "example.com" {
 		t.Errorf("server saw SNI %q, want example.com", got)
 	}
-	err = check(t, Spec{Type: TypeHTTPS, TLSCAFile: caFile, TLSServerName: "other.test"}, target)
+	err = httpsCheck(t, Spec{Type: TypeHTTPS, TLSCAFile: caFile, TLSServerName: "other.test"}, target)
 	if err == nil || !strings.Contains(err.Error(), "other.test") {
 		t.Errorf("wrong server name accepted: %v", err)
 	}

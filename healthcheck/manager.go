@@ -83,7 +83,7 @@ type Manager struct {
 	updates chan struct{} // capacity 1: "desired changed"
 
 	mu      sync.Mutex
-	desired []Target           // latest Update, taken by Run
+	desired []Target          // latest Update, taken by Run
 	entries map[string]*entry // guarded by mu (Run mutates, Snapshot reads)
 }
 

@@ -1,0 +1,453 @@
+package healthcheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+func TestHysteresis(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		up         bool
+		rise, fall int
+		results    string // s = success, f = failure
+		changes    string // state after each result that changed it: U or D, else .
+	}{
+		{"down after fall", true, 2, 3, "fff", "..D"},
+		{"reset by a success", true, 2, 3, "ffsff", "....."},
+		{"up after rise", false, 2, 3, "ss", ".U"},
+		{"flapping within rise/fall", true, 2, 2, "fsfsfsfs", "........"},
+		{"flapping while down", false, 2, 2, "sfsfsf", "......"},
+		{"fall 1 rise 1", true, 1, 1, "fsfs", "DUDU"},
+		{"down then up", true, 2, 2, "ffss", ".D.U"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up, streak := tc.up, 0
+			got := ""
+			for _, r := range tc.results {
+				if hysteresis(&up, &streak, r == 's', tc.rise, tc.fall) {
+					got += map[bool]string{true: "U", false: "D"}[up]
+				} else {
+					got += "."
+				}
+			}
+			if got != tc.changes {
+				t.Errorf("%s: got %s, want %s", tc.results, got, tc.changes)
+			}
+		})
+	}
+}
+
+// scripted is a fake checker: per target a function of the check number.
+type scripted struct {
+	mu       sync.Mutex
+	n        map[netip.AddrPort]int
+	running  map[netip.AddrPort]int
+	overlap  bool
+	inFlight int
+	maxIn    int
+	fn       func(ctx context.Context, target netip.AddrPort, n int) error
+}
+
+func newScripted(fn func(ctx context.Context, target netip.AddrPort, n int) error) *scripted {
+	return &scripted{n: map[netip.AddrPort]int{}, running: map[netip.AddrPort]int{}, fn: fn}
+}
+
+func (s *scripted) Check(ctx context.Context, target netip.AddrPort) error {
+	s.mu.Lock()
+	n := s.n[target]
+	s.n[target]++
+	s.running[target]++
+	if s.running[target] > 1 {
+		s.overlap = true
+	}
+	s.inFlight++
+	s.maxIn = max(s.maxIn, s.inFlight)
+	s.mu.Unlock()
+	err := s.fn(ctx, target, n)
+	s.mu.Lock()
+	s.running[target]--
+	s.inFlight--
+	s.mu.Unlock()
+	return err
+}
+
+func (s *scripted) count(target netip.AddrPort) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n[target]
+}
+
+func rs(i int) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 1, byte(i)}), 80)
+}
+
+func target(i int, spec Spec) Target {
+	return Target{ID: fmt.Sprintf("rs%d", i), Addr: rs(i), Spec: spec}
+}
+
+func fakeSpec(rise, fall int) Spec {
+	return Spec{Type: TypeTCP, Interval: time.Second, Timeout: 500 * time.Millisecond, Rise: rise, Fall: fall, InitialUp: true}
+}
+
+// startManager runs a Manager with a fake checker inside the synctest bubble
+// and returns a function that stops it.
+func startManager(t *testing.T, c Checker, opts ...Option) (*Manager, func()) {
+	t.Helper()
+	opts = append(opts, WithCheckerFactory(func(Spec) (Checker, error) { return c, nil }))
+	m := NewManager(nil, opts...)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	return m, func() { cancel(); <-done }
+}
+
+func state(m *Manager, id string) TargetState {
+	for _, s := range m.Snapshot() {
+		if s.ID == id {
+			return s
+		}
+	}
+	return TargetState{}
+}
+
+func TestManagerDownAfterFallUpAfterRise(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// Checks 0-1 pass, 2-4 fail (503), then pass again.
+		c := newScripted(func(_ context.Context, _ netip.AddrPort, n int) error {
+			if n >= 2 && n <= 4 {
+				return &StatusError{503}
+			}
+			return nil
+		})
+		m, stop := startManager(t, c)
+		defer stop()
+		if err := m.Update([]Target{target(1, fakeSpec(2, 3))}); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		tr := <-m.Transitions()
+		if tr.Up || tr.Reason != "status 503" || tr.ID != "rs1" {
+			t.Fatalf("transition %+v", tr)
+		}
+		if n := c.count(rs(1)); n != 5 {
+			t.Errorf("DOWN after %d checks, want 5 (2 ok + fall 3)", n)
+		}
+		// First check within one interval, then one per interval.
+		if el := time.Since(start); el < 4*time.Second || el >= 5*time.Second {
+			t.Errorf("DOWN after %v, want [4s, 5s)", el)
+		}
+		tr = <-m.Transitions()
+		if !tr.Up || tr.Reason != "ok" {
+			t.Fatalf("transition %+v", tr)
+		}
+		if n := c.count(rs(1)); n != 7 {
+			t.Errorf("UP after %d checks, want 7 (rise 2)", n)
+		}
+		s := state(m, "rs1")
+		if !s.Up || s.Checks != 7 || s.Failures != 3 || s.LastError != "status 503" || !s.LastChange.Equal(tr.At) {
+			t.Errorf("snapshot %+v", s)
+		}
+	})
+}
+
+func TestManagerFlappingNoTransition(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newScripted(func(_ context.Context, _ netip.AddrPort, n int) error {
+			if n%2 == 1 {
+				return errors.New("flap")
+			}
+			return nil
+		})
+		m, stop := startManager(t, c)
+		defer stop()
+		m.Update([]Target{target(1, fakeSpec(2, 2))})
+		time.Sleep(60 * time.Second)
+		synctest.Wait()
+		select {
+		case tr := <-m.Transitions():
+			t.Fatalf("transition while flapping within rise/fall: %+v", tr)
+		default:
+		}
+		if s := state(m, "rs1"); !s.Up || s.Checks < 59 || s.Failures < 29 {
+			t.Errorf("snapshot %+v", s)
+		}
+	})
+}
+
+func TestManagerInitialState(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newScripted(func(context.Context, netip.AddrPort, int) error { return nil })
+		m, stop := startManager(t, c)
+		defer stop()
+		down := fakeSpec(3, 1)
+		down.InitialUp = false
+		m.Update([]Target{target(1, down), target(2, fakeSpec(3, 1))})
+		synctest.Wait()
+		if s := state(m, "rs1"); s.Up || s.Checks != 0 {
+			t.Fatalf("initially DOWN target: %+v", s)
+		}
+		if s := state(m, "rs2"); !s.Up {
+			t.Fatalf("initially UP target: %+v", s)
+		}
+		tr := <-m.Transitions()
+		if tr.ID != "rs1" || !tr.Up || c.count(rs(1)) != 3 {
+			t.Fatalf("transition %+v after %d checks", tr, c.count(rs(1)))
+		}
+	})
+}
+
+// TestManagerSpread checks the random initial offset: 1000 targets with a
+// 1s interval start spread over the interval, not all at once.
+func TestManagerSpread(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newScripted(func(context.Context, netip.AddrPort, int) error { return nil })
+		m, stop := startManager(t, c)
+		defer stop()
+		var ts []Target
+		for i := range 1000 {
+			ts = append(ts, Target{ID: fmt.Sprint(i), Addr: netip.AddrPortFrom(rs(1).Addr(), uint16(i+1)), Spec: fakeSpec(1, 1)})
+		}
+		m.Update(ts)
+		var counts []int
+		for range 10 {
+			time.Sleep(100 * time.Millisecond)
+			synctest.Wait()
+			total := 0
+			for _, s := range m.Snapshot() {
+				total += int(s.Checks)
+			}
+			counts = append(counts, total)
+		}
+		// After each tenth of the interval roughly a tenth have run; after
+		// the whole interval all have, each once.
+		for i, n := range counts[:9] {
+			if lo, hi := (i+1)*100-60, (i+1)*100+60; n < lo || n > hi {
+				t.Errorf("after %dms %d checks, want %d-%d", (i+1)*100, n, lo, hi)
+			}
+		}
+		if counts[9] != 1000 {
+			t.Errorf("after 1s %d checks, want 1000", counts[9])
+		}
+	})
+}
+
+// TestManagerHungServer: a server that never answers holds only its own
+// check; the others keep their cadence, and its checks never overlap.
+func TestManagerHungServer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newScripted(func(ctx context.Context, target netip.AddrPort, n int) error {
+			if target == rs(1) {
+				<-ctx.Done()
+				return ctx.Err()
+			}
+			return nil
+		})
+		m, stop := startManager(t, c)
+		defer stop()
+		hung := fakeSpec(1, 1)
+		hung.Timeout = 5 * time.Second // longer than the interval
+		m.Update([]Target{target(1, hung), target(2, fakeSpec(1, 1)), target(3, fakeSpec(1, 1))})
+		tr := <-m.Transitions()
+		if tr.ID != "rs1" || tr.Up || tr.Reason != "timeout after 5s" {
+			t.Fatalf("transition %+v", tr)
+		}
+		time.Sleep(30 * time.Second)
+		synctest.Wait()
+		for _, i := range []int{2, 3} {
+			if n := c.count(rs(i)); n < 34 || n > 36 {
+				t.Errorf("rs%d ran %d checks in 35s, want one per second", i, n)
+			}
+		}
+		// Timeout 5s > interval 1s: the next check starts when one ends.
+		if n := c.count(rs(1)); n < 6 || n > 8 {
+			t.Errorf("hung rs1 ran %d checks in 35s, want about 7", n)
+		}
+		if c.overlap {
+			t.Error("a target's checks overlapped")
+		}
+	})
+}
+
+func TestManagerMaxInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newScripted(func(ctx context.Context, target netip.AddrPort, n int) error {
+			time.Sleep(300 * time.Millisecond)
+			return nil
+		})
+		m, stop := startManager(t, c, WithMaxInFlight(3))
+		defer stop()
+		var ts []Target
+		for i := range 20 {
+			ts = append(ts, target(i, fakeSpec(1, 1)))
+		}
+		m.Update(ts)
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		if c.maxIn != 3 {
+			t.Errorf("max in flight %d, want 3", c.maxIn)
+		}
+		// 3 slots x 10s / 0.3s = 100 checks at most; the queue is served
+		// FIFO so every target gets its turn.
+		for i := range 20 {
+			if n := c.count(rs(i)); n < 3 {
+				t.Errorf("rs%d starved: %d checks", i, n)
+			}
+		}
+	})
+}
+
+func TestManagerUpdateKeepsState(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newScripted(func(_ context.Context, target netip.AddrPort, n int) error {
+			return errors.New("down")
+		})
+		m, stop := startManager(t, c)
+		defer stop()
+		spec := fakeSpec(1, 2)
+		m.Update([]Target{target(1, spec), target(2, spec)})
+		for range 2 {
+			if tr := <-m.Transitions(); tr.Up {
+				t.Fatalf("transition %+v", tr)
+			}
+		}
+		before := state(m, "rs1")
+		// Reload: rs1 unchanged, rs2 with another spec, rs3 new.
+		other := spec
+		other.Fall = 5
+		m.Update([]Target{target(1, spec), target(2, other), target(3, spec)})
+		synctest.Wait()
+		after := state(m, "rs1")
+		if after.Up || after.Checks != before.Checks || !after.LastChange.Equal(before.LastChange) {
+			t.Errorf("unchanged target lost state: before %+v after %+v", before, after)
+		}
+		if s := state(m, "rs2"); !s.Up || s.Checks != 0 {
+			t.Errorf("changed target kept old state: %+v", s)
+		}
+		if s := state(m, "rs3"); !s.Up || s.Checks != 0 {
+			t.Errorf("new target: %+v", s)
+		}
+		// rs1 keeps its schedule: exactly one check per interval.
+		n := c.count(rs(1))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := c.count(rs(1)) - n; got != 1 {
+			t.Errorf("rs1 ran %d checks in the interval after the reload", got)
+		}
+		// Removal stops checking.
+		m.Update([]Target{target(3, spec)})
+		synctest.Wait()
+		n1 := c.count(rs(1))
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if c.count(rs(1)) != n1 || len(m.Snapshot()) != 1 {
+			t.Errorf("removed target still checked: %d -> %d, %d in snapshot", n1, c.count(rs(1)), len(m.Snapshot()))
+		}
+		if err := m.Update([]Target{{ID: "bad", Spec: Spec{Type: "icmp"}}}); err == nil {
+			t.Error("invalid spec accepted")
+		}
+		if len(m.Snapshot()) != 1 {
+			t.Error("a rejected update changed the targets")
+		}
+	})
+}
+
+// TestManagerSlowReader: nobody reads Transitions for a while; checking goes
+// on, and a target that went DOWN and back UP meanwhile yields nothing,
+// while one that went DOWN yields one transition with the latest reason.
+func TestManagerSlowReader(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newScripted(func(_ context.Context, target netip.AddrPort, n int) error {
+			switch {
+			case target == rs(1) && n >= 3 && n < 6: // down then up again
+				return errors.New("blip")
+			case target == rs(2) && n >= 3:
+				return fmt.Errorf("fail %d", n)
+			}
+			return nil
+		})
+		m, stop := startManager(t, c)
+		defer stop()
+		m.Update([]Target{target(1, fakeSpec(1, 1)), target(2, fakeSpec(1, 1))})
+		time.Sleep(20 * time.Second)
+		synctest.Wait()
+		if n := c.count(rs(1)); n < 19 {
+			t.Fatalf("checking stalled: %d checks", n)
+		}
+		tr := <-m.Transitions()
+		if tr.ID != "rs2" || tr.Up || tr.Reason != "fail 3" {
+			t.Fatalf("transition %+v", tr)
+		}
+		select {
+		case tr := <-m.Transitions():
+			t.Fatalf("unexpected %+v", tr)
+		default:
+		}
+	})
+}
+
+// TestManagerRealHTTP drives the Manager against a real server on loopback
+// that starts answering 503: DOWN after fall checks with the reason.
+func TestManagerRealHTTP(t *testing.T) {
+	var failing atomic.Bool
+	var hits, hitsWhenFailing atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if failing.Load() {
+			hitsWhenFailing.Add(1)
+			w.WriteHeader(503)
+		}
+	}))
+	defer srv.Close()
+	m := NewManager(nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	spec := Spec{Type: TypeHTTP, Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 3, InitialUp: true}
+	refused := refusedAddr(t)
+	if err := m.Update([]Target{
+		{ID: "web", Addr: addrOf(t, srv.URL), Spec: spec},
+		{ID: "gone", Addr: refused, Spec: spec},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"gone": "connection refused", "web": "status 503"}
+	deadline := time.After(10 * time.Second)
+	for hits.Load() < 3 { // UP and answering first
+		select {
+		case tr := <-m.Transitions():
+			if tr.ID != "gone" || tr.Reason != want["gone"] {
+				t.Fatalf("transition %+v", tr)
+			}
+			delete(want, "gone")
+		case <-deadline:
+			t.Fatal("no checks")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	failing.Store(true)
+	for len(want) > 0 {
+		select {
+		case tr := <-m.Transitions():
+			if tr.Up || tr.Reason != want[tr.ID] {
+				t.Fatalf("transition %+v", tr)
+			}
+			if tr.ID == "web" && hitsWhenFailing.Load() < 3 {
+				t.Errorf("DOWN after %d failed checks, want fall=3", hitsWhenFailing.Load())
+			}
+			delete(want, tr.ID)
+		case <-deadline:
+			t.Fatalf("no transitions for %v", want)
+		}
+	}
+}
