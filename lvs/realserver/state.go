@@ -1,0 +1,89 @@
+package realserver
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+)
+
+// StateFile is the name of the state file inside Options.StateDir.
+const StateFile = "realserver.json"
+
+// state is what Up remembers for Down: the sysctl values found before the
+// first Up changed anything, and the VIPs it put on lo.
+type state struct {
+	VIPs []netip.Addr `json:"vips"`
+	// Sysctls maps a key below /proc/sys to its value before the first Up.
+	Sysctls map[string]string `json:"sysctls"`
+}
+
+// readState returns the state and the file's raw bytes; a missing file is
+// fs.ErrNotExist.
+func readState(path string) (*state, []byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	var s state
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, b, fmt.Errorf("parse %s: %w", path, err)
+	}
+	if s.Sysctls == nil {
+		s.Sysctls = map[string]string{}
+	}
+	return &s, b, nil
+}
+
+// writeFileAtomic replaces path with b so a crash leaves the old or the new
+// file, never a torn one.
+func writeFileAtomic(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	_, werr := tmp.Write(b)
+	if werr == nil {
+		werr = tmp.Sync()
+	}
+	cerr := tmp.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return nil
+}
+
+func writeState(path string, s *state) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(b, '\n'))
+}
+
+// restoreFile puts back the bytes a file had (nil: it did not exist).
+func restoreFile(path string, old []byte) error {
+	if old == nil {
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	return writeFileAtomic(path, old)
+}
