@@ -1,0 +1,464 @@
+package vrrp
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// fakeKernel is an in-memory kernel for the driver loop.
+type fakeKernel struct {
+	mu     sync.Mutex
+	rx     chan rxPacket
+	closed chan struct{}
+	once   sync.Once
+	sent   []sentAdvert
+	addrs  map[netip.Prefix]bool
+	garps  map[netip.Addr]int
+	up     map[string]bool
+	linkCh chan linkState
+}
+
+type sentAdvert struct {
+	a        *Advert
+	src, dst netip.Addr
+}
+
+func newFakeKernel() *fakeKernel {
+	return &fakeKernel{
+		rx: make(chan rxPacket), closed: make(chan struct{}),
+		addrs:  map[netip.Prefix]bool{netip.MustParsePrefix("10.0.0.1/24"): true},
+		garps:  map[netip.Addr]int{},
+		up:     map[string]bool{"eth0": true, "eth1": true},
+		linkCh: make(chan linkState),
+	}
+}
+
+func (f *fakeKernel) ReadAdvert(b []byte) (int, rxInfo, error) {
+	select {
+	case p := <-f.rx:
+		return copy(b, p.b), p.info, nil
+	case <-f.closed:
+		return 0, rxInfo{}, net.ErrClosed
+	}
+}
+
+func (f *fakeKernel) WriteAdvert(b []byte, src, dst netip.Addr) error {
+	a, err := Unmarshal(b, src, dst)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sent = append(f.sent, sentAdvert{a, src, dst})
+	return nil
+}
+
+func (f *fakeKernel) Close() error { f.once.Do(func() { close(f.closed) }); return nil }
+
+func (f *fakeKernel) Add(p netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.addrs[p] = true
+	return nil
+}
+
+func (f *fakeKernel) Remove(p netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.addrs, p)
+	return nil
+}
+
+func (f *fakeKernel) List() ([]netip.Prefix, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []netip.Prefix
+	for p := range f.addrs {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	return out, nil
+}
+
+func (f *fakeKernel) GARP(vip netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.garps[vip]++
+	return nil
+}
+
+func (f *fakeKernel) Up(name string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.up[name], nil
+}
+
+func (f *fakeKernel) Watch(ctx context.Context, names []string, out chan<- linkState) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ls := <-f.linkCh:
+			select {
+			case out <- ls:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+func (f *fakeKernel) has(p string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.addrs[netip.MustParsePrefix(p)]
+}
+
+func (f *fakeKernel) adverts() []sentAdvert {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.sent)
+}
+
+func testInstance(t *testing.T, f *fakeKernel, mod func(*Config)) *Instance {
+	t.Helper()
+	cfg := Config{Name: "vi1", Interface: "eth0", VRID: 51, Priority: 100, AdvertInterval: time.Second,
+		Preempt: true, VIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.100/24"), netip.MustParsePrefix("10.0.0.101/24")}}
+	if mod != nil {
+		mod(&cfg)
+	}
+	in, err := New(cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.open = func() (*kernel, error) {
+		k := &kernel{conn: f, addrs: f, garp: f, links: f, primary: cfg.UnicastSrc}
+		if !k.primary.IsValid() {
+			k.primary = netip.MustParseAddr("10.0.0.1")
+		}
+		return k, nil
+	}
+	return in
+}
+
+// packet encodes an advert as it would arrive from src.
+func packet(t *testing.T, a *Advert, src netip.Addr, ttl int) rxPacket {
+	t.Helper()
+	b, err := a.Marshal(ChecksumPseudoHeader, src, Group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rxPacket{b: b, info: rxInfo{Src: src, Dst: Group, TTL: ttl}}
+}
+
+func peerAdvert(prio uint8) *Advert {
+	return &Advert{Version: 3, Type: 1, VRID: 51, Priority: prio, MaxAdvertInterval: 100,
+		Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.100"), netip.MustParseAddr("10.0.0.101")}}
+}
+
+func TestDriverElectionAndShutdown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		// A VIP left by a crashed run must go at start.
+		f.addrs[netip.MustParsePrefix("10.0.0.100/24")] = true
+		var changes []Change
+		in := testInstance(t, f, func(c *Config) { c.OnChange = func(ch Change) { changes = append(changes, ch) } })
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error)
+		start := time.Now()
+		go func() { done <- in.Run(ctx) }()
+		synctest.Wait()
+		if f.has("10.0.0.100/24") || in.Status().State != Backup {
+			t.Fatalf("at start: leftover VIP still there or not BACKUP: %+v", in.Status())
+		}
+		// No master: take over after Master_Down_Interval = 3s + 156/256 s.
+		time.Sleep(3609 * time.Millisecond)
+		synctest.Wait()
+		if in.Status().State != Backup {
+			t.Fatal("took over before the master-down interval")
+		}
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		st := in.Status()
+		if st.State != Master || st.Cause != "master down timer expired" || st.Since.Sub(start) != 3609375*time.Microsecond {
+			t.Fatalf("after master-down: %+v", st)
+		}
+		if !f.has("10.0.0.100/24") || !f.has("10.0.0.101/24") || f.garps[netip.MustParseAddr("10.0.0.100")] != 5 {
+			t.Fatalf("takeover: addrs %v garps %v", f.addrs, f.garps)
+		}
+		// One advert at takeover, then one a second.
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		ads := f.adverts()
+		if len(ads) != 6 || ads[0].dst != Group || ads[0].a.Priority != 100 || ads[0].a.MaxAdvertInterval != 100 || !ads[0].a.PseudoHeader {
+			t.Fatalf("adverts: %d, first %+v", len(ads), ads[0])
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		ads = f.adverts()
+		if last := ads[len(ads)-1]; last.a.Priority != 0 {
+			t.Errorf("last advert priority %d, want 0", last.a.Priority)
+		}
+		if f.has("10.0.0.100/24") || !f.has("10.0.0.1/24") {
+			t.Errorf("after shutdown addrs = %v", f.addrs)
+		}
+		var seq []string
+		for _, c := range changes {
+			seq = append(seq, c.To.String())
+		}
+		if strings.Join(seq, ",") != "BACKUP,MASTER,INIT" {
+			t.Errorf("changes %v", seq)
+		}
+		if st := in.Status(); st.AdvertsSent != 7 || st.Transitions != 3 {
+			t.Errorf("status %+v", st)
+		}
+	})
+}
+
+func TestDriverDropsBadAdverts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		in := testInstance(t, f, nil)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go in.Run(ctx)
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		if in.Status().State != Master {
+			t.Fatal("not master")
+		}
+		peer := netip.MustParseAddr("10.0.0.2")
+		high := peerAdvert(200)
+		bad := func(mod func(p *rxPacket)) rxPacket {
+			p := packet(t, high, peer, 255)
+			mod(&p)
+			return p
+		}
+		v2 := *high
+		v2.Version, v2.AdvertInterval = 2, 1
+		otherVRID := *high
+		otherVRID.VRID = 52
+		cases := map[string]rxPacket{
+			"ttl":      packet(t, high, peer, 64),
+			"checksum": bad(func(p *rxPacket) { p.b[6] ^= 0xff }),
+			"length":   bad(func(p *rxPacket) { p.b = p.b[:len(p.b)-2] }),
+			"version":  packet(t, &v2, peer, 255),
+			"vrid":     packet(t, &otherVRID, peer, 255),
+			"own":      packet(t, high, netip.MustParseAddr("10.0.0.1"), 255),
+		}
+		for _, p := range cases {
+			f.rx <- p
+		}
+		synctest.Wait()
+		st := in.Status()
+		if st.State != Master || st.AdvertsReceived != 0 {
+			t.Fatalf("bad adverts acted on: %+v", st)
+		}
+		for reason := range cases {
+			if st.Dropped[reason] != 1 {
+				t.Errorf("dropped[%s] = %d (%v)", reason, st.Dropped[reason], st.Dropped)
+			}
+		}
+		// A good higher-priority advert wins.
+		f.rx <- packet(t, high, peer, 255)
+		synctest.Wait()
+		st = in.Status()
+		if st.State != Backup || st.Master != peer || st.Cause != "higher priority 200 from 10.0.0.2" || f.has("10.0.0.100/24") {
+			t.Fatalf("after good advert: %+v", st)
+		}
+	})
+}
+
+func TestDriverV2AuthAndUnicast(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		src, peer := netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("10.0.0.6")
+		in := testInstance(t, f, func(c *Config) {
+			c.Version, c.AuthPass, c.Priority = 2, "secret12", 120
+			c.UnicastSrc, c.UnicastPeers = src, []netip.Addr{peer}
+		})
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go in.Run(ctx)
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		ads := f.adverts()
+		if len(ads) == 0 || ads[0].dst != peer || ads[0].src != src || ads[0].a.AuthType != AuthPassword || string(ads[0].a.AuthData[:]) != "secret12" || ads[0].a.AdvertInterval != 1 {
+			t.Fatalf("v2 unicast advert: %+v", ads)
+		}
+		mk := func(pass string, interval uint8, from netip.Addr) rxPacket {
+			a := &Advert{Version: 2, Type: 1, VRID: 51, Priority: 200, AdvertInterval: interval, AuthType: AuthPassword,
+				Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.100")}}
+			copy(a.AuthData[:], pass)
+			b, _ := a.Marshal(ChecksumMessage, from, src)
+			return rxPacket{b: b, info: rxInfo{Src: from, Dst: src, TTL: 255}}
+		}
+		f.rx <- mk("wrong", 1, peer)
+		f.rx <- mk("secret12", 2, peer)
+		f.rx <- mk("secret12", 1, netip.MustParseAddr("10.0.0.7"))
+		synctest.Wait()
+		st := in.Status()
+		if st.State != Master || st.Dropped["auth"] != 1 || st.Dropped["interval"] != 1 || st.Dropped["peer"] != 1 {
+			t.Fatalf("after bad v2 adverts: %+v", st)
+		}
+		f.rx <- mk("secret12", 1, peer)
+		synctest.Wait()
+		if st := in.Status(); st.State != Backup {
+			t.Fatalf("good v2 advert: %+v", st)
+		}
+	})
+}
+
+func TestDriverLinkAndTrack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		in := testInstance(t, f, func(c *Config) {
+			c.Priority = 150
+			c.Track = []TrackInterface{{"eth1", -60}}
+		})
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go in.Run(ctx)
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		f.linkCh <- linkState{"eth1", false}
+		synctest.Wait()
+		if st := in.Status(); st.State != Master || st.Priority != 90 {
+			t.Fatalf("tracked eth1 down: %+v", st)
+		}
+		if ads := f.adverts(); ads[len(ads)-1].a.Priority != 90 {
+			t.Errorf("no advert with the new priority")
+		}
+		f.linkCh <- linkState{"eth0", false}
+		synctest.Wait()
+		if st := in.Status(); st.State != Fault || st.Cause != "link down" || f.has("10.0.0.100/24") {
+			t.Fatalf("link down: %+v", st)
+		}
+		n := len(f.adverts())
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		if len(f.adverts()) != n {
+			t.Error("adverts sent in FAULT")
+		}
+		f.linkCh <- linkState{"eth0", true}
+		synctest.Wait()
+		if st := in.Status(); st.State != Backup || st.Cause != "link up" {
+			t.Fatalf("link up: %+v", st)
+		}
+	})
+}
+
+func TestDriverGARPSchedule(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		in := testInstance(t, f, func(c *Config) {
+			c.Priority = 255
+			c.GARPRepeat, c.GARPInterval, c.GARPDelay, c.GARPRefresh = 3, 100*time.Millisecond, 5*time.Second, time.Minute
+		})
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go in.Run(ctx)
+		vip := netip.MustParseAddr("10.0.0.100")
+		count := func() int { f.mu.Lock(); defer f.mu.Unlock(); return f.garps[vip] }
+		synctest.Wait()
+		if count() != 1 {
+			t.Fatalf("owner at start: %d GARPs, want 1 (first of the burst)", count())
+		}
+		time.Sleep(250 * time.Millisecond)
+		synctest.Wait()
+		if count() != 3 {
+			t.Fatalf("burst: %d", count())
+		}
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if count() != 6 {
+			t.Fatalf("after garp delay: %d", count())
+		}
+		time.Sleep(55 * time.Second)
+		synctest.Wait()
+		if count() != 9 {
+			t.Fatalf("after refresh: %d", count())
+		}
+	})
+}
+
+// TestNotifyHangDoesNotBlock runs real notify commands: one hangs until its
+// timeout while VRRP goes on, and all run in order.
+func TestNotifyHangDoesNotBlock(t *testing.T) {
+	dir := t.TempDir()
+	logf := filepath.Join(dir, "log")
+	script := filepath.Join(dir, "notify.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"$*\" >> "+logf+"\n[ \"$3\" = BACKUP ] && exec sleep 60\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeKernel()
+	in := testInstance(t, f, func(c *Config) {
+		c.AdvertInterval = 10 * time.Millisecond
+		c.Notify = []string{script, "extra"}
+		c.NotifyTimeout = 500 * time.Millisecond
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- in.Run(ctx) }()
+	read := func() string { b, _ := os.ReadFile(logf); return string(b) }
+	deadline := time.Now().Add(10 * time.Second)
+	// VRRP reaches MASTER while the BACKUP notify still hangs.
+	for in.Status().State != Master && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if in.Status().State != Master {
+		t.Fatal("never became master")
+	}
+	if got := read(); got != "extra vi1 BACKUP 100\n" {
+		t.Fatalf("while hanging, log = %q", got)
+	}
+	for !strings.Contains(read(), "MASTER") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := read(); got != "extra vi1 BACKUP 100\nextra vi1 MASTER 100\n" {
+		t.Fatalf("after timeout, log = %q", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	ok := Config{Name: "x", Interface: "eth0", VRID: 1, Priority: 100, VIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}}
+	if _, err := New(ok, nil); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	bad := map[string]func(c *Config){
+		"no interface":  func(c *Config) { c.Interface = "" },
+		"vrid 0":        func(c *Config) { c.VRID = 0 },
+		"priority 0":    func(c *Config) { c.Priority = 0 },
+		"version 4":     func(c *Config) { c.Version = 4 },
+		"no vips":       func(c *Config) { c.VIPs = nil },
+		"long password": func(c *Config) { c.Version, c.AuthPass = 2, "123456789" },
+		"v3 password":   func(c *Config) { c.AuthPass = "x" },
+		"v3 5ms":        func(c *Config) { c.AdvertInterval = 5 * time.Millisecond },
+		"v3 41s":        func(c *Config) { c.AdvertInterval = 41 * time.Second },
+		"v2 1.5s":       func(c *Config) { c.Version, c.AdvertInterval = 2, 1500*time.Millisecond },
+		"ipv6 vip":      func(c *Config) { c.VIPs = []netip.Prefix{netip.MustParsePrefix("::1/128")} },
+	}
+	for name, mod := range bad {
+		c := ok
+		mod(&c)
+		if _, err := New(c, nil); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

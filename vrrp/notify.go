@@ -1,0 +1,72 @@
+package vrrp
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+)
+
+// notifier runs notify commands one after another, in the order of the
+// transitions, on its own goroutine: a slow or hanging command delays only
+// the commands after it (each has a timeout), never the VRRP loop.
+type notifier struct {
+	log      *slog.Logger
+	timeout  time.Duration
+	queue    chan []string
+	once     sync.Once
+	finished chan struct{}
+}
+
+func newNotifier(log *slog.Logger, timeout time.Duration) *notifier {
+	return &notifier{log: log, timeout: timeout, queue: make(chan []string, 64), finished: make(chan struct{})}
+}
+
+// enqueue queues a command; if 64 are already waiting it is dropped (and
+// logged) rather than blocking the caller.
+func (n *notifier) enqueue(argv []string) {
+	select {
+	case n.queue <- argv:
+	default:
+		n.log.Error("vrrp: notify queue full, command dropped", "argv", strings.Join(argv, " "))
+	}
+}
+
+// close ends the queue; run returns once the queued commands are done.
+func (n *notifier) close() { n.once.Do(func() { close(n.queue) }) }
+
+func (n *notifier) run(ctx context.Context) {
+	defer close(n.finished)
+	for argv := range n.queue {
+		if ctx.Err() != nil {
+			continue // drain without running
+		}
+		n.exec(ctx, argv)
+	}
+}
+
+func (n *notifier) exec(ctx context.Context, argv []string) {
+	ctx, cancel := context.WithTimeout(ctx, n.timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	// A killed command's children may keep its output pipe open: do not
+	// wait for them longer than this.
+	cmd.WaitDelay = time.Second
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	if len(out) > 1024 {
+		out = out[:1024]
+	}
+	if err != nil {
+		n.log.Warn("vrrp: notify command failed", "argv", strings.Join(argv, " "), "err", err,
+			"took", time.Since(start), "output", string(out))
+		return
+	}
+	n.log.Debug("vrrp: notify command done", "argv", strings.Join(argv, " "), "took", time.Since(start))
+}
+
+func isClosed(err error) bool { return errors.Is(err, net.ErrClosed) }
