@@ -15,8 +15,8 @@ type Fake struct {
 	addrs   []Addr
 	sysctls map[string]string
 	// Fail, if set, is asked before every operation; a non-nil result is
-	// returned instead of doing it. op is "list", "add IF PREFIX",
-	// "del IF PREFIX", "read KEY" or "write KEY VALUE".
+	// returned instead of doing it. op is "list", "add IF PREFIX scope S",
+	// "del IF PREFIX scope S" (S is host or global), "read KEY" or "write KEY VALUE".
 	Fail func(op string) error
 	// Ops records every operation that changed something, in order.
 	Ops []string
@@ -61,7 +61,7 @@ func (f *Fake) Addrs() ([]Addr, error) {
 func (f *Fake) AddAddr(a Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	op := fmt.Sprintf("add %s %s", a.Interface, a.Prefix)
+	op := fmt.Sprintf("add %s %s scope %s", a.Interface, a.Prefix, scopeName(a))
 	if err := f.fail(op); err != nil {
 		return err
 	}
@@ -83,7 +83,7 @@ func (f *Fake) AddAddr(a Addr) error {
 func (f *Fake) DelAddr(a Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	op := fmt.Sprintf("del %s %s", a.Interface, a.Prefix)
+	op := fmt.Sprintf("del %s %s scope %s", a.Interface, a.Prefix, scopeName(a))
 	if err := f.fail(op); err != nil {
 		return err
 	}
@@ -122,4 +122,11 @@ func (f *Fake) WriteSysctl(key, value string) error {
 	f.Ops = append(f.Ops, op)
 	f.sysctls[key] = strings.TrimSpace(value)
 	return nil
+}
+
+func scopeName(a Addr) string {
+	if a.HostScope {
+		return "host"
+	}
+	return "global"
 }

@@ -1,0 +1,504 @@
+package realserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+var (
+	vip1 = netip.MustParseAddr("192.168.94.200")
+	vip2 = netip.MustParseAddr("192.168.94.201")
+)
+
+func testCfg() Config { return Config{VIPs: []netip.Addr{vip1, vip2}, Interface: "ens33"} }
+
+func testOpts(t *testing.T, k Kernel) Options {
+	return Options{StateDir: t.TempDir(), Kernel: k, Logger: slog.New(slog.DiscardHandler)}
+}
+
+// snapshot is the whole observable state of a fake host plus the state file.
+type snapshot struct {
+	addrs   []Addr
+	sysctls map[string]string
+	state   string // file content, "" if absent
+}
+
+func snap(t *testing.T, f *Fake, o Options) snapshot {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(o.StateDir, StateFile))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a := slices.Clone(f.addrs)
+	slices.SortFunc(a, func(x, y Addr) int {
+		return strings.Compare(x.Interface+x.Prefix.String(), y.Interface+y.Prefix.String())
+	})
+	return snapshot{addrs: a, sysctls: maps.Clone(f.sysctls), state: string(b)}
+}
+
+func equalSnap(a, b snapshot) bool {
+	return slices.Equal(a.addrs, b.addrs) && maps.Equal(a.sysctls, b.sysctls) && a.state == b.state
+}
+
+func TestUpConfiguresHost(t *testing.T) {
+	f := NewFake("ens33")
+	o := testOpts(t, f)
+	if err := Up(context.Background(), testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []netip.Addr{vip1, vip2} {
+		want := Addr{Interface: "lo", Prefix: netip.PrefixFrom(v, 32), HostScope: true}
+		if !slices.Contains(f.addrs, want) {
+			t.Errorf("missing %+v in %+v", want, f.addrs)
+		}
+	}
+	for key, want := range map[string]string{
+		"net/ipv4/conf/all/arp_ignore":     "1",
+		"net/ipv4/conf/all/arp_announce":   "2",
+		"net/ipv4/conf/ens33/arp_ignore":   "1",
+		"net/ipv4/conf/ens33/arp_announce": "2",
+		"net/ipv4/conf/default/arp_ignore": "0", // not ours to change
+		"net/ipv4/conf/lo/arp_ignore":      "0",
+	} {
+		if got := f.sysctls[key]; got != want {
+			t.Errorf("%s = %s, want %s", key, got, want)
+		}
+	}
+	// ARP suppression must be in place before any VIP exists.
+	lastWrite, firstAdd := -1, len(f.Ops)
+	for i, op := range f.Ops {
+		if strings.HasPrefix(op, "write ") {
+			lastWrite = i
+		}
+		if strings.HasPrefix(op, "add ") && i < firstAdd {
+			firstAdd = i
+		}
+	}
+	if lastWrite > firstAdd {
+		t.Errorf("a VIP was added before the sysctls were set: %q", f.Ops)
+	}
+	st, _, err := readState(filepath.Join(o.StateDir, StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Sysctls) != 4 || st.Sysctls["net/ipv4/conf/ens33/arp_announce"] != "0" {
+		t.Errorf("state sysctls = %v, want the four originals (0)", st.Sysctls)
+	}
+	if !slices.Equal(st.VIPs, []netip.Addr{vip1, vip2}) {
+		t.Errorf("state VIPs = %v", st.VIPs)
+	}
+	ps, err := Status(context.Background(), testCfg(), o)
+	if err != nil || len(ps) != 0 {
+		t.Errorf("status after up = %q, %v; want no problems", ps, err)
+	}
+}
+
+func TestUpIsIdempotentAndKeepsOriginals(t *testing.T) {
+	f := NewFake("ens33")
+	f.sysctls["net/ipv4/conf/all/arp_announce"] = "1"
+	o := testOpts(t, f)
+	ctx := context.Background()
+	if err := Up(ctx, testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	before := snap(t, f, o)
+	f.Ops = nil
+	if err := Up(ctx, testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Ops) != 0 {
+		t.Errorf("second up changed the host: %q", f.Ops)
+	}
+	if after := snap(t, f, o); !equalSnap(before, after) {
+		t.Errorf("second up changed state:\n%+v\n%+v", before, after)
+	}
+	if !strings.Contains(before.state, `"net/ipv4/conf/all/arp_announce": "1"`) {
+		t.Errorf("state lost the original all.arp_announce=1:\n%s", before.state)
+	}
+}
+
+func TestUpAddsToExistingState(t *testing.T) {
+	// A second Up with another interface and VIP adds their originals and
+	// keeps the first ones.
+	f := NewFake("ens33", "ens34")
+	o := testOpts(t, f)
+	ctx := context.Background()
+	if err := Up(ctx, Config{VIPs: []netip.Addr{vip1}, Interface: "ens33"}, o); err != nil {
+		t.Fatal(err)
+	}
+	f.sysctls["net/ipv4/conf/ens34/arp_announce"] = "1"
+	if err := Up(ctx, Config{VIPs: []netip.Addr{vip2}, Interface: "ens34"}, o); err != nil {
+		t.Fatal(err)
+	}
+	st, _, err := readState(filepath.Join(o.StateDir, StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"net/ipv4/conf/all/arp_ignore": "0", "net/ipv4/conf/all/arp_announce": "0",
+		"net/ipv4/conf/ens33/arp_ignore": "0", "net/ipv4/conf/ens33/arp_announce": "0",
+		"net/ipv4/conf/ens34/arp_ignore": "0", "net/ipv4/conf/ens34/arp_announce": "1",
+	}
+	if !maps.Equal(st.Sysctls, want) || !slices.Equal(st.VIPs, []netip.Addr{vip1, vip2}) {
+		t.Errorf("state = %+v, want sysctls %v and both VIPs", st, want)
+	}
+}
+
+func TestUpKeepsStricterArpIgnore(t *testing.T) {
+	f := NewFake("ens33")
+	f.sysctls["net/ipv4/conf/all/arp_ignore"] = "8"
+	f.sysctls["net/ipv4/conf/ens33/arp_ignore"] = "2"
+	o := testOpts(t, f)
+	if err := Up(context.Background(), testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	if f.sysctls["net/ipv4/conf/all/arp_ignore"] != "8" || f.sysctls["net/ipv4/conf/ens33/arp_ignore"] != "2" {
+		t.Errorf("up lowered a stricter arp_ignore: %v", f.sysctls)
+	}
+	if ps, err := Status(context.Background(), testCfg(), o); err != nil || len(ps) != 0 {
+		t.Errorf("status = %q, %v", ps, err)
+	}
+}
+
+func TestUpRescopesGlobalVIP(t *testing.T) {
+	f := NewFake("ens33")
+	global := Addr{Interface: "lo", Prefix: netip.PrefixFrom(vip1, 32)}
+	f.addrs = []Addr{global}
+	o := testOpts(t, f)
+	if err := Up(context.Background(), testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(f.addrs, global) || !slices.Contains(f.addrs, vipAddr(vip1)) {
+		t.Errorf("addrs = %+v, want %s on lo with host scope only", f.addrs, vip1)
+	}
+}
+
+func TestDownRestoresExactly(t *testing.T) {
+	f := NewFake("ens33")
+	f.sysctls["net/ipv4/conf/all/arp_announce"] = "1"
+	f.sysctls["net/ipv4/conf/ens33/arp_ignore"] = "4"
+	other := Addr{Interface: "ens33", Prefix: netip.MustParsePrefix("192.168.94.134/24")}
+	f.addrs = []Addr{other}
+	o := testOpts(t, f)
+	before := snap(t, f, o)
+	ctx := context.Background()
+	if err := Up(ctx, testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	if err := Down(ctx, testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	if after := snap(t, f, o); !equalSnap(before, after) {
+		t.Errorf("down did not restore the host:\nbefore %+v\nafter  %+v", before, after)
+	}
+	// Down again: nothing to remove, no state: says so.
+	if err := Down(ctx, testCfg(), o); !errors.Is(err, ErrNoState) {
+		t.Errorf("second down = %v, want ErrNoState", err)
+	}
+}
+
+func TestDownUsesRecordedVIPs(t *testing.T) {
+	f := NewFake("ens33")
+	o := testOpts(t, f)
+	ctx := context.Background()
+	if err := Up(ctx, testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	// Down with a config that no longer lists the VIPs still removes them.
+	if err := Down(ctx, Config{}, o); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.addrs) != 0 {
+		t.Errorf("addrs after down = %+v", f.addrs)
+	}
+}
+
+func TestDownWithoutState(t *testing.T) {
+	f := NewFake("ens33")
+	f.addrs = []Addr{vipAddr(vip1)}
+	f.sysctls["net/ipv4/conf/all/arp_ignore"] = "1"
+	o := testOpts(t, f)
+	err := Down(context.Background(), testCfg(), o)
+	if !errors.Is(err, ErrNoState) {
+		t.Fatalf("down = %v, want ErrNoState", err)
+	}
+	if len(f.addrs) != 0 {
+		t.Errorf("VIP not removed: %+v", f.addrs)
+	}
+	if f.sysctls["net/ipv4/conf/all/arp_ignore"] != "1" {
+		t.Error("down without state changed a sysctl")
+	}
+}
+
+func TestDownKeepsStateWhenRestoreFails(t *testing.T) {
+	f := NewFake("ens33")
+	o := testOpts(t, f)
+	ctx := context.Background()
+	if err := Up(ctx, testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	f.Fail = func(op string) error {
+		if op == "write net/ipv4/conf/all/arp_ignore 0" {
+			return boom
+		}
+		return nil
+	}
+	err := Down(ctx, testCfg(), o)
+	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "restore net.ipv4.conf.all.arp_ignore=0") {
+		t.Fatalf("down = %v, want the restore failure", err)
+	}
+	if _, err := os.Stat(filepath.Join(o.StateDir, StateFile)); err != nil {
+		t.Fatalf("state file gone after a failed restore: %v", err)
+	}
+	// The other keys were restored anyway.
+	if f.sysctls["net/ipv4/conf/ens33/arp_announce"] != "0" {
+		t.Error("down stopped at the first failure")
+	}
+	f.Fail = nil
+	if err := Down(ctx, testCfg(), o); err != nil {
+		t.Fatalf("retry down = %v", err)
+	}
+	if f.sysctls["net/ipv4/conf/all/arp_ignore"] != "0" {
+		t.Error("retry did not restore")
+	}
+}
+
+// TestUpFailureUndoes fails every mutating step of a successful Up in turn
+// and checks that the host and the state file end as they began.
+func TestUpFailureUndoes(t *testing.T) {
+	setups := map[string]func(f *Fake, dir string){
+		"fresh": func(*Fake, string) {},
+		"partly configured": func(f *Fake, dir string) {
+			f.addrs = []Addr{vipAddr(vip1), {Interface: "lo", Prefix: netip.PrefixFrom(vip2, 32)}}
+			f.sysctls["net/ipv4/conf/all/arp_ignore"] = "1"
+			f.sysctls["net/ipv4/conf/ens33/arp_announce"] = "1"
+			if err := writeState(filepath.Join(dir, StateFile), &state{
+				VIPs: []netip.Addr{vip1}, Sysctls: map[string]string{"net/ipv4/conf/all/arp_ignore": "0"},
+			}); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+	for name, setup := range setups {
+		probe := NewFake("ens33")
+		dir := t.TempDir()
+		setup(probe, dir)
+		if err := Up(context.Background(), testCfg(), Options{StateDir: dir, Kernel: probe, Logger: slog.New(slog.DiscardHandler)}); err != nil {
+			t.Fatal(err)
+		}
+		if len(probe.Ops) == 0 {
+			t.Fatalf("%s: up did nothing", name)
+		}
+		for _, failOp := range probe.Ops {
+			t.Run(name+"/"+failOp, func(t *testing.T) {
+				f := NewFake("ens33")
+				o := testOpts(t, f)
+				setup(f, o.StateDir)
+				before := snap(t, f, o)
+				boom := errors.New("boom")
+				f.Fail = func(op string) error {
+					if op == failOp {
+						return boom
+					}
+					return nil
+				}
+				err := Up(context.Background(), testCfg(), o)
+				if !errors.Is(err, boom) {
+					t.Fatalf("up = %v, want boom", err)
+				}
+				if !strings.HasPrefix(err.Error(), "realserver up: ") {
+					t.Errorf("error does not name the operation: %v", err)
+				}
+				if after := snap(t, f, o); !equalSnap(before, after) {
+					t.Errorf("not undone:\nbefore %+v\nafter  %+v", before, after)
+				}
+			})
+		}
+	}
+}
+
+func TestUpFailsBeforeChanging(t *testing.T) {
+	ctx := context.Background()
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	blocker := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		ctx      context.Context
+		cfg      Config
+		stateDir string
+		fail     string
+		want     string
+	}{
+		{name: "unknown interface", cfg: Config{VIPs: []netip.Addr{vip1}, Interface: "eth9"}, want: "interface eth9 not found"},
+		{name: "state dir unusable", stateDir: filepath.Join(blocker, "sub"), want: "state"},
+		{name: "cancelled", ctx: cancelled, want: "context canceled"},
+		{name: "list fails", fail: "list", want: "list addresses"},
+		{name: "read fails", fail: "read net/ipv4/conf/all/arp_announce", want: "read net.ipv4.conf.all.arp_announce"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFake("ens33")
+			f.Fail = func(op string) error {
+				if op == tc.fail {
+					return errors.New("boom")
+				}
+				return nil
+			}
+			o := testOpts(t, f)
+			if tc.stateDir != "" {
+				o.StateDir = tc.stateDir
+			}
+			c := tc.ctx
+			if c == nil {
+				c = ctx
+			}
+			cfg := tc.cfg
+			if cfg.Interface == "" {
+				cfg = testCfg()
+			}
+			err := Up(c, cfg, o)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("up = %v, want an error with %q", err, tc.want)
+			}
+			if len(f.Ops) != 0 {
+				t.Errorf("host changed: %q", f.Ops)
+			}
+			if _, err := os.Stat(filepath.Join(o.StateDir, StateFile)); err == nil {
+				t.Error("state file left behind")
+			}
+		})
+	}
+}
+
+func TestStatusListsEachProblem(t *testing.T) {
+	ok := func(f *Fake) {
+		f.addrs = []Addr{vipAddr(vip1), vipAddr(vip2), {Interface: "ens33", Prefix: netip.MustParsePrefix("192.168.94.134/24")}}
+		for _, i := range []string{"all", "ens33"} {
+			f.sysctls[confKey(i, "arp_ignore")] = "1"
+			f.sysctls[confKey(i, "arp_announce")] = "2"
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		cfg    Config
+		break_ func(f *Fake)
+		want   []Problem
+	}{
+		{name: "healthy", break_: func(*Fake) {}},
+		{name: "missing VIP", break_: func(f *Fake) {
+			f.addrs = slices.DeleteFunc(f.addrs, func(a Addr) bool { return a.Prefix.Addr() == vip2 })
+		}, want: []Problem{"VIP 192.168.94.201 missing on lo"}},
+		{name: "wrong prefix", break_: func(f *Fake) {
+			f.addrs[0].Prefix = netip.PrefixFrom(vip1, 24)
+		}, want: []Problem{"VIP 192.168.94.200 on lo is /24, want /32"}},
+		{name: "global scope", break_: func(f *Fake) { f.addrs[0].HostScope = false },
+			want: []Problem{"VIP 192.168.94.200 on lo has scope global, want host"}},
+		{name: "also elsewhere", break_: func(f *Fake) {
+			f.addrs = append(f.addrs, Addr{Interface: "ens33", Prefix: netip.PrefixFrom(vip1, 32)})
+		}, want: []Problem{"VIP 192.168.94.200 also on ens33"}},
+		{name: "sysctls", break_: func(f *Fake) {
+			f.sysctls["net/ipv4/conf/ens33/arp_ignore"] = "0"
+			f.sysctls["net/ipv4/conf/all/arp_ignore"] = "4" // reserved: the kernel replies
+			f.sysctls["net/ipv4/conf/all/arp_announce"] = "3"
+		}, want: []Problem{
+			"net.ipv4.conf.all.arp_ignore is 4, want 1",
+			"net.ipv4.conf.all.arp_announce is 3, want 2",
+			"net.ipv4.conf.ens33.arp_ignore is 0, want 1",
+		}},
+		{name: "no interface", cfg: Config{VIPs: []netip.Addr{vip1, vip2}, Interface: "eth9"}, break_: func(*Fake) {},
+			want: []Problem{"interface eth9 not found"}},
+		{name: "nothing done", break_: func(f *Fake) { *f = *NewFake("ens33") }, want: []Problem{
+			"VIP 192.168.94.200 missing on lo",
+			"VIP 192.168.94.201 missing on lo",
+			"net.ipv4.conf.all.arp_ignore is 0, want 1",
+			"net.ipv4.conf.all.arp_announce is 0, want 2",
+			"net.ipv4.conf.ens33.arp_ignore is 0, want 1",
+			"net.ipv4.conf.ens33.arp_announce is 0, want 2",
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFake("ens33")
+			ok(f)
+			tc.break_(f)
+			cfg := tc.cfg
+			if cfg.Interface == "" {
+				cfg = testCfg()
+			}
+			got, err := Status(context.Background(), cfg, testOpts(t, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("problems:\n got %q\nwant %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestStatusReadFailure(t *testing.T) {
+	f := NewFake("ens33")
+	f.Fail = func(op string) error {
+		if op == "list" {
+			return errors.New("boom")
+		}
+		return nil
+	}
+	if _, err := Status(context.Background(), testCfg(), testOpts(t, f)); err == nil {
+		t.Error("status hid a failure to read the host")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string // "" = valid
+	}{
+		{testCfg(), ""},
+		{Config{VIPs: []netip.Addr{netip.MustParseAddr("::ffff:192.168.94.200")}, Interface: "eth0.100"}, ""},
+		{Config{Interface: "ens33"}, "no VIP"},
+		{Config{VIPs: []netip.Addr{vip1}}, "no interface"},
+		{Config{VIPs: []netip.Addr{vip1}, Interface: "lo"}, "client-facing"},
+		{Config{VIPs: []netip.Addr{vip1}, Interface: "all"}, "client-facing"},
+		{Config{VIPs: []netip.Addr{vip1}, Interface: "../x"}, "not a valid interface name"},
+		{Config{VIPs: []netip.Addr{vip1}, Interface: "averyveryverylongname"}, "not a valid interface name"},
+		{Config{VIPs: []netip.Addr{netip.MustParseAddr("2001:db8::1")}, Interface: "ens33"}, "only IPv4"},
+		{Config{VIPs: []netip.Addr{{}}, Interface: "ens33"}, "only IPv4"},
+		{Config{VIPs: []netip.Addr{netip.MustParseAddr("127.0.0.2")}, Interface: "ens33"}, "not a unicast"},
+		{Config{VIPs: []netip.Addr{netip.MustParseAddr("0.0.0.0")}, Interface: "ens33"}, "not a unicast"},
+		{Config{VIPs: []netip.Addr{netip.MustParseAddr("224.0.0.18")}, Interface: "ens33"}, "not a unicast"},
+	} {
+		t.Run(fmt.Sprintf("%v/%s", tc.cfg.VIPs, tc.cfg.Interface), func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("valid config rejected: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestDisplayKey(t *testing.T) {
+	if got := displayKey("net/ipv4/conf/eth0.100/arp_ignore"); got != "net.ipv4.conf.eth0/100.arp_ignore" {
+		t.Errorf("displayKey = %s", got)
+	}
+}
