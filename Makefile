@@ -48,3 +48,12 @@ demo: setup build
 
 clean:
 	rm -rf bin dist
+
+# A tag v1.2.3 gives 1.2.3; an untagged commit 0.0.0~git<hash>.
+DEB_VERSION := $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo $${v\#v} | tr - + || echo 0.0.0~git$$(git rev-parse --short HEAD 2>/dev/null || echo unknown))
+NFPM := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+deb: build
+	mkdir -p dist/man
+	gzip -9nc packaging/man/lvsha.8 > dist/man/lvsha.8.gz
+	gzip -9nc packaging/man/lvsha.toml.5 > dist/man/lvsha.toml.5.gz
+	LVSHA_VERSION=$(DEB_VERSION) $(GO) run $(NFPM) pkg --config packaging/nfpm.yaml --packager deb --target dist/
