@@ -1,11 +1,131 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+
+	"github.com/lvsha/lvsha/conf"
+	"github.com/lvsha/lvsha/lvs/realserver"
 )
 
+// listFlag collects a repeatable flag (--vip A --vip B) or a comma list.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(s string) error {
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*l = append(*l, p)
+		}
+	}
+	return nil
+}
+
 func runRealserver(args []string, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "lvsha: realserver: not wired yet")
-	return exitFail
+	if len(args) == 0 {
+		return usageErr(stderr, "realserver: want up, down or status")
+	}
+	action := args[0]
+	switch action {
+	case "up", "down", "status":
+	default:
+		return usageErr(stderr, fmt.Sprintf("realserver: unknown action %q (want up, down or status)", action))
+	}
+	fs := newFlagSet("lvsha realserver")
+	var file, iface, stateDir string
+	var vipFlags listFlag
+	fs.StringVar(&file, "f", "", "")
+	fs.StringVar(&file, "config", "", "")
+	fs.Var(&vipFlags, "vip", "")
+	fs.StringVar(&iface, "interface", "", "")
+	fs.StringVar(&iface, "i", "", "")
+	fs.StringVar(&stateDir, "state-dir", "", "")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usageErr(stderr, err.Error())
+	}
+	if fs.NArg() > 0 {
+		return usageErr(stderr, fmt.Sprintf("realserver: unexpected argument %q", fs.Arg(0)))
+	}
+
+	var cfg realserver.Config
+	switch {
+	case file != "" && (len(vipFlags) > 0 || iface != ""):
+		return usageErr(stderr, "realserver: use either -f FILE or --vip/--interface, not both")
+	case file != "":
+		c, warnings, err := conf.Load(file)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return exitFail
+		}
+		for _, w := range warnings {
+			fmt.Fprintln(stderr, w.Format(file))
+		}
+		if c.Realserver == nil {
+			fmt.Fprintf(stderr, "lvsha: %s has no [realserver] section\n", file)
+			return exitFail
+		}
+		cfg = realserver.Config{VIPs: c.Realserver.VIPAddrs, Interface: c.Realserver.Interface}
+	case len(vipFlags) > 0 && iface != "":
+		for _, s := range vipFlags {
+			a, err := netip.ParseAddr(strings.TrimSuffix(s, "/32"))
+			if err != nil || !a.Is4() {
+				return usageErr(stderr, fmt.Sprintf("realserver: --vip %q is not an IPv4 address", s))
+			}
+			cfg.VIPs = append(cfg.VIPs, a)
+		}
+		cfg.Interface = iface
+	default:
+		return usageErr(stderr, "realserver: need -f FILE, or --vip ADDR (repeatable) and --interface IF")
+	}
+
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	opts := realserver.Options{StateDir: stateDir, Logger: log}
+	ctx := context.Background()
+	switch action {
+	case "up":
+		if err := realserver.Up(ctx, cfg, opts); err != nil {
+			fmt.Fprintf(stderr, "lvsha: realserver up: %v\n", err)
+			return exitFail
+		}
+		fmt.Fprintf(stdout, "realserver up: %s on lo, ARP suppressed on all and %s\n", addrList(cfg.VIPs), cfg.Interface)
+	case "down":
+		err := realserver.Down(ctx, cfg, opts)
+		if err != nil && !errors.Is(err, realserver.ErrNoState) {
+			fmt.Fprintf(stderr, "lvsha: realserver down: %v\n", err)
+			return exitFail
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "lvsha: realserver down: VIPs removed, but %v\n", err)
+		}
+		fmt.Fprintf(stdout, "realserver down: %s removed from lo\n", addrList(cfg.VIPs))
+	case "status":
+		problems, err := realserver.Status(ctx, cfg, opts)
+		if err != nil {
+			fmt.Fprintf(stderr, "lvsha: realserver status: %v\n", err)
+			return exitFail
+		}
+		if len(problems) > 0 {
+			for _, p := range problems {
+				fmt.Fprintf(stdout, "PROBLEM: %s\n", p)
+			}
+			fmt.Fprintf(stdout, "realserver status: %d problem(s)\n", len(problems))
+			return exitFail
+		}
+		fmt.Fprintf(stdout, "realserver status: OK (%s on lo, ARP suppressed on %s)\n", addrList(cfg.VIPs), cfg.Interface)
+	}
+	return exitOK
+}
+
+func addrList(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, " ")
 }
