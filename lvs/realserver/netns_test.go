@@ -1,0 +1,378 @@
+package realserver
+
+// Real-kernel tests. Each realserver operation and each ARP probe runs in a
+// helper process (this test binary, re-executed under `ip netns exec NS`),
+// because /proc/sys/net and every socket follow the namespace of the
+// calling thread: a whole process in the namespace is exactly how the CLI
+// runs on a real host, with no thread-pinning tricks in between.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lvsha/lvsha/internal/testutil"
+	"github.com/mdlayher/arp"
+)
+
+const helperEnv = "LVSHA_REALSERVER_HELPER"
+
+func TestMain(m *testing.M) {
+	if op := os.Getenv(helperEnv); op != "" {
+		if err := runHelper(op); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// runHelper is the child side: one operation in the namespace it runs in.
+func runHelper(op string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var cfg Config
+	for _, s := range strings.Fields(os.Getenv("LVSHA_RS_VIPS")) {
+		v, err := netip.ParseAddr(s)
+		if err != nil {
+			return err
+		}
+		cfg.VIPs = append(cfg.VIPs, v)
+	}
+	cfg.Interface = os.Getenv("LVSHA_RS_IF")
+	opts := Options{StateDir: os.Getenv("LVSHA_RS_STATE")}
+	switch op {
+	case "up":
+		return Up(ctx, cfg, opts)
+	case "down":
+		return Down(ctx, cfg, opts)
+	case "status":
+		ps, err := Status(ctx, cfg, opts)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(ps)
+	case "arp":
+		target, err := netip.ParseAddr(os.Getenv("LVSHA_RS_TARGET"))
+		if err != nil {
+			return err
+		}
+		wait, err := time.ParseDuration(os.Getenv("LVSHA_RS_WAIT"))
+		if err != nil {
+			return err
+		}
+		mac, err := arpProbe(cfg.Interface, target, wait)
+		if err != nil {
+			return err
+		}
+		fmt.Println(mac) // empty line: no reply
+		return nil
+	}
+	return fmt.Errorf("unknown helper op %q", op)
+}
+
+// arpProbe asks "who has target" on ifname every 100 ms until a reply comes
+// or wait has passed; it returns the replier's MAC, "" if none replied.
+func arpProbe(ifname string, target netip.Addr, wait time.Duration) (string, error) {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return "", err
+	}
+	c, err := arp.Dial(ifi)
+	if err != nil {
+		return "", fmt.Errorf("arp dial %s: %w", ifname, err)
+	}
+	defer c.Close()
+	end := time.Now().Add(wait)
+	for time.Now().Before(end) {
+		if err := c.Request(target); err != nil {
+			return "", fmt.Errorf("arp request: %w", err)
+		}
+		deadline := time.Now().Add(100 * time.Millisecond)
+		if end.Before(deadline) {
+			deadline = end
+		}
+		if err := c.SetReadDeadline(deadline); err != nil {
+			return "", err
+		}
+		for {
+			p, _, err := c.Read()
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				break
+			}
+			if err != nil {
+				return "", fmt.Errorf("arp read: %w", err)
+			}
+			if p.Operation == arp.OperationReply && p.SenderIP == target {
+				return p.SenderHardwareAddr.String(), nil
+			}
+		}
+	}
+	return "", nil
+}
+
+// lab is a bridge namespace with two hosts on it: a real server and a client.
+type lab struct {
+	prefix   string // namespace name prefix, unique to this run
+	rs, cl   string // namespace names
+	stateDir string
+}
+
+const (
+	labIf  = "eth0"
+	rsAddr = "10.94.0.134"
+	clAddr = "10.94.0.10"
+)
+
+var labVIP = netip.MustParseAddr("10.94.0.200")
+
+func ipCmd(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// newLab builds lan (bridge br0), rs and cl namespaces, each host with eth0
+// on the bridge. Everything is removed when the test ends, also on failure.
+func newLab(t *testing.T) *lab {
+	t.Helper()
+	testutil.NeedRoot(t)
+	if _, err := exec.LookPath("ip"); err != nil {
+		testutil.Unavailable(t, "needs iproute2 (ip)")
+	}
+	l := &lab{prefix: fmt.Sprintf("lvrs%d", os.Getpid()), stateDir: t.TempDir()}
+	lan := l.prefix + "-lan"
+	l.rs, l.cl = l.prefix+"-rs", l.prefix+"-cl"
+	for _, ns := range []string{lan, l.rs, l.cl} {
+		ipCmd(t, "netns", "add", ns)
+		t.Cleanup(func() {
+			if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+				t.Errorf("delete netns %s: %v %s", ns, err, out)
+			}
+		})
+		ipCmd(t, "-n", ns, "link", "set", "lo", "up")
+	}
+	ipCmd(t, "-n", lan, "link", "add", "br0", "type", "bridge")
+	ipCmd(t, "-n", lan, "link", "set", "br0", "up")
+	for host, addr := range map[string]string{l.rs: rsAddr, l.cl: clAddr} {
+		port := "p" + host[len(host)-2:]
+		ipCmd(t, "-n", lan, "link", "add", port, "type", "veth", "peer", "name", labIf, "netns", host)
+		ipCmd(t, "-n", lan, "link", "set", port, "master", "br0", "up")
+		ipCmd(t, "-n", host, "addr", "add", addr+"/24", "dev", labIf)
+		ipCmd(t, "-n", host, "link", "set", labIf, "up")
+	}
+	return l
+}
+
+// helper runs one helper operation in namespace ns.
+func (l *lab) helper(t *testing.T, ns, op string, env ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"="+op, "LVSHA_RS_STATE="+l.stateDir,
+		"LVSHA_RS_VIPS="+labVIP.String(), "LVSHA_RS_IF="+labIf)
+	cmd.Env = append(cmd.Env, env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("helper %s in %s: %w: %s", op, ns, err, stderr.String())
+	}
+	return stdout.String(), nil
+}
+
+func (l *lab) mustHelper(t *testing.T, ns, op string, env ...string) string {
+	t.Helper()
+	out, err := l.helper(t, ns, op, env...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// arpReply probes target from the client; "" means no reply within wait.
+func (l *lab) arpReply(t *testing.T, target string, wait time.Duration) string {
+	t.Helper()
+	return strings.TrimSpace(l.mustHelper(t, l.cl, "arp", "LVSHA_RS_TARGET="+target, "LVSHA_RS_WAIT="+wait.String()))
+}
+
+func (l *lab) status(t *testing.T) []Problem {
+	t.Helper()
+	var ps []Problem
+	if err := json.Unmarshal([]byte(l.mustHelper(t, l.rs, "status")), &ps); err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+// sysctls reads the ARP sysctls of the real server with cat, independently
+// of the code under test.
+func (l *lab) sysctls(t *testing.T) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	for _, i := range []string{"all", "default", "lo", labIf} {
+		for _, n := range []string{"arp_ignore", "arp_announce"} {
+			key := confKey(i, n)
+			out, err := exec.Command("ip", "netns", "exec", l.rs, "cat", "/proc/sys/"+key).CombinedOutput()
+			if err != nil {
+				t.Fatalf("read %s: %v %s", key, err, out)
+			}
+			m[key] = strings.TrimSpace(string(out))
+		}
+	}
+	return m
+}
+
+func (l *lab) setSysctl(t *testing.T, key, value string) {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", l.rs, "sh", "-c", "echo "+value+" > /proc/sys/"+key).CombinedOutput()
+	if err != nil {
+		t.Fatalf("set %s: %v %s", key, err, out)
+	}
+}
+
+// addrs lists dev's IPv4 addresses with their scope, as `ip` reports them.
+func (l *lab) addrs(t *testing.T, dev string) []string {
+	t.Helper()
+	var links []struct {
+		AddrInfo []struct {
+			Family    string `json:"family"`
+			Local     string `json:"local"`
+			Prefixlen int    `json:"prefixlen"`
+			Scope     string `json:"scope"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal([]byte(ipCmd(t, "-n", l.rs, "-j", "addr", "show", "dev", dev)), &links); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, li := range links {
+		for _, a := range li.AddrInfo {
+			if a.Family == "inet" {
+				out = append(out, fmt.Sprintf("%s/%d scope %s", a.Local, a.Prefixlen, a.Scope))
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// noReplyWait bounds how long the client waits for an ARP reply that must
+// not come; a reply that does come takes a millisecond on a bridge.
+const noReplyWait = 1500 * time.Millisecond
+
+func TestRealServerInNamespaces(t *testing.T) {
+	l := newLab(t)
+	rsMAC := strings.TrimSpace(ipCmd(t, "netns", "exec", l.rs, "cat", "/sys/class/net/"+labIf+"/address"))
+
+	// Originals Down must put back exactly, including non-default ones.
+	l.setSysctl(t, "net/ipv4/conf/all/arp_ignore", "0")
+	l.setSysctl(t, "net/ipv4/conf/all/arp_announce", "1")
+	l.setSysctl(t, "net/ipv4/conf/"+labIf+"/arp_ignore", "0")
+	l.setSysctl(t, "net/ipv4/conf/"+labIf+"/arp_announce", "0")
+	before := l.sysctls(t)
+
+	// Control: with the VIP on lo and no ARP suppression the kernel answers
+	// ARP for it on eth0. This is what Up must prevent, and proves the probe
+	// can see such a reply.
+	ipCmd(t, "-n", l.rs, "addr", "add", labVIP.String()+"/32", "dev", "lo")
+	if got := l.arpReply(t, labVIP.String(), 5*time.Second); got != rsMAC {
+		t.Fatalf("control: ARP for the VIP on an unconfigured host got %q, want %s", got, rsMAC)
+	}
+
+	l.mustHelper(t, l.rs, "up")
+	if got, want := l.addrs(t, "lo"), []string{"10.94.0.200/32 scope host", "127.0.0.1/8 scope host"}; !slices.Equal(got, want) {
+		t.Errorf("lo after up = %q, want %q", got, want)
+	}
+	after := l.sysctls(t)
+	for _, i := range []string{"all", labIf} {
+		if after[confKey(i, "arp_ignore")] != "1" || after[confKey(i, "arp_announce")] != "2" {
+			t.Errorf("sysctls of %s after up: %v", i, after)
+		}
+	}
+	// Control: the real server still answers ARP for its own address...
+	if got := l.arpReply(t, rsAddr, 5*time.Second); got != rsMAC {
+		t.Fatalf("ARP for the real server's own address got %q, want %s", got, rsMAC)
+	}
+	// ...but not for the VIP.
+	if got := l.arpReply(t, labVIP.String(), noReplyWait); got != "" {
+		t.Errorf("real server answered ARP for the VIP after up (from %s)", got)
+	}
+	if ps := l.status(t); len(ps) != 0 {
+		t.Errorf("status after up = %q, want none", ps)
+	}
+
+	statePath := filepath.Join(l.stateDir, StateFile)
+	saved, err := os.ReadFile(statePath)
+	if err != nil {
+		t.Fatalf("no state file after up: %v", err)
+	}
+	l.mustHelper(t, l.rs, "up")
+	if again, _ := os.ReadFile(statePath); !bytes.Equal(saved, again) {
+		t.Errorf("second up rewrote the saved originals:\n%s\n%s", saved, again)
+	}
+
+	l.mustHelper(t, l.rs, "down")
+	if got := l.sysctls(t); !maps.Equal(got, before) {
+		t.Errorf("sysctls after down = %v, want %v", got, before)
+	}
+	if got := l.addrs(t, "lo"); !slices.Equal(got, []string{"127.0.0.1/8 scope host"}) {
+		t.Errorf("lo after down = %q", got)
+	}
+	if _, err := os.Stat(statePath); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state file after down: %v", err)
+	}
+	if _, err := l.helper(t, l.rs, "down"); err == nil || !strings.Contains(err.Error(), ErrNoState.Error()) {
+		t.Errorf("second down = %v, want it to say the sysctls were not restored", err)
+	}
+
+	// A half-configured host: the VIP on eth0 instead of lo, only "all"
+	// suppressed.
+	ipCmd(t, "-n", l.rs, "addr", "add", labVIP.String()+"/32", "dev", labIf)
+	l.setSysctl(t, "net/ipv4/conf/all/arp_ignore", "1")
+	l.setSysctl(t, "net/ipv4/conf/all/arp_announce", "2")
+	want := []Problem{
+		"VIP 10.94.0.200 missing on lo",
+		"VIP 10.94.0.200 also on eth0",
+		"net.ipv4.conf.eth0.arp_ignore is 0, want 1",
+		"net.ipv4.conf.eth0.arp_announce is 0, want 2",
+	}
+	if got := l.status(t); !slices.Equal(got, want) {
+		t.Errorf("status of a half-configured host:\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestRealServerUpUnknownInterfaceChangesNothing(t *testing.T) {
+	l := newLab(t)
+	before := l.sysctls(t)
+	_, err := l.helper(t, l.rs, "up", "LVSHA_RS_IF=eth9")
+	if err == nil || !strings.Contains(err.Error(), "interface eth9 not found") {
+		t.Fatalf("up on a missing interface = %v", err)
+	}
+	if got := l.sysctls(t); !maps.Equal(got, before) {
+		t.Errorf("sysctls changed: %v, were %v", got, before)
+	}
+	if got := l.addrs(t, "lo"); !slices.Equal(got, []string{"127.0.0.1/8 scope host"}) {
+		t.Errorf("lo changed: %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(l.stateDir, StateFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state file left: %v", err)
+	}
+}
