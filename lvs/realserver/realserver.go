@@ -195,6 +195,11 @@ func Up(ctx context.Context, cfg Config, opts Options) (err error) {
 		return fmt.Errorf("realserver up: %w", err)
 	}
 	defer done()
+	unlock, err := lockState(statePath)
+	if err != nil {
+		return fmt.Errorf("realserver up: state: %w", err)
+	}
+	defer unlock()
 
 	// undo holds what this call changed, newest last; on failure it runs
 	// backwards so the host ends as it was.
@@ -318,6 +323,11 @@ func Down(ctx context.Context, cfg Config, opts Options) error {
 		return fmt.Errorf("realserver down: %w", err)
 	}
 	defer done()
+	unlock, err := lockState(statePath)
+	if err != nil {
+		return fmt.Errorf("realserver down: state: %w", err)
+	}
+	defer unlock()
 
 	st, _, err := readState(statePath)
 	noState := errors.Is(err, fs.ErrNotExist)

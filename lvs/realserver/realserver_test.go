@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -500,5 +501,42 @@ func TestValidate(t *testing.T) {
 func TestDisplayKey(t *testing.T) {
 	if got := displayKey("net/ipv4/conf/eth0.100/arp_ignore"); got != "net.ipv4.conf.eth0/100.arp_ignore" {
 		t.Errorf("displayKey = %s", got)
+	}
+}
+
+// TestConcurrentUpsLoseNothing: Ups running at once (different VIPs) must
+// each find their VIP in the state file, and the originals must be the
+// values from before any of them; without the state lock one read-modify-
+// write of the file overwrites another.
+func TestConcurrentUpsLoseNothing(t *testing.T) {
+	f := NewFake("ens33")
+	// Yield on every operation to widen the window in which unlocked Ups
+	// would interleave.
+	f.Fail = func(string) error { runtime.Gosched(); return nil }
+	o := testOpts(t, f)
+	const n = 8
+	errs := make(chan error, n)
+	var want []netip.Addr
+	for i := range n {
+		v := netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)})
+		want = append(want, v)
+		go func() { errs <- Up(context.Background(), Config{VIPs: []netip.Addr{v}, Interface: "ens33"}, o) }()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, _, err := readState(filepath.Join(o.StateDir, StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(st.VIPs, want) {
+		t.Errorf("state VIPs = %v, want all of %v", st.VIPs, want)
+	}
+	for k, v := range st.Sysctls {
+		if v != "0" {
+			t.Errorf("saved original %s = %s, want 0", k, v)
+		}
 	}
 }

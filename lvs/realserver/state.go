@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // StateFile is the name of the state file inside Options.StateDir.
@@ -86,4 +88,22 @@ func restoreFile(path string, old []byte) error {
 		return nil
 	}
 	return writeFileAtomic(path, old)
+}
+
+// lockState takes an exclusive lock next to the state file so two Up or Down
+// runs at once cannot interleave their read-modify-write of it. The lock
+// goes away with the process, so a crash never leaves it held.
+func lockState(path string) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil
 }
