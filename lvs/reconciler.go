@@ -1,0 +1,307 @@
+package lvs
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// OpKind is the kind of one change made to the kernel.
+type OpKind uint8
+
+// Kinds of change.
+const (
+	OpNewService OpKind = iota + 1
+	OpUpdateService
+	OpDelService
+	OpNewDest
+	OpUpdateDest
+	OpDelDest
+)
+
+func (o OpKind) String() string {
+	return [...]string{"?", "add-service", "update-service", "del-service", "add-dest", "update-dest", "del-dest"}[o]
+}
+
+// Op is one change made to the kernel.
+type Op struct {
+	Kind    OpKind
+	Service Key
+	Dest    netip.AddrPort // for destination ops
+	Detail  string         // what changed, for logs
+}
+
+func (o Op) String() string {
+	s := o.Kind.String() + " " + o.Service.String()
+	if o.Dest.IsValid() {
+		s += " -> " + o.Dest.String()
+	}
+	if o.Detail != "" {
+		s += " (" + o.Detail + ")"
+	}
+	return s
+}
+
+// Report says what an Apply or Repair did.
+type Report struct {
+	// Ops are the changes made, in order.
+	Ops []Op
+	// Reads counts the list requests made (0 when the cache was trusted).
+	Reads int
+	// QuorumLost lists the services now served by their sorry server.
+	QuorumLost []Key
+}
+
+func (r Report) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d changes, %d reads", len(r.Ops), r.Reads)
+	for _, o := range r.Ops {
+		b.WriteString("\n  " + o.String())
+	}
+	return b.String()
+}
+
+// kstate is what the reconciler believes one owned service looks like in
+// the kernel.
+type kstate struct {
+	svc   KService
+	dests map[netip.AddrPort]KDest
+}
+
+// Reconciler makes the kernel's IPVS table match the desired services. It
+// keeps what it last wrote as a cache, so a reload issues only the calls
+// for what changed (no reads); when a call fails, or on Repair, it re-reads
+// the kernel and tries again. It is not safe for concurrent use: see Loop.
+type Reconciler struct {
+	k   Kernel
+	log *slog.Logger
+	// owned are the services this reconciler was given or created; a key
+	// leaving the desired set is deleted from the kernel.
+	owned   map[Key]bool
+	cache   map[Key]*kstate // nil: must re-read the kernel
+	desired []Service
+	quorum  map[Key]bool // true while quorum is lost
+}
+
+// NewReconciler returns a reconciler over k. A nil log discards.
+func NewReconciler(k Kernel, log *slog.Logger) *Reconciler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Reconciler{k: k, log: log, owned: map[Key]bool{}, quorum: map[Key]bool{}}
+}
+
+// Apply makes the kernel match desired with the fewest calls: services and
+// real servers that did not change are not touched. Owned services missing
+// from desired are deleted. An invalid desired state changes nothing.
+func (r *Reconciler) Apply(desired []Service) (Report, error) {
+	seen := map[Key]bool{}
+	for i := range desired {
+		if err := desired[i].validate(); err != nil {
+			return Report{}, fmt.Errorf("lvs: %w", err)
+		}
+		if seen[desired[i].Key] {
+			return Report{}, fmt.Errorf("lvs: service %v listed twice", desired[i].Key)
+		}
+		seen[desired[i].Key] = true
+	}
+	r.desired = slices.Clone(desired)
+	var rep Report
+	err := r.sync(&rep)
+	if err != nil && r.cache != nil {
+		// The kernel was not what we believed (someone changed it): read
+		// it back and try once more.
+		r.log.Warn("ipvs: apply failed, re-reading the kernel", "err", err)
+		r.cache = nil
+		err = r.sync(&rep)
+	}
+	return rep, err
+}
+
+// Repair re-reads the kernel and undoes any drift from the last applied
+// state (services or real servers deleted or changed behind our back).
+func (r *Reconciler) Repair() (Report, error) {
+	r.cache = nil
+	var rep Report
+	err := r.sync(&rep)
+	return rep, err
+}
+
+// Owned reports whether the reconciler owns the service.
+func (r *Reconciler) Owned(k Key) bool { return r.owned[k] }
+
+// target computes what the kernel should hold for s.
+func target(s *Service) (KService, []KDest, bool) {
+	ks := KService{Key: s.Key, Scheduler: s.Scheduler, Timeout: uint32(s.Persistence.Seconds())}
+	live := 0
+	for _, rs := range s.Reals {
+		if rs.Up {
+			live += rs.Weight
+		}
+	}
+	if s.Sorry.IsValid() && live < s.Quorum {
+		return ks, []KDest{{Addr: s.Sorry, Weight: 1, Forwarding: s.Forwarding}}, true
+	}
+	ds := make([]KDest, 0, len(s.Reals))
+	for _, rs := range s.Reals {
+		w := rs.Weight
+		if !rs.Up {
+			if s.OnFailure == Remove {
+				continue
+			}
+			w = 0
+		}
+		ds = append(ds, KDest{Addr: rs.Addr, Weight: w, Forwarding: s.Forwarding})
+	}
+	return ks, ds, false
+}
+
+// load reads the kernel state of the services we own or want. Foreign
+// services are not even listed.
+func (r *Reconciler) load(rep *Report) error {
+	svcs, err := r.k.Services()
+	rep.Reads++
+	if err != nil {
+		return fmt.Errorf("lvs: list services: %w", err)
+	}
+	want := map[Key]bool{}
+	for k := range r.owned {
+		want[k] = true
+	}
+	for i := range r.desired {
+		want[r.desired[i].Key] = true
+	}
+	cache := map[Key]*kstate{}
+	for _, s := range svcs {
+		if !want[s.Key] {
+			continue
+		}
+		ds, err := r.k.Destinations(s.Key)
+		rep.Reads++
+		if err != nil {
+			return fmt.Errorf("lvs: list destinations of %v: %w", s.Key, err)
+		}
+		st := &kstate{svc: s, dests: make(map[netip.AddrPort]KDest, len(ds))}
+		for _, d := range ds {
+			st.dests[d.Addr] = d
+		}
+		cache[s.Key] = st
+	}
+	r.cache = cache
+	return nil
+}
+
+func (r *Reconciler) sync(rep *Report) error {
+	if r.cache == nil {
+		if err := r.load(rep); err != nil {
+			return err
+		}
+	}
+	var errs []error
+	// Services first created or changed, then deletions: on a move from one
+	// key to another the new one is ready before the old one goes.
+	wantKeys := map[Key]bool{}
+	for i := range r.desired {
+		s := &r.desired[i]
+		wantKeys[s.Key] = true
+		if err := r.syncService(s, rep); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	var gone []Key
+	for k := range r.owned {
+		if !wantKeys[k] {
+			gone = append(gone, k)
+		}
+	}
+	slices.SortFunc(gone, func(a, b Key) int { return strings.Compare(a.String(), b.String()) })
+	for _, k := range gone {
+		if _, ok := r.cache[k]; ok {
+			if err := r.k.DelService(k); err != nil {
+				errs = append(errs, fmt.Errorf("lvs: delete service %v: %w", k, err))
+				continue
+			}
+			rep.Ops = append(rep.Ops, Op{Kind: OpDelService, Service: k})
+			delete(r.cache, k)
+		}
+		delete(r.owned, k)
+		delete(r.quorum, k)
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Reconciler) syncService(s *Service, rep *Report) error {
+	ks, dests, lost := target(s)
+	if lost {
+		rep.QuorumLost = append(rep.QuorumLost, s.Key)
+	}
+	if lost != r.quorum[s.Key] {
+		if lost {
+			r.log.Warn("ipvs: quorum lost, sorry server takes over", "service", s.Key.String(), "sorry", s.Sorry.String(), "quorum", s.Quorum)
+		} else {
+			r.log.Info("ipvs: quorum regained", "service", s.Key.String())
+		}
+		r.quorum[s.Key] = lost
+	}
+	r.owned[s.Key] = true
+	cur, ok := r.cache[s.Key]
+	switch {
+	case !ok:
+		if err := r.k.NewService(ks); err != nil {
+			return fmt.Errorf("lvs: add service %v: %w", s.Key, err)
+		}
+		rep.Ops = append(rep.Ops, Op{Kind: OpNewService, Service: s.Key, Detail: ks.Scheduler})
+		cur = &kstate{svc: ks, dests: map[netip.AddrPort]KDest{}}
+		r.cache[s.Key] = cur
+	case cur.svc.Scheduler != ks.Scheduler || cur.svc.Timeout != ks.Timeout:
+		if err := r.k.UpdateService(ks); err != nil {
+			return fmt.Errorf("lvs: update service %v: %w", s.Key, err)
+		}
+		rep.Ops = append(rep.Ops, Op{Kind: OpUpdateService, Service: s.Key,
+			Detail: fmt.Sprintf("scheduler %s->%s timeout %d->%d", cur.svc.Scheduler, ks.Scheduler, cur.svc.Timeout, ks.Timeout)})
+		cur.svc.Scheduler, cur.svc.Timeout = ks.Scheduler, ks.Timeout
+	}
+	var errs []error
+	keep := make(map[netip.AddrPort]bool, len(dests))
+	for _, d := range dests {
+		keep[d.Addr] = true
+		have, ok := cur.dests[d.Addr]
+		switch {
+		case !ok:
+			if err := r.k.NewDestination(s.Key, d); err != nil {
+				errs = append(errs, fmt.Errorf("lvs: add %v to %v: %w", d.Addr, s.Key, err))
+				continue
+			}
+			rep.Ops = append(rep.Ops, Op{Kind: OpNewDest, Service: s.Key, Dest: d.Addr, Detail: fmt.Sprintf("weight %d %v", d.Weight, d.Forwarding)})
+		case have.Weight != d.Weight || have.Forwarding != d.Forwarding:
+			if err := r.k.UpdateDestination(s.Key, d); err != nil {
+				errs = append(errs, fmt.Errorf("lvs: update %v in %v: %w", d.Addr, s.Key, err))
+				continue
+			}
+			rep.Ops = append(rep.Ops, Op{Kind: OpUpdateDest, Service: s.Key, Dest: d.Addr,
+				Detail: fmt.Sprintf("weight %d->%d %v->%v", have.Weight, d.Weight, have.Forwarding, d.Forwarding)})
+		default:
+			continue
+		}
+		cur.dests[d.Addr] = d
+	}
+	var drop []netip.AddrPort
+	for a := range cur.dests {
+		if !keep[a] {
+			drop = append(drop, a)
+		}
+	}
+	slices.SortFunc(drop, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	for _, a := range drop {
+		if err := r.k.DelDestination(s.Key, a); err != nil {
+			errs = append(errs, fmt.Errorf("lvs: delete %v from %v: %w", a, s.Key, err))
+			continue
+		}
+		rep.Ops = append(rep.Ops, Op{Kind: OpDelDest, Service: s.Key, Dest: a})
+		delete(cur.dests, a)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,212 @@
+// Package lvs programs the kernel's IPVS table from lvsha's desired state:
+// a Reconciler compares the virtual services and real servers it is given
+// (weights already combined with health) with what the kernel has and makes
+// the minimal set of changes, so unchanged services and real servers keep
+// their connections. It owns only the services it was given (or created);
+// anything else in the table is never touched. A Loop owns the reconciler
+// in one goroutine and periodically repairs drift (someone ran ipvsadm -C).
+//
+// The kernel sits behind the Kernel interface: IPVS (moby/ipvs) for real,
+// Fake in unit tests.
+package lvs
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Proto is the transport protocol of an address-based virtual service.
+type Proto uint8
+
+// Protocols. A fwmark service has no protocol of its own.
+const (
+	TCP Proto = iota + 1
+	UDP
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto(%d)", uint8(p))
+}
+
+// Key identifies a virtual service: protocol + VIP:port, or a firewall
+// mark (then Proto and Addr are zero).
+type Key struct {
+	Proto  Proto
+	Addr   netip.AddrPort
+	FWMark uint32
+}
+
+func (k Key) String() string {
+	if k.FWMark != 0 {
+		return fmt.Sprintf("fwmark/%d", k.FWMark)
+	}
+	return k.Proto.String() + "/" + k.Addr.String()
+}
+
+func (k Key) valid() error {
+	if k.FWMark != 0 {
+		if k.Proto != 0 || k.Addr.IsValid() {
+			return fmt.Errorf("service %v: fwmark service with an address", k)
+		}
+		return nil
+	}
+	if k.Proto != TCP && k.Proto != UDP {
+		return fmt.Errorf("service %v: protocol must be tcp or udp", k)
+	}
+	if !k.Addr.IsValid() {
+		return fmt.Errorf("service %v: no address", k)
+	}
+	return nil
+}
+
+// Forwarding is how IPVS sends packets to a real server. The zero value is
+// direct routing, lvsha's default.
+type Forwarding uint8
+
+// Forwarding methods.
+const (
+	DR Forwarding = iota
+	NAT
+	Tunnel
+)
+
+func (f Forwarding) String() string {
+	switch f {
+	case DR:
+		return "dr"
+	case NAT:
+		return "nat"
+	case Tunnel:
+		return "tun"
+	}
+	return fmt.Sprintf("forwarding(%d)", uint8(f))
+}
+
+// ParseForwarding accepts the config names dr, nat and tun.
+func ParseForwarding(s string) (Forwarding, error) {
+	switch s {
+	case "dr", "":
+		return DR, nil
+	case "nat":
+		return NAT, nil
+	case "tun":
+		return Tunnel, nil
+	}
+	return 0, fmt.Errorf("unknown forwarding %q (dr, nat, tun)", s)
+}
+
+// OnFailure says what happens to a real server that is down. The zero
+// value, Inhibit, keeps it with weight 0 so established and persistent
+// connections drain; Remove deletes it from the table.
+type OnFailure uint8
+
+// Failure handling.
+const (
+	Inhibit OnFailure = iota
+	Remove
+)
+
+// Schedulers are the IPVS scheduler names lvsha accepts (twos needs a
+// kernel >= 6.7; Debian bookworm's 6.1 rejects it when the service is made).
+var Schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"}
+
+// Real is a real server of a service as the config and health checks see it.
+type Real struct {
+	Addr   netip.AddrPort
+	Weight int
+	// Up is the health check verdict.
+	Up bool
+}
+
+// Service is the desired state of one virtual service.
+type Service struct {
+	Key         Key
+	Scheduler   string
+	Forwarding  Forwarding
+	Persistence time.Duration // 0: not persistent
+	// Quorum: when the sum of the weights of the real servers that are up
+	// is below it, the sorry server (if any) replaces the real servers.
+	Quorum    int
+	Sorry     netip.AddrPort // zero: none
+	OnFailure OnFailure
+	Reals     []Real
+}
+
+func (s *Service) validate() error {
+	if err := s.Key.valid(); err != nil {
+		return err
+	}
+	if !slices.Contains(Schedulers, s.Scheduler) {
+		return fmt.Errorf("service %v: unknown scheduler %q", s.Key, s.Scheduler)
+	}
+	if s.Forwarding > Tunnel {
+		return fmt.Errorf("service %v: bad forwarding %v", s.Key, s.Forwarding)
+	}
+	if s.Persistence < 0 || s.Persistence%time.Second != 0 {
+		return fmt.Errorf("service %v: persistence %v is not whole seconds", s.Key, s.Persistence)
+	}
+	seen := map[netip.AddrPort]bool{}
+	for _, r := range s.Reals {
+		if !r.Addr.IsValid() {
+			return fmt.Errorf("service %v: real server without address", s.Key)
+		}
+		if seen[r.Addr] {
+			return fmt.Errorf("service %v: real server %v listed twice", s.Key, r.Addr)
+		}
+		seen[r.Addr] = true
+		if r.Weight < 0 || r.Weight > 65535 {
+			return fmt.Errorf("service %v: real server %v: weight %d out of 0..65535", s.Key, r.Addr, r.Weight)
+		}
+	}
+	return nil
+}
+
+// Persistent is the IPVS service flag for persistence (IP_VS_SVC_F_PERSISTENT).
+const flagPersistent = 0x1
+
+// KService is a virtual service as the kernel holds it.
+type KService struct {
+	Key       Key
+	Scheduler string
+	// Timeout is the persistence timeout in seconds; 0 means not persistent.
+	Timeout uint32
+	Stats   Stats
+}
+
+// KDest is a real server (destination) as the kernel holds it.
+type KDest struct {
+	Addr        netip.AddrPort
+	Weight      int
+	Forwarding  Forwarding
+	ActiveConns int
+	InactConns  int
+	Stats       Stats
+}
+
+// Stats are IPVS counters. The kernel's counters lag up to ~2 s.
+type Stats struct {
+	Conns                 uint32
+	PacketsIn, PacketsOut uint32
+	BytesIn, BytesOut     uint64
+}
+
+// Kernel is the IPVS table of one network namespace. Each method is one
+// netlink request. Implementations need not be safe for concurrent use.
+type Kernel interface {
+	Services() ([]KService, error)
+	Destinations(Key) ([]KDest, error)
+	NewService(KService) error
+	UpdateService(KService) error
+	DelService(Key) error
+	NewDestination(Key, KDest) error
+	UpdateDestination(Key, KDest) error
+	DelDestination(Key, netip.AddrPort) error
+}
