@@ -227,7 +227,7 @@ func Up(ctx context.Context, cfg Config, opts Options) (err error) {
 	for _, kp := range keys {
 		s, _, rerr := readInt(k, kp.key)
 		if rerr != nil {
-			if errors.Is(rerr, fs.ErrNotExist) && strings.Contains(kp.key, "/"+cfg.Interface+"/") {
+			if errors.Is(rerr, fs.ErrNotExist) && strings.HasPrefix(kp.key, confKey(cfg.Interface, "")) {
 				return fmt.Errorf("realserver up: interface %s not found: %w", cfg.Interface, rerr)
 			}
 			return fmt.Errorf("realserver up: %w", rerr)
@@ -439,7 +439,7 @@ func Status(ctx context.Context, cfg Config, opts Options) ([]Problem, error) {
 	for _, kp := range cfg.sysctlKeys() {
 		_, n, err := readInt(k, kp.key)
 		switch {
-		case errors.Is(err, fs.ErrNotExist) && strings.Contains(kp.key, "/"+cfg.Interface+"/"):
+		case errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(kp.key, confKey(cfg.Interface, "")):
 			p := Problem(fmt.Sprintf("interface %s not found", cfg.Interface))
 			if !slices.Contains(ps, p) {
 				ps = append(ps, p)
