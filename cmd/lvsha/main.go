@@ -94,8 +94,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return reportConfig(stdout, stderr, file, cfg, warnings, err)
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, err)
-		fmt.Fprintf(stderr, "lvsha: not starting: %s is invalid (check it with lvsha -t -f %s)\n", file, file)
+		var inv *conf.InvalidError
+		if errors.As(err, &inv) {
+			fmt.Fprintln(stderr, err)
+			fmt.Fprintf(stderr, "lvsha: not starting: %s is invalid\n", file)
+		} else {
+			fmt.Fprintf(stderr, "lvsha: not starting: %v\n", err)
+		}
 		return exitFail
 	}
 	if level != "" {

@@ -2,8 +2,11 @@ package daemon
 
 import (
 	"context"
+
 	"encoding/json"
 	"fmt"
+	"github.com/lvsha/lvsha/healthcheck"
+	"github.com/lvsha/lvsha/lvs"
 	"net"
 	"net/http"
 	"time"
@@ -16,22 +19,25 @@ type Status struct {
 	Started  time.Time       `json:"started"`
 	VRRP     []VRRPStatus    `json:"vrrp"`
 	Services []ServiceStatus `json:"services"`
+	// IPVSError says why the IPVS table could not be read or programmed.
+	IPVSError string `json:"ipvs_error,omitempty"`
 }
 
 // VRRPStatus is one VRRP instance.
 type VRRPStatus struct {
-	Name       string            `json:"name"`
-	Interface  string            `json:"interface"`
-	VRID       int               `json:"vrid"`
-	State      string            `json:"state"`
-	Priority   int               `json:"priority"`
-	Master     string            `json:"master,omitempty"`
-	Since      time.Time         `json:"since"`
-	LastCause  string            `json:"last_cause,omitempty"`
-	VIPs       []string          `json:"vips"`
-	AdvertsOut uint64            `json:"adverts_sent"`
-	AdvertsIn  uint64            `json:"adverts_received"`
-	Dropped    map[string]uint64 `json:"dropped,omitempty"`
+	Name        string            `json:"name"`
+	Interface   string            `json:"interface"`
+	VRID        int               `json:"vrid"`
+	State       string            `json:"state"`
+	Priority    int               `json:"priority"`
+	Master      string            `json:"master,omitempty"`
+	Since       time.Time         `json:"since"`
+	LastCause   string            `json:"last_cause,omitempty"`
+	VIPs        []string          `json:"vips"`
+	AdvertsOut  uint64            `json:"adverts_sent"`
+	AdvertsIn   uint64            `json:"adverts_received"`
+	Transitions uint64            `json:"transitions"`
+	Dropped     map[string]uint64 `json:"dropped,omitempty"`
 }
 
 // ServiceStatus is one virtual service, like a block of `ipvsadm -ln`.
@@ -40,6 +46,7 @@ type ServiceStatus struct {
 	Scheduler  string       `json:"scheduler"`
 	Forwarding string       `json:"forwarding"`
 	InKernel   bool         `json:"in_kernel"`
+	QuorumLost bool         `json:"quorum_lost,omitempty"`
 	Reals      []RealStatus `json:"reals"`
 }
 
@@ -52,12 +59,55 @@ type RealStatus struct {
 	InactiveConns  int       `json:"inactive_conns"`
 	Health         string    `json:"health"` // up, down, unchecked
 	LastError      string    `json:"last_error,omitempty"`
+	LastCheck      time.Time `json:"last_check,omitzero"`
 	LastTransition time.Time `json:"last_transition,omitzero"`
 }
 
-func (d *Daemon) status() Status {
+func (d *Daemon) status(ctx context.Context) Status {
 	cfg := d.config()
-	st := Status{Version: d.opts.Version, Config: cfg.File, Started: d.started}
+	st := Status{Version: d.opts.Version, Config: cfg.File, Started: d.started, VRRP: []VRRPStatus{}, Services: []ServiceStatus{}}
+	for _, in := range cfg.VRRP {
+		d.mu.Lock()
+		r := d.vrrp[in.Name]
+		d.mu.Unlock()
+		if r != nil {
+			st.VRRP = append(st.VRRP, r.status())
+		}
+	}
+	hs := map[string]healthcheck.TargetState{}
+	if d.hc != nil {
+		for _, t := range d.hc.Snapshot() {
+			hs[t.ID] = t
+		}
+	}
+	var snap lvs.Snapshot
+	ipvsOK := false
+	if d.ipvs != nil {
+		snap, st.IPVSError, ipvsOK = d.ipvs.snapshot(ctx)
+	}
+	for i := range cfg.Services {
+		vs := &cfg.Services[i]
+		ss := ServiceStatus{Key: vs.Key(), Scheduler: vs.Scheduler, Forwarding: vs.Forwarding, Reals: []RealStatus{}}
+		ks, inKernel := snap.Find(serviceKey(vs))
+		ss.InKernel = ipvsOK && inKernel
+		ss.QuorumLost = inKernel && ks.QuorumLost
+		for j := range vs.Reals {
+			rs := &vs.Reals[j]
+			r := RealStatus{Address: rs.Addr.String(), Weight: rs.Weight, KernelWeight: -1, Health: "unchecked"}
+			if kd, ok := ks.Dest(rs.Addr); ok {
+				r.KernelWeight, r.ActiveConns, r.InactiveConns = kd.Weight, kd.ActiveConns, kd.InactConns
+			}
+			if h, ok := hs[realID(vs, rs)]; ok {
+				r.Health = "down"
+				if h.Up {
+					r.Health = "up"
+				}
+				r.LastError, r.LastTransition, r.LastCheck = h.LastError, h.LastChange, h.LastCheck
+			}
+			ss.Reals = append(ss.Reals, r)
+		}
+		st.Services = append(st.Services, ss)
+	}
 	return st
 }
 
@@ -67,7 +117,7 @@ func (d *Daemon) controlHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(d.status())
+		_ = enc.Encode(d.status(r.Context()))
 	})
 	return mux
 }
