@@ -20,6 +20,7 @@ import (
 
 	"github.com/lvsha/lvsha/conf"
 	"github.com/lvsha/lvsha/healthcheck"
+	"github.com/lvsha/lvsha/lvs"
 )
 
 // Options are the daemon's settings that do not come from the config file.
@@ -27,6 +28,9 @@ type Options struct {
 	Version string
 	// Reload delivers a value for each reload request (SIGHUP).
 	Reload <-chan os.Signal
+	// OpenIPVS opens the IPVS table; nil means the kernel's in the current
+	// network namespace. Tests pass an in-memory one.
+	OpenIPVS func() (lvs.Kernel, func(), error)
 }
 
 // Daemon is a running director.
@@ -95,7 +99,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		<-hcDone
 	}()
 
-	d.ipvs, err = startIPVS(ctx, cfg, d.log)
+	d.ipvs, err = startIPVS(ctx, cfg, d.log, d.opts.OpenIPVS)
 	if err != nil {
 		return err
 	}

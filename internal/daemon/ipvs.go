@@ -18,6 +18,7 @@ type ipvsPart struct {
 	log      *slog.Logger
 	interval time.Duration
 	want     chan []lvs.Service // capacity 1: only the newest table matters
+	open     func() (lvs.Kernel, func(), error)
 	cancel   context.CancelFunc
 	done     chan struct{}
 
@@ -27,7 +28,16 @@ type ipvsPart struct {
 	applied int // Apply calls that succeeded
 }
 
-func startIPVS(ctx context.Context, cfg *conf.Config, log *slog.Logger) (*ipvsPart, error) {
+func startIPVS(ctx context.Context, cfg *conf.Config, log *slog.Logger, open func() (lvs.Kernel, func(), error)) (*ipvsPart, error) {
+	if open == nil {
+		open = func() (lvs.Kernel, func(), error) {
+			k, err := lvs.OpenIPVS("")
+			if err != nil {
+				return nil, nil, err
+			}
+			return k, k.Close, nil
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	p := &ipvsPart{
 		log:      log,
@@ -35,6 +45,7 @@ func startIPVS(ctx context.Context, cfg *conf.Config, log *slog.Logger) (*ipvsPa
 		want:     make(chan []lvs.Service, 1),
 		cancel:   cancel,
 		done:     make(chan struct{}),
+		open:     open,
 	}
 	go p.run(ctx)
 	return p, nil
@@ -86,7 +97,7 @@ func (p *ipvsPart) run(ctx context.Context) {
 				havePend = false // nothing to program: no need for IPVS at all
 				continue
 			}
-			k, err := lvs.OpenIPVS("")
+			k, closeK, err := p.open()
 			if err != nil {
 				p.fail("open IPVS", err, &failures, &retry)
 				continue
@@ -95,7 +106,7 @@ func (p *ipvsPart) run(ctx context.Context) {
 			loopDone = make(chan struct{})
 			go func() {
 				defer close(loopDone)
-				defer k.Close()
+				defer closeK()
 				_ = loop.Run(ctx)
 			}()
 			p.mu.Lock()

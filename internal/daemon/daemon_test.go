@@ -1,0 +1,343 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lvsha/lvsha/conf"
+	"github.com/lvsha/lvsha/lvs"
+)
+
+// recKernel serialises access to the fake kernel (the test reads it while
+// the daemon's loop writes) and records every call.
+type recKernel struct {
+	mu    sync.Mutex
+	k     *lvs.Fake
+	calls []string
+}
+
+func (r *recKernel) rec(c string) { r.calls = append(r.calls, c) }
+
+func (r *recKernel) Services() ([]lvs.KService, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.k.Services()
+}
+
+func (r *recKernel) Destinations(k lvs.Key) ([]lvs.KDest, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.k.Destinations(k)
+}
+
+func (r *recKernel) NewService(s lvs.KService) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rec("NewService " + s.Key.String())
+	return r.k.NewService(s)
+}
+
+func (r *recKernel) UpdateService(s lvs.KService) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rec("UpdateService " + s.Key.String())
+	return r.k.UpdateService(s)
+}
+
+func (r *recKernel) DelService(k lvs.Key) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rec("DelService " + k.String())
+	return r.k.DelService(k)
+}
+
+func (r *recKernel) NewDestination(k lvs.Key, d lvs.KDest) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rec("NewDestination " + d.Addr.String())
+	return r.k.NewDestination(k, d)
+}
+
+func (r *recKernel) UpdateDestination(k lvs.Key, d lvs.KDest) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rec(fmt.Sprintf("UpdateDestination %s weight %d", d.Addr, d.Weight))
+	return r.k.UpdateDestination(k, d)
+}
+
+func (r *recKernel) DelDestination(k lvs.Key, a netip.AddrPort) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rec("DelDestination " + a.String())
+	return r.k.DelDestination(k, a)
+}
+
+func (r *recKernel) takeCalls() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.calls
+	r.calls = nil
+	return c
+}
+
+// weights returns the kernel weight of each destination of the one service.
+func (r *recKernel) weights(t *testing.T) map[string]int {
+	t.Helper()
+	svcs, err := r.Services()
+	if err != nil || len(svcs) != 1 {
+		return nil
+	}
+	ds, err := r.Destinations(svcs[0].Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, d := range ds {
+		out[d.Addr.String()] = d.Weight
+	}
+	return out
+}
+
+// web is an HTTP server on loopback that can be stopped and started again on
+// the same port.
+type web struct {
+	addr string
+	mu   sync.Mutex
+	srv  *http.Server
+}
+
+func startWeb(t *testing.T, addr string) *web {
+	t.Helper()
+	w := &web{addr: addr}
+	w.start(t)
+	t.Cleanup(w.stop)
+	return w
+}
+
+func (w *web) start(t *testing.T) {
+	t.Helper()
+	l, err := net.Listen("tcp", w.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.addr = l.Addr().String()
+	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { io.WriteString(rw, "ok") })}
+	w.mu.Lock()
+	w.srv = srv
+	w.mu.Unlock()
+	go srv.Serve(l)
+}
+
+func (w *web) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.srv != nil {
+		w.srv.Close()
+		w.srv = nil
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+const daemonConfig = `
+[global]
+control_socket = "%s"
+
+[[virtual_server]]
+address = "10.99.0.1:80"
+scheduler = "rr"
+forwarding = "nat"
+
+[virtual_server.check]
+type = "http"
+interval = "100ms"
+timeout = "80ms"
+rise = 1
+fall = 1
+
+[[virtual_server.real_server]]
+address = "%s"
+
+[[virtual_server.real_server]]
+address = "%s"
+weight = 5
+%s`
+
+// TestDaemonHealthDrivesIPVSAndReloadIsADiff runs the daemon with real health
+// checks against loopback servers and an in-memory IPVS: a failing server
+// gets weight 0 and its weight back on recovery, a reload that adds one real
+// server makes exactly one kernel call, an invalid reload changes nothing.
+func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "lvsha.sock")
+	a := startWeb(t, "127.0.0.1:0")
+	b := startWeb(t, "127.0.0.1:0")
+	file := filepath.Join(dir, "lvsha.toml")
+	write := func(extra string) {
+		t.Helper()
+		if err := os.WriteFile(file, fmt.Appendf(nil, daemonConfig, sock, a.addr, b.addr, extra), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("")
+	cfg, _, err := conf.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &recKernel{k: lvs.NewFake()}
+	reload := make(chan os.Signal, 1)
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	d := New(cfg, log, Options{Version: "test", Reload: reload, OpenIPVS: func() (lvs.Kernel, func(), error) {
+		return k, func() {}, nil
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+
+	waitFor(t, "both real servers in IPVS", func() bool {
+		w := k.weights(t)
+		return w[a.addr] == 1 && w[b.addr] == 5
+	})
+
+	b.stop()
+	waitFor(t, "b inhibited (weight 0)", func() bool { return k.weights(t)[b.addr] == 0 })
+	st, err := QueryStatus(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Services) != 1 || len(st.Services[0].Reals) != 2 {
+		t.Fatalf("status: %+v", st)
+	}
+	rb := st.Services[0].Reals[1]
+	if rb.Health != "down" || rb.KernelWeight != 0 || rb.Weight != 5 || rb.LastError == "" {
+		t.Errorf("status of the failed real server: %+v", rb)
+	}
+	if !st.Services[0].InKernel {
+		t.Errorf("service not reported in kernel")
+	}
+
+	b.start(t)
+	waitFor(t, "b back at weight 5", func() bool { return k.weights(t)[b.addr] == 5 })
+
+	// Invalid config: nothing changes.
+	k.takeCalls()
+	if err := os.WriteFile(file, []byte("[global]\nlog_level = \"loud\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reload <- syscall.SIGHUP
+	waitFor(t, "the rejected reload logged", func() bool { return strings.Contains(logs.String(), "reload rejected") })
+	if !strings.Contains(logs.String(), `global.log_level: \"loud\" is not one of`) {
+		t.Errorf("the reload error does not name the key:\n%s", logs.String())
+	}
+
+	// One more real server: exactly one kernel call.
+	c := startWeb(t, "127.0.0.1:0")
+	write(fmt.Sprintf("\n[[virtual_server.real_server]]\naddress = %q\nweight = 2\n", c.addr))
+	reload <- syscall.SIGHUP
+	waitFor(t, "c added", func() bool { return k.weights(t)[c.addr] == 2 })
+	waitFor(t, "reload applied", func() bool { return strings.Count(logs.String(), "reload applied") == 1 })
+	if calls := k.takeCalls(); len(calls) != 1 || calls[0] != "NewDestination "+c.addr {
+		t.Errorf("reload adding one real server made calls %q, want exactly one NewDestination", calls)
+	}
+	if w := k.weights(t); w[a.addr] != 1 || w[b.addr] != 5 {
+		t.Errorf("unchanged real servers changed: %v", w)
+	}
+}
+
+func TestDesiredServices(t *testing.T) {
+	src := `
+[[virtual_server]]
+address = "10.0.0.1:80"
+on_failure = "remove"
+[virtual_server.check]
+type = "tcp"
+[[virtual_server.real_server]]
+address = "10.0.1.1:80"
+weight = 3
+[[virtual_server.real_server]]
+address = "10.0.1.2:80"
+[virtual_server.real_server.check]
+initial_state = "down"
+
+[[virtual_server]]
+fwmark = 7
+protocol = "udp"
+[[virtual_server.real_server]]
+address = "10.0.1.3:53"
+`
+	cfg, _, err := conf.Parse("t.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets, err := healthTargets(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(targets) != 2 || targets[1].Spec.InitialUp || !targets[0].Spec.InitialUp {
+		t.Fatalf("targets: %+v", targets)
+	}
+	d := &Daemon{health: map[string]bool{}}
+	d.resetHealth(targets)
+	got := desiredServices(cfg, d.health)
+	if len(got) != 2 {
+		t.Fatalf("services: %+v", got)
+	}
+	s0 := got[0]
+	if s0.OnFailure != lvs.Remove || s0.Key.Proto != lvs.TCP || s0.Reals[0].Weight != 3 || !s0.Reals[0].Up || s0.Reals[1].Up {
+		t.Errorf("service 0: %+v", s0)
+	}
+	s1 := got[1]
+	if s1.Key.FWMark != 7 || s1.Key.Addr.IsValid() || !s1.Reals[0].Up {
+		t.Errorf("fwmark service (unchecked real server is up): %+v", s1)
+	}
+	// A health transition flips exactly that real server.
+	d.health[targets[1].ID] = true
+	if got := desiredServices(cfg, d.health); !got[0].Reals[1].Up {
+		t.Errorf("health up not applied")
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
