@@ -45,6 +45,7 @@ type Daemon struct {
 	health  map[string]bool        // by real server ID; absent = no check (up)
 	hc      *healthcheck.Manager
 	ipvs    *ipvsPart
+	metrics *metrics
 }
 
 // New returns a daemon for a validated config.
@@ -77,6 +78,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		_ = os.Remove(cfg.Global.ControlSocket)
 	}()
 
+	d.metrics = newMetrics(d)
+	if listen := cfg.Global.MetricsListen; listen != "" {
+		stopMetrics, err := d.serveMetrics(ctx, listen)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
+
 	// Health checks first, so IPVS starts from their initial verdicts.
 	targets, err := healthTargets(cfg)
 	if err != nil {
@@ -99,7 +109,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		<-hcDone
 	}()
 
-	d.ipvs, err = startIPVS(ctx, cfg, d.log, d.opts.OpenIPVS)
+	d.ipvs, err = startIPVS(ctx, cfg, d.log, d.opts.OpenIPVS, d.metrics.observeApply)
 	if err != nil {
 		return err
 	}

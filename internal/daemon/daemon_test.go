@@ -163,6 +163,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 const daemonConfig = `
 [global]
 control_socket = "%s"
+metrics_listen = "%s"
 
 [[virtual_server]]
 address = "10.99.0.1:80"
@@ -194,9 +195,10 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 	a := startWeb(t, "127.0.0.1:0")
 	b := startWeb(t, "127.0.0.1:0")
 	file := filepath.Join(dir, "lvsha.toml")
+	metricsAddr := freePort(t)
 	write := func(extra string) {
 		t.Helper()
-		if err := os.WriteFile(file, fmt.Appendf(nil, daemonConfig, sock, a.addr, b.addr, extra), 0o644); err != nil {
+		if err := os.WriteFile(file, fmt.Appendf(nil, daemonConfig, sock, metricsAddr, a.addr, b.addr, extra), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -244,6 +246,22 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 		t.Errorf("service not reported in kernel")
 	}
 
+	body := scrape(t, metricsAddr)
+	for _, want := range []string{
+		fmt.Sprintf(`lvsha_realserver_up{real_server=%q,service="TCP 10.99.0.1:80"} 0`, b.addr),
+		fmt.Sprintf(`lvsha_realserver_up{real_server=%q,service="TCP 10.99.0.1:80"} 1`, a.addr),
+		fmt.Sprintf(`lvsha_ipvs_weight{real_server=%q,service="TCP 10.99.0.1:80"} 0`, b.addr),
+		`lvsha_ipvs_operations_total{op="add-service"} 1`,
+		`lvsha_ipvs_operations_total{op="add-dest"} 2`,
+		`lvsha_ipvs_operations_total{op="update-dest"} 1`,
+		`lvsha_healthcheck_checks_total{real_server="TCP 10.99.0.1:80 -> ` + b.addr + `"}`,
+		`lvsha_ipvs_reconcile_runs_total`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+
 	b.start(t)
 	waitFor(t, "b back at weight 5", func() bool { return k.weights(t)[b.addr] == 5 })
 
@@ -270,6 +288,30 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 	if w := k.weights(t); w[a.addr] != 1 || w[b.addr] != 5 {
 		t.Errorf("unchanged real servers changed: %v", w)
 	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 func TestDesiredServices(t *testing.T) {

@@ -19,6 +19,7 @@ type ipvsPart struct {
 	interval time.Duration
 	want     chan []lvs.Service // capacity 1: only the newest table matters
 	open     func() (lvs.Kernel, func(), error)
+	observe  func(rep lvs.Report, err error, repair bool)
 	cancel   context.CancelFunc
 	done     chan struct{}
 
@@ -28,7 +29,8 @@ type ipvsPart struct {
 	applied int // Apply calls that succeeded
 }
 
-func startIPVS(ctx context.Context, cfg *conf.Config, log *slog.Logger, open func() (lvs.Kernel, func(), error)) (*ipvsPart, error) {
+func startIPVS(ctx context.Context, cfg *conf.Config, log *slog.Logger, open func() (lvs.Kernel, func(), error),
+	observe func(rep lvs.Report, err error, repair bool)) (*ipvsPart, error) {
 	if open == nil {
 		open = func() (lvs.Kernel, func(), error) {
 			k, err := lvs.OpenIPVS("")
@@ -46,6 +48,7 @@ func startIPVS(ctx context.Context, cfg *conf.Config, log *slog.Logger, open fun
 		cancel:   cancel,
 		done:     make(chan struct{}),
 		open:     open,
+		observe:  observe,
 	}
 	go p.run(ctx)
 	return p, nil
@@ -113,7 +116,9 @@ func (p *ipvsPart) run(ctx context.Context) {
 			p.loop = loop
 			p.mu.Unlock()
 		}
-		if _, err := loop.Apply(ctx, pending); err != nil {
+		rep, err := loop.Apply(ctx, pending)
+		p.observe(rep, err, false)
+		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}

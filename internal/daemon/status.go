@@ -59,6 +59,7 @@ type RealStatus struct {
 	InactiveConns  int       `json:"inactive_conns"`
 	Health         string    `json:"health"` // up, down, unchecked
 	LastError      string    `json:"last_error,omitempty"`
+	Checks         uint64    `json:"checks"`
 	LastCheck      time.Time `json:"last_check,omitzero"`
 	LastTransition time.Time `json:"last_transition,omitzero"`
 }
@@ -102,7 +103,7 @@ func (d *Daemon) status(ctx context.Context) Status {
 				if h.Up {
 					r.Health = "up"
 				}
-				r.LastError, r.LastTransition, r.LastCheck = h.LastError, h.LastChange, h.LastCheck
+				r.LastError, r.LastTransition, r.LastCheck, r.Checks = h.LastError, h.LastChange, h.LastCheck, h.Checks
 			}
 			ss.Reals = append(ss.Reals, r)
 		}
