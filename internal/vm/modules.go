@@ -34,11 +34,12 @@ type moduleSet struct {
 	builtin map[string]bool
 	order   []string
 	paths   []string
+	deps    map[string][]string // name -> hard dependencies, for modules.dep
 	state   map[string]int // 1 visiting, 2 done
 }
 
 func newModuleSet(modDir string) (*moduleSet, error) {
-	m := &moduleSet{index: map[string]string{}, builtin: map[string]bool{}, state: map[string]int{}}
+	m := &moduleSet{index: map[string]string{}, builtin: map[string]bool{}, state: map[string]int{}, deps: map[string][]string{}}
 	err := filepath.WalkDir(filepath.Join(modDir, "kernel"), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -88,6 +89,9 @@ func (m *moduleSet) add(name string, optional bool) error {
 	for _, d := range deps {
 		if err := m.add(d, false); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
+		}
+		if d = modName(d); !m.builtin[d] {
+			m.deps[name] = append(m.deps[name], d)
 		}
 	}
 	m.state[name] = 2
@@ -140,4 +144,19 @@ func modinfoDeps(path string) (deps, softPre []string, err error) {
 		}
 	}
 	return deps, softPre, nil
+}
+
+// modulesDep renders a modules.dep for the modules as the guest holds them
+// (flat, name.ko), so busybox modprobe works there: moby/ipvs runs
+// `modprobe ip_vs` itself and warns when it fails.
+func (m *moduleSet) modulesDep() []byte {
+	var b strings.Builder
+	for _, name := range m.order {
+		b.WriteString(name + ".ko:")
+		for _, d := range m.deps[name] {
+			b.WriteString(" " + d + ".ko")
+		}
+		b.WriteString("\n")
+	}
+	return []byte(b.String())
 }

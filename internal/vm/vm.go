@@ -271,9 +271,16 @@ func buildInitramfs(out, kdir, nonce string, o Options) error {
 	c.CharDev("dev/null", 1, 3)
 	c.Symlink("var/run", "/run")
 	c.HostFile("bin/busybox", "/bin/busybox")
-	for i, name := range mods.order {
-		c.HostFile("lib/modules/"+name+".ko", mods.paths[i])
+	// Modules live where modprobe looks for them: /lib/modules/<release>.
+	release := filepath.Base(kdir)
+	if r, err := filepath.EvalSymlinks(kdir); err == nil {
+		release = filepath.Base(r)
 	}
+	modDir := "lib/modules/" + release + "/"
+	for i, name := range mods.order {
+		c.HostFile(modDir+name+".ko", mods.paths[i])
+	}
+	c.File(modDir+"modules.dep", 0o644, mods.modulesDep())
 	c.File("etc/lvsha-vm/modules", 0o644, []byte(strings.Join(mods.order, "\n")+"\n"))
 
 	guestBin := "/bin/" + filepath.Base(o.Binary)
@@ -297,7 +304,7 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
 while read -r m; do
-	insmod /lib/modules/$m.ko || echo "lvsha-vm: insmod $m failed"
+	insmod /lib/modules/` + release + `/$m.ko || echo "lvsha-vm: insmod $m failed"
 done </etc/lvsha-vm/modules
 ip link set lo up
 export ` + GuestEnv + `=1
