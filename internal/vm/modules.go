@@ -35,7 +35,7 @@ type moduleSet struct {
 	order   []string
 	paths   []string
 	deps    map[string][]string // name -> hard dependencies, for modules.dep
-	state   map[string]int // 1 visiting, 2 done
+	state   map[string]int      // 1 visiting, 2 done
 }
 
 func newModuleSet(modDir string) (*moduleSet, error) {
