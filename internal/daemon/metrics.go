@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lvsha/lvsha/lvs"
@@ -53,7 +54,7 @@ func newMetrics(d *Daemon) *metrics {
 		}, []string{"real_server"}),
 	}
 	m.reg.MustRegister(m.ipvsRuns, m.ipvsOps, m.ipvsErrors, m.ipvsRepairs, m.checkFails, m.checkTime,
-		&statusCollector{d: d}, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		&statusCollector{d: d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
