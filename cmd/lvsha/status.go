@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -52,6 +52,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 
 func printStatus(w io.Writer, st *daemon.Status) {
 	fmt.Fprintf(w, "lvsha %s, config %s, up since %s\n", st.Version, st.Config, st.Started.Format(time.RFC3339))
+	if st.IPVSError != "" {
+		fmt.Fprintf(w, "IPVS: %s\n", st.IPVSError)
+	}
 	if len(st.VRRP) > 0 {
 		fmt.Fprintln(w, "\nVRRP:")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -73,12 +76,29 @@ func printStatus(w io.Writer, st *daemon.Status) {
 			}
 			fmt.Fprintf(tw, "  %s %s%s\t\t\t\t\t\t\n", s.Key, s.Scheduler, kern)
 			for _, r := range s.Reals {
-				fmt.Fprintf(tw, "    -> %s\t%s\t%d/%d\t%d\t%d\t%s\t%s\n", r.Address, strings.ToUpper(s.Forwarding), r.Weight, r.KernelWeight,
+				kw := "-"
+				if r.KernelWeight >= 0 {
+					kw = strconv.Itoa(r.KernelWeight)
+				}
+				fmt.Fprintf(tw, "    -> %s\t%s\t%d/%s\t%d\t%d\t%s\t%s\n", r.Address, forwardName(s.Forwarding), r.Weight, kw,
 					r.ActiveConns, r.InactiveConns, r.Health, dash(r.LastError))
 			}
 		}
 		_ = tw.Flush()
 	}
+}
+
+// forwardName spells the forwarding method as ipvsadm -ln does.
+func forwardName(f string) string {
+	switch f {
+	case "dr":
+		return "Route"
+	case "nat":
+		return "Masq"
+	case "tun":
+		return "Tunnel"
+	}
+	return f
 }
 
 func dash(s string) string {
