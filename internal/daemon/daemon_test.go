@@ -383,3 +383,53 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestSystemdNotify checks the Type=notify protocol: READY=1 once started,
+// RELOADING=1 then READY=1 around a reload, STOPPING=1 on the way out.
+func TestSystemdNotify(t *testing.T) {
+	dir := t.TempDir()
+	nsock := filepath.Join(dir, "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: nsock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", nsock)
+	file := filepath.Join(dir, "lvsha.toml")
+	if err := os.WriteFile(file, fmt.Appendf(nil, "[global]\ncontrol_socket = %q\n", filepath.Join(dir, "c.sock")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := conf.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reload := make(chan os.Signal, 1)
+	d := New(cfg, slog.New(slog.DiscardHandler), Options{Reload: reload})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	next := func() string {
+		t.Helper()
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 256)
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification: %v", err)
+		}
+		return string(buf[:n])
+	}
+	if got := next(); got != "READY=1" {
+		t.Fatalf("first notification %q", got)
+	}
+	reload <- syscall.SIGHUP
+	if a, b := next(), next(); a != "RELOADING=1" || b != "READY=1" {
+		t.Errorf("reload notifications %q %q", a, b)
+	}
+	cancel()
+	if got := next(); got != "STOPPING=1" {
+		t.Errorf("stop notification %q", got)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
