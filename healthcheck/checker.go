@@ -117,21 +117,6 @@ func probeAddr(target netip.AddrPort, port uint16) netip.AddrPort {
 	return target
 }
 
-// dial opens a fresh TCP connection (never pooled: a check must prove the
-// server still accepts new connections) and arms its deadline from ctx.
-func dial(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr.String())
-	if err != nil {
-		return nil, stage("connect", err)
-	}
-	tc := c.(*net.TCPConn)
-	if dl, ok := ctx.Deadline(); ok {
-		_ = tc.SetDeadline(dl)
-	}
-	return tc, nil
-}
-
 type tcpChecker struct{ port uint16 }
 
 func (c *tcpChecker) Check(ctx context.Context, target netip.AddrPort) error {

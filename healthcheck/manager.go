@@ -151,7 +151,7 @@ func (m *Manager) Snapshot() []TargetState {
 	out := make([]TargetState, 0, len(m.entries))
 	for _, e := range m.entries {
 		out = append(out, TargetState{
-			ID: e.t.ID, Addr: e.t.Addr, Up: e.up, LastOK: e.lastOK, LastError: e.lastErr,
+			ID: e.id, Addr: e.addr, Up: e.up, LastOK: e.lastOK, LastError: e.lastErr,
 			LastCheck: e.lastCheck, LastChange: e.lastChange, Checks: e.checks, Failures: e.failures,
 		})
 	}
@@ -171,9 +171,11 @@ func (m *Manager) Snapshot() []TargetState {
 // entry is one target's schedule and state; owned by Run, fields read by
 // Snapshot under Manager.mu.
 type entry struct {
-	t       Target
-	checker Checker
-	idx     int // heap index, -1 when not in the heap
+	id      string
+	addr    netip.AddrPort
+	spec    *Spec   // shared by the targets with equal specs
+	checker Checker // likewise
+	idx     int     // heap index, -1 when not in the heap
 	due     time.Time
 	running bool
 	cancel  context.CancelFunc // of the running check
@@ -195,7 +197,7 @@ type entry struct {
 // consecutive successes a DOWN one UP; a result that agrees with the state
 // resets the count.
 func (e *entry) observe(ok bool) bool {
-	return hysteresis(&e.up, &e.streak, ok, e.t.Spec.Rise, e.t.Spec.Fall)
+	return hysteresis(&e.up, &e.streak, ok, e.spec.Rise, e.spec.Fall)
 }
 
 func hysteresis(up *bool, streak *int, ok bool, rise, fall int) bool {
@@ -309,12 +311,12 @@ func (r *runner) startDue(now time.Time) {
 }
 
 func (r *runner) start(e *entry) {
-	ctx, cancel := context.WithTimeout(r.ctx, e.t.Spec.Timeout)
+	ctx, cancel := context.WithTimeout(r.ctx, e.spec.Timeout)
 	e.running, e.cancel = true, cancel
 	r.running++
 	go func() {
 		start := time.Now()
-		err := e.checker.Check(ctx, e.t.Addr)
+		err := e.checker.Check(ctx, e.addr)
 		if err == nil && ctx.Err() != nil {
 			err = ctx.Err() // finished, but too late to count
 		}
@@ -331,7 +333,7 @@ func (r *runner) finish(res result) {
 		return
 	}
 	ok := res.err == nil
-	reason := Reason(res.err, e.t.Spec.Timeout)
+	reason := Reason(res.err, e.spec.Timeout)
 	r.m.mu.Lock()
 	e.checks++
 	e.lastOK, e.lastCheck = ok, res.end
@@ -345,12 +347,12 @@ func (r *runner) finish(res result) {
 	}
 	r.m.mu.Unlock()
 	if changed {
-		r.m.log.Info("real server state changed", "id", e.t.ID, "up", e.up, "reason", reason)
-		r.queueTransition(Transition{ID: e.t.ID, Addr: e.t.Addr, Up: e.up, Reason: reason, At: res.end})
+		r.m.log.Info("real server state changed", "id", e.id, "up", e.up, "reason", reason)
+		r.queueTransition(Transition{ID: e.id, Addr: e.addr, Up: e.up, Reason: reason, At: res.end})
 	}
 	// Keep the cadence of start times; never overlap; no catch-up burst
 	// after a check that took longer than the interval.
-	e.due = res.start.Add(e.t.Spec.Interval)
+	e.due = res.start.Add(e.spec.Interval)
 	if e.due.Before(res.end) {
 		e.due = res.end
 	}
@@ -368,23 +370,39 @@ func (r *runner) applyUpdate() {
 	}
 	now := time.Now()
 	keep := make(map[string]bool, len(desired))
+	// Targets with equal specs share one Spec and one Checker (checkers
+	// hold no per-target state): with 10,000 targets this saves megabytes.
+	type shared struct {
+		spec    *Spec
+		checker Checker
+	}
+	cache := make(map[string]shared)
+	for _, e := range r.m.entries {
+		cache[specKey(*e.spec)] = shared{e.spec, e.checker}
+	}
 	var added []*entry
 	for _, t := range desired {
-		if old := r.m.entries[t.ID]; old != nil && old.t.Addr == t.Addr && old.t.Spec.Equal(t.Spec) {
+		if old := r.m.entries[t.ID]; old != nil && old.addr == t.Addr && old.spec.Equal(t.Spec) {
 			keep[t.ID] = true
 			continue
 		}
-		c, err := r.m.newChecker(t.Spec)
-		if err != nil {
-			// Update validated the spec; only e.g. an unreadable CA file gets
-			// here. Such a target is never checked and stays in its
-			// initial state, loudly.
-			r.m.log.Error("health check not started", "id", t.ID, "err", err)
-			c = CheckerFunc(func(context.Context, netip.AddrPort) error {
-				return fmt.Errorf("check not set up: %w", err)
-			})
+		key := specKey(t.Spec)
+		sh, ok := cache[key]
+		if !ok {
+			spec := t.Spec
+			c, err := r.m.newChecker(spec)
+			if err != nil {
+				// Update validated the spec; only e.g. an unreadable CA file
+				// gets here. Such a target fails every check, loudly.
+				r.m.log.Error("health check not set up", "id", t.ID, "err", err)
+				c = CheckerFunc(func(context.Context, netip.AddrPort) error {
+					return fmt.Errorf("check not set up: %w", err)
+				})
+			}
+			sh = shared{&spec, c}
+			cache[key] = sh
 		}
-		e := &entry{t: t, checker: c, idx: -1, up: t.Spec.InitialUp}
+		e := &entry{id: t.ID, addr: t.Addr, spec: sh.spec, checker: sh.checker, idx: -1, up: t.Spec.InitialUp}
 		e.due = now.Add(rand.N(t.Spec.Interval))
 		added = append(added, e)
 	}
@@ -407,8 +425,8 @@ func (r *runner) applyUpdate() {
 		delete(r.seen, id)
 	}
 	for _, e := range added {
-		r.m.entries[e.t.ID] = e
-		r.seen[e.t.ID] = e.up
+		r.m.entries[e.id] = e
+		r.seen[e.id] = e.up
 		heap.Push(&r.heap, e)
 	}
 	r.m.mu.Unlock()

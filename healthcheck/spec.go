@@ -205,3 +205,37 @@ func (s Spec) statusOK(code int) bool {
 	}
 	return false
 }
+
+// specKey is a string equal for two specs exactly when Spec.Equal holds.
+func specKey(s Spec) string {
+	var b strings.Builder
+	field := func(v string) { b.WriteString(strconv.Quote(v)); b.WriteByte(0) }
+	field(s.Type)
+	field(s.Path)
+	field(s.Method)
+	field(s.Host)
+	for _, r := range s.Status {
+		field(r.String())
+	}
+	field("")
+	if s.BodyRegex != nil {
+		field(s.BodyRegex.String())
+	} else {
+		b.WriteString("\x00nil")
+	}
+	field(strconv.FormatInt(s.MaxBody, 10))
+	field(s.TLSServerName)
+	field(strconv.FormatBool(s.TLSSkipVerify))
+	field(s.TLSCAFile)
+	field(strconv.Itoa(int(s.Port)))
+	for _, a := range s.Argv {
+		field(a)
+	}
+	field("")
+	field(s.Interval.String())
+	field(s.Timeout.String())
+	field(strconv.Itoa(s.Rise))
+	field(strconv.Itoa(s.Fall))
+	field(strconv.FormatBool(s.InitialUp))
+	return b.String()
+}

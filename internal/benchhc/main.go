@@ -1,0 +1,369 @@
+// Command benchhc measures the healthcheck Manager at scale: N real servers
+// on loopback (127.0.1.x, many ports), each HTTP-checked every interval.
+// The HTTP servers run in a child process (this binary with -serve) so that
+// the CPU and memory reported are those of the checker alone. Midway some
+// servers start failing (half answer 503, half accept and never answer) and
+// the delay to their DOWN transitions is compared with the bound
+// fall x interval + timeout. Run by `make bench-healthcheck`; prints a table.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lvsha/lvsha/healthcheck"
+)
+
+type config struct {
+	targets, addrs, basePort, failing, maxInFlight int
+	interval, timeout, duration, warmup            time.Duration
+	rise, fall                                     int
+	checkType                                      string
+}
+
+func main() {
+	var c config
+	serve := flag.Bool("serve", false, "internal: run the HTTP servers (child process)")
+	flag.IntVar(&c.targets, "targets", 10000, "number of real servers")
+	flag.IntVar(&c.addrs, "addrs", 100, "loopback addresses 127.0.1.1..N the targets are spread over")
+	flag.IntVar(&c.basePort, "port", 20000, "first port")
+	flag.IntVar(&c.failing, "failing", 100, "servers that start failing midway (half 503, half hang)")
+	flag.IntVar(&c.maxInFlight, "max-inflight", 1024, "Manager in-flight bound")
+	flag.DurationVar(&c.interval, "interval", time.Second, "check interval")
+	flag.DurationVar(&c.timeout, "timeout", time.Second, "check timeout")
+	flag.DurationVar(&c.duration, "duration", 60*time.Second, "total run time")
+	flag.DurationVar(&c.warmup, "warmup", 10*time.Second, "time before measuring")
+	flag.StringVar(&c.checkType, "type", "http", "check type: http or tcp")
+	flag.IntVar(&c.rise, "rise", 2, "rise")
+	flag.IntVar(&c.fall, "fall", 3, "fall")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the measured window")
+	flag.StringVar(&memprofile, "memprofile", "", "write a heap profile at the end")
+	flag.Parse()
+	raiseNoFile()
+	var err error
+	if *serve {
+		err = runServers(c)
+	} else {
+		err = runBench(c, *cpuprofile)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchhc:", err)
+		os.Exit(1)
+	}
+}
+
+func raiseNoFile() {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+	}
+}
+
+// addr returns the loopback address of target i.
+func (c config) addr(i int) netip.AddrPort {
+	a := i % c.addrs
+	p := i / c.addrs
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 1, byte(a + 1)}), uint16(c.basePort+p))
+}
+
+// failMode says how target i fails after "fail": 0 never, 1 answers 503,
+// 2 accepts and never answers.
+func (c config) failMode(i int) int {
+	if c.failing == 0 {
+		return 0
+	}
+	step := c.targets / c.failing
+	if i%step != 0 || i/step >= c.failing {
+		return 0
+	}
+	return 1 + (i/step)%2
+}
+
+// runServers listens on every target address, serves "ok" until told
+// "fail" on stdin, then fails the chosen ones. It prints "ready" and
+// "failing" on stdout as acknowledgements.
+func runServers(c config) error {
+	var failing atomic.Bool
+	index := make(map[netip.AddrPort]int, c.targets)
+	for i := range c.targets {
+		index[c.addr(i)] = i
+	}
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			la, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+			ap, _ := netip.ParseAddrPort(la.String())
+			switch c.failMode(index[ap]) {
+			case 1:
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			case 2:
+				<-r.Context().Done()
+				return
+			}
+		}
+		io.WriteString(w, "this is a real server\n")
+	})
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	srv.SetKeepAlivesEnabled(false)
+	for i := range c.targets {
+		l, err := net.Listen("tcp", c.addr(i).String())
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", c.addr(i), err)
+		}
+		go srv.Serve(l)
+	}
+	fmt.Println("ready")
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		if sc.Text() == "fail" {
+			failing.Store(true)
+			fmt.Println("failing")
+		}
+	}
+	return nil // stdin closed: the parent is done
+}
+
+type usage struct {
+	wall      time.Time
+	user, sys time.Duration
+	checks    uint64
+}
+
+func sample(m *healthcheck.Manager) usage {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	var checks uint64
+	if m != nil {
+		for _, s := range m.Snapshot() {
+			checks += s.Checks
+		}
+	}
+	return usage{
+		wall:   time.Now(),
+		user:   time.Duration(ru.Utime.Nano()),
+		sys:    time.Duration(ru.Stime.Nano()),
+		checks: checks,
+	}
+}
+
+func vmRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func maxRSS() int64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Maxrss << 10
+}
+
+func runBench(c config, cpuprofile string) error {
+	if c.addrs > 254 || c.targets/c.addrs+c.basePort > 65535 {
+		return fmt.Errorf("too many targets for %d addresses from port %d", c.addrs, c.basePort)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	child := exec.Command(exe, "-serve", "-targets", strconv.Itoa(c.targets), "-addrs", strconv.Itoa(c.addrs),
+		"-port", strconv.Itoa(c.basePort), "-failing", strconv.Itoa(c.failing))
+	child.Stderr = os.Stderr
+	toChild, err := child.StdinPipe()
+	if err != nil {
+		return err
+	}
+	fromChild, err := child.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := child.Start(); err != nil {
+		return fmt.Errorf("start servers: %w", err)
+	}
+	defer func() { toChild.Close(); _ = child.Process.Kill(); _ = child.Wait() }()
+	lines := bufio.NewScanner(fromChild)
+	if !lines.Scan() || lines.Text() != "ready" {
+		return fmt.Errorf("servers did not start: %q", lines.Text())
+	}
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m := healthcheck.NewManager(log, healthcheck.WithMaxInFlight(c.maxInFlight))
+	spec := healthcheck.Spec{Type: c.checkType, Path: "/", Interval: c.interval, Timeout: c.timeout,
+		Rise: c.rise, Fall: c.fall, InitialUp: true}
+	targets := make([]healthcheck.Target, c.targets)
+	for i := range targets {
+		targets[i] = healthcheck.Target{ID: strconv.Itoa(i), Addr: c.addr(i), Spec: spec}
+	}
+	if err := m.Update(targets); err != nil {
+		return err
+	}
+	targets = nil
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runDone := make(chan error, 1)
+	go func() { runDone <- m.Run(ctx) }()
+
+	start := time.Now()
+	type down struct {
+		mode  int
+		delay time.Duration
+	}
+	var (
+		failAt     time.Time
+		downs      []down
+		unexpected []healthcheck.Transition
+		peakRSS    int64
+		rssSamples []int64
+		t0, t1     usage
+		measuring  bool
+		peakHeap   uint64
+		peakStack  uint64
+		peakG      int
+		serverCPU0 time.Duration
+	)
+	failTime := start.Add(c.warmup + (c.duration-c.warmup)/2)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	stopProfile := func() {}
+	for time.Since(start) < c.duration {
+		select {
+		case tr := <-m.Transitions():
+			i, _ := strconv.Atoi(tr.ID)
+			if mode := c.failMode(i); mode != 0 && !failAt.IsZero() && !tr.Up {
+				downs = append(downs, down{mode, tr.At.Sub(failAt)})
+			} else {
+				unexpected = append(unexpected, tr)
+			}
+		case now := <-tick.C:
+			if !measuring && now.Sub(start) >= c.warmup {
+				measuring = true
+				runtime.GC()
+				t0 = sample(m)
+				serverCPU0 = procCPU(child.Process.Pid)
+				if cpuprofile != "" {
+					stopProfile = startProfile(cpuprofile)
+				}
+			}
+			if measuring {
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				peakHeap = max(peakHeap, ms.HeapInuse)
+				peakStack = max(peakStack, ms.StackInuse)
+				peakG = max(peakG, runtime.NumGoroutine())
+				rss := vmRSS()
+				rssSamples = append(rssSamples, rss)
+				peakRSS = max(peakRSS, rss)
+			}
+			if failAt.IsZero() && now.After(failTime) && c.failing > 0 {
+				failAt = time.Now()
+				fmt.Fprintln(toChild, "fail")
+				if !lines.Scan() || lines.Text() != "failing" {
+					return fmt.Errorf("servers did not ack fail: %q", lines.Text())
+				}
+			}
+		}
+	}
+	t1 = sample(m)
+	stopProfile()
+	writeHeapProfile(memprofile)
+	serverCPU := procCPU(child.Process.Pid) - serverCPU0
+	cancel()
+	<-runDone
+
+	window := t1.wall.Sub(t0.wall)
+	cpu := float64(t1.user+t1.sys-t0.user-t0.sys) / float64(window) * 100
+	userPct := float64(t1.user-t0.user) / float64(window) * 100
+	rate := float64(t1.checks-t0.checks) / window.Seconds()
+	bound := time.Duration(c.fall)*c.interval + c.timeout
+
+	fmt.Printf("\nhealthcheck benchmark: %d %s targets on %d loopback addresses, interval %v, timeout %v, rise %d, fall %d, max in flight %d\n",
+		c.targets, c.checkType, c.addrs, c.interval, c.timeout, c.rise, c.fall, c.maxInFlight)
+	fmt.Printf("measured over %.1fs after %v warm-up; HTTP servers in a separate process (not counted); %s, GOMAXPROCS %d\n\n",
+		window.Seconds(), c.warmup, runtime.Version(), runtime.GOMAXPROCS(0))
+	fmt.Printf("| %-44s | %-22s | %-12s |\n", "metric", "value", "goal")
+	fmt.Printf("|%s|%s|%s|\n", strings.Repeat("-", 46), strings.Repeat("-", 24), strings.Repeat("-", 14))
+	row := func(name, value, goal string) { fmt.Printf("| %-44s | %-22s | %-12s |\n", name, value, goal) }
+	row("CPU, % of one core (user+sys, getrusage)", fmt.Sprintf("%.1f %% (user %.1f)", cpu, userPct), "< 25 %")
+	row("CPU of the HTTP servers' process (not counted)", fmt.Sprintf("%.1f %%", float64(serverCPU)/float64(window)*100), "")
+	row("CPU per check", fmt.Sprintf("%.1f µs", float64(t1.user+t1.sys-t0.user-t0.sys)/float64(time.Microsecond)/float64(t1.checks-t0.checks)), "")
+	slices.Sort(rssSamples)
+	row("RSS (VmRSS median / peak)", fmt.Sprintf("%.1f / %.1f MB", mb(median(rssSamples)), mb(peakRSS)), "< 30 MB")
+	row("max RSS (getrusage, whole run)", fmt.Sprintf("%.1f MB", mb(maxRSS())), "< 30 MB")
+	row("Go heap in use / stacks (peak)", fmt.Sprintf("%.1f / %.1f MB", mb(int64(peakHeap)), mb(int64(peakStack))), "")
+	row("goroutines (peak of 1 s samples)", strconv.Itoa(peakG), "")
+	row("checks/s achieved", fmt.Sprintf("%.0f", rate), fmt.Sprintf("%.0f", float64(c.targets)/c.interval.Seconds()))
+	for mode, name := range map[int]string{1: "503", 2: "hang (timeout)"} {
+		var ds []time.Duration
+		for _, d := range downs {
+			if d.mode == mode {
+				ds = append(ds, d.delay)
+			}
+		}
+		want := 0
+		for i := range c.targets {
+			if c.failMode(i) == mode {
+				want++
+			}
+		}
+		if want == 0 {
+			continue
+		}
+		slices.Sort(ds)
+		b := bound
+		if mode == 1 {
+			b = time.Duration(c.fall) * c.interval
+		}
+		if len(ds) == 0 {
+			row("DOWN delay, "+name, fmt.Sprintf("0 of %d detected", want), "<= "+b.String())
+			continue
+		}
+		row(fmt.Sprintf("DOWN delay, %s (%d/%d detected)", name, len(ds), want),
+			fmt.Sprintf("%.2f / %.2f / %.2f s", ds[0].Seconds(), ds[len(ds)/2].Seconds(), ds[len(ds)-1].Seconds()),
+			"<= "+b.String())
+	}
+	row("  (min / median / max; bound fall x interval + timeout)", bound.String(), "")
+	row("unexpected transitions", strconv.Itoa(len(unexpected)), "0")
+	fmt.Println()
+	for i, tr := range unexpected {
+		if i == 10 {
+			fmt.Printf("... %d more\n", len(unexpected)-10)
+			break
+		}
+		fmt.Printf("unexpected: %s %s up=%v %s\n", tr.At.Format(time.TimeOnly), tr.ID, tr.Up, tr.Reason)
+	}
+	return nil
+}
+
+func mb(b int64) float64 { return float64(b) / (1 << 20) }
+
+func median(s []int64) int64 {
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
