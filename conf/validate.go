@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -353,6 +354,14 @@ func (v *validator) check(p string, c *Check) {
 		}
 		if c.TLSCAFile != "" {
 			v.errf(p+".tls_ca_file", "applies only to type = \"https\"")
+		}
+	} else if c.TLSCAFile != "" {
+		if _, err := os.Stat(c.TLSCAFile); err != nil {
+			// A warning: the file may exist only on the director that runs it.
+			v.warnf(p+".tls_ca_file", "%v (the daemon will refuse to start without it)", err)
+		}
+		if c.TLSSkipVerify {
+			v.errf(p+".tls_skip_verify", "skipping verification makes tls_ca_file pointless; set one or the other")
 		}
 	}
 	if c.Type == "exec" {
