@@ -47,7 +47,7 @@ type Config struct {
 	NotifyTimeout time.Duration // 0 means 10s
 	// OnChange, if set, is called from the instance's loop on every state
 	// change; it must not block.
-	OnChange func(Change)
+	OnChange func(Change) `json:"-"`
 }
 
 // Change is a state transition of an instance.
@@ -185,8 +185,8 @@ type driver struct {
 	in       *Instance
 	k        *kernel
 	m        *Machine
-	timers   [4]*time.Timer
-	gens     [4]uint64
+	timers   [numTimers]*time.Timer
+	gens     [numTimers]uint64
 	fired    chan timerEvent
 	done     chan struct{}
 	notify   *notifier
@@ -292,6 +292,11 @@ func (in *Instance) Run(ctx context.Context) error {
 		case p := <-rx:
 			d.receive(p)
 		case te := <-d.fired:
+			// An advert that is already waiting beats a timer that ran
+			// out at the same time (select picks at random): a busy
+			// host must not fail over while the master's advert sits
+			// in the queue.
+			d.drain(rx)
 			if te.gen == d.gens[te.kind] {
 				d.step(TimerFired{Timer: te.kind})
 			}
@@ -304,6 +309,18 @@ func (in *Instance) Run(ctx context.Context) error {
 			default:
 				d.step(TrackChanged(ls))
 			}
+		}
+	}
+}
+
+// drain handles the packets already received.
+func (d *driver) drain(rx <-chan rxPacket) {
+	for {
+		select {
+		case p := <-rx:
+			d.receive(p)
+		default:
+			return
 		}
 	}
 }
@@ -411,6 +428,10 @@ func (d *driver) step(ev Event) {
 	now := time.Now()
 	for _, act := range d.m.Step(now, ev) {
 		d.do(now, act)
+		// Every action should take microseconds; a slow one delays adverts.
+		if took := time.Since(now); took > 20*time.Millisecond {
+			d.in.log.Warn("vrrp: slow action", "action", fmt.Sprintf("%T", act), "took", took)
+		}
 	}
 	d.in.count(func(s *Status) {
 		s.State, s.Priority, s.Master = d.m.State(), d.m.Priority(), d.m.Master()

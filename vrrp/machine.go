@@ -39,7 +39,16 @@ const (
 	TimerMasterDown                   // backup: the master is presumed dead
 	TimerGARPDelay                    // master: second GARP burst after takeover
 	TimerGARPRefresh                  // master: periodic GARP burst
+	TimerGARPHeal                     // master: GARP burst after a split brain healed
+	numTimers
 )
+
+// healGARPDelay is how long after answering a lower-priority master the
+// winner sends a second GARP burst. Linux ignores a second ARP update for
+// the same address within the neighbour "locktime" (1 s by default), so the
+// first burst can lose against the loser's own takeover burst sent just
+// before; the second one, past locktime, wins.
+const healGARPDelay = 1100 * time.Millisecond
 
 func (k TimerKind) String() string {
 	switch k {
@@ -51,6 +60,8 @@ func (k TimerKind) String() string {
 		return "garp-delay"
 	case TimerGARPRefresh:
 		return "garp-refresh"
+	case TimerGARPHeal:
+		return "garp-heal"
 	}
 	return fmt.Sprintf("TimerKind(%d)", int(k))
 }
@@ -174,6 +185,7 @@ type Machine struct {
 	cause               string
 	preemptAt           time.Time // preempt_delay: do not preempt before this
 	downCause           string    // cause to report if the master-down timer fires
+	healArmed           bool      // TimerGARPHeal is pending
 }
 
 // NewMachine returns a machine in INIT; send it Start.
@@ -331,9 +343,10 @@ func (m *Machine) leave() []Action {
 	if m.state == Master {
 		acts = append(acts, RemoveVIPs{})
 	}
+	m.healArmed = false
 	return append(acts,
 		StopTimer{TimerAdvert}, StopTimer{TimerMasterDown},
-		StopTimer{TimerGARPDelay}, StopTimer{TimerGARPRefresh})
+		StopTimer{TimerGARPDelay}, StopTimer{TimerGARPRefresh}, StopTimer{TimerGARPHeal})
 }
 
 func (m *Machine) enter(now time.Time, s State, cause string) Notify {
@@ -366,7 +379,8 @@ func (m *Machine) becomeBackup(now time.Time, cause string) []Action {
 	var acts []Action
 	if m.state == Master {
 		acts = append(acts, RemoveVIPs{},
-			StopTimer{TimerAdvert}, StopTimer{TimerGARPDelay}, StopTimer{TimerGARPRefresh})
+			StopTimer{TimerAdvert}, StopTimer{TimerGARPDelay}, StopTimer{TimerGARPRefresh}, StopTimer{TimerGARPHeal})
+		m.healArmed = false
 	}
 	if m.state != Backup {
 		if m.state != Master {
@@ -426,12 +440,23 @@ func (m *Machine) advert(now time.Time, from netip.Addr, a *Advert) []Action {
 			if a.Priority == mine {
 				what = "equal priority and higher address"
 			}
-			return m.becomeBackup(now, fmt.Sprintf("%s %d from %s", what, a.Priority, from))
+			// One last advert of ours tells the winner that there were
+			// two masters: it answers a lower priority with gratuitous
+			// ARPs, which brings back the hosts that followed us. Without
+			// it a healed partition can leave them on our MAC, when the
+			// winner's advert reaches us before any of ours reached it.
+			acts := []Action{SendAdvert{mine}}
+			return append(acts, m.becomeBackup(now, fmt.Sprintf("%s %d from %s", what, a.Priority, from))...)
 		}
 		// A lower-priority master exists (split brain, or a peer just
 		// starting): assert ourselves at once and re-announce the VIPs so
 		// caches that followed the other node come back.
-		return []Action{SendAdvert{mine}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval}, SendGARP{}}
+		acts := []Action{SendAdvert{mine}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval}, SendGARP{}}
+		if !m.healArmed {
+			m.healArmed = true
+			acts = append(acts, ArmTimer{TimerGARPHeal, healGARPDelay})
+		}
+		return acts
 	}
 	return nil
 }
@@ -444,6 +469,9 @@ func (m *Machine) timer(now time.Time, k TimerKind) []Action {
 		return []Action{SendGARP{}}
 	case m.state == Master && k == TimerGARPRefresh:
 		return []Action{SendGARP{}, ArmTimer{TimerGARPRefresh, m.cfg.GARPRefresh}}
+	case m.state == Master && k == TimerGARPHeal:
+		m.healArmed = false
+		return []Action{SendGARP{}}
 	case m.state == Backup && k == TimerMasterDown:
 		cause := "master down timer expired"
 		if m.downCause != "" {

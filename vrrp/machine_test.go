@@ -229,6 +229,9 @@ func TestMasterAnswers(t *testing.T) {
 		if tt.backup {
 			n, _ := find[Notify](acts)
 			_, rm := find[RemoveVIPs](acts)
+			if sa, ok := acts[0].(SendAdvert); !ok || sa.Priority != 100 {
+				t.Errorf("%s: a yielding master first sends a last advert: %v", tt.name, acts)
+			}
 			if m.State() != Backup || !rm || n.Cause != tt.cause || n.From != Master {
 				t.Errorf("%s: %v %v", tt.name, m.State(), acts)
 			}
@@ -238,10 +241,19 @@ func TestMasterAnswers(t *testing.T) {
 			}
 			continue
 		}
-		// Split-brain heal: advert at once and a fresh GARP burst.
-		want := []Action{SendAdvert{100}, ArmTimer{TimerAdvert, time.Second}, SendGARP{}}
+		// Split-brain heal: advert at once, a fresh GARP burst and
+		// another one past the kernel's ARP locktime.
+		want := []Action{SendAdvert{100}, ArmTimer{TimerAdvert, time.Second}, SendGARP{}, ArmTimer{TimerGARPHeal, healGARPDelay}}
 		if m.State() != Master || !reflect.DeepEqual(acts, want) {
 			t.Errorf("%s: %v, want %v", tt.name, acts, want)
+		}
+		// More lower adverts before it fires do not push it back.
+		want = want[:3]
+		if acts := m.Step(t0, AdvertReceived{tt.from, adv(3, tt.theirs, 20)}); !reflect.DeepEqual(acts, want) {
+			t.Errorf("%s again: %v, want %v", tt.name, acts, want)
+		}
+		if acts := m.Step(t0, TimerFired{TimerGARPHeal}); !reflect.DeepEqual(acts, []Action{SendGARP{}}) {
+			t.Errorf("%s heal timer: %v", tt.name, acts)
 		}
 	}
 }

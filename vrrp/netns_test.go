@@ -1,0 +1,417 @@
+package vrrp
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lvsha/lvsha/internal/netns"
+	"github.com/lvsha/lvsha/internal/testutil"
+	"golang.org/x/net/ipv4"
+)
+
+// The namespace tests run each director as a child process: this test binary
+// re-executed inside the director's namespace, running one Instance (the
+// "test main"). That gives real processes to SIGKILL and SIGTERM.
+const (
+	childEnv       = "LVSHA_VRRP_CHILD"
+	childStatusEnv = "LVSHA_VRRP_CHILD_STATUS"
+)
+
+func TestMain(m *testing.M) {
+	if js := os.Getenv(childEnv); js != "" {
+		os.Exit(runChild(js, os.Getenv(childStatusEnv)))
+	}
+	os.Exit(m.Run())
+}
+
+func runChild(js, statusFile string) int {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var cfg Config
+	if err := json.Unmarshal([]byte(js), &cfg); err != nil {
+		log.Error("child config", "err", err)
+		return 2
+	}
+	in, err := New(cfg, log)
+	if err != nil {
+		log.Error("child", "err", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	go func() {
+		// Publish the status for the test to read.
+		for {
+			b, _ := json.Marshal(in.Status())
+			_ = os.WriteFile(statusFile+".tmp", b, 0o644)
+			_ = os.Rename(statusFile+".tmp", statusFile)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	if err := in.Run(ctx); err != nil {
+		log.Error("child run", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// director is a VRRP speaker in a namespace: our child or keepalived.
+type director struct {
+	t      *testing.T
+	node   *netns.Node
+	cmd    *exec.Cmd
+	status string
+	log    string
+	done   chan struct{}
+	ours   bool // an lvsha child (has a status file), not keepalived
+}
+
+func startDirector(t *testing.T, node *netns.Node, cfg Config) *director {
+	t.Helper()
+	js, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	d := &director{t: t, node: node, status: filepath.Join(dir, "status.json"), log: filepath.Join(dir, "log")}
+	cmd := exec.Command("/proc/self/exe", "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(js), childStatusEnv+"="+d.status)
+	d.ours = true
+	return d.start(cmd)
+}
+
+func (d *director) start(cmd *exec.Cmd) *director {
+	d.t.Helper()
+	lf, err := os.Create(d.log)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := d.node.Start(cmd); err != nil {
+		d.t.Fatal(err)
+	}
+	lf.Close()
+	d.cmd, d.done = cmd, make(chan struct{})
+	go func() { _ = cmd.Wait(); close(d.done) }()
+	d.t.Cleanup(func() {
+		d.signal(syscall.SIGKILL)
+		<-d.done
+		if d.t.Failed() {
+			b, _ := os.ReadFile(d.log)
+			d.t.Logf("log of %s:\n%s", d.node.Name, b)
+		}
+	})
+	return d
+}
+
+func (d *director) signal(sig syscall.Signal) {
+	select {
+	case <-d.done:
+	default:
+		_ = d.cmd.Process.Signal(sig)
+	}
+}
+
+// stop sends sig and waits for the process to exit.
+func (d *director) stop(sig syscall.Signal) {
+	d.t.Helper()
+	d.signal(sig)
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second):
+		d.t.Fatalf("%s did not exit after %v", d.node.Name, sig)
+	}
+}
+
+func (d *director) Status() Status {
+	var s Status
+	b, err := os.ReadFile(d.status)
+	if err == nil {
+		_ = json.Unmarshal(b, &s)
+	}
+	return s
+}
+
+func (d *director) holdsVIP(vip netip.Addr) bool {
+	ok, err := d.node.HasAddr("eth0", vip)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return ok
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	if !netns.WaitFor(timeout, 10*time.Millisecond, cond) {
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
+	}
+}
+
+var (
+	labVIP    = netip.MustParsePrefix("10.99.0.100/24")
+	addrA     = netip.MustParsePrefix("10.99.0.2/24")
+	addrB     = netip.MustParsePrefix("10.99.0.3/24")
+	addrC     = netip.MustParsePrefix("10.99.0.10/24")
+	addrEvil  = netip.MustParsePrefix("10.99.0.66/24")
+	labPrefix = netns.UniquePrefix("lvv")
+)
+
+type pair struct {
+	lab          *netns.Lab
+	a, b, client *netns.Node
+}
+
+func newPair(t *testing.T) *pair {
+	t.Helper()
+	testutil.NeedRoot(t)
+	lab, err := netns.NewLab(labPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	p := &pair{lab: lab}
+	for _, n := range []struct {
+		role string
+		addr netip.Prefix
+		dst  **netns.Node
+	}{{"a", addrA, &p.a}, {"b", addrB, &p.b}, {"c", addrC, &p.client}} {
+		if *n.dst, err = lab.AddNode(n.role, n.addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+func labConfig(name string, prio uint8) Config {
+	return Config{Name: name, Interface: "eth0", VRID: 51, Priority: prio, Version: 3,
+		AdvertInterval: 100 * time.Millisecond, Preempt: true, VIPs: []netip.Prefix{labVIP}}
+}
+
+// clientSees pings the VIP from the client (filling its ARP cache) and
+// waits until the client's ARP entry for the VIP is mac. The ping itself
+// may fail while the VIP moves; the ARP entry is what must follow.
+func (p *pair) clientSees(t *testing.T, mac net.HardwareAddr, timeout time.Duration) {
+	t.Helper()
+	vip := labVIP.Addr()
+	_, _ = p.client.Run("ping", "-c1", "-W1", vip.String())
+	var got net.HardwareAddr
+	if !netns.WaitFor(timeout, 10*time.Millisecond, func() bool {
+		got, _ = p.client.NeighbourMAC(vip)
+		return got.String() == mac.String()
+	}) {
+		t.Fatalf("client's ARP entry for %s is %v, want %v", vip, got, mac)
+	}
+}
+
+// mastered waits until exactly m holds the VIP (and is MASTER, for our
+// directors) and o does not.
+func mastered(t *testing.T, m, o *director, timeout time.Duration) {
+	t.Helper()
+	vip := labVIP.Addr()
+	waitFor(t, m.node.Role+" MASTER holding the VIP", timeout, func() bool {
+		return m.holdsVIP(vip) && !o.holdsVIP(vip) &&
+			(!m.ours || m.Status().State == Master) && (!o.ours || o.Status().State != Master)
+	})
+}
+
+func TestNetnsElectionAndFailover(t *testing.T) {
+	p := newPair(t)
+	a := startDirector(t, p.a, labConfig("a", 150))
+	b := startDirector(t, p.b, labConfig("b", 100))
+	mastered(t, a, b, 5*time.Second)
+	if st := b.Status(); st.State != Backup || st.Master != addrA.Addr() || st.AdvertsReceived == 0 {
+		t.Fatalf("b: %+v", st)
+	}
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+
+	t.Log("link down on a: b takes over")
+	if err := p.lab.SetPort("a", false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a in FAULT", 3*time.Second, func() bool { return a.Status().State == Fault })
+	mastered(t, b, a, 3*time.Second)
+	p.clientSees(t, p.b.MAC, 3*time.Second)
+	if st := a.Status(); st.Cause != "link down" {
+		t.Errorf("a's cause %q", st.Cause)
+	}
+
+	t.Log("link back: a preempts")
+	if err := p.lab.SetPort("a", true); err != nil {
+		t.Fatal(err)
+	}
+	mastered(t, a, b, 5*time.Second)
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+
+	t.Log("SIGKILL a: b takes over; a's VIP is left behind")
+	a.stop(syscall.SIGKILL)
+	waitFor(t, "b MASTER", 3*time.Second, func() bool { return b.Status().State == Master })
+	p.clientSees(t, p.b.MAC, 3*time.Second)
+	if !a.holdsVIP(labVIP.Addr()) {
+		t.Log("note: no leftover VIP on a after SIGKILL")
+	}
+
+	t.Log("a restarts: removes its leftover VIP and preempts")
+	a = startDirector(t, p.a, labConfig("a", 150))
+	mastered(t, a, b, 5*time.Second)
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+
+	t.Log("SIGTERM a: priority 0, b takes over after skew time")
+	a.stop(syscall.SIGTERM)
+	if a.holdsVIP(labVIP.Addr()) {
+		t.Error("a kept the VIP after SIGTERM")
+	}
+	waitFor(t, "b MASTER", 3*time.Second, func() bool { return b.Status().State == Master })
+	if st := b.Status(); st.Cause != "priority 0 from 10.99.0.2" {
+		t.Errorf("b's cause %q", st.Cause)
+	}
+	p.clientSees(t, p.b.MAC, 3*time.Second)
+
+	t.Log("a comes back with preempt off: b stays master")
+	cfg := labConfig("a", 150)
+	cfg.Preempt = false
+	a = startDirector(t, p.a, cfg)
+	waitFor(t, "a BACKUP", 3*time.Second, func() bool { return a.Status().State == Backup })
+	// Several master-down intervals without a takeover.
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if a.Status().State != Backup || !b.holdsVIP(labVIP.Addr()) {
+			t.Fatalf("no-preempt: a %v, b holds VIP %v", a.Status().State, b.holdsVIP(labVIP.Addr()))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestNetnsSplitBrain(t *testing.T) {
+	p := newPair(t)
+	a := startDirector(t, p.a, labConfig("a", 150))
+	b := startDirector(t, p.b, labConfig("b", 100))
+	mastered(t, a, b, 5*time.Second)
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+
+	if err := p.lab.Isolate("a", true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both MASTER", 3*time.Second, func() bool {
+		return a.Status().State == Master && b.Status().State == Master && b.holdsVIP(labVIP.Addr())
+	})
+	p.clientSees(t, p.b.MAC, 3*time.Second)
+
+	if err := p.lab.Isolate("a", false); err != nil {
+		t.Fatal(err)
+	}
+	mastered(t, a, b, 3*time.Second)
+	// a answered b's lower-priority adverts with GARPs: the client follows.
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+	if st := b.Status(); st.Cause != "higher priority 150 from 10.99.0.2" {
+		t.Errorf("b's cause %q", st.Cause)
+	}
+}
+
+// sendRaw sends VRRP payloads from the evil namespace with full control of
+// the IP header.
+func sendRaw(t *testing.T, node *netns.Node, pkts []rawPkt) {
+	t.Helper()
+	err := node.Do(func() error {
+		c, err := net.ListenPacket("ip4:112", "0.0.0.0")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		rc, err := ipv4.NewRawConn(c)
+		if err != nil {
+			return err
+		}
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		if err := rc.SetMulticastInterface(ifi); err != nil {
+			return err
+		}
+		for _, p := range pkts {
+			h := &ipv4.Header{Version: 4, Len: 20, TOS: 0xc0, TotalLen: 20 + len(p.b), TTL: p.ttl, Protocol: Protocol,
+				Src: addrEvil.Addr().AsSlice(), Dst: Group.AsSlice()}
+			if err := rc.WriteTo(h, p.b, nil); err != nil {
+				return fmt.Errorf("send %s: %w", p.reason, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+type rawPkt struct {
+	reason string
+	ttl    int
+	b      []byte
+}
+
+func TestNetnsMalformedAdverts(t *testing.T) {
+	p := newPair(t)
+	evil, err := p.lab.AddNode("e", addrEvil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, cb := labConfig("a", 150), labConfig("b", 100)
+	for _, c := range []*Config{&ca, &cb} {
+		c.Version, c.AdvertInterval, c.AuthPass = 2, time.Second, "secret12"
+	}
+	a := startDirector(t, p.a, ca)
+	b := startDirector(t, p.b, cb)
+	mastered(t, a, b, 8*time.Second)
+
+	src := addrEvil.Addr()
+	enc := func(mod func(a *Advert), cs ChecksumMode) []byte {
+		ad := &Advert{Version: 2, Type: 1, VRID: 51, Priority: 254, AdvertInterval: 1, AuthType: AuthPassword,
+			Addrs: []netip.Addr{labVIP.Addr()}}
+		copy(ad.AuthData[:], "secret12")
+		mod(ad)
+		b, err := ad.Marshal(cs, src, Group)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	none := func(*Advert) {}
+	badSum := enc(none, ChecksumMessage)
+	badSum[6] ^= 0x55
+	pkts := []rawPkt{
+		{"ttl", 64, enc(none, ChecksumMessage)},
+		{"checksum", 255, badSum},
+		{"version", 255, enc(func(a *Advert) { a.Version, a.MaxAdvertInterval = 3, 100 }, ChecksumMessage)},
+		{"length", 255, enc(none, ChecksumMessage)[:12]},
+		{"vrid", 255, enc(func(a *Advert) { a.VRID = 52 }, ChecksumMessage)},
+		{"auth", 255, enc(func(a *Advert) { copy(a.AuthData[:], "wrongpwd") }, ChecksumMessage)},
+	}
+	sendRaw(t, evil, pkts)
+	for _, d := range []*director{a, b} {
+		waitFor(t, d.node.Role+" counting every bad packet", 3*time.Second, func() bool {
+			st := d.Status()
+			for _, p := range pkts {
+				if st.Dropped[p.reason] < 1 {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	if a.Status().State != Master || b.Status().State != Backup || !a.holdsVIP(labVIP.Addr()) || a.Status().Transitions != 2 {
+		t.Fatalf("malformed adverts changed something: a %+v b %+v", a.Status(), b.Status())
+	}
+	t.Logf("a dropped %v, b dropped %v", a.Status().Dropped, b.Status().Dropped)
+	// Control: the same path with a valid priority-254 advert does act.
+	sendRaw(t, evil, []rawPkt{{"", 255, enc(none, ChecksumMessage)}})
+	waitFor(t, "a yielding to the valid 254 advert", 3*time.Second, func() bool { return a.Status().State == Backup })
+}
