@@ -104,6 +104,9 @@ func (d *director) start(cmd *exec.Cmd) *director {
 	d.cmd, d.done = cmd, make(chan struct{})
 	go func() { _ = cmd.Wait(); close(d.done) }()
 	d.t.Cleanup(func() {
+		if cmd.SysProcAttr != nil && cmd.SysProcAttr.Setpgid {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
 		d.signal(syscall.SIGKILL)
 		<-d.done
 		if d.t.Failed() {
@@ -414,4 +417,135 @@ func TestNetnsMalformedAdverts(t *testing.T) {
 	// Control: the same path with a valid priority-254 advert does act.
 	sendRaw(t, evil, []rawPkt{{"", 255, enc(none, ChecksumMessage)}})
 	waitFor(t, "a yielding to the valid 254 advert", 3*time.Second, func() bool { return a.Status().State == Backup })
+}
+
+// keepalivedConf writes a keepalived.conf for one VRRP instance like cfg.
+func keepalivedConf(t *testing.T, cfg Config) string {
+	t.Helper()
+	interval := cfg.AdvertInterval.Seconds()
+	s := fmt.Sprintf(`global_defs {
+  router_id %s
+}
+vrrp_instance VI_1 {
+  state BACKUP
+  interface %s
+  virtual_router_id %d
+  priority %d
+  advert_int %g
+  version %d
+  garp_master_delay 1
+  virtual_ipaddress {
+`, cfg.Name, cfg.Interface, cfg.VRID, cfg.Priority, interval, cfg.Version)
+	for _, v := range cfg.VIPs {
+		s += "    " + v.String() + "\n"
+	}
+	s += "  }\n"
+	if cfg.UnicastSrc.IsValid() {
+		s += "  unicast_src_ip " + cfg.UnicastSrc.String() + "\n  unicast_peer {\n"
+		for _, p := range cfg.UnicastPeers {
+			s += "    " + p.String() + "\n"
+		}
+		s += "  }\n"
+	}
+	if cfg.AuthPass != "" {
+		s += "  authentication {\n    auth_type PASS\n    auth_pass " + cfg.AuthPass + "\n  }\n"
+	}
+	s += "}\n"
+	path := filepath.Join(t.TempDir(), "keepalived.conf")
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// startKeepalived runs keepalived 2.2.7 (VRRP only, foreground) in node.
+func startKeepalived(t *testing.T, node *netns.Node, cfg Config) *director {
+	t.Helper()
+	bin, err := exec.LookPath("keepalived")
+	if err != nil {
+		testutil.Unavailable(t, "keepalived not installed (apt-get install keepalived)")
+	}
+	conf := keepalivedConf(t, cfg)
+	dir := t.TempDir()
+	d := &director{t: t, node: node, log: filepath.Join(dir, "log")}
+	cmd := exec.Command(bin, "-n", "-l", "-D", "-P", "-f", conf,
+		"-p", filepath.Join(dir, "keepalived.pid"), "-r", filepath.Join(dir, "vrrp.pid"))
+	// Its own process group: keepalived forks a VRRP child that must die
+	// with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return d.start(cmd)
+}
+
+type interopCase struct {
+	name    string
+	mod     func(c *Config, self, peer netip.Addr)
+	version int
+}
+
+func TestNetnsKeepalivedInterop(t *testing.T) {
+	cases := []interopCase{
+		{"v3-multicast", func(c *Config, self, peer netip.Addr) {}, 3},
+		{"v3-unicast", func(c *Config, self, peer netip.Addr) {
+			c.UnicastSrc, c.UnicastPeers = self, []netip.Addr{peer}
+		}, 3},
+		{"v2-password", func(c *Config, self, peer netip.Addr) {
+			c.Version, c.AdvertInterval, c.AuthPass = 2, time.Second, "secret12"
+		}, 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) { testInterop(t, tc) })
+	}
+}
+
+func testInterop(t *testing.T, tc interopCase) {
+	p := newPair(t)
+	// a runs keepalived, b runs lvsha.
+	kcfg := labConfig("ka", 150)
+	tc.mod(&kcfg, addrA.Addr(), addrB.Addr())
+	lcfg := labConfig("lvsha", 100)
+	tc.mod(&lcfg, addrB.Addr(), addrA.Addr())
+	slow := 3 * time.Second
+	if tc.version == 2 {
+		slow = 8 * time.Second
+	}
+
+	ka := startKeepalived(t, p.a, kcfg)
+	lv := startDirector(t, p.b, lcfg)
+	mastered(t, ka, lv, slow+3*time.Second)
+	waitFor(t, "lvsha hearing keepalived", slow, func() bool {
+		st := lv.Status()
+		return st.State == Backup && st.Master == addrA.Addr() && st.AdvertsReceived > 2
+	})
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+
+	t.Log("keepalived stops (SIGTERM): lvsha takes over")
+	ka.stop(syscall.SIGTERM)
+	mastered(t, lv, ka, slow)
+	if st := lv.Status(); st.Cause != "priority 0 from 10.99.0.2" {
+		t.Errorf("lvsha's cause %q", st.Cause)
+	}
+	p.clientSees(t, p.b.MAC, 3*time.Second)
+
+	t.Log("keepalived comes back with a higher priority: it preempts lvsha")
+	ka = startKeepalived(t, p.a, kcfg)
+	mastered(t, ka, lv, slow+3*time.Second)
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+	if st := lv.Status(); st.Cause != "higher priority 150 from 10.99.0.2" {
+		t.Errorf("lvsha's cause %q", st.Cause)
+	}
+
+	t.Log("lvsha restarts with priority 200: it preempts keepalived")
+	lv.stop(syscall.SIGTERM)
+	lcfg.Priority = 200
+	lv = startDirector(t, p.b, lcfg)
+	mastered(t, lv, ka, slow+3*time.Second)
+	p.clientSees(t, p.b.MAC, 3*time.Second)
+
+	t.Log("lvsha stops: keepalived takes over")
+	lv.stop(syscall.SIGTERM)
+	mastered(t, ka, lv, slow)
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+	if st := lv.Status(); len(st.Dropped) != 0 && (st.Dropped["checksum"] > 0 || st.Dropped["auth"] > 0 || st.Dropped["version"] > 0) {
+		t.Errorf("lvsha refused keepalived's adverts: %v", st.Dropped)
+	}
 }
