@@ -11,6 +11,9 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -73,7 +76,9 @@ type director struct {
 	status string
 	log    string
 	done   chan struct{}
-	ours   bool // an lvsha child (has a status file), not keepalived
+	ours   bool // lvsha (has a status), not keepalived
+	// statusFn reads an lvsha director's status.
+	statusFn func() Status
 }
 
 func startDirector(t *testing.T, node *netns.Node, cfg Config) *director {
@@ -87,6 +92,13 @@ func startDirector(t *testing.T, node *netns.Node, cfg Config) *director {
 	cmd := exec.Command("/proc/self/exe", "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+string(js), childStatusEnv+"="+d.status)
 	d.ours = true
+	d.statusFn = func() Status {
+		var s Status
+		if b, err := os.ReadFile(d.status); err == nil {
+			_ = json.Unmarshal(b, &s)
+		}
+		return s
+	}
 	return d.start(cmd)
 }
 
@@ -137,12 +149,111 @@ func (d *director) stop(sig syscall.Signal) {
 }
 
 func (d *director) Status() Status {
-	var s Status
-	b, err := os.ReadFile(d.status)
-	if err == nil {
-		_ = json.Unmarshal(b, &s)
+	if d.statusFn == nil {
+		return Status{}
+	}
+	return d.statusFn()
+}
+
+// The real lvsha binary: LVSHA_BIN, or built once from ../cmd/lvsha.
+var (
+	lvshaBinOnce sync.Once
+	lvshaBin     string
+	lvshaBinErr  error
+)
+
+func buildLvsha(t *testing.T) string {
+	t.Helper()
+	lvshaBinOnce.Do(func() {
+		if lvshaBin = os.Getenv("LVSHA_BIN"); lvshaBin != "" {
+			return
+		}
+		dir, err := os.MkdirTemp("", "lvsha-vrrp-test")
+		if err != nil {
+			lvshaBinErr = err
+			return
+		}
+		lvshaBin = filepath.Join(dir, "lvsha")
+		out, err := exec.Command("go", "build", "-o", lvshaBin, "../cmd/lvsha").CombinedOutput()
+		if err != nil {
+			lvshaBinErr = fmt.Errorf("go build ../cmd/lvsha: %w\n%s", err, out)
+		}
+	})
+	if lvshaBinErr != nil {
+		t.Fatal(lvshaBinErr)
+	}
+	return lvshaBin
+}
+
+// daemonTOML is cfg as lvsha.toml.
+func daemonTOML(cfg Config, sock string) string {
+	q := func(s string) string { return strconv.Quote(s) }
+	s := fmt.Sprintf("[global]\nrouter_id = %s\nlog_level = \"debug\"\ncontrol_socket = %s\n\n[[vrrp_instance]]\n", q(cfg.Name), q(sock))
+	s += fmt.Sprintf("name = %s\ninterface = %s\nvirtual_router_id = %d\npriority = %d\nadvert_interval = %s\nversion = %d\npreempt = %v\n",
+		q(cfg.Name), q(cfg.Interface), cfg.VRID, cfg.Priority, q(cfg.AdvertInterval.String()), cfg.Version, cfg.Preempt)
+	var vips []string
+	for _, v := range cfg.VIPs {
+		vips = append(vips, q(v.String()))
+	}
+	s += "virtual_ipaddress = [" + strings.Join(vips, ", ") + "]\n"
+	s += "garp_master_delay = \"0s\"\n"
+	if cfg.UnicastSrc.IsValid() {
+		s += "unicast_src_ip = " + q(cfg.UnicastSrc.String()) + "\n"
+		var peers []string
+		for _, p := range cfg.UnicastPeers {
+			peers = append(peers, q(p.String()))
+		}
+		s += "unicast_peer = [" + strings.Join(peers, ", ") + "]\n"
+	}
+	if cfg.AuthPass != "" {
+		s += "auth_pass = " + q(cfg.AuthPass) + "\n"
 	}
 	return s
+}
+
+// startDaemon runs the real `lvsha -f conf.toml` in node.
+func startDaemon(t *testing.T, node *netns.Node, cfg Config) *director {
+	t.Helper()
+	bin := buildLvsha(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "lvsha.sock")
+	conf := filepath.Join(dir, "lvsha.toml")
+	if err := os.WriteFile(conf, []byte(daemonTOML(cfg, sock)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := &director{t: t, node: node, log: filepath.Join(dir, "log"), ours: true}
+	d.statusFn = func() Status {
+		out, err := exec.Command(bin, "status", "--json", "-S", sock).Output()
+		if err != nil {
+			return Status{}
+		}
+		var ds struct {
+			VRRP []struct {
+				State       string            `json:"state"`
+				Priority    int               `json:"priority"`
+				Master      string            `json:"master"`
+				LastCause   string            `json:"last_cause"`
+				AdvertsIn   uint64            `json:"adverts_received"`
+				AdvertsOut  uint64            `json:"adverts_sent"`
+				Transitions uint64            `json:"transitions"`
+				Dropped     map[string]uint64 `json:"dropped"`
+			} `json:"vrrp"`
+		}
+		if json.Unmarshal(out, &ds) != nil || len(ds.VRRP) == 0 {
+			return Status{}
+		}
+		v := ds.VRRP[0]
+		st := Status{Priority: uint8(v.Priority), Cause: v.LastCause, AdvertsReceived: v.AdvertsIn,
+			AdvertsSent: v.AdvertsOut, Transitions: v.Transitions, Dropped: v.Dropped}
+		st.Master, _ = netip.ParseAddr(v.Master)
+		for _, s := range []State{Init, Backup, Master, Fault} {
+			if s.String() == v.State {
+				st.State = s
+			}
+		}
+		return st
+	}
+	return d.start(exec.Command(bin, "-f", conf))
 }
 
 func (d *director) holdsVIP(vip netip.Addr) bool {
@@ -227,7 +338,22 @@ func mastered(t *testing.T, m, o *director, timeout time.Duration) {
 	})
 }
 
+type starter func(t *testing.T, node *netns.Node, cfg Config) *director
+
+// Each scenario runs with the instance in a test child process ("child")
+// and with the real daemon binary ("lvsha").
+var starters = []struct {
+	name  string
+	start starter
+}{{"child", startDirector}, {"lvsha", startDaemon}}
+
 func TestNetnsElectionAndFailover(t *testing.T) {
+	for _, s := range starters {
+		t.Run(s.name, func(t *testing.T) { testElectionAndFailover(t, s.start) })
+	}
+}
+
+func testElectionAndFailover(t *testing.T, startDirector starter) {
 	p := newPair(t)
 	a := startDirector(t, p.a, labConfig("a", 150))
 	b := startDirector(t, p.b, labConfig("b", 100))
@@ -295,6 +421,12 @@ func TestNetnsElectionAndFailover(t *testing.T) {
 }
 
 func TestNetnsSplitBrain(t *testing.T) {
+	for _, s := range starters {
+		t.Run(s.name, func(t *testing.T) { testSplitBrain(t, s.start) })
+	}
+}
+
+func testSplitBrain(t *testing.T, startDirector starter) {
 	p := newPair(t)
 	a := startDirector(t, p.a, labConfig("a", 150))
 	b := startDirector(t, p.b, labConfig("b", 100))
@@ -499,7 +631,7 @@ func TestNetnsKeepalivedInterop(t *testing.T) {
 
 func testInterop(t *testing.T, tc interopCase) {
 	p := newPair(t)
-	// a runs keepalived, b runs lvsha.
+	// a runs keepalived, b the real lvsha daemon.
 	kcfg := labConfig("ka", 150)
 	tc.mod(&kcfg, addrA.Addr(), addrB.Addr())
 	lcfg := labConfig("lvsha", 100)
@@ -510,7 +642,7 @@ func testInterop(t *testing.T, tc interopCase) {
 	}
 
 	ka := startKeepalived(t, p.a, kcfg)
-	lv := startDirector(t, p.b, lcfg)
+	lv := startDaemon(t, p.b, lcfg)
 	mastered(t, ka, lv, slow+3*time.Second)
 	waitFor(t, "lvsha hearing keepalived", slow, func() bool {
 		st := lv.Status()
@@ -537,7 +669,7 @@ func testInterop(t *testing.T, tc interopCase) {
 	t.Log("lvsha restarts with priority 200: it preempts keepalived")
 	lv.stop(syscall.SIGTERM)
 	lcfg.Priority = 200
-	lv = startDirector(t, p.b, lcfg)
+	lv = startDaemon(t, p.b, lcfg)
 	mastered(t, lv, ka, slow+3*time.Second)
 	p.clientSees(t, p.b.MAC, 3*time.Second)
 
