@@ -47,7 +47,10 @@ type TargetState struct {
 type Option func(*Manager)
 
 // WithMaxInFlight bounds the number of checks running at once (default
-// 1024). Due checks beyond it wait in FIFO order.
+// 256). Due checks beyond it wait in FIFO order. Only checks that hang until
+// their timeout hold a slot for long (a refused or answered probe takes well
+// under a millisecond), so the bound matters when many servers black-hole
+// at once: raise it to at least (such servers x timeout / interval).
 func WithMaxInFlight(n int) Option {
 	return func(m *Manager) {
 		if n > 0 {
@@ -94,7 +97,7 @@ func NewManager(log *slog.Logger, opts ...Option) *Manager {
 	}
 	m := &Manager{
 		log:         log,
-		maxInFlight: 1024,
+		maxInFlight: 256,
 		newChecker:  NewChecker,
 		out:         make(chan Transition),
 		updates:     make(chan struct{}, 1),
@@ -107,8 +110,11 @@ func NewManager(log *slog.Logger, opts ...Option) *Manager {
 }
 
 // Transitions returns the stream of state changes. It is closed when Run
-// returns. New and replaced targets start in Spec.InitialUp without a
-// transition.
+// returns. New targets start in Spec.InitialUp without a transition. A
+// target whose spec or address changes (same ID) restarts in Spec.InitialUp;
+// if that differs from the state last delivered for its ID, a transition
+// with Reason "check changed" says so, so that a reader that follows
+// transitions by ID is always right.
 func (m *Manager) Transitions() <-chan Transition { return m.out }
 
 // Update replaces the set of targets (a reload). Targets whose ID, address
@@ -370,6 +376,7 @@ func (r *runner) applyUpdate() {
 	}
 	now := time.Now()
 	keep := make(map[string]bool, len(desired))
+	replaced := make(map[string]bool)
 	// Targets with equal specs share one Spec and one Checker (checkers
 	// hold no per-target state): with 10,000 targets this saves megabytes.
 	type shared struct {
@@ -382,9 +389,12 @@ func (r *runner) applyUpdate() {
 	}
 	var added []*entry
 	for _, t := range desired {
-		if old := r.m.entries[t.ID]; old != nil && old.addr == t.Addr && old.spec.Equal(t.Spec) {
-			keep[t.ID] = true
-			continue
+		if old := r.m.entries[t.ID]; old != nil {
+			if old.addr == t.Addr && old.spec.Equal(t.Spec) {
+				keep[t.ID] = true
+				continue
+			}
+			replaced[t.ID] = true
 		}
 		key := specKey(t.Spec)
 		sh, ok := cache[key]
@@ -422,11 +432,17 @@ func (r *runner) applyUpdate() {
 		if p := r.pending[id]; p != nil {
 			p.cancelled = true
 		}
-		delete(r.seen, id)
+		if !replaced[id] {
+			delete(r.seen, id)
+		}
 	}
 	for _, e := range added {
 		r.m.entries[e.id] = e
-		r.seen[e.id] = e.up
+		if replaced[e.id] {
+			r.queueTransition(Transition{ID: e.id, Addr: e.addr, Up: e.up, Reason: "check changed", At: now})
+		} else {
+			r.seen[e.id] = e.up
+		}
 		heap.Push(&r.heap, e)
 	}
 	r.m.mu.Unlock()

@@ -333,6 +333,10 @@ func TestManagerUpdateKeepsState(t *testing.T) {
 		if s := state(m, "rs2"); !s.Up || s.Checks != 0 {
 			t.Errorf("changed target kept old state: %+v", s)
 		}
+		// The reader saw rs2 DOWN; it restarted UP: told so.
+		if tr := <-m.Transitions(); tr.ID != "rs2" || !tr.Up || tr.Reason != "check changed" {
+			t.Errorf("transition %+v, want rs2 UP: check changed", tr)
+		}
 		if s := state(m, "rs3"); !s.Up || s.Checks != 0 {
 			t.Errorf("new target: %+v", s)
 		}

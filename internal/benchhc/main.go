@@ -211,6 +211,11 @@ func runBench(c config, cpuprofile string) error {
 		return fmt.Errorf("servers did not start: %q", lines.Text())
 	}
 
+	floor, err := kernelFloor(c, 3000)
+	if err != nil {
+		return err
+	}
+
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	m := healthcheck.NewManager(log, healthcheck.WithMaxInFlight(c.maxInFlight))
 	spec := healthcheck.Spec{Type: c.checkType, Path: "/", Interval: c.interval, Timeout: c.timeout,
@@ -311,6 +316,8 @@ func runBench(c config, cpuprofile string) error {
 	row("CPU, % of one core (user+sys, getrusage)", fmt.Sprintf("%.1f %% (user %.1f)", cpu, userPct), "< 25 %")
 	row("CPU of the HTTP servers' process (not counted)", fmt.Sprintf("%.1f %%", float64(serverCPU)/float64(window)*100), "")
 	row("CPU per check", fmt.Sprintf("%.1f µs", float64(t1.user+t1.sys-t0.user-t0.sys)/float64(time.Microsecond)/float64(t1.checks-t0.checks)), "")
+	row("kernel floor per check (blocking syscalls only)", fmt.Sprintf("%.1f µs", float64(floor)/float64(time.Microsecond)), "")
+	row("floor at the target rate, % of one core", fmt.Sprintf("%.1f %%", float64(floor)*float64(c.targets)/float64(c.interval)*100), "")
 	slices.Sort(rssSamples)
 	row("RSS (VmRSS median / peak)", fmt.Sprintf("%.1f / %.1f MB", mb(median(rssSamples)), mb(peakRSS)), "< 30 MB")
 	row("max RSS (getrusage, whole run)", fmt.Sprintf("%.1f MB", mb(maxRSS())), "< 30 MB")
