@@ -23,10 +23,13 @@ import (
 // used because it pools connections and costs several times more CPU per
 // probe, which matters with thousands of real servers.
 type httpChecker struct {
-	spec      Spec
-	tls       *tls.Config // nil for plain http
-	reqPrefix string      // "GET /path HTTP/1.1\r\nHost: "
-	reqSuffix string      // "\r\nUser-Agent: ...\r\n\r\n"
+	spec Spec
+	tls  *tls.Config // nil for plain http
+	// staticName: the TLS name does not depend on the target, so tls
+	// already carries it and is not cloned per check.
+	staticName bool
+	reqPrefix  string // "GET /path HTTP/1.1\r\nHost: "
+	reqSuffix  string // "\r\nUser-Agent: ...\r\n\r\n"
 }
 
 const (
@@ -48,6 +51,10 @@ func newHTTPChecker(s Spec) (*httpChecker, error) {
 			return nil, err
 		}
 		c.tls = cfg
+		if s.TLSServerName != "" || s.Host != "" {
+			c.staticName = true
+			cfg.ServerName = c.serverName(s.Host)
+		}
 	}
 	return c, nil
 }
@@ -81,9 +88,9 @@ func (c *httpChecker) Check(ctx context.Context, target netip.AddrPort) error {
 	host := c.host(addr)
 	if c.tls != nil {
 		cfg := c.tls
-		if name := c.serverName(host); name != "" || cfg.ServerName != "" {
+		if !c.staticName {
 			cfg = cfg.Clone()
-			cfg.ServerName = name
+			cfg.ServerName = c.serverName(host)
 		}
 		tlc := tls.Client(tc, cfg)
 		if err := tlc.HandshakeContext(ctx); err != nil {

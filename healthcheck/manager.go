@@ -353,7 +353,7 @@ func (r *runner) finish(res result) {
 	}
 	r.m.mu.Unlock()
 	if changed {
-		r.m.log.Info("real server state changed", "id", e.id, "up", e.up, "reason", reason)
+		r.m.log.Debug("real server state changed", "id", e.id, "up", e.up, "reason", reason)
 		r.queueTransition(Transition{ID: e.id, Addr: e.addr, Up: e.up, Reason: reason, At: res.end})
 	}
 	// Keep the cadence of start times; never overlap; no catch-up burst
