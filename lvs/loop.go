@@ -15,6 +15,10 @@ import (
 // that runs Run: Apply and Snapshot are requests to that goroutine. Every
 // interval it re-reads the kernel and repairs drift, logging each repair.
 type Loop struct {
+	// OnRepair, if set before Run, is called on the loop's goroutine after
+	// each periodic repair (e.g. for metrics).
+	OnRepair func(Report, error)
+
 	r        *Reconciler
 	interval time.Duration
 	log      *slog.Logger
@@ -50,6 +54,9 @@ func (l *Loop) Run(ctx context.Context) error {
 			}
 			if err != nil {
 				l.log.Error("ipvs: drift repair failed", "err", err)
+			}
+			if l.OnRepair != nil {
+				l.OnRepair(rep, err)
 			}
 		}
 	}

@@ -84,6 +84,8 @@ type Reconciler struct {
 	cache   map[Key]*kstate // nil: must re-read the kernel
 	desired []Service
 	quorum  map[Key]bool // true while quorum is lost
+	// statePath keeps owned across restarts (see PersistOwned).
+	statePath, savedOwned string
 }
 
 // NewReconciler returns a reconciler over k. A nil log discards.
@@ -195,6 +197,7 @@ func (r *Reconciler) load(rep *Report) error {
 }
 
 func (r *Reconciler) sync(rep *Report) error {
+	defer r.saveOwned()
 	if r.cache == nil {
 		if err := r.load(rep); err != nil {
 			return err

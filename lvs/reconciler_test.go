@@ -374,6 +374,13 @@ func TestLoopRepairsDrift(t *testing.T) {
 		var logs bytes.Buffer
 		log := slog.New(slog.NewTextHandler(&logs, nil))
 		l := NewLoop(NewReconciler(f, log), 10*time.Second, log)
+		var repairs []Report
+		l.OnRepair = func(rep Report, err error) {
+			if err != nil {
+				t.Errorf("repair: %v", err)
+			}
+			repairs = append(repairs, rep)
+		}
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error)
 		go func() { done <- l.Run(ctx) }()
@@ -402,6 +409,11 @@ func TestLoopRepairsDrift(t *testing.T) {
 		if !strings.Contains(logs.String(), "repaired drift") || !strings.Contains(logs.String(), "add-service tcp/192.168.94.200:80") {
 			t.Errorf("repair not logged:\n%s", logs.String())
 		}
+		var nops int
+		l.do(ctx, func() { nops = len(repairs[len(repairs)-1].Ops) })
+		if nops != 3 {
+			t.Errorf("OnRepair saw %d changes, want 3", nops)
+		}
 		snap, err := l.Snapshot(ctx)
 		if err != nil || len(snap.Services) != 1 || !snap.Services[0].Owned {
 			t.Errorf("snapshot %+v %v", snap, err)
@@ -412,4 +424,50 @@ func TestLoopRepairsDrift(t *testing.T) {
 			t.Error("Apply on a stopped loop succeeded")
 		}
 	})
+}
+
+func TestParseKey(t *testing.T) {
+	for _, s := range []string{"tcp/192.168.94.200:80", "udp/10.0.0.1:53", "fwmark/7", "tcp/[2001:db8::1]:443"} {
+		k, err := ParseKey(s)
+		if err != nil || k.String() != s {
+			t.Errorf("%s: %v %v", s, k, err)
+		}
+	}
+	for _, s := range []string{"", "tcp", "sctp/1.2.3.4:5", "tcp/1.2.3.4", "fwmark/0", "fwmark/x"} {
+		if _, err := ParseKey(s); err == nil {
+			t.Errorf("%q accepted", s)
+		}
+	}
+}
+
+// A service removed from the config while lvsha was stopped is still
+// deleted by the next run, thanks to the owned-services file.
+func TestPersistOwned(t *testing.T) {
+	f := foreignFake()
+	state := t.TempDir() + "/run/ipvs-owned"
+	r := NewReconciler(f, nil)
+	if err := r.PersistOwned(state); err != nil {
+		t.Fatal(err)
+	}
+	udp := seed()
+	udp.Key = Key{Proto: UDP, Addr: vip}
+	mustApply(t, r, seed(), udp)
+
+	r2 := NewReconciler(f, nil) // the next run, whose config lost udp
+	if err := r2.PersistOwned(state); err != nil {
+		t.Fatal(err)
+	}
+	if !r2.Owned(udp.Key) || !r2.Owned(tcp80) {
+		t.Fatalf("owned after restart: %v", r2.OwnedKeys())
+	}
+	mustApply(t, r2, seed())
+	wantDump(t, f, "tcp/10.0.0.1:443 wlc t=0: 10.0.0.2:443/7/nat\n"+
+		"tcp/192.168.94.200:80 rr t=0: 192.168.94.134:80/1/dr 192.168.94.135:80/1/dr")
+	r3 := NewReconciler(f, nil)
+	if err := r3.PersistOwned(state); err != nil {
+		t.Fatal(err)
+	}
+	if got := keyStrings(r3.OwnedKeys()); !slices.Equal(got, []string{"tcp/192.168.94.200:80"}) {
+		t.Fatalf("state file holds %v", got)
+	}
 }
