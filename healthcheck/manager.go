@@ -43,6 +43,9 @@ type TargetState struct {
 	Failures   uint64
 }
 
+// DefaultMaxInFlight is the default bound on checks running at once.
+const DefaultMaxInFlight = 256
+
 // Option configures a Manager.
 type Option func(*Manager)
 
@@ -97,7 +100,7 @@ func NewManager(log *slog.Logger, opts ...Option) *Manager {
 	}
 	m := &Manager{
 		log:         log,
-		maxInFlight: 256,
+		maxInFlight: DefaultMaxInFlight,
 		newChecker:  NewChecker,
 		out:         make(chan Transition),
 		updates:     make(chan struct{}, 1),

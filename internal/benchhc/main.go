@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/lvsha/lvsha/healthcheck"
 )
@@ -44,7 +45,7 @@ func main() {
 	flag.IntVar(&c.addrs, "addrs", 100, "loopback addresses 127.0.1.1..N the targets are spread over")
 	flag.IntVar(&c.basePort, "port", 20000, "first port")
 	flag.IntVar(&c.failing, "failing", 100, "servers that start failing midway (half 503, half hang)")
-	flag.IntVar(&c.maxInFlight, "max-inflight", 1024, "Manager in-flight bound")
+	flag.IntVar(&c.maxInFlight, "max-inflight", 0, "Manager in-flight bound (0 = the package default)")
 	flag.DurationVar(&c.interval, "interval", time.Second, "check interval")
 	flag.DurationVar(&c.timeout, "timeout", time.Second, "check timeout")
 	flag.DurationVar(&c.duration, "duration", 60*time.Second, "total run time")
@@ -55,6 +56,9 @@ func main() {
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the measured window")
 	flag.StringVar(&memprofile, "memprofile", "", "write a heap profile at the end")
 	flag.Parse()
+	if c.maxInFlight <= 0 {
+		c.maxInFlight = healthcheck.DefaultMaxInFlight
+	}
 	raiseNoFile()
 	var err error
 	if *serve {
@@ -310,9 +314,8 @@ func runBench(c config, cpuprofile string) error {
 		c.targets, c.checkType, c.addrs, c.interval, c.timeout, c.rise, c.fall, c.maxInFlight)
 	fmt.Printf("measured over %.1fs after %v warm-up; HTTP servers in a separate process (not counted); %s, GOMAXPROCS %d\n\n",
 		window.Seconds(), c.warmup, runtime.Version(), runtime.GOMAXPROCS(0))
-	fmt.Printf("| %-44s | %-22s | %-12s |\n", "metric", "value", "goal")
-	fmt.Printf("|%s|%s|%s|\n", strings.Repeat("-", 46), strings.Repeat("-", 24), strings.Repeat("-", 14))
-	row := func(name, value, goal string) { fmt.Printf("| %-44s | %-22s | %-12s |\n", name, value, goal) }
+	var rows [][3]string
+	row := func(name, value, goal string) { rows = append(rows, [3]string{name, value, goal}) }
 	row("CPU, % of one core (user+sys, getrusage)", fmt.Sprintf("%.1f %% (user %.1f)", cpu, userPct), "< 25 %")
 	row("CPU of the HTTP servers' process (not counted)", fmt.Sprintf("%.1f %%", float64(serverCPU)/float64(window)*100), "")
 	row("CPU per check", fmt.Sprintf("%.1f µs", float64(t1.user+t1.sys-t0.user-t0.sys)/float64(time.Microsecond)/float64(t1.checks-t0.checks)), "")
@@ -324,7 +327,10 @@ func runBench(c config, cpuprofile string) error {
 	row("Go heap in use / stacks (peak)", fmt.Sprintf("%.1f / %.1f MB", mb(int64(peakHeap)), mb(int64(peakStack))), "")
 	row("goroutines (peak of 1 s samples)", strconv.Itoa(peakG), "")
 	row("checks/s achieved", fmt.Sprintf("%.0f", rate), fmt.Sprintf("%.0f", float64(c.targets)/c.interval.Seconds()))
-	for mode, name := range map[int]string{1: "503", 2: "hang (timeout)"} {
+	for mode, name := range []string{1: "503", 2: "hang (timeout)"} {
+		if mode == 0 {
+			continue
+		}
 		var ds []time.Duration
 		for _, d := range downs {
 			if d.mode == mode {
@@ -341,6 +347,7 @@ func runBench(c config, cpuprofile string) error {
 			continue
 		}
 		slices.Sort(ds)
+		// A 503 is seen at once, a hung server only at the timeout.
 		b := bound
 		if mode == 1 {
 			b = time.Duration(c.fall) * c.interval
@@ -349,13 +356,12 @@ func runBench(c config, cpuprofile string) error {
 			row("DOWN delay, "+name, fmt.Sprintf("0 of %d detected", want), "<= "+b.String())
 			continue
 		}
-		row(fmt.Sprintf("DOWN delay, %s (%d/%d detected)", name, len(ds), want),
+		row(fmt.Sprintf("DOWN delay min/median/max, %s (%d/%d detected)", name, len(ds), want),
 			fmt.Sprintf("%.2f / %.2f / %.2f s", ds[0].Seconds(), ds[len(ds)/2].Seconds(), ds[len(ds)-1].Seconds()),
 			"<= "+b.String())
 	}
-	row("  (min / median / max; bound fall x interval + timeout)", bound.String(), "")
 	row("unexpected transitions", strconv.Itoa(len(unexpected)), "0")
-	fmt.Println()
+	printTable([3]string{"metric", "value", "goal"}, rows)
 	for i, tr := range unexpected {
 		if i == 10 {
 			fmt.Printf("... %d more\n", len(unexpected)-10)
@@ -373,4 +379,25 @@ func median(s []int64) int64 {
 		return 0
 	}
 	return s[len(s)/2]
+}
+
+func printTable(head [3]string, rows [][3]string) {
+	var w [3]int
+	for _, r := range append([][3]string{head}, rows...) {
+		for i, f := range r {
+			w[i] = max(w[i], utf8.RuneCountInString(f))
+		}
+	}
+	line := func(r [3]string) {
+		for i, f := range r {
+			fmt.Printf("| %s%s ", f, strings.Repeat(" ", w[i]-utf8.RuneCountInString(f)))
+		}
+		fmt.Println("|")
+	}
+	line(head)
+	fmt.Printf("|%s|%s|%s|\n", strings.Repeat("-", w[0]+2), strings.Repeat("-", w[1]+2), strings.Repeat("-", w[2]+2))
+	for _, r := range rows {
+		line(r)
+	}
+	fmt.Println()
 }
