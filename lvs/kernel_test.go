@@ -168,6 +168,11 @@ func TestKernelReconcile(t *testing.T) {
 	}
 	check(want)
 
+	udp.Persistence = 0
+	step("persistence off", 1, s, udp, fwm)
+	check("tcp/192.168.94.200:80 sh t=0: 192.168.94.135:80/5/dr\n" + foreignLine + "\nfwmark/7 wlc t=0: 192.168.94.134:80/2/nat\n" +
+		"udp/192.168.94.200:53 rr t=0: 192.168.94.134:80/1/tun 192.168.94.135:80/1/tun")
+
 	step("remove services from config", 3)
 	check(foreignLine)
 }
