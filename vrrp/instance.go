@@ -340,6 +340,12 @@ func (d *driver) read(out chan<- rxPacket) {
 				return
 			}
 			d.in.log.Warn("vrrp: read", "err", err)
+			// Do not spin on an error that repeats.
+			select {
+			case <-d.done:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
 			continue
 		}
 		p := rxPacket{b: append([]byte(nil), buf[:n]...), info: info}
