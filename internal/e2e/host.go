@@ -1,0 +1,72 @@
+package e2e
+
+import (
+	"context"
+	"debug/elf"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// VMTimeout bounds a whole VM run of the scenario, boot included. A run
+// takes about a minute under TCG; the scenario's own waits are bounded
+// well within this.
+const VMTimeout = 6 * time.Minute
+
+// ModuleRoot returns the directory of lvsha's go.mod (the host's checkout).
+func ModuleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", fmt.Errorf("not inside the lvsha module (go env GOMOD is %q)", mod)
+	}
+	return filepath.Dir(mod), nil
+}
+
+// BuildStatic builds a package of the module (an import path such as
+// github.com/lvsha/lvsha/cmd/lvsha) into out with CGO_ENABLED=0, so it runs
+// in the VM's busybox guest.
+func BuildStatic(ctx context.Context, pkg, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
+	}
+	return IsStatic(out)
+}
+
+// IsStatic returns an error unless path is an ELF executable without a
+// program interpreter (a static binary the guest can run).
+func IsStatic(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is dynamically linked (build it with CGO_ENABLED=0)", path)
+		}
+	}
+	return nil
+}
+
+// GuestFiles maps the scenario's guest paths to host files: the lvsha
+// binary and the example director configs of the checkout at root.
+func GuestFiles(root, lvsha string) (map[string]string, error) {
+	files := map[string]string{GuestLvsha: lvsha}
+	for _, name := range []string{"director1.toml", "director2.toml"} {
+		p := filepath.Join(root, "packaging", "examples", name)
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("example config: %w", err)
+		}
+		files[GuestExamples+"/"+name] = p
+	}
+	return files, nil
+}
