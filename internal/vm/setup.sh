@@ -32,7 +32,14 @@ fi
 
 # Resolve the metapackage to the versioned image package, e.g.
 # linux-image-6.1.0-56-amd64.
-pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1)
+resolve() {
+	apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1
+}
+pkg=$(resolve)
+if [ -z "$pkg" ] && [ ! -e "$CACHE/current/vmlinux" ] && [ "$(id -u)" = 0 ]; then
+	apt-get update -q >/dev/null # a fresh machine (or container) may have no package lists
+	pkg=$(resolve)
+fi
 if [ -z "$pkg" ]; then
 	if [ -e "$CACHE/current/vmlinux" ]; then
 		echo "setup.sh: cannot resolve linux-image-amd64, keeping $(readlink "$CACHE/current")"
@@ -43,6 +50,10 @@ if [ -z "$pkg" ]; then
 fi
 kver=${pkg#linux-image-}
 dir=$CACHE/$kver
+mkdir -p "$CACHE"
+# Concurrent callers (several test binaries) wait for the first one.
+exec 9>"$CACHE/.lock"
+flock 9
 if [ -e "$dir/ready" ]; then
 	ln -sfn "$kver" "$CACHE/current"
 	echo "setup.sh: kernel $kver already in $dir"
@@ -51,6 +62,7 @@ fi
 
 mkdir -p "$CACHE"
 tmp=$(mktemp -d "$CACHE/.tmp.XXXXXX")
+chmod 755 "$tmp" # apt-get download drops to the _apt user
 trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && apt-get download "$pkg")
 mkdir "$tmp/root"
@@ -75,4 +87,6 @@ mv "$tmp/vmlinux" "$dir/vmlinux"
 mv "$tmp/root/lib/modules/$kver" "$dir/modules"
 touch "$dir/ready"
 ln -sfn "$kver" "$CACHE/current"
+# Drop kernels an older linux-image-amd64 pointed at.
+find "$CACHE" -mindepth 1 -maxdepth 1 -type d ! -name "$kver" ! -name '.tmp.*' -exec rm -rf {} +
 echo "setup.sh: kernel $kver ready in $dir"

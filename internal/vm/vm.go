@@ -28,7 +28,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -109,21 +108,8 @@ func KernelDir(ctx context.Context, log *slog.Logger) (string, error) {
 	if _, err := os.Stat(filepath.Join(cur, "ready")); err == nil {
 		return cur, nil
 	}
-	if err := os.MkdirAll(cache, 0o755); err != nil {
-		return "", fmt.Errorf("vm: kernel cache: %w", err)
-	}
-	// Several test binaries may start at once: one prepares, the rest wait.
-	lock, err := os.OpenFile(filepath.Join(cache, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return "", fmt.Errorf("vm: kernel cache lock: %w", err)
-	}
-	defer lock.Close()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		return "", fmt.Errorf("vm: kernel cache lock: %w", err)
-	}
-	if _, err := os.Stat(filepath.Join(cur, "ready")); err == nil {
-		return cur, nil
-	}
+	// setup.sh takes a lock in the cache: when several test binaries start
+	// at once, one prepares and the others wait, then find it ready.
 	log.Info("vm: preparing kernel cache (apt-get download linux-image-amd64)", "dir", cache)
 	cmd := exec.CommandContext(ctx, "sh", "-s", "kernel")
 	cmd.Stdin = bytes.NewReader(setupScript)
