@@ -310,3 +310,24 @@ func TestKernelDR(t *testing.T) {
 		t.Fatalf("new connection went to the inhibited server")
 	}
 }
+
+func TestKernelIPv6(t *testing.T) {
+	needVM(t)
+	k, other := freshIPVS(t, "v6")
+	r := NewReconciler(k, nil)
+	s := Service{Key: Key{Proto: TCP, Addr: netip.MustParseAddrPort("[2001:db8::100]:80")}, Scheduler: "wrr", Forwarding: DR,
+		Persistence: time.Minute,
+		Reals: []Real{{Addr: netip.MustParseAddrPort("[2001:db8::1]:80"), Weight: 2, Up: true}, {Addr: netip.MustParseAddrPort("[2001:db8::2]:80"), Weight: 1, Up: true}}}
+	if _, err := r.Apply([]Service{s}); err != nil {
+		t.Fatal(err)
+	}
+	s.Reals[1].Weight = 4
+	rep, err := r.Apply([]Service{s})
+	if err != nil || len(rep.Ops) != 1 {
+		t.Fatalf("weight change: %v %v", rep, err)
+	}
+	want := "tcp/[2001:db8::100]:80 wrr t=60: [2001:db8::1]:80/2/dr [2001:db8::2]:80/4/dr"
+	if got := dumpKernel(t, other); got != want {
+		t.Fatalf("table %q, want %q", got, want)
+	}
+}
