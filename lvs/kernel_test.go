@@ -317,7 +317,7 @@ func TestKernelIPv6(t *testing.T) {
 	r := NewReconciler(k, nil)
 	s := Service{Key: Key{Proto: TCP, Addr: netip.MustParseAddrPort("[2001:db8::100]:80")}, Scheduler: "wrr", Forwarding: DR,
 		Persistence: time.Minute,
-		Reals: []Real{{Addr: netip.MustParseAddrPort("[2001:db8::1]:80"), Weight: 2, Up: true}, {Addr: netip.MustParseAddrPort("[2001:db8::2]:80"), Weight: 1, Up: true}}}
+		Reals:       []Real{{Addr: netip.MustParseAddrPort("[2001:db8::1]:80"), Weight: 2, Up: true}, {Addr: netip.MustParseAddrPort("[2001:db8::2]:80"), Weight: 1, Up: true}}}
 	if _, err := r.Apply([]Service{s}); err != nil {
 		t.Fatal(err)
 	}
