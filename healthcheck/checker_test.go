@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lvsha/lvsha/internal/testutil"
 )
 
 const testTimeout = 300 * time.Millisecond
@@ -439,4 +441,23 @@ func alive(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+func TestIPv6Loopback(t *testing.T) {
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		testutil.Unavailable(t, "no IPv6 loopback: "+err.Error())
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.Host)
+	}))
+	srv.Listener = l
+	srv.Start()
+	defer srv.Close()
+	target := addrOf(t, l.Addr().String())
+	want := "[::1]:" + strconv.Itoa(int(target.Port()))
+	if err := check(t, Spec{Type: TypeHTTP, BodyRegex: regexp.MustCompile(regexp.QuoteMeta(want))}, target); err != nil {
+		t.Fatalf("http over IPv6 (Host %s): %v", want, err)
+	}
+	wantReason(t, check(t, Spec{Type: TypeTCP}, target), "ok")
 }
