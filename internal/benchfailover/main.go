@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -287,7 +288,7 @@ func (p *pair) close() {
 	p.lab.Close()
 }
 
-func (o *options) newPair(prefix, impl string, interval time.Duration, dir string) (_ *pair, err error) {
+func (o *options) newPair(ctx context.Context, prefix, impl string, interval time.Duration, dir string) (_ *pair, err error) {
 	lab, err := netns.NewLab(prefix)
 	if err != nil {
 		return nil, err
@@ -318,6 +319,9 @@ func (o *options) newPair(prefix, impl string, interval time.Duration, dir strin
 	settle := max(3*masterDown(prioB, interval), 300*time.Millisecond)
 	var stableSince time.Time
 	ok := netns.WaitFor(15*time.Second+4*masterDown(prioB, interval), 5*time.Millisecond, func() bool {
+		if ctx.Err() != nil {
+			return true
+		}
 		ha, _ := p.a.HasAddr("eth0", vip.Addr())
 		hb, _ := p.b.HasAddr("eth0", vip.Addr())
 		if !ha || hb {
@@ -329,6 +333,9 @@ func (o *options) newPair(prefix, impl string, interval time.Duration, dir strin
 		}
 		return time.Since(stableSince) >= settle
 	})
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
 	if !ok {
 		return nil, fmt.Errorf("%s: no stable master (logs in %s)", impl, dir)
 	}
@@ -340,7 +347,7 @@ func (o *options) measure1(ctx context.Context, impl string, interval time.Durat
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return 0, err
 	}
-	p, err := o.newPair(netns.UniquePrefix("lvb"), impl, interval, dir)
+	p, err := o.newPair(ctx, netns.UniquePrefix("lvb"), impl, interval, dir)
 	if err != nil {
 		return 0, err
 	}
@@ -353,6 +360,10 @@ func (o *options) measure1(ctx context.Context, impl string, interval time.Durat
 	if !netns.WaitFor(3*time.Second, 5*time.Millisecond, func() bool { return pg.count() >= 20 }) {
 		return 0, fmt.Errorf("%s: client gets no replies before the failure", impl)
 	}
+	// Fail at a random point of the advert cycle: the time since the
+	// master's last advert decides how much of Master_Down_Interval is left,
+	// and the settling above would otherwise fix that phase.
+	time.Sleep(rand.N(interval))
 	at := time.Now()
 	switch event {
 	case "linkdown":
@@ -514,7 +525,7 @@ func soak(ctx context.Context, o *options) error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
-		p, err := o.newPair(netns.UniquePrefix(fmt.Sprintf("lvs%d", i)), impl, o.soakIntvl, dir)
+		p, err := o.newPair(ctx, netns.UniquePrefix(fmt.Sprintf("lvs%d", i)), impl, o.soakIntvl, dir)
 		if err != nil {
 			return err
 		}
