@@ -84,6 +84,10 @@ type Reconciler struct {
 	cache   map[Key]*kstate // nil: must re-read the kernel
 	desired []Service
 	quorum  map[Key]bool // true while quorum is lost
+	// Scratch space reused by every service of every Apply: a reload of a
+	// big table should not allocate per service.
+	scratchAddrs map[netip.AddrPort]bool
+	scratchDests []KDest
 	// statePath keeps owned across restarts (see PersistOwned).
 	statePath, savedOwned string
 }
@@ -93,16 +97,16 @@ func NewReconciler(k Kernel, log *slog.Logger) *Reconciler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Reconciler{k: k, log: log, owned: map[Key]bool{}, quorum: map[Key]bool{}}
+	return &Reconciler{k: k, log: log, owned: map[Key]bool{}, quorum: map[Key]bool{}, scratchAddrs: map[netip.AddrPort]bool{}}
 }
 
 // Apply makes the kernel match desired with the fewest calls: services and
 // real servers that did not change are not touched. Owned services missing
 // from desired are deleted. An invalid desired state changes nothing.
 func (r *Reconciler) Apply(desired []Service) (Report, error) {
-	seen := map[Key]bool{}
+	seen := make(map[Key]bool, len(desired))
 	for i := range desired {
-		if err := desired[i].validate(); err != nil {
+		if err := desired[i].validate(r.scratchAddrs); err != nil {
 			return Report{}, fmt.Errorf("lvs: %w", err)
 		}
 		if seen[desired[i].Key] {
@@ -136,7 +140,8 @@ func (r *Reconciler) Repair() (Report, error) {
 func (r *Reconciler) Owned(k Key) bool { return r.owned[k] }
 
 // target computes what the kernel should hold for s.
-func target(s *Service) (KService, []KDest, bool) {
+// The returned slice is ds's storage, reused across services.
+func target(s *Service, ds []KDest) (KService, []KDest, bool) {
 	ks := KService{Key: s.Key, Scheduler: s.Scheduler, Timeout: uint32(s.Persistence.Seconds())}
 	live := 0
 	for _, rs := range s.Reals {
@@ -144,10 +149,10 @@ func target(s *Service) (KService, []KDest, bool) {
 			live += rs.Weight
 		}
 	}
+	ds = ds[:0]
 	if s.Sorry.IsValid() && live < s.Quorum {
-		return ks, []KDest{{Addr: s.Sorry, Weight: 1, Forwarding: s.Forwarding}}, true
+		return ks, append(ds, KDest{Addr: s.Sorry, Weight: 1, Forwarding: s.Forwarding}), true
 	}
-	ds := make([]KDest, 0, len(s.Reals))
 	for _, rs := range s.Reals {
 		w := rs.Weight
 		if !rs.Up {
@@ -237,7 +242,8 @@ func (r *Reconciler) sync(rep *Report) error {
 }
 
 func (r *Reconciler) syncService(s *Service, rep *Report) error {
-	ks, dests, lost := target(s)
+	ks, dests, lost := target(s, r.scratchDests)
+	r.scratchDests = dests
 	if lost {
 		rep.QuorumLost = append(rep.QuorumLost, s.Key)
 	}
@@ -268,7 +274,8 @@ func (r *Reconciler) syncService(s *Service, rep *Report) error {
 		cur.svc.Scheduler, cur.svc.Timeout = ks.Scheduler, ks.Timeout
 	}
 	var errs []error
-	keep := make(map[netip.AddrPort]bool, len(dests))
+	keep := r.scratchAddrs
+	clear(keep)
 	for _, d := range dests {
 		keep[d.Addr] = true
 		have, ok := cur.dests[d.Addr]

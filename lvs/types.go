@@ -140,7 +140,10 @@ type Service struct {
 	Reals     []Real
 }
 
-func (s *Service) validate() error {
+// validate checks s; seen is scratch space (reused to spare allocations
+// on every reload).
+func (s *Service) validate(seen map[netip.AddrPort]bool) error {
+	clear(seen)
 	if err := s.Key.valid(); err != nil {
 		return err
 	}
@@ -153,7 +156,6 @@ func (s *Service) validate() error {
 	if s.Persistence < 0 || s.Persistence%time.Second != 0 {
 		return fmt.Errorf("service %v: persistence %v is not whole seconds", s.Key, s.Persistence)
 	}
-	seen := map[netip.AddrPort]bool{}
 	for _, r := range s.Reals {
 		if !r.Addr.IsValid() {
 			return fmt.Errorf("service %v: real server without address", s.Key)
