@@ -111,8 +111,21 @@ func KernelDir(ctx context.Context, log *slog.Logger) (string, error) {
 	// setup.sh takes a lock in the cache: when several test binaries start
 	// at once, one prepares and the others wait, then find it ready.
 	log.Info("vm: preparing kernel cache (apt-get download linux-image-amd64)", "dir", cache)
-	cmd := exec.CommandContext(ctx, "sh", "-s", "kernel")
-	cmd.Stdin = bytes.NewReader(setupScript)
+	// From a file, not stdin: a command in the script reading stdin
+	// would swallow the rest of the script.
+	script, err := os.CreateTemp("", "lvsha-vm-setup-*.sh")
+	if err != nil {
+		return "", fmt.Errorf("vm: prepare kernel: %w", err)
+	}
+	defer os.Remove(script.Name())
+	if _, err := script.Write(setupScript); err != nil {
+		script.Close()
+		return "", fmt.Errorf("vm: prepare kernel: %w", err)
+	}
+	if err := script.Close(); err != nil {
+		return "", fmt.Errorf("vm: prepare kernel: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, "sh", script.Name(), "kernel")
 	cmd.Env = append(os.Environ(), "LVSHA_VM_CACHE="+cache)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
