@@ -22,14 +22,17 @@ type Tuning struct {
 
 // DefaultTuning is what the scenario runs with. advert_interval 100ms gives
 // a crash failover of about 3 x 100ms + skew (keepalived measured 388 ms at
-// this interval), quick to watch yet a realistic setting; checks every
-// 500ms with fall 2 take a dead web out of rotation within about a second.
+// this interval), quick to watch yet a realistic setting. Checks every 1s
+// with fall 2 take a dead web (connection refused) out of rotation within
+// about 2s; the 800ms timeout is long because QEMU's emulated CPU, shared
+// with other tests under `make test`, sometimes stalls for hundreds of
+// milliseconds, and a false DOWN would break the round robin assertions.
 func DefaultTuning() Tuning {
 	return Tuning{
 		Interface:      "eth0",
 		AdvertInterval: 100 * time.Millisecond,
-		CheckInterval:  500 * time.Millisecond,
-		CheckTimeout:   250 * time.Millisecond,
+		CheckInterval:  time.Second,
+		CheckTimeout:   800 * time.Millisecond,
 		Fall:           2,
 		Rise:           1,
 	}

@@ -187,17 +187,27 @@ func (d *director) statusJSON() (*daemon.Status, error) {
 	return &st, nil
 }
 
-// logTail returns the last n lines of the daemon's log, indented.
+// logTail returns the last n lines of the daemon's log, indented, without
+// the vrrp driver's "slow action" warnings (frequent and harmless under
+// QEMU's emulated CPU), which it counts instead.
 func (d *director) logTail(n int) string {
 	b, err := os.ReadFile(d.logf)
 	if err != nil {
 		return "    (no log: " + err.Error() + ")"
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	var lines []string
+	slow := 0
+	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		if strings.Contains(l, `msg="vrrp: slow action"`) {
+			slow++
+			continue
+		}
+		lines = append(lines, l)
+	}
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
-	return "    " + strings.Join(lines, "\n    ")
+	return fmt.Sprintf("    (%d \"vrrp: slow action\" warnings left out)\n    %s", slow, strings.Join(lines, "\n    "))
 }
 
 // vrrpState returns the state of the daemon's (only) VRRP instance and the

@@ -31,7 +31,7 @@ func TestSeedScenarioVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := vmtest.Run(t, "^TestSeedScenario$", vm.Options{Files: files, Timeout: VMTimeout})
+	res := vmtest.Run(t, "^TestSeedScenario$", VMOptions(files))
 	for _, re := range []*regexp.Regexp{regexp.MustCompile(`OUTAGE: .*`), regexp.MustCompile(`PASS: .*`), regexp.MustCompile(`failover outage .*`)} {
 		if m := re.FindString(res.Console); m != "" {
 			t.Log(strings.TrimSpace(m))
@@ -45,7 +45,8 @@ func TestSeedScenario(t *testing.T) {
 	if !vm.InGuest() {
 		t.Skip("runs inside the VM, started by TestSeedScenarioVM")
 	}
-	rep, err := Run(t.Context(), Config{Out: os.Stdout})
+	// Show: the same narration as `make demo`, so the test covers it too.
+	rep, err := Run(t.Context(), Config{Out: os.Stdout, Show: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,12 +9,25 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/lvsha/lvsha/internal/vm"
 )
 
 // VMTimeout bounds a whole VM run of the scenario, boot included. A run
-// takes about a minute under TCG; the scenario's own waits are bounded
+// takes well under a minute under TCG; the scenario's own waits are bounded
 // well within this.
 const VMTimeout = 6 * time.Minute
+
+// VMCPUs is the guest's CPU count: two daemons, three web servers and a
+// client share it, and with one emulated CPU a busy client starves the
+// health checks.
+const VMCPUs = 2
+
+// VMOptions are the options of a VM run of the scenario (the caller sets
+// Binary and Args, or lets vmtest do it).
+func VMOptions(files map[string]string) vm.Options {
+	return vm.Options{Files: files, Timeout: VMTimeout, CPUs: VMCPUs}
+}
 
 // ModuleRoot returns the directory of lvsha's go.mod (the host's checkout).
 func ModuleRoot(ctx context.Context) (string, error) {

@@ -30,16 +30,16 @@ type requestLoop struct {
 	recs []request // finished requests
 }
 
-// maxInFlight bounds the requests a loop has open at once.
-const maxInFlight = 128
-
-func startLoop(ctx context.Context, c *client, period, timeout time.Duration) *requestLoop {
+// startLoop starts the loop. At most inFlight requests are open at once: a
+// few are enough to keep probing through lost SYNs, and a bound keeps the
+// client from swamping the (emulated, single) CPU the directors share.
+func startLoop(ctx context.Context, c *client, period, timeout time.Duration, inFlight int) *requestLoop {
 	l := &requestLoop{stopc: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
 		var wg sync.WaitGroup
 		defer wg.Wait()
-		sem := make(chan struct{}, maxInFlight)
+		sem := make(chan struct{}, inFlight)
 		t := time.NewTicker(period)
 		defer t.Stop()
 		for {
@@ -53,7 +53,7 @@ func startLoop(ctx context.Context, c *client, period, timeout time.Duration) *r
 					l.recs = append(l.recs, request{start: start, end: time.Now(), body: body, err: err})
 					l.mu.Unlock()
 				})
-			default: // maxInFlight requests hanging: skip this tick
+			default: // inFlight requests open: skip this tick
 			}
 			select {
 			case <-l.stopc:
@@ -113,6 +113,21 @@ func (l *requestLoop) waitRequests(ctx context.Context, what string, t time.Time
 		return nil
 	})
 	return got, err
+}
+
+// medianLatency is the median time of the successful requests.
+func medianLatency(rs []request) time.Duration {
+	var ds []time.Duration
+	for _, r := range rs {
+		if r.ok() {
+			ds = append(ds, r.end.Sub(r.start))
+		}
+	}
+	if len(ds) == 0 {
+		return 0
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds[len(ds)/2]
 }
 
 func successes(rs []request) []request {

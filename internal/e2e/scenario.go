@@ -418,18 +418,21 @@ func (s *scenario) showStatus(ds ...*director) error {
 func (s *scenario) roundRobin(ctx context.Context) error {
 	const n = 10
 	var got []string
+	var recs []request
 	for i := range n {
+		start := time.Now()
 		body, err := s.client.get(ctx, 5*time.Second)
 		if err != nil {
 			return fmt.Errorf("request %d: %w", i+1, err)
 		}
 		got = append(got, body)
+		recs = append(recs, request{start: start, end: time.Now(), body: body})
 		s.show("client$ curl http://%v/  ->  %s", VIP, body)
 	}
 	if err := alternates(got, "this is web1", "this is web2"); err != nil {
 		return err
 	}
-	s.ok("%d requests, each on a new connection, alternate web1/web2", n)
+	s.ok("%d requests, each on a new connection, alternate web1/web2 (a reply takes %v, median)", n, medianLatency(recs).Round(time.Millisecond))
 
 	// The kernel folds its per-CPU counters into ip_vs_stats every 2 s.
 	var st ipvsStats
@@ -457,12 +460,13 @@ func (s *scenario) roundRobin(ctx context.Context) error {
 
 func (s *scenario) failoverStep(ctx context.Context) error {
 	const (
-		period  = 10 * time.Millisecond
-		timeout = time.Second // a lost SYN is retried after 1s: such a request fails
-		warmup  = 20
-		after   = 30
+		period   = 10 * time.Millisecond
+		timeout  = 300 * time.Millisecond // a lost SYN is retried after 1s: such a request fails
+		inFlight = 4
+		warmup   = 20
+		after    = 30
 	)
-	loop := startLoop(ctx, s.client, period, timeout)
+	loop := startLoop(ctx, s.client, period, timeout, inFlight)
 	s.failover = loop
 	t0 := time.Now()
 	if _, err := loop.waitRequests(ctx, "the client's first replies", t0, warmup, 20*time.Second, true); err != nil {
@@ -547,20 +551,21 @@ func (s *scenario) failoverStep(ctx context.Context) error {
 	s.ok("director2 MASTER %v after SIGKILL (director1 unplugged %v after the kill); client's ARP entry for %v: %v (director2 is %v)",
 		s.rep.Takeover.Round(time.Millisecond), unplugged.Round(time.Millisecond), VIP, mac, s.d2Node.MAC)
 	s.ok("requests succeed again: %s after the kill", summarize(loop.since(killAt)))
-	s.printf("    OUTAGE: %v without a successful reply (%d requests failed), advert_interval %v\n",
-		g.Length.Round(time.Millisecond), g.Failed, s.t.AdvertInterval)
+	s.printf("    OUTAGE: %v without a successful reply (%d requests failed), advert_interval %v; a reply takes %v (median)\n",
+		g.Length.Round(time.Millisecond), g.Failed, s.t.AdvertInterval, medianLatency(recs).Round(time.Millisecond))
 	return s.showStatus(s.d2)
 }
 
 func (s *scenario) healthStep(ctx context.Context) error {
 	const (
-		period  = 20 * time.Millisecond
-		timeout = time.Second
-		check   = 10 // requests checked after each transition
+		period   = 20 * time.Millisecond
+		timeout  = time.Second
+		inFlight = 2
+		check    = 10 // requests checked after each transition
 	)
 	web1 := fmt.Sprintf("%v:%d", Web1Addr.Addr(), ServicePort)
 	slack := 3 * time.Second // TCG is slow; the measured time is printed
-	loop := startLoop(ctx, s.client, period, timeout)
+	loop := startLoop(ctx, s.client, period, timeout, inFlight)
 	s.health = loop
 	if _, err := loop.waitRequests(ctx, "replies before stopping web1", time.Now(), 4, 10*time.Second, true); err != nil {
 		return err
