@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lvsha/lvsha/conf"
+	"github.com/lvsha/lvsha/internal/testutil"
 	"github.com/lvsha/lvsha/internal/vm"
 	"github.com/lvsha/lvsha/internal/vm/vmtest"
 )
@@ -18,6 +19,11 @@ import (
 // there; it fails unless the whole scenario passes. Under `make test`
 // (LVSHA_STRICT=1) a missing qemu or kernel is a failure.
 func TestSeedScenarioVM(t *testing.T) {
+	if testing.Short() {
+		// `make unit` (-short, LVSHA_STRICT=0) runs no VM; under
+		// LVSHA_STRICT=1 -short is no excuse.
+		testutil.Unavailable(t, "the VM scenario does not run with -short")
+	}
 	vmtest.Need(t)
 	root, err := ModuleRoot(t.Context())
 	if err != nil {

@@ -490,6 +490,9 @@ func (s *scenario) failoverStep(ctx context.Context) error {
 	if err := s.d1.waitExit(ctx, 10*time.Second); err != nil {
 		return err
 	}
+	if has, err := s.d1Node.HasAddr(s.t.Interface, VIP); err == nil && has {
+		s.show("director1: lvsha killed; %v is still on its %s (a killed process cannot clean up), so its cable is pulled", VIP, s.t.Interface)
+	}
 	var st2 *daemon.Status
 	took, err := waitFor(ctx, "director2 to become MASTER", 10*time.Second, 5*time.Millisecond, func() error {
 		var err error
