@@ -109,7 +109,7 @@ func launch(ctx context.Context, stdout io.Writer, lvsha string, kernelLog bool)
 	if lvsha == "" {
 		lvsha = filepath.Join(tmp, "lvsha")
 		fmt.Fprintf(stdout, "\nbuilding lvsha (static)...\n")
-		if err := e2e.BuildStatic(ctx, "github.com/lvsha/lvsha/cmd/lvsha", lvsha); err != nil {
+		if err := e2e.BuildLvsha(ctx, lvsha); err != nil {
 			return vm.Result{}, err
 		}
 	} else if err := e2e.IsStatic(lvsha); err != nil {

@@ -30,7 +30,7 @@ func TestSeedScenarioVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	lvsha := filepath.Join(t.TempDir(), "lvsha")
-	if err := BuildStatic(t.Context(), "github.com/lvsha/lvsha/cmd/lvsha", lvsha); err != nil {
+	if err := BuildLvsha(t.Context(), lvsha); err != nil {
 		t.Fatal(err)
 	}
 	files, err := GuestFiles(root, lvsha)

@@ -42,11 +42,22 @@ func ModuleRoot(ctx context.Context) (string, error) {
 	return filepath.Dir(mod), nil
 }
 
+// BuildLvsha builds cmd/lvsha statically into out, with the version from
+// git describe as `make build` does.
+func BuildLvsha(ctx context.Context, out string) error {
+	version := "dev"
+	if b, err := exec.CommandContext(ctx, "git", "describe", "--tags", "--always", "--dirty").Output(); err == nil {
+		version = strings.TrimSpace(string(b))
+	}
+	return BuildStatic(ctx, "github.com/lvsha/lvsha/cmd/lvsha", out, "-ldflags", "-X main.version="+version)
+}
+
 // BuildStatic builds a package of the module (an import path such as
 // github.com/lvsha/lvsha/cmd/lvsha) into out with CGO_ENABLED=0, so it runs
-// in the VM's busybox guest.
-func BuildStatic(ctx context.Context, pkg, out string) error {
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
+// in the VM's busybox guest. flags go to go build.
+func BuildStatic(ctx context.Context, pkg, out string, flags ...string) error {
+	args := append([]string{"build", "-trimpath", "-o", out}, flags...)
+	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)

@@ -244,7 +244,8 @@ func (s *scenario) setup(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("%s: lvsha realserver up: %w", w.Role, err)
 		}
-		s.show("%s$ lvsha realserver up --vip %v --interface eth0", w.Role, VIP)
+		// Own state dirs: the namespaces share one filesystem.
+		s.show("%s$ lvsha realserver up --vip %v --interface eth0 --state-dir %s", w.Role, VIP, stateDir)
 		s.showBlock(lastLine(out))
 		s.onCleanup(func() {
 			_, _ = w.Run(s.cfg.Lvsha, "realserver", "down", "--vip", VIP.String(), "--interface", "eth0", "--state-dir", stateDir)
