@@ -108,7 +108,7 @@ func launch(ctx context.Context, stdout io.Writer, lvsha string, kernelLog bool)
 	// would show yesterday's code.
 	if lvsha == "" {
 		lvsha = filepath.Join(tmp, "lvsha")
-		fmt.Fprintf(stdout, "\nbuilding lvsha (static)...\n")
+		fmt.Fprintf(stdout, "\nbuilding lvsha (static) from %s...\n", root)
 		if err := e2e.BuildLvsha(ctx, lvsha); err != nil {
 			return vm.Result{}, err
 		}
@@ -116,7 +116,7 @@ func launch(ctx context.Context, stdout io.Writer, lvsha string, kernelLog bool)
 		return vm.Result{}, err
 	}
 	if out, err := exec.CommandContext(ctx, lvsha, "version").Output(); err == nil {
-		fmt.Fprintf(stdout, "\nusing %s (%s)\n", lvsha, strings.TrimSpace(string(out)))
+		fmt.Fprintf(stdout, "using %s (%s)\n", lvsha, strings.TrimSpace(string(out)))
 	}
 	guestBin := filepath.Join(tmp, "lvsha-demo")
 	if err := e2e.BuildStatic(ctx, "github.com/lvsha/lvsha/internal/demo", guestBin); err != nil {

@@ -84,3 +84,10 @@ func DeriveConfig(example string, t Tuning) (string, error) {
 func WithRealServer(cfg, addr string) string {
 	return strings.TrimRight(cfg, "\n") + fmt.Sprintf("\n\n# added by the scenario before SIGHUP\n[[virtual_server.real_server]]\naddress = %q\nweight = 1\n", addr)
 }
+
+// MasterDownInterval is RFC 9568's 3 x Master_Adver_Interval + Skew_Time,
+// Skew_Time = (256 - priority) x interval / 256: how long a backup of that
+// priority waits for a silent master, the floor of a crash failover.
+func MasterDownInterval(interval time.Duration, priority int) time.Duration {
+	return 3*interval + time.Duration(256-priority)*interval/256
+}

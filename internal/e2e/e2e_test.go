@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -176,5 +177,39 @@ func TestRenderStream(t *testing.T) {
 	got := renderStream(rs, 5, streamMark{At: t0.Add(1500 * time.Millisecond), Label: "K"}, streamMark{At: t0.Add(time.Hour), Label: "end"})
 	if want := "12[K]\n.2\n[end]"; got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+func TestMasterDownInterval(t *testing.T) {
+	// RFC 9568 with the seed's backup: priority 100, 100ms adverts.
+	if got, want := MasterDownInterval(100*time.Millisecond, 100), 360937500*time.Nanosecond; got != want {
+		t.Errorf("got %v, want %v", got, want)
+	}
+}
+
+func TestWaitFor(t *testing.T) {
+	calls := 0
+	took, err := waitFor(t.Context(), "three calls", time.Minute, time.Millisecond, func() error {
+		if calls++; calls < 3 {
+			return fmt.Errorf("call %d", calls)
+		}
+		return nil
+	})
+	if err != nil || calls != 3 || took <= 0 {
+		t.Errorf("took %v, err %v, calls %d", took, err, calls)
+	}
+	// A fatal answer ends the wait at once, with its reason.
+	calls = 0
+	_, err = waitFor(t.Context(), "a dead daemon", time.Minute, time.Millisecond, func() error {
+		calls++
+		return fatalf("lvsha exited")
+	})
+	if calls != 1 || err == nil || !strings.Contains(err.Error(), "waiting for a dead daemon: lvsha exited") {
+		t.Errorf("calls %d, err %v", calls, err)
+	}
+	// A timeout says what it was still seeing.
+	_, err = waitFor(t.Context(), "never", 20*time.Millisecond, time.Millisecond, func() error { return errors.New("director2 BACKUP") })
+	if err == nil || !strings.Contains(err.Error(), "timed out after 20ms waiting for never: last seen: director2 BACKUP") {
+		t.Errorf("err %v", err)
 	}
 }

@@ -555,8 +555,9 @@ func (s *scenario) failoverStep(ctx context.Context) error {
 	s.ok("director2 MASTER %v after SIGKILL (director1 unplugged %v after the kill); client's ARP entry for %v: %v (director2 is %v)",
 		s.rep.Takeover.Round(time.Millisecond), unplugged.Round(time.Millisecond), VIP, mac, s.d2Node.MAC)
 	s.ok("requests succeed again: %s after the kill", summarize(loop.since(killAt)))
-	s.printf("    OUTAGE: %v without a successful reply (%d requests failed), advert_interval %v; a reply takes %v (median)\n",
-		g.Length.Round(time.Millisecond), g.Failed, s.t.AdvertInterval, medianLatency(recs).Round(time.Millisecond))
+	s.printf("    OUTAGE: %v without a successful reply (%d requests failed); advert_interval %v, Master_Down_Interval %v; a reply takes %v (median)\n",
+		g.Length.Round(time.Millisecond), g.Failed, s.t.AdvertInterval,
+		MasterDownInterval(s.t.AdvertInterval, st2.VRRP[0].Priority).Round(time.Millisecond), medianLatency(recs).Round(time.Millisecond))
 	return s.showStatus(s.d2)
 }
 
