@@ -480,6 +480,9 @@ func (s *scenario) failoverStep(ctx context.Context) error {
 	// the kill (its veth's bridge port goes down). The client's neighbour
 	// cache still maps the VIP to director1's MAC: it is director2's
 	// gratuitous ARPs that move the traffic, as on a real LAN.
+	if mac, err := s.cli.NeighbourMAC(VIP); err == nil {
+		s.show("client's ARP entry for %v: %v (director1 is %v)", VIP, mac, s.d1Node.MAC)
+	}
 	killAt := time.Now()
 	if err := s.d1.signal(syscall.SIGKILL); err != nil {
 		return err
@@ -551,6 +554,9 @@ func (s *scenario) failoverStep(ctx context.Context) error {
 	mac, err := s.cli.NeighbourMAC(VIP)
 	if err != nil {
 		return err
+	}
+	if mac.String() != s.d2Node.MAC.String() {
+		return fmt.Errorf("the client's ARP entry for %v is %v after the failover, want director2's %v", VIP, mac, s.d2Node.MAC)
 	}
 	s.ok("director2 MASTER %v after SIGKILL (director1 unplugged %v after the kill); client's ARP entry for %v: %v (director2 is %v)",
 		s.rep.Takeover.Round(time.Millisecond), unplugged.Round(time.Millisecond), VIP, mac, s.d2Node.MAC)
