@@ -14,6 +14,7 @@ import (
 // one goroutine at a time.
 type IPVS struct {
 	h *ipvs.Handle
+	w *genlWriter // batched writes (see Write)
 }
 
 // OpenIPVS opens the IPVS table of the network namespace at nsPath (e.g.
@@ -23,11 +24,23 @@ func OpenIPVS(nsPath string) (*IPVS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lvs: open ipvs (is the ip_vs module loaded?): %w", err)
 	}
-	return &IPVS{h: h}, nil
+	w, err := newGenlWriter(nsPath)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("lvs: open ipvs: %w", err)
+	}
+	return &IPVS{h: h, w: w}, nil
 }
 
-// Close releases the netlink socket.
-func (k *IPVS) Close() { k.h.Close() }
+// Close releases the netlink sockets.
+func (k *IPVS) Close() {
+	k.h.Close()
+	k.w.close()
+}
+
+// Write implements Batcher: up to 128 changes per system call instead of
+// one round trip each.
+func (k *IPVS) Write(cs []Change) []error { return k.w.write(cs) }
 
 func family(a netip.Addr) uint16 {
 	if a.Is4() {
@@ -185,10 +198,21 @@ func (k *IPVS) DelDestination(key Key, a netip.AddrPort) error {
 	return k.h.DelDestination(keyOf(key), toIPVSDest(KDest{Addr: a}))
 }
 
-// Counting wraps a Kernel and counts its calls: each is one netlink request.
+// Counting wraps a Kernel and counts its calls: each is one netlink request
+// (Batches counts the Write calls, whose changes count as Writes).
 type Counting struct {
 	Kernel
-	Reads, Writes int
+	Reads, Writes, Batches int
+}
+
+// Write implements Batcher, batching if the wrapped kernel does.
+func (c *Counting) Write(cs []Change) []error {
+	c.Writes += len(cs)
+	c.Batches++
+	if b, ok := c.Kernel.(Batcher); ok {
+		return b.Write(cs)
+	}
+	return writeEach(c.Kernel, cs)
 }
 
 // Services implements Kernel.

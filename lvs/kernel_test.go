@@ -1,6 +1,7 @@
 package lvs
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -8,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -329,5 +331,25 @@ func TestKernelIPv6(t *testing.T) {
 	want := "tcp/[2001:db8::100]:80 wrr t=60: [2001:db8::1]:80/2/dr [2001:db8::2]:80/4/dr"
 	if got := dumpKernel(t, other); got != want {
 		t.Fatalf("table %q, want %q", got, want)
+	}
+}
+
+// One batch whose middle change fails: the kernel goes on with the rest and
+// each change gets its own verdict.
+func TestKernelBatchErrors(t *testing.T) {
+	needVM(t)
+	k, other := freshIPVS(t, "bat")
+	missing := Key{Proto: TCP, Addr: netip.MustParseAddrPort("10.9.9.9:80")}
+	errs := k.Write([]Change{
+		{Kind: OpNewService, Service: KService{Key: tcp80, Scheduler: "rr"}},
+		{Kind: OpNewDest, Service: KService{Key: missing}, Dest: KDest{Addr: web1, Weight: 1}},
+		{Kind: OpNewService, Service: KService{Key: tcp80, Scheduler: "rr"}},
+		{Kind: OpNewDest, Service: KService{Key: tcp80}, Dest: KDest{Addr: web2, Weight: 3, Forwarding: Tunnel}},
+	})
+	if errs[0] != nil || errs[1] == nil || !errors.Is(errs[2], syscall.EEXIST) || errs[3] != nil {
+		t.Fatalf("errors %v", errs)
+	}
+	if got := dumpKernel(t, other); got != "tcp/192.168.94.200:80 rr t=0: 192.168.94.135:80/3/tun" {
+		t.Fatalf("table %q", got)
 	}
 }

@@ -88,6 +88,7 @@ type Reconciler struct {
 	// big table should not allocate per service.
 	scratchAddrs map[netip.AddrPort]bool
 	scratchDests []KDest
+	plan         []planned
 	// statePath keeps owned across restarts (see PersistOwned).
 	statePath, savedOwned string
 }
@@ -201,6 +202,14 @@ func (r *Reconciler) load(rep *Report) error {
 	return nil
 }
 
+// planned is one change to make, with its report entry.
+type planned struct {
+	op Op
+	ch Change
+}
+
+// sync plans every change against the cache, sends them (in batches when
+// the kernel supports it), then updates the cache with what succeeded.
 func (r *Reconciler) sync(rep *Report) error {
 	defer r.saveOwned()
 	if r.cache == nil {
@@ -208,16 +217,14 @@ func (r *Reconciler) sync(rep *Report) error {
 			return err
 		}
 	}
-	var errs []error
+	plan := r.plan[:0]
 	// Services first created or changed, then deletions: on a move from one
 	// key to another the new one is ready before the old one goes.
-	wantKeys := map[Key]bool{}
+	wantKeys := make(map[Key]bool, len(r.desired))
 	for i := range r.desired {
 		s := &r.desired[i]
 		wantKeys[s.Key] = true
-		if err := r.syncService(s, rep); err != nil {
-			errs = append(errs, err)
-		}
+		plan = r.planService(s, rep, plan)
 	}
 	var gone []Key
 	for k := range r.owned {
@@ -228,20 +235,69 @@ func (r *Reconciler) sync(rep *Report) error {
 	slices.SortFunc(gone, func(a, b Key) int { return strings.Compare(a.String(), b.String()) })
 	for _, k := range gone {
 		if _, ok := r.cache[k]; ok {
-			if err := r.k.DelService(k); err != nil {
-				errs = append(errs, fmt.Errorf("lvs: delete service %v: %w", k, err))
-				continue
-			}
-			rep.Ops = append(rep.Ops, Op{Kind: OpDelService, Service: k})
-			delete(r.cache, k)
+			plan = append(plan, planned{Op{Kind: OpDelService, Service: k}, Change{Kind: OpDelService, Service: KService{Key: k}}})
 		}
-		delete(r.owned, k)
-		delete(r.quorum, k)
+	}
+	r.plan = plan
+	if len(plan) == 0 {
+		return nil
+	}
+
+	changes := make([]Change, len(plan))
+	for i := range plan {
+		changes[i] = plan[i].ch
+	}
+	var results []error
+	if b, ok := r.k.(Batcher); ok {
+		results = b.Write(changes)
+	} else {
+		results = writeEach(r.k, changes)
+	}
+	var errs []error
+	for i, p := range plan {
+		if err := results[i]; err != nil {
+			errs = append(errs, fmt.Errorf("lvs: %v: %w", p.op, err))
+			continue
+		}
+		rep.Ops = append(rep.Ops, p.op)
+		r.commit(p.ch)
+	}
+	for _, k := range gone {
+		if _, ok := r.cache[k]; !ok {
+			delete(r.owned, k)
+			delete(r.quorum, k)
+		}
 	}
 	return errors.Join(errs...)
 }
 
-func (r *Reconciler) syncService(s *Service, rep *Report) error {
+// commit records a change the kernel accepted in the cache.
+func (r *Reconciler) commit(c Change) {
+	k := c.Service.Key
+	switch c.Kind {
+	case OpNewService:
+		r.cache[k] = &kstate{svc: c.Service, dests: map[netip.AddrPort]KDest{}}
+		return
+	case OpDelService:
+		delete(r.cache, k)
+		return
+	}
+	st, ok := r.cache[k]
+	if !ok {
+		return
+	}
+	switch c.Kind {
+	case OpUpdateService:
+		st.svc.Scheduler, st.svc.Timeout = c.Service.Scheduler, c.Service.Timeout
+	case OpNewDest, OpUpdateDest:
+		st.dests[c.Dest.Addr] = c.Dest
+	case OpDelDest:
+		delete(st.dests, c.Dest.Addr)
+	}
+}
+
+// planService appends the changes that make the kernel's copy of s match.
+func (r *Reconciler) planService(s *Service, rep *Report, plan []planned) []planned {
 	ks, dests, lost := target(s, r.scratchDests)
 	r.scratchDests = dests
 	if lost {
@@ -256,62 +312,44 @@ func (r *Reconciler) syncService(s *Service, rep *Report) error {
 		r.quorum[s.Key] = lost
 	}
 	r.owned[s.Key] = true
+	var curDests map[netip.AddrPort]KDest
 	cur, ok := r.cache[s.Key]
 	switch {
 	case !ok:
-		if err := r.k.NewService(ks); err != nil {
-			return fmt.Errorf("lvs: add service %v: %w", s.Key, err)
-		}
-		rep.Ops = append(rep.Ops, Op{Kind: OpNewService, Service: s.Key, Detail: ks.Scheduler})
-		cur = &kstate{svc: ks, dests: map[netip.AddrPort]KDest{}}
-		r.cache[s.Key] = cur
+		plan = append(plan, planned{Op{Kind: OpNewService, Service: s.Key, Detail: ks.Scheduler}, Change{Kind: OpNewService, Service: ks}})
 	case cur.svc.Scheduler != ks.Scheduler || cur.svc.Timeout != ks.Timeout:
-		if err := r.k.UpdateService(ks); err != nil {
-			return fmt.Errorf("lvs: update service %v: %w", s.Key, err)
-		}
-		rep.Ops = append(rep.Ops, Op{Kind: OpUpdateService, Service: s.Key,
-			Detail: fmt.Sprintf("scheduler %s->%s timeout %d->%d", cur.svc.Scheduler, ks.Scheduler, cur.svc.Timeout, ks.Timeout)})
-		cur.svc.Scheduler, cur.svc.Timeout = ks.Scheduler, ks.Timeout
+		plan = append(plan, planned{Op{Kind: OpUpdateService, Service: s.Key,
+			Detail: fmt.Sprintf("scheduler %s->%s timeout %d->%d", cur.svc.Scheduler, ks.Scheduler, cur.svc.Timeout, ks.Timeout)},
+			Change{Kind: OpUpdateService, Service: ks}})
 	}
-	var errs []error
+	if ok {
+		curDests = cur.dests
+	}
+	key := KService{Key: s.Key}
 	keep := r.scratchAddrs
 	clear(keep)
 	for _, d := range dests {
 		keep[d.Addr] = true
-		have, ok := cur.dests[d.Addr]
+		have, ok := curDests[d.Addr]
 		switch {
 		case !ok:
-			if err := r.k.NewDestination(s.Key, d); err != nil {
-				errs = append(errs, fmt.Errorf("lvs: add %v to %v: %w", d.Addr, s.Key, err))
-				continue
-			}
-			rep.Ops = append(rep.Ops, Op{Kind: OpNewDest, Service: s.Key, Dest: d.Addr, Detail: fmt.Sprintf("weight %d %v", d.Weight, d.Forwarding)})
+			plan = append(plan, planned{Op{Kind: OpNewDest, Service: s.Key, Dest: d.Addr, Detail: fmt.Sprintf("weight %d %v", d.Weight, d.Forwarding)},
+				Change{Kind: OpNewDest, Service: key, Dest: d}})
 		case have.Weight != d.Weight || have.Forwarding != d.Forwarding:
-			if err := r.k.UpdateDestination(s.Key, d); err != nil {
-				errs = append(errs, fmt.Errorf("lvs: update %v in %v: %w", d.Addr, s.Key, err))
-				continue
-			}
-			rep.Ops = append(rep.Ops, Op{Kind: OpUpdateDest, Service: s.Key, Dest: d.Addr,
-				Detail: fmt.Sprintf("weight %d->%d %v->%v", have.Weight, d.Weight, have.Forwarding, d.Forwarding)})
-		default:
-			continue
+			plan = append(plan, planned{Op{Kind: OpUpdateDest, Service: s.Key, Dest: d.Addr,
+				Detail: fmt.Sprintf("weight %d->%d %v->%v", have.Weight, d.Weight, have.Forwarding, d.Forwarding)},
+				Change{Kind: OpUpdateDest, Service: key, Dest: d}})
 		}
-		cur.dests[d.Addr] = d
 	}
 	var drop []netip.AddrPort
-	for a := range cur.dests {
+	for a := range curDests {
 		if !keep[a] {
 			drop = append(drop, a)
 		}
 	}
 	slices.SortFunc(drop, func(a, b netip.AddrPort) int { return a.Compare(b) })
 	for _, a := range drop {
-		if err := r.k.DelDestination(s.Key, a); err != nil {
-			errs = append(errs, fmt.Errorf("lvs: delete %v from %v: %w", a, s.Key, err))
-			continue
-		}
-		rep.Ops = append(rep.Ops, Op{Kind: OpDelDest, Service: s.Key, Dest: a})
-		delete(cur.dests, a)
+		plan = append(plan, planned{Op{Kind: OpDelDest, Service: s.Key, Dest: a}, Change{Kind: OpDelDest, Service: key, Dest: KDest{Addr: a}}})
 	}
-	return errors.Join(errs...)
+	return plan
 }

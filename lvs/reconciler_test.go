@@ -471,3 +471,35 @@ func TestPersistOwned(t *testing.T) {
 		t.Fatalf("state file holds %v", got)
 	}
 }
+
+// The batched path (Batcher) gives the same table and the same report as
+// one call per change; a failed change in a batch fails only itself.
+func TestBatchedWrites(t *testing.T) {
+	f := NewFake()
+	c := &Counting{Kernel: f}
+	r := NewReconciler(c, nil)
+	s := seed()
+	s.Quorum, s.Sorry = 2, sorry
+	rep := mustApply(t, r, s)
+	if c.Batches != 1 || c.Writes != 3 || len(rep.Ops) != 3 {
+		t.Fatalf("batches %d writes %d report %v", c.Batches, c.Writes, rep)
+	}
+	s.Reals[0].Up = false
+	mustApply(t, r, s)
+	wantDump(t, f, "tcp/192.168.94.200:80 rr t=0: 192.168.94.250:80/1/dr")
+	if c.Batches != 2 {
+		t.Fatalf("quorum loss took %d batches, want 1", c.Batches-1)
+	}
+	f.Fail = func(call string) error {
+		if strings.Contains(call, "NewDestination") && strings.Contains(call, "134") {
+			return syscall.EINVAL
+		}
+		return nil
+	}
+	s.Reals[0].Up = true
+	_, err := r.Apply([]Service{s})
+	if !errors.Is(err, syscall.EINVAL) {
+		t.Fatalf("err %v", err)
+	}
+	wantDump(t, f, "tcp/192.168.94.200:80 rr t=0: 192.168.94.135:80/1/dr")
+}

@@ -278,8 +278,8 @@ func guest() error {
 		fmt.Printf("%-30s %-20s %12s   %s\n", c, tool, s.d.Round(10*time.Microsecond), ops)
 	}
 	fmt.Printf("%-30s %-20s %12s   %s\n", "case", "tool", "time", "netlink requests")
-	row("cold apply from empty", "lvsha", ml, fmt.Sprintf("%d (%d reads + %d writes)", ml.reads+ml.write, ml.reads, ml.write))
-	row("cold apply from empty", "ipvsadm -R", mi, fmt.Sprintf("%d (one per line, + ipvsadm's start-up queries)", mi.write))
+	row("cold apply from empty", "lvsha", ml, fmt.Sprintf("%d (%d reads + %d writes in %d sendmsg)", ml.reads+ml.write, ml.reads, ml.write, (ml.write+lvs.BatchMax-1)/lvs.BatchMax))
+	row("cold apply from empty", "ipvsadm -R", mi, fmt.Sprintf("%d (one sendmsg per line, + ipvsadm's start-up queries)", mi.write))
 	mr, me, mc := median(lvReload), median(iaEdit), median(iaReload)
 	row("reload, one weight changed", "lvsha", mr, fmt.Sprintf("%d (%d reads + %d writes)", mr.reads+mr.write, mr.reads, mr.write))
 	row("reload, one weight changed", "ipvsadm -e (by hand)", me, "1 (+ start-up)")
