@@ -44,7 +44,7 @@ bench-ipvs: setup build
 	$(GO) run ./internal/benchipvs
 
 demo: setup build
-	$(GO) run ./internal/demo
+	$(GO) run ./internal/demo -lvsha bin/lvsha
 
 clean:
 	rm -rf bin dist
