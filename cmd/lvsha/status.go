@@ -68,7 +68,7 @@ func printStatus(w io.Writer, st *daemon.Status) {
 	if len(st.Services) > 0 {
 		fmt.Fprintln(w, "\nIPVS:")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  Prot LocalAddress:Port Scheduler\tForward\tWeight(conf/kernel)\tActiveConn\tInActConn\tHealth\tLast error")
+		fmt.Fprintln(tw, "  Prot LocalAddress:Port Scheduler\tForward\tWeight(conf/kernel)\tActiveConn\tInActConn\tHealth\tLast check")
 		for _, s := range st.Services {
 			kern := ""
 			if !s.InKernel {
@@ -81,7 +81,7 @@ func printStatus(w io.Writer, st *daemon.Status) {
 					kw = strconv.Itoa(r.KernelWeight)
 				}
 				fmt.Fprintf(tw, "    -> %s\t%s\t%d/%s\t%d\t%d\t%s\t%s\n", r.Address, forwardName(s.Forwarding), r.Weight, kw,
-					r.ActiveConns, r.InactiveConns, r.Health, dash(r.LastError))
+					r.ActiveConns, r.InactiveConns, r.Health, dash(r.LastResult))
 			}
 		}
 		_ = tw.Flush()

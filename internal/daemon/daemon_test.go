@@ -239,7 +239,7 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 		t.Fatalf("status: %+v", st)
 	}
 	rb := st.Services[0].Reals[1]
-	if rb.Health != "down" || rb.KernelWeight != 0 || rb.Weight != 5 || rb.LastError == "" {
+	if rb.Health != "down" || rb.KernelWeight != 0 || rb.Weight != 5 || rb.LastError == "" || rb.LastResult == "ok" || rb.LastResult == "" {
 		t.Errorf("status of the failed real server: %+v", rb)
 	}
 	if !st.Services[0].InKernel {
@@ -264,6 +264,9 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 
 	b.start(t)
 	waitFor(t, "b back at weight 5", func() bool { return k.weights(t)[b.addr] == 5 })
+	if st, err := QueryStatus(ctx, sock); err != nil || st.Services[0].Reals[1].LastResult != "ok" || st.Services[0].Reals[1].Health != "up" {
+		t.Errorf("status after recovery: %+v %v", st.Services[0].Reals[1], err)
+	}
 
 	// Invalid config: nothing changes.
 	k.takeCalls()

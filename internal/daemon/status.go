@@ -60,6 +60,7 @@ type RealStatus struct {
 	Health         string    `json:"health"` // up, down, unchecked
 	LastError      string    `json:"last_error,omitempty"`
 	Checks         uint64    `json:"checks"`
+	LastResult     string    `json:"last_result,omitempty"` // "ok" or why the last check failed
 	LastCheck      time.Time `json:"last_check,omitzero"`
 	LastTransition time.Time `json:"last_transition,omitzero"`
 }
@@ -104,6 +105,13 @@ func (d *Daemon) status(ctx context.Context) Status {
 					r.Health = "up"
 				}
 				r.LastError, r.LastTransition, r.LastCheck, r.Checks = h.LastError, h.LastChange, h.LastCheck, h.Checks
+				switch {
+				case h.LastCheck.IsZero():
+				case h.LastOK:
+					r.LastResult = "ok"
+				default:
+					r.LastResult = h.LastError
+				}
 			}
 			ss.Reals = append(ss.Reals, r)
 		}
