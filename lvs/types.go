@@ -6,8 +6,9 @@
 // anything else in the table is never touched. A Loop owns the reconciler
 // in one goroutine and periodically repairs drift (someone ran ipvsadm -C).
 //
-// The kernel sits behind the Kernel interface: IPVS (moby/ipvs) for real,
-// Fake in unit tests.
+// The kernel sits behind the Kernel interface: IPVS for real (moby/ipvs for
+// reads; writes go in batches over lvsha's own generic netlink socket, see
+// Batcher), Fake in unit tests.
 package lvs
 
 import (
