@@ -297,6 +297,21 @@ func (in *Instance) Run(ctx context.Context) error {
 			// host must not fail over while the master's advert sits
 			// in the queue.
 			d.drain(rx)
+			if te.kind == TimerMasterDown && te.gen == d.gens[te.kind] && d.k.conn.Pending() {
+				// The master's advert may be in the socket, not yet
+				// read: a host so busy that the reader has not run
+				// must not fail over because of it. Let the reader
+				// deliver it (bounded: a wedged reader cannot hold a
+				// takeover back for long).
+				wait := time.NewTimer(min(d.in.cfg.AdvertInterval, 50*time.Millisecond))
+				select {
+				case p := <-rx:
+					d.receive(p)
+					d.drain(rx)
+				case <-wait.C:
+				}
+				wait.Stop()
+			}
 			if te.gen == d.gens[te.kind] {
 				d.step(TimerFired{Timer: te.kind})
 			}

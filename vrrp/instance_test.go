@@ -26,6 +26,8 @@ type fakeKernel struct {
 	garps  map[netip.Addr]int
 	up     map[string]bool
 	linkCh chan linkState
+	// pending makes Pending report a packet waiting in the socket.
+	pending bool
 }
 
 type sentAdvert struct {
@@ -64,6 +66,12 @@ func (f *fakeKernel) WriteAdvert(b []byte, src, dst netip.Addr) error {
 }
 
 func (f *fakeKernel) Close() error { f.once.Do(func() { close(f.closed) }); return nil }
+
+func (f *fakeKernel) Pending() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pending
+}
 
 func (f *fakeKernel) Add(p netip.Prefix) error {
 	f.mu.Lock()
@@ -461,4 +469,38 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+}
+
+// TestDriverPendingAdvertBeatsTimer: when the master-down timer fires while
+// an advert waits unread in the socket (a busy host), the advert wins.
+func TestDriverPendingAdvertBeatsTimer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		f.pending = true
+		in := testInstance(t, f, nil)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go in.Run(ctx)
+		md := 3609375 * time.Microsecond
+		go func() {
+			time.Sleep(md + 10*time.Millisecond)
+			f.rx <- packet(t, peerAdvert(150), netip.MustParseAddr("10.0.0.2"), 255)
+		}()
+		time.Sleep(md + 100*time.Millisecond)
+		synctest.Wait()
+		if st := in.Status(); st.State != Backup || st.AdvertsReceived != 1 || st.Transitions != 1 {
+			t.Fatalf("late-read advert lost to the timer: %+v", st)
+		}
+		// Nothing comes: the takeover is only held back briefly.
+		f.mu.Lock()
+		f.pending = true
+		f.mu.Unlock()
+		start := time.Now()
+		for in.Status().State != Master {
+			time.Sleep(time.Millisecond)
+		}
+		if waited := time.Since(start); waited > md+50*time.Millisecond {
+			t.Errorf("takeover held back %v", waited)
+		}
+	})
 }

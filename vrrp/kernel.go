@@ -29,6 +29,8 @@ type rxInfo struct {
 type packetConn interface {
 	ReadAdvert(b []byte) (int, rxInfo, error)
 	WriteAdvert(b []byte, src, dst netip.Addr) error
+	// Pending reports whether a packet waits in the socket, not yet read.
+	Pending() bool
 	Close() error
 }
 
@@ -222,6 +224,16 @@ func (r *rawConn) WriteAdvert(b []byte, src, dst netip.Addr) error {
 		return fmt.Errorf("send advert to %s: %w", dst, err)
 	}
 	return nil
+}
+
+func (r *rawConn) Pending() bool {
+	sc, err := r.c.(*net.IPConn).SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	_ = sc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	return n > 0
 }
 
 func (r *rawConn) Close() error { return r.rc.Close() }

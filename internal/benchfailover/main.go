@@ -81,6 +81,7 @@ func run() error {
 	flag.DurationVar(&o.soak, "soak", 0, "busy-CPU soak duration at -soak-interval adverts (the issue asks 10m; 0 = skip)")
 	flag.DurationVar(&o.soakIntvl, "soak-interval", 10*time.Millisecond, "advert interval of the soak")
 	verbose := flag.Bool("v", false, "log progress")
+	keep := flag.Bool("keep", false, "keep the work directory (configs and director logs)")
 	flag.Parse()
 	lvl := slog.LevelWarn
 	if *verbose {
@@ -103,7 +104,11 @@ func run() error {
 	if o.workDir, err = os.MkdirTemp("", "benchfailover"); err != nil {
 		return err
 	}
-	defer os.RemoveAll(o.workDir)
+	if *keep {
+		fmt.Fprintln(os.Stderr, "work directory:", o.workDir)
+	} else {
+		defer os.RemoveAll(o.workDir)
+	}
 	if o.lvsha == "" {
 		o.lvsha = filepath.Join(o.workDir, "lvsha")
 		if out, err := exec.Command("go", "build", "-o", o.lvsha, "./cmd/lvsha").CombinedOutput(); err != nil {
@@ -365,6 +370,7 @@ func (o *options) measure1(ctx context.Context, impl string, interval time.Durat
 	// and the settling above would otherwise fix that phase.
 	time.Sleep(rand.N(interval))
 	at := time.Now()
+	o.log.Info("failure", "impl", impl, "event", event, "at", at)
 	switch event {
 	case "linkdown":
 		err = p.lab.SetPort("a", false)
