@@ -164,6 +164,25 @@ func TestAlternates(t *testing.T) {
 	}
 }
 
+func TestBalanced(t *testing.T) {
+	w1, w2, w3 := "this is web1", "this is web2", "this is web3"
+	for _, c := range []struct {
+		got  []string
+		want []string
+		ok   bool
+	}{
+		{[]string{w1, w2, w2, w1, w2, w1}, []string{w1, w2}, true},
+		{[]string{w2, w1, w2, w1, w2, w1, w2, w1, w2, w2}, []string{w1, w2}, true},
+		{[]string{w2, w2, w2, w1, w2, w2}, []string{w1, w2}, false},
+		{[]string{w2, w2, w2}, []string{w1, w2}, false},
+		{[]string{w1, w2, w3}, []string{w1, w2}, false},
+	} {
+		if err := balanced(c.got, 2, c.want...); (err == nil) != c.ok {
+			t.Errorf("balanced(%q) = %v, want ok %v", c.got, err, c.ok)
+		}
+	}
+}
+
 func TestRenderStream(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	var rs []request

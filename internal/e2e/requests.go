@@ -196,6 +196,27 @@ func alternates(bodies []string, want ...string) error {
 	return nil
 }
 
+// balanced checks that replies came from every one of want and that no two
+// counts differ by more than slack: round robin seen through overlapping
+// requests.
+func balanced(bodies []string, slack int, want ...string) error {
+	seen := map[string]int{}
+	for _, b := range bodies {
+		seen[b]++
+	}
+	if len(seen) != len(want) {
+		return fmt.Errorf("replies from %d servers, want %d (%s): %s", len(seen), len(want), strings.Join(want, ", "), strings.Join(bodies, ", "))
+	}
+	lo, hi := len(bodies), 0
+	for _, w := range want {
+		lo, hi = min(lo, seen[w]), max(hi, seen[w])
+	}
+	if hi-lo > slack {
+		return fmt.Errorf("uneven split %v (want round robin within %d): %s", seen, slack, strings.Join(bodies, ", "))
+	}
+	return nil
+}
+
 func bodies(rs []request) []string {
 	out := make([]string, len(rs))
 	for i, r := range rs {
