@@ -291,6 +291,10 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 	if w := k.weights(t); w[a.addr] != 1 || w[b.addr] != 5 {
 		t.Errorf("unchanged real servers changed: %v", w)
 	}
+	// The services it owns are remembered for the next run.
+	if b, err := os.ReadFile(filepath.Join(dir, "lvsha.ipvs-owned")); err != nil || strings.TrimSpace(string(b)) != "tcp/10.99.0.1:80" {
+		t.Errorf("owned services state: %q %v", b, err)
+	}
 }
 
 func freePort(t *testing.T) string {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,13 +16,14 @@ import (
 // be opened (module missing), it keeps retrying and says so in logs and
 // status, while VRRP and health checks go on.
 type ipvsPart struct {
-	log      *slog.Logger
-	interval time.Duration
-	want     chan []lvs.Service // capacity 1: only the newest table matters
-	open     func() (lvs.Kernel, func(), error)
-	observe  func(rep lvs.Report, err error, repair bool)
-	cancel   context.CancelFunc
-	done     chan struct{}
+	log       *slog.Logger
+	interval  time.Duration
+	want      chan []lvs.Service // capacity 1: only the newest table matters
+	open      func() (lvs.Kernel, func(), error)
+	observe   func(rep lvs.Report, err error, repair bool)
+	statePath string
+	cancel    context.CancelFunc
+	done      chan struct{}
 
 	mu      sync.Mutex
 	loop    *lvs.Loop
@@ -49,6 +51,9 @@ func startIPVS(ctx context.Context, cfg *conf.Config, log *slog.Logger, open fun
 		done:     make(chan struct{}),
 		open:     open,
 		observe:  observe,
+		// Which services are ours must survive a restart, or one removed
+		// from the config meanwhile would stay in the kernel for ever.
+		statePath: strings.TrimSuffix(cfg.Global.ControlSocket, ".sock") + ".ipvs-owned",
 	}
 	go p.run(ctx)
 	return p, nil
@@ -105,7 +110,14 @@ func (p *ipvsPart) run(ctx context.Context) {
 				p.fail("open IPVS", err, &failures, &retry)
 				continue
 			}
-			loop = lvs.NewLoop(lvs.NewReconciler(k, p.log), p.interval, p.log)
+			rec := lvs.NewReconciler(k, p.log)
+			if p.statePath != "" {
+				if err := rec.PersistOwned(p.statePath); err != nil {
+					p.log.Warn("ipvs: cannot load the services a previous run owned", "err", err)
+				}
+			}
+			loop = lvs.NewLoop(rec, p.interval, p.log)
+			loop.OnRepair = func(rep lvs.Report, err error) { p.observe(rep, err, true) }
 			loopDone = make(chan struct{})
 			go func() {
 				defer close(loopDone)
