@@ -19,9 +19,11 @@ build:
 setup:
 	bash internal/scripts/setup.sh
 
-# Every test: unit, namespace (root) and VM (real IPVS) tests.
+# Every test: unit, namespace (root) and VM (real IPVS) tests. One package at
+# a time (-p 1): the VM runs under TCG emulation and the namespace tests time
+# VRRP, so two of them sharing 2 cores would test the machine, not lvsha.
 test: setup build
-	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -p 1 -timeout 20m ./...
 
 # Only the tests that need neither root nor the VM.
 unit:

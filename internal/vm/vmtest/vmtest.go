@@ -42,6 +42,9 @@ func Need(t testing.TB) {
 	if vm.InGuest() {
 		t.Skip("host-side launcher; the guest runs the tests themselves")
 	}
+	if testing.Short() && !testutil.Strict() {
+		t.Skip("boots a VM: not in -short mode (make unit)")
+	}
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		testutil.Unavailable(t, "qemu-system-x86_64 not installed (run internal/vm/setup.sh)")
 	}
