@@ -288,6 +288,9 @@ type pair struct {
 func newPair(t *testing.T) *pair {
 	t.Helper()
 	testutil.NeedRoot(t)
+	if _, err := exec.LookPath("ping"); err != nil {
+		testutil.Unavailable(t, "ping not installed (internal/netns/setup.sh)")
+	}
 	lab, err := netns.NewLab(labPrefix)
 	if err != nil {
 		t.Fatal(err)

@@ -58,6 +58,7 @@ type options struct {
 	soak       time.Duration
 	soakIntvl  time.Duration
 	workDir    string
+	rt         int
 	log        *slog.Logger
 }
 
@@ -80,6 +81,7 @@ func run() error {
 	flag.DurationVar(&o.probe, "probe", 10*time.Millisecond, "client probe interval")
 	flag.DurationVar(&o.soak, "soak", 0, "busy-CPU soak duration at -soak-interval adverts (the issue asks 10m; 0 = skip)")
 	flag.DurationVar(&o.soakIntvl, "soak-interval", 10*time.Millisecond, "advert interval of the soak")
+	flag.IntVar(&o.rt, "rt", 0, "run every director under SCHED_RR at this priority (chrt -r; what vrrp.SetRealtime does); 0 = normal scheduling")
 	verbose := flag.Bool("v", false, "log progress")
 	keep := flag.Bool("keep", false, "keep the work directory (configs and director logs)")
 	flag.Parse()
@@ -262,6 +264,9 @@ vrrp_instance VI_1 {
 			"-p", filepath.Join(dir, name+".pid"), "-r", filepath.Join(dir, name+".vrrp.pid"))
 	default:
 		return nil, fmt.Errorf("unknown implementation %q", impl)
+	}
+	if o.rt > 0 {
+		cmd = exec.Command("chrt", append([]string{"-r", fmt.Sprint(o.rt), cmd.Path}, cmd.Args[1:]...)...)
 	}
 	s := &speaker{node: node, cmd: cmd, log: filepath.Join(dir, name+".log"), done: make(chan struct{})}
 	lf, err := os.Create(s.log)
@@ -513,7 +518,11 @@ func (p *pinger) longestGapAround(at time.Time) time.Duration {
 // every CPU spins, and counts false failovers: the backup becoming MASTER
 // while the master is healthy.
 func soak(ctx context.Context, o *options) error {
-	fmt.Printf("busy-CPU soak: %v at %v adverts, %d spinning goroutines on %d CPUs\n\n", o.soak, o.soakIntvl, 2*runtime.NumCPU(), runtime.NumCPU())
+	sched := "normal scheduling"
+	if o.rt > 0 {
+		sched = fmt.Sprintf("directors under SCHED_RR %d", o.rt)
+	}
+	fmt.Printf("busy-CPU soak: %v at %v adverts, %d spinning goroutines on %d CPUs, %s\n\n", o.soak, o.soakIntvl, 2*runtime.NumCPU(), runtime.NumCPU(), sched)
 	type result struct {
 		impl  string
 		pair  *pair
