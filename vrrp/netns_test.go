@@ -32,6 +32,9 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(rtChildEnv) != "" {
+		os.Exit(runRTChild())
+	}
 	if js := os.Getenv(childEnv); js != "" {
 		os.Exit(runChild(js, os.Getenv(childStatusEnv)))
 	}
