@@ -20,6 +20,7 @@ import (
 
 	"github.com/lvsha/lvsha/internal/netns"
 	"github.com/lvsha/lvsha/internal/testutil"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv4"
 )
 
@@ -686,4 +687,57 @@ func testInterop(t *testing.T, tc interopCase) {
 	if st := lv.Status(); len(st.Dropped) != 0 && (st.Dropped["checksum"] > 0 || st.Dropped["auth"] > 0 || st.Dropped["version"] > 0) {
 		t.Errorf("lvsha refused keepalived's adverts: %v", st.Dropped)
 	}
+}
+
+// TestNetnsTrackInterface: a tracked interface of the master going down
+// lowers its priority below the backup's, which preempts; back up, the
+// master preempts in turn. Link events come from the real netlink
+// subscription.
+func TestNetnsTrackInterface(t *testing.T) {
+	p := newPair(t)
+	h, err := p.a.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	// A veth pair inside a's namespace (this kernel has no dummy driver).
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "trk0"}, PeerName: "trk1"}); err != nil {
+		t.Fatal(err)
+	}
+	trk, err := h.LinkByName("trk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := h.LinkByName("trk1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []netlink.Link{trk, peer} {
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca := labConfig("a", 150)
+	ca.Track = []TrackInterface{{Name: "trk0", Weight: -60}}
+	a := startDirector(t, p.a, ca)
+	b := startDirector(t, p.b, labConfig("b", 100))
+	mastered(t, a, b, 5*time.Second)
+
+	if err := h.LinkSetDown(trk); err != nil {
+		t.Fatal(err)
+	}
+	mastered(t, b, a, 3*time.Second)
+	if st := a.Status(); st.Priority != 90 || st.State != Backup {
+		t.Fatalf("a after trk0 down: %+v", st)
+	}
+	p.clientSees(t, p.b.MAC, 3*time.Second)
+
+	if err := h.LinkSetUp(trk); err != nil {
+		t.Fatal(err)
+	}
+	mastered(t, a, b, 3*time.Second)
+	if st := a.Status(); st.Priority != 150 {
+		t.Fatalf("a after trk0 up: %+v", st)
+	}
+	p.clientSees(t, p.a.MAC, 3*time.Second)
 }
