@@ -93,7 +93,7 @@ func openKernel(cfg *Config, log *slog.Logger) (_ *kernel, err error) {
 	}
 	k := &kernel{
 		addrs: &nlAddrs{h: h, link: link},
-		links: &nlLinks{h: h, log: log},
+		links: &nlLinks{h: h, log: log, subscribe: netlink.LinkSubscribeWithOptions},
 	}
 	defer func() {
 		if err != nil {
@@ -311,6 +311,8 @@ func (s *arpSender) Close() error { return s.c.Close() }
 type nlLinks struct {
 	h   *netlink.Handle
 	log *slog.Logger
+	// subscribe is netlink.LinkSubscribeWithOptions (a seam for tests).
+	subscribe func(chan<- netlink.LinkUpdate, <-chan struct{}, netlink.LinkSubscribeOptions) error
 }
 
 func linkUp(l netlink.Link) bool {
@@ -338,7 +340,7 @@ func (n *nlLinks) Watch(ctx context.Context, names []string, out chan<- linkStat
 	for ctx.Err() == nil {
 		ch := make(chan netlink.LinkUpdate, 64)
 		done := make(chan struct{})
-		err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
+		err := n.subscribe(ch, done, netlink.LinkSubscribeOptions{
 			// ListExisting replays the current state, so nothing is
 			// missed between two subscriptions.
 			ListExisting:  true,
