@@ -208,15 +208,15 @@ func (in *Instance) Run(ctx context.Context) error {
 
 	// VIPs of ours left by a crashed run would answer for an address
 	// another node may own now.
-	if list, err := k.addrs.List(); err != nil {
+	list, err := k.addrs.List()
+	if err != nil {
 		return fmt.Errorf("vrrp instance %q: %w", cfg.Name, err)
-	} else {
-		for _, p := range list {
-			if isVIP(p.Addr(), cfg.VIPs) && p.Addr() != k.primary {
-				in.log.Warn("vrrp: removing leftover VIP", "vip", p)
-				if err := k.addrs.Remove(p); err != nil {
-					return fmt.Errorf("vrrp instance %q: %w", cfg.Name, err)
-				}
+	}
+	for _, p := range list {
+		if isVIP(p.Addr(), cfg.VIPs) && p.Addr() != k.primary {
+			in.log.Warn("vrrp: removing leftover VIP", "vip", p)
+			if err := k.addrs.Remove(p); err != nil {
+				return fmt.Errorf("vrrp instance %q: %w", cfg.Name, err)
 			}
 		}
 	}
