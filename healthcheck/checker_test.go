@@ -51,7 +51,29 @@ func checkWithin(t *testing.T, spec Spec, target netip.AddrPort, timeout time.Du
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	defer cancel()
-	return c.Check(ctx, target)
+	err = c.Check(ctx, target)
+	// Plain http and tcp checks run on the Manager's epoll reactor: the
+	// same probe there must reach the same verdict for the same reason.
+	if p, ok := c.(prober); ok && p.reactorOK() {
+		rerr := reactorCheck(t, p, target, timeout)
+		if got, want := Reason(rerr, timeout), Reason(err, timeout); got != want {
+			t.Errorf("reactor: %q (%v), goroutine: %q (%v)", got, rerr, want, err)
+		}
+	}
+	return err
+}
+
+// reactorCheck runs one probe on a reactor of its own.
+func reactorCheck(t *testing.T, p prober, target netip.AddrPort, timeout time.Duration) error {
+	t.Helper()
+	rx, err := newReactor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.close()
+	done := make(chan error, 1)
+	rx.start(p, target, timeout, func(err error) { done <- err })
+	return <-done
 }
 
 func wantReason(t *testing.T, err error, want string) {
@@ -144,8 +166,8 @@ func TestHTTPStatus(t *testing.T) {
 			wantReason(t, check(t, spec, target), tc.want)
 		})
 	}
-	if hits.Load() != 8 {
-		t.Errorf("server saw %d requests, want 8", hits.Load())
+	if hits.Load() != 16 { // each case by Check and by the reactor
+		t.Errorf("server saw %d requests, want 16", hits.Load())
 	}
 }
 
@@ -168,18 +190,26 @@ func TestHTTPRequestShape(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(got) != 2 {
+	if len(got) != 4 { // each by Check and by the reactor
 		t.Fatalf("%d requests", len(got))
 	}
-	if r := got[0]; r.Method != "HEAD" || r.Host != "www.example.com" || r.URL.RequestURI() != "/health?x=1" {
-		t.Errorf("first request %s %s Host %s", r.Method, r.URL, r.Host)
+	for _, r := range got[:2] {
+		if r.Method != "HEAD" || r.Host != "www.example.com" || r.URL.RequestURI() != "/health?x=1" {
+			t.Errorf("first check: %s %s Host %s", r.Method, r.URL, r.Host)
+		}
 	}
-	if r := got[1]; r.Method != "GET" || r.Host != target.String() || r.URL.Path != "/" {
-		t.Errorf("second request %s %s Host %s", r.Method, r.URL, r.Host)
+	for _, r := range got[2:] {
+		if r.Method != "GET" || r.Host != target.String() || r.URL.Path != "/" {
+			t.Errorf("second check: %s %s Host %s", r.Method, r.URL, r.Host)
+		}
 	}
 	// No connection reuse: each check dialled anew.
-	if got[0].RemoteAddr == got[1].RemoteAddr {
-		t.Errorf("both checks came from %s: connection reused", got[0].RemoteAddr)
+	seen := map[string]bool{}
+	for _, r := range got {
+		if seen[r.RemoteAddr] {
+			t.Errorf("two checks came from %s: connection reused", r.RemoteAddr)
+		}
+		seen[r.RemoteAddr] = true
 	}
 }
 

@@ -20,21 +20,9 @@ import (
 // runtime poller through os.NewFile (non-blocking descriptor), so reads,
 // writes and deadlines behave as for a net.Conn.
 func dial(ctx context.Context, addr netip.AddrPort) (*sockConn, error) {
-	family := syscall.AF_INET
-	var sa syscall.Sockaddr
-	if ip := addr.Addr().Unmap(); ip.Is4() {
-		sa = &syscall.SockaddrInet4{Port: int(addr.Port()), Addr: ip.As4()}
-	} else {
-		family = syscall.AF_INET6
-		s6 := &syscall.SockaddrInet6{Port: int(addr.Port()), Addr: ip.As16()}
-		if z := ip.Zone(); z != "" {
-			ifi, err := net.InterfaceByName(z)
-			if err != nil {
-				return nil, stage("connect", fmt.Errorf("zone %q: %w", z, err))
-			}
-			s6.ZoneId = uint32(ifi.Index)
-		}
-		sa = s6
+	family, sa, err := sockaddr(addr)
+	if err != nil {
+		return nil, stage("connect", err)
 	}
 	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_TCP)
 	if err != nil {
@@ -85,6 +73,22 @@ func dial(ctx context.Context, addr netip.AddrPort) (*sockConn, error) {
 		}
 	}
 	return c, nil
+}
+
+func sockaddr(addr netip.AddrPort) (int, syscall.Sockaddr, error) {
+	ip := addr.Addr().Unmap()
+	if ip.Is4() {
+		return syscall.AF_INET, &syscall.SockaddrInet4{Port: int(addr.Port()), Addr: ip.As4()}, nil
+	}
+	s6 := &syscall.SockaddrInet6{Port: int(addr.Port()), Addr: ip.As16()}
+	if z := ip.Zone(); z != "" {
+		ifi, err := net.InterfaceByName(z)
+		if err != nil {
+			return 0, nil, fmt.Errorf("zone %q: %w", z, err)
+		}
+		s6.ZoneId = uint32(ifi.Index)
+	}
+	return syscall.AF_INET6, s6, nil
 }
 
 func isTimeout(err error) bool {

@@ -243,6 +243,11 @@ func (m *Manager) Run(ctx context.Context) error {
 		seen:    make(map[string]bool),
 	}
 	defer close(m.out)
+	defer func() {
+		if r.rx != nil {
+			r.rx.close()
+		}
+	}()
 	r.loop()
 	return nil
 }
@@ -260,6 +265,8 @@ type runner struct {
 	ready   []*entry // due but waiting for an in-flight slot
 	running int
 	results chan result
+	rx      *reactor // runs plain http and tcp probes; made on first use
+	noRx    bool     // the reactor could not be made: goroutines only
 
 	// Transition delivery, see Manager.
 	pending map[string]*pendingTransition
@@ -320,9 +327,17 @@ func (r *runner) startDue(now time.Time) {
 }
 
 func (r *runner) start(e *entry) {
-	ctx, cancel := context.WithTimeout(r.ctx, e.spec.Timeout)
-	e.running, e.cancel = true, cancel
 	r.running++
+	e.running = true
+	if p, ok := e.checker.(prober); ok && p.reactorOK() && r.reactor() != nil {
+		start := time.Now()
+		e.cancel = r.rx.start(p, e.addr, e.spec.Timeout, func(err error) {
+			r.results <- result{e: e, err: err, start: start, end: time.Now()}
+		})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, e.spec.Timeout)
+	e.cancel = cancel
 	go func() {
 		start := time.Now()
 		err := e.checker.Check(ctx, e.addr)
@@ -332,6 +347,21 @@ func (r *runner) start(e *entry) {
 		cancel()
 		r.results <- result{e: e, err: err, start: start, end: time.Now()}
 	}()
+}
+
+// reactor returns the epoll reactor, made on first use (so that a Manager
+// with only exec or https checks, or fakes in tests, never has one).
+func (r *runner) reactor() *reactor {
+	if r.rx == nil && !r.noRx {
+		rx, err := newReactor()
+		if err != nil {
+			r.m.log.Warn("health checks: no epoll reactor, one goroutine per check", "err", err)
+			r.noRx = true
+			return nil
+		}
+		r.rx = rx
+	}
+	return r.rx
 }
 
 func (r *runner) finish(res result) {

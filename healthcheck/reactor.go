@@ -1,0 +1,334 @@
+package healthcheck
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// The reactor runs plain http and tcp probes without a goroutine each: the
+// Manager opens the non-blocking socket and registers it with one epoll
+// instance; a single goroutine waits on it, writes the request, collects the
+// response and judges it with the same parser as httpChecker.Check. With
+// thousands of servers this costs about half the CPU of a goroutine per
+// probe on Go's poller (no per-probe goroutine, park/unpark, poller
+// registration and thread wake-ups). https (crypto/tls wants a net.Conn)
+// and exec keep their goroutine.
+
+// prober is implemented by the checkers the reactor can run.
+type prober interface {
+	// reactorOK reports whether the reactor can run this check.
+	reactorOK() bool
+	// probe returns the address to connect to and the request to send
+	// (nil: connecting is the whole check).
+	probe(target netip.AddrPort) (addr netip.AddrPort, req []byte)
+	// judge decides on the response bytes received so far; errNeedMore
+	// asks for more (eof: the server has closed, no more will come).
+	judge(resp []byte, eof bool) error
+}
+
+var errNeedMore = errors.New("need more data")
+
+func (c *tcpChecker) reactorOK() bool { return true }
+
+func (c *tcpChecker) probe(target netip.AddrPort) (netip.AddrPort, []byte) {
+	return probeAddr(target, c.port), nil
+}
+
+func (c *tcpChecker) judge([]byte, bool) error { return nil }
+
+func (c *httpChecker) reactorOK() bool { return c.tls == nil }
+
+func (c *httpChecker) probe(target netip.AddrPort) (netip.AddrPort, []byte) {
+	addr := probeAddr(target, c.spec.Port)
+	return addr, []byte(c.reqPrefix + c.host(addr) + c.reqSuffix)
+}
+
+func (c *httpChecker) judge(resp []byte, eof bool) error {
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(&partialReader{b: resp, eof: eof})
+	defer func() { br.Reset(nil); readerPool.Put(br) }()
+	return c.readResponse(br)
+}
+
+// maxResponse bounds what the reactor buffers for one response: headers
+// plus the body bytes a check may read, with room for chunk framing.
+func maxResponse(p prober) int {
+	if c, ok := p.(*httpChecker); ok {
+		return maxHeaderBytes + 2*int(c.spec.MaxBody) + 4096
+	}
+	return 0
+}
+
+// partialReader reads the bytes received so far and then reports
+// errNeedMore, or io.EOF once the server has closed.
+type partialReader struct {
+	b   []byte
+	eof bool
+}
+
+func (r *partialReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		if r.eof {
+			return 0, io.EOF
+		}
+		return 0, errNeedMore
+	}
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
+
+type probeState struct {
+	id        uint32
+	fd        int
+	p         prober
+	req       []byte
+	connected bool
+	resp      []byte
+	max       int
+	stage     string // for a timeout: what was awaited
+	deadline  time.Time
+	done      func(error)
+}
+
+// reactor owns an epoll instance and the probes registered with it.
+type reactor struct {
+	epfd   int
+	mu     sync.Mutex
+	probes map[uint32]*probeState
+	nextID uint32
+	stop   bool
+	wg     sync.WaitGroup
+}
+
+// tick bounds how late a probe's deadline may be noticed.
+const tick = 10 * time.Millisecond
+
+func newReactor() (*reactor, error) {
+	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	rx := &reactor{epfd: fd, probes: make(map[uint32]*probeState)}
+	rx.wg.Go(rx.loop)
+	return rx, nil
+}
+
+// close stops the loop; probes still registered are failed with
+// context.Canceled.
+func (rx *reactor) close() {
+	rx.mu.Lock()
+	rx.stop = true
+	var left []*probeState
+	for _, ps := range rx.probes {
+		left = append(left, ps)
+	}
+	clear(rx.probes)
+	rx.mu.Unlock()
+	rx.wg.Wait()
+	for _, ps := range left {
+		syscall.Close(ps.fd)
+		ps.done(context.Canceled)
+	}
+	syscall.Close(rx.epfd)
+}
+
+// start begins a probe; done is called exactly once with its outcome (from
+// the reactor's goroutine, or from start or cancel themselves). The
+// returned cancel ends the probe early with context.Canceled.
+func (rx *reactor) start(p prober, target netip.AddrPort, timeout time.Duration, done func(error)) (cancel func()) {
+	addr, req := p.probe(target)
+	fd, err := connectNonblock(addr)
+	if err != nil {
+		done(stage("connect", err))
+		return func() {}
+	}
+	ps := &probeState{fd: fd, p: p, req: req, max: maxResponse(p), stage: "connect",
+		deadline: time.Now().Add(timeout), done: done}
+	rx.mu.Lock()
+	if rx.stop {
+		rx.mu.Unlock()
+		syscall.Close(fd)
+		done(context.Canceled)
+		return func() {}
+	}
+	rx.nextID++
+	ps.id = rx.nextID
+	rx.probes[ps.id] = ps
+	// Edge-triggered, so each event is handled completely. The probe id,
+	// not the fd, identifies the probe: an event for a closed and reused
+	// descriptor number is then simply stale.
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET, Pad: int32(ps.id)}
+	if err := syscall.EpollCtl(rx.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		delete(rx.probes, ps.id)
+		rx.mu.Unlock()
+		syscall.Close(fd)
+		done(stage("connect", os.NewSyscallError("epoll_ctl", err)))
+		return func() {}
+	}
+	rx.mu.Unlock()
+	id := ps.id
+	return func() {
+		rx.mu.Lock()
+		ps, ok := rx.probes[id]
+		if ok {
+			delete(rx.probes, id)
+		}
+		rx.mu.Unlock()
+		if ok {
+			syscall.Close(ps.fd)
+			ps.done(context.Canceled)
+		}
+	}
+}
+
+const epollET = 1 << 31 // EPOLLET as the uint32 bit
+
+func connectNonblock(addr netip.AddrPort) (int, error) {
+	family, sa, err := sockaddr(addr)
+	if err != nil {
+		return -1, err
+	}
+	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_TCP)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	err = syscall.Connect(fd, sa)
+	if err != nil && err != syscall.EINPROGRESS && err != syscall.EINTR {
+		syscall.Close(fd)
+		return -1, os.NewSyscallError("connect", err)
+	}
+	return fd, nil
+}
+
+type finished struct {
+	ps  *probeState
+	err error
+}
+
+func (rx *reactor) loop() {
+	events := make([]syscall.EpollEvent, 128)
+	var out []finished
+	lastScan := time.Now()
+	for {
+		n, err := syscall.EpollWait(rx.epfd, events, int(tick/time.Millisecond))
+		if err != nil && err != syscall.EINTR {
+			n = 0
+		}
+		now := time.Now()
+		rx.mu.Lock()
+		if rx.stop {
+			rx.mu.Unlock()
+			return
+		}
+		for _, ev := range events[:max(n, 0)] {
+			ps := rx.probes[uint32(ev.Pad)]
+			if ps == nil {
+				continue // finished or cancelled already
+			}
+			if err, end := rx.handle(ps, ev.Events); end {
+				delete(rx.probes, ps.id)
+				out = append(out, finished{ps, err})
+			}
+		}
+		if now.Sub(lastScan) >= tick {
+			lastScan = now
+			for id, ps := range rx.probes {
+				if now.After(ps.deadline) {
+					delete(rx.probes, id)
+					out = append(out, finished{ps, stage(ps.stage, os.ErrDeadlineExceeded)})
+				}
+			}
+		}
+		rx.mu.Unlock()
+		for i, f := range out {
+			syscall.Close(f.ps.fd)
+			f.ps.done(f.err)
+			out[i] = finished{}
+		}
+		out = out[:0]
+	}
+}
+
+// handle advances a probe on an event; end reports that it is decided.
+func (rx *reactor) handle(ps *probeState, events uint32) (err error, end bool) {
+	if !ps.connected {
+		if events&(syscall.EPOLLOUT|syscall.EPOLLERR|syscall.EPOLLHUP) == 0 {
+			return nil, false
+		}
+		n, gerr := syscall.GetsockoptInt(ps.fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
+		switch {
+		case gerr != nil:
+			return stage("connect", os.NewSyscallError("getsockopt", gerr)), true
+		case n != 0:
+			return stage("connect", os.NewSyscallError("connect", syscall.Errno(n))), true
+		case events&syscall.EPOLLOUT == 0:
+			return nil, false
+		}
+		ps.connected = true
+		ps.stage = "sending request"
+		if ps.req == nil {
+			return nil, true // tcp: connected is enough
+		}
+	}
+	for len(ps.req) > 0 {
+		n, werr := syscall.Write(ps.fd, ps.req)
+		if werr == syscall.EAGAIN {
+			return nil, false
+		}
+		if werr != nil {
+			return stage("sending request", os.NewSyscallError("write", werr)), true
+		}
+		ps.req = ps.req[n:]
+		if len(ps.req) == 0 {
+			ps.stage = "waiting for response"
+		}
+	}
+	eof := false
+	got := false
+	for len(ps.resp) < ps.max {
+		if len(ps.resp) == cap(ps.resp) {
+			next := make([]byte, len(ps.resp), min(max(2*cap(ps.resp), 4096), ps.max))
+			copy(next, ps.resp)
+			ps.resp = next
+		}
+		n, rerr := syscall.Read(ps.fd, ps.resp[len(ps.resp):cap(ps.resp)])
+		if rerr == syscall.EAGAIN {
+			break
+		}
+		if rerr == syscall.EINTR {
+			continue
+		}
+		if rerr != nil {
+			return stage(ps.stage, os.NewSyscallError("read", rerr)), true
+		}
+		if n == 0 {
+			eof = true
+			break
+		}
+		ps.resp = ps.resp[:len(ps.resp)+n]
+		got = true
+	}
+	if !got && !eof && len(ps.resp) < ps.max {
+		return nil, false
+	}
+	jerr := ps.p.judge(ps.resp, eof)
+	var se *stageError
+	if errors.Is(jerr, errNeedMore) {
+		if errors.As(jerr, &se) {
+			ps.stage = se.stage
+		}
+		if len(ps.resp) >= ps.max {
+			return errors.New("response framing too large to judge"), true
+		}
+		return nil, false
+	}
+	return jerr, true
+}
