@@ -1,8 +1,3 @@
-// Package vrrp implements the Virtual Router Redundancy Protocol for IPv4
-// (VRRPv3, RFC 5798 / RFC 9568, and VRRPv2, RFC 3768, for old peers): the
-// advertisement codec, a pure state machine (events and the current time in,
-// actions out) and a driver that connects the machine to raw IP sockets,
-// interface addresses, gratuitous ARP, link events and notify commands.
 package vrrp
 
 import (

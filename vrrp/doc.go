@@ -1,0 +1,31 @@
+// Package vrrp implements the Virtual Router Redundancy Protocol for IPv4
+// (VRRPv3, RFC 5798 / RFC 9568, and VRRPv2, RFC 3768, for old peers such as
+// keepalived configured with version 2).
+//
+// It has three layers:
+//
+//   - advert.go: the advertisement codec (Marshal/Unmarshal with sentinel
+//     errors). Both VRRPv3 IPv4 checksum forms are accepted; the one sent is
+//     chosen with ChecksumMode (default: keepalived's, over a pseudo-header).
+//   - machine.go: Machine, the pure state machine (INIT, BACKUP, MASTER,
+//     FAULT). Step takes an Event and the current time and returns Actions;
+//     it has no sockets, goroutines or clock, so every RFC rule is a table
+//     or transcript test.
+//   - instance.go, kernel.go, notify.go: Instance, the driver. It turns
+//     socket reads, timers and netlink link events into events, carries out
+//     the actions (adverts on a raw IP socket, VIPs with netlink, gratuitous
+//     ARPs with mdlayher/arp, notify commands on their own goroutine), and
+//     reaches the kernel only through small interfaces that the unit tests
+//     fake under testing/synctest.
+//
+// Beyond the RFC, three choices keep clients on the right node:
+//
+//   - A master that yields to a higher priority sends one last advert, so
+//     the winner learns there were two masters and re-announces the VIPs.
+//   - A master that hears a lower priority answers with an advert and a
+//     gratuitous ARP burst (keepalived does too), plus a second burst after
+//     the kernel's ARP locktime, which may have ignored the first one.
+//   - When the master-down timer fires while an advert waits unread in the
+//     socket (a busy host), the advert is read first. SetRealtime puts the
+//     process under SCHED_RR for hosts whose CPUs are busy.
+package vrrp
