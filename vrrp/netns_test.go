@@ -501,6 +501,12 @@ type rawPkt struct {
 }
 
 func TestNetnsMalformedAdverts(t *testing.T) {
+	for _, s := range starters {
+		t.Run(s.name, func(t *testing.T) { testMalformedAdverts(t, s.start) })
+	}
+}
+
+func testMalformedAdverts(t *testing.T, startDirector starter) {
 	p := newPair(t)
 	evil, err := p.lab.AddNode("e", addrEvil)
 	if err != nil {
