@@ -278,12 +278,21 @@ func (r *runner) loop() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	r.applyUpdate()
+	var lastRound time.Time
 	for {
+		// Due checks are started in rounds at most startQuantum apart, so
+		// that probes go out (and their answers come back) in batches
+		// rather than one wake-up each; slots freed by finished checks
+		// serve the queue at once.
 		now := time.Now()
-		r.startDue(now)
+		if now.Sub(lastRound) >= startQuantum {
+			r.popDue(now)
+			lastRound = now
+		}
+		r.startReady()
 		var wait <-chan time.Time
 		if len(r.heap) > 0 {
-			timer.Reset(r.heap[0].due.Sub(now))
+			timer.Reset(max(r.heap[0].due.Sub(now), lastRound.Add(startQuantum).Sub(now)))
 			wait = timer.C
 		}
 		out, next := r.nextTransition()
@@ -306,13 +315,19 @@ func (r *runner) loop() {
 	}
 }
 
-// startDue starts every check whose time has come, as far as the in-flight
-// bound allows; the rest wait in r.ready in due order.
-func (r *runner) startDue(now time.Time) {
+// startQuantum is the shortest time between two rounds of starting checks.
+const startQuantum = 20 * time.Millisecond
+
+// popDue moves the checks whose time has come to r.ready, in due order;
+// startReady starts them as far as the in-flight bound allows.
+func (r *runner) popDue(now time.Time) {
 	for len(r.heap) > 0 && !r.heap[0].due.After(now) {
 		e := heap.Pop(&r.heap).(*entry)
 		r.ready = append(r.ready, e)
 	}
+}
+
+func (r *runner) startReady() {
 	n := 0
 	for ; n < len(r.ready) && r.running < r.m.maxInFlight; n++ {
 		r.start(r.ready[n])
@@ -389,9 +404,11 @@ func (r *runner) finish(res result) {
 		r.m.log.Debug("real server state changed", "id", e.id, "up", e.up, "reason", reason)
 		r.queueTransition(Transition{ID: e.id, Addr: e.addr, Up: e.up, Reason: reason, At: res.end})
 	}
-	// Keep the cadence of start times; never overlap; no catch-up burst
-	// after a check that took longer than the interval.
-	e.due = res.start.Add(e.spec.Interval)
+	// Keep the cadence; never overlap; no catch-up burst after a check
+	// that took longer than the interval.
+	// e.due is still the time this check was due: keeping to that grid
+	// (not to the start, which rounds may delay) avoids drift.
+	e.due = e.due.Add(e.spec.Interval)
 	if e.due.Before(res.end) {
 		e.due = res.end
 	}
