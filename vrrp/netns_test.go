@@ -293,7 +293,7 @@ func newPair(t *testing.T) *pair {
 	t.Helper()
 	testutil.NeedRoot(t)
 	if _, err := exec.LookPath("ping"); err != nil {
-		testutil.Unavailable(t, "ping not installed (internal/netns/setup.sh)")
+		testutil.Unavailable(t, "ping not installed (make setup)")
 	}
 	lab, err := netns.NewLab(labPrefix)
 	if err != nil {
@@ -608,7 +608,7 @@ func startKeepalived(t *testing.T, node *netns.Node, cfg Config) *director {
 	t.Helper()
 	bin, err := exec.LookPath("keepalived")
 	if err != nil {
-		testutil.Unavailable(t, "keepalived not installed (apt-get install keepalived)")
+		testutil.Unavailable(t, "keepalived not installed (make setup)")
 	}
 	conf := keepalivedConf(t, cfg)
 	dir := t.TempDir()
