@@ -9,6 +9,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -41,6 +42,7 @@ type config struct {
 func main() {
 	var c config
 	serve := flag.Bool("serve", false, "internal: run the HTTP servers (child process)")
+	netHTTP := flag.Bool("nethttp", false, "serve with net/http instead of a minimal canned-response server")
 	flag.IntVar(&c.targets, "targets", 10000, "number of real servers")
 	flag.IntVar(&c.addrs, "addrs", 100, "loopback addresses 127.0.1.1..N the targets are spread over")
 	flag.IntVar(&c.basePort, "port", 20000, "first port")
@@ -62,9 +64,9 @@ func main() {
 	raiseNoFile()
 	var err error
 	if *serve {
-		err = runServers(c)
+		err = runServers(c, *netHTTP)
 	} else {
-		err = runBench(c, *cpuprofile)
+		err = runBench(c, *cpuprofile, *netHTTP)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchhc:", err)
@@ -103,8 +105,77 @@ func (c config) failMode(i int) int {
 // runServers listens on every target address, serves "ok" until told
 // "fail" on stdin, then fails the chosen ones. It prints "ready" and
 // "failing" on stdout as acknowledgements.
-func runServers(c config) error {
+func runServers(c config, useNetHTTP bool) error {
 	var failing atomic.Bool
+	if useNetHTTP {
+		if err := serveNetHTTP(c, &failing); err != nil {
+			return err
+		}
+	} else {
+		for i := range c.targets {
+			l, err := net.Listen("tcp", c.addr(i).String())
+			if err != nil {
+				return fmt.Errorf("listen %s: %w", c.addr(i), err)
+			}
+			go serveMinimal(l, c.failMode(i), &failing)
+		}
+	}
+	fmt.Println("ready")
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		if sc.Text() == "fail" {
+			failing.Store(true)
+			fmt.Println("failing")
+		}
+	}
+	return nil // stdin closed: the parent is done
+}
+
+var (
+	respOK  = []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 22\r\nConnection: close\r\n\r\nthis is a real server\n")
+	resp503 = []byte("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+)
+
+// serveMinimal answers each connection with a canned response after the
+// request head: the load generator should cost as little CPU as possible,
+// since it shares the machine with the checker being measured.
+func serveMinimal(l net.Listener, mode int, failing *atomic.Bool) {
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer conn.Close()
+			buf := make([]byte, 1024)
+			n := 0
+			for !bytes.Contains(buf[:n], []byte("\r\n\r\n")) {
+				if n == len(buf) {
+					return
+				}
+				m, err := conn.Read(buf[n:])
+				if err != nil {
+					return
+				}
+				n += m
+			}
+			resp := respOK
+			if failing.Load() {
+				switch mode {
+				case 1:
+					resp = resp503
+				case 2:
+					_, _ = io.Copy(io.Discard, conn) // hang until the checker gives up
+					return
+				}
+			}
+			_, _ = conn.Write(resp)
+		}()
+	}
+}
+
+// serveNetHTTP serves the targets with net/http (-nethttp).
+func serveNetHTTP(c config, failing *atomic.Bool) error {
 	index := make(map[netip.AddrPort]int, c.targets)
 	for i := range c.targets {
 		index[c.addr(i)] = i
@@ -124,7 +195,7 @@ func runServers(c config) error {
 		}
 		io.WriteString(w, "this is a real server\n")
 	})
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	srv.SetKeepAlivesEnabled(false)
 	for i := range c.targets {
 		l, err := net.Listen("tcp", c.addr(i).String())
@@ -133,15 +204,7 @@ func runServers(c config) error {
 		}
 		go srv.Serve(l)
 	}
-	fmt.Println("ready")
-	sc := bufio.NewScanner(os.Stdin)
-	for sc.Scan() {
-		if sc.Text() == "fail" {
-			failing.Store(true)
-			fmt.Println("failing")
-		}
-	}
-	return nil // stdin closed: the parent is done
+	return nil
 }
 
 type usage struct {
@@ -187,7 +250,7 @@ func maxRSS() int64 {
 	return ru.Maxrss << 10
 }
 
-func runBench(c config, cpuprofile string) error {
+func runBench(c config, cpuprofile string, netHTTP bool) error {
 	if c.addrs > 254 || c.targets/c.addrs+c.basePort > 65535 {
 		return fmt.Errorf("too many targets for %d addresses from port %d", c.addrs, c.basePort)
 	}
@@ -196,7 +259,7 @@ func runBench(c config, cpuprofile string) error {
 		return err
 	}
 	child := exec.Command(exe, "-serve", "-targets", strconv.Itoa(c.targets), "-addrs", strconv.Itoa(c.addrs),
-		"-port", strconv.Itoa(c.basePort), "-failing", strconv.Itoa(c.failing))
+		"-port", strconv.Itoa(c.basePort), "-failing", strconv.Itoa(c.failing), "-nethttp="+strconv.FormatBool(netHTTP))
 	child.Stderr = os.Stderr
 	toChild, err := child.StdinPipe()
 	if err != nil {
