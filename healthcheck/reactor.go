@@ -250,6 +250,8 @@ func (rx *reactor) loop() {
 		rx.mu.Unlock()
 		for i, f := range out {
 			syscall.Close(f.ps.fd)
+			putResp(f.ps.resp)
+			f.ps.resp = nil
 			f.ps.done(f.err)
 			out[i] = finished{}
 		}
@@ -291,17 +293,22 @@ func (rx *reactor) handle(ps *probeState, events uint32) (err error, end bool) {
 			ps.stage = "waiting for response"
 		}
 	}
-	eof := false
-	got := false
-	for len(ps.resp) < ps.max {
+	// Judge after every read: a response normally arrives in one, and a
+	// huge body is cut off as soon as enough of it is here.
+	for {
 		if len(ps.resp) == cap(ps.resp) {
-			next := make([]byte, len(ps.resp), min(max(2*cap(ps.resp), 4096), ps.max))
-			copy(next, ps.resp)
-			ps.resp = next
+			if ps.resp == nil {
+				ps.resp = (*respPool.Get().(*[]byte))[:0]
+			} else {
+				next := make([]byte, len(ps.resp), min(2*cap(ps.resp), ps.max))
+				copy(next, ps.resp)
+				putResp(ps.resp)
+				ps.resp = next
+			}
 		}
 		n, rerr := syscall.Read(ps.fd, ps.resp[len(ps.resp):cap(ps.resp)])
 		if rerr == syscall.EAGAIN {
-			break
+			return nil, false
 		}
 		if rerr == syscall.EINTR {
 			continue
@@ -309,26 +316,28 @@ func (rx *reactor) handle(ps *probeState, events uint32) (err error, end bool) {
 		if rerr != nil {
 			return stage(ps.stage, os.NewSyscallError("read", rerr)), true
 		}
-		if n == 0 {
-			eof = true
-			break
-		}
+		eof := n == 0
 		ps.resp = ps.resp[:len(ps.resp)+n]
-		got = true
-	}
-	if !got && !eof && len(ps.resp) < ps.max {
-		return nil, false
-	}
-	jerr := ps.p.judge(ps.resp, eof)
-	var se *stageError
-	if errors.Is(jerr, errNeedMore) {
+		jerr := ps.p.judge(ps.resp, eof)
+		if !errors.Is(jerr, errNeedMore) {
+			return jerr, true
+		}
+		var se *stageError
 		if errors.As(jerr, &se) {
 			ps.stage = se.stage
 		}
 		if len(ps.resp) >= ps.max {
 			return errors.New("response framing too large to judge"), true
 		}
-		return nil, false
 	}
-	return jerr, true
+}
+
+// respPool holds response buffers of the reactor's probes.
+var respPool = sync.Pool{New: func() any { b := make([]byte, 0, readBufSize); return &b }}
+
+func putResp(b []byte) {
+	if cap(b) == readBufSize {
+		b = b[:0]
+		respPool.Put(&b)
+	}
 }
