@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -453,5 +455,49 @@ func TestManagerRealHTTP(t *testing.T) {
 		case <-deadline:
 			t.Fatalf("no transitions for %v", want)
 		}
+	}
+}
+
+// TestManagerRemoveCancelsProbe: removing a target whose server hangs ends
+// its probe at once (the server sees the connection closed), not at the
+// check's timeout; so does stopping Run. http runs on the reactor, https in
+// a goroutine.
+func TestManagerRemoveCancelsProbe(t *testing.T) {
+	for _, tc := range []struct{ typ, how string }{{TypeHTTP, "update"}, {TypeHTTP, "stop"}, {TypeHTTPS, "update"}, {TypeHTTPS, "stop"}} {
+		how := tc.how
+		t.Run(tc.typ+"_"+how, func(t *testing.T) {
+			accepted := make(chan struct{}, 10)
+			closed := make(chan struct{}, 10)
+			target := rawServer(t, func(c net.Conn) {
+				accepted <- struct{}{}
+				io.Copy(io.Discard, c) // never answer; returns when the checker closes
+				closed <- struct{}{}
+			})
+			m := NewManager(nil)
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan struct{})
+			go func() { m.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+			// Checks never overlap: the hung first check is the only one.
+			spec := Spec{Type: tc.typ, Interval: 50 * time.Millisecond, Timeout: time.Hour, InitialUp: true}
+			if err := m.Update([]Target{{ID: "hung", Addr: target, Spec: spec}}); err != nil {
+				t.Fatal(err)
+			}
+			wait := func(ch chan struct{}, what string) {
+				select {
+				case <-ch:
+				case <-time.After(30 * time.Second):
+					t.Fatalf("%s: not within 30s (the check's timeout is an hour)", what)
+				}
+			}
+			wait(accepted, "probe")
+			if how == "update" {
+				_ = m.Update(nil)
+			} else {
+				cancel()
+				<-done
+			}
+			wait(closed, "probe cancelled")
+		})
 	}
 }
