@@ -284,6 +284,16 @@ var (
 	labPrefix = netns.UniquePrefix("lvv")
 )
 
+// needNamespaces stops tests that need root and network namespaces under
+// `make unit` (-short); under LVSHA_STRICT=1 that is a failure.
+func needNamespaces(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		testutil.Unavailable(t, "namespace tests do not run with -short")
+	}
+	testutil.NeedRoot(t)
+}
+
 type pair struct {
 	lab          *netns.Lab
 	a, b, client *netns.Node
@@ -291,7 +301,7 @@ type pair struct {
 
 func newPair(t *testing.T) *pair {
 	t.Helper()
-	testutil.NeedRoot(t)
+	needNamespaces(t)
 	if _, err := exec.LookPath("ping"); err != nil {
 		testutil.Unavailable(t, "ping not installed (make setup)")
 	}

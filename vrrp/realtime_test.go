@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/lvsha/lvsha/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,7 +35,7 @@ func runRTChild() int {
 }
 
 func TestSetRealtime(t *testing.T) {
-	testutil.NeedRoot(t)
+	needNamespaces(t)
 	if err := SetRealtime(0); err == nil {
 		t.Error("priority 0 accepted")
 	}

@@ -10,6 +10,9 @@ import (
 )
 
 func TestLab(t *testing.T) {
+	if testing.Short() {
+		testutil.Unavailable(t, "namespace tests do not run with -short")
+	}
 	testutil.NeedRoot(t)
 	if _, err := exec.LookPath("ping"); err != nil {
 		testutil.Unavailable(t, "ping not installed")
