@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The reactor runs plain http and tcp probes without a goroutine each: the
@@ -281,12 +283,16 @@ func (rx *reactor) handle(ps *probeState, events uint32) (err error, end bool) {
 		}
 	}
 	for len(ps.req) > 0 {
-		n, werr := syscall.Write(ps.fd, ps.req)
-		if werr == syscall.EAGAIN {
-			return nil, false
+		// MSG_NOSIGNAL: a peer that reset must not raise SIGPIPE.
+		n, werr := unix.SendmsgN(ps.fd, ps.req, nil, nil, unix.MSG_NOSIGNAL)
+		if werr == unix.EINTR {
+			continue
+		}
+		if werr == unix.EAGAIN {
+			return nil, false // the next EPOLLOUT edge resumes
 		}
 		if werr != nil {
-			return stage("sending request", os.NewSyscallError("write", werr)), true
+			return stage("sending request", os.NewSyscallError("sendmsg", werr)), true
 		}
 		ps.req = ps.req[n:]
 		if len(ps.req) == 0 {
