@@ -15,18 +15,19 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lvsha/lvsha/internal/lab"
 	"github.com/lvsha/lvsha/internal/netns"
 )
 
-// The seed topology's addresses. They exist only inside the VM's
-// namespaces.
+// The seed topology's addresses (internal/lab has the seed's own; they exist
+// only inside the VM's namespaces), plus the web that joins by reload.
 var (
-	VIP         = netip.MustParseAddr("192.168.94.200")
-	ClientAddr  = netip.MustParsePrefix("192.168.94.10/24")
-	Dir1Addr    = netip.MustParsePrefix("192.168.94.132/24")
-	Dir2Addr    = netip.MustParsePrefix("192.168.94.133/24")
-	Web1Addr    = netip.MustParsePrefix("192.168.94.134/24")
-	Web2Addr    = netip.MustParsePrefix("192.168.94.135/24")
+	VIP         = lab.VIP
+	ClientAddr  = lab.Client
+	Dir1Addr    = lab.Director1
+	Dir2Addr    = lab.Director2
+	Web1Addr    = lab.Web1
+	Web2Addr    = lab.Web2
 	Web3Addr    = netip.MustParsePrefix("192.168.94.136/24") // joins by reload in step d
 	ServicePort = uint16(80)
 )
