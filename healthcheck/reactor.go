@@ -103,6 +103,7 @@ type probeState struct {
 // reactor owns an epoll instance and the probes registered with it.
 type reactor struct {
 	epfd   int
+	wakefd int
 	mu     sync.Mutex
 	probes map[uint32]*probeState
 	nextID uint32
@@ -118,9 +119,30 @@ func newReactor() (*reactor, error) {
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
 	}
-	rx := &reactor{epfd: fd, probes: make(map[uint32]*probeState)}
+	// The eventfd wakes a loop that waits without a timeout because no
+	// probe is in flight (an idle Manager costs no wake-ups).
+	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		syscall.Close(fd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Pad: wakeID}
+	if err := syscall.EpollCtl(fd, syscall.EPOLL_CTL_ADD, wake, &ev); err != nil {
+		syscall.Close(fd)
+		syscall.Close(wake)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	rx := &reactor{epfd: fd, wakefd: wake, probes: make(map[uint32]*probeState)}
 	rx.wg.Go(rx.loop)
 	return rx, nil
+}
+
+// wakeID marks the eventfd's events; probe ids skip it.
+const wakeID = 0
+
+func (rx *reactor) wake() {
+	one := [8]byte{1}
+	_, _ = syscall.Write(rx.wakefd, one[:]) // any nonzero count wakes
 }
 
 // close stops the loop; probes still registered are failed with
@@ -128,6 +150,7 @@ func newReactor() (*reactor, error) {
 func (rx *reactor) close() {
 	rx.mu.Lock()
 	rx.stop = true
+	rx.wake()
 	var left []*probeState
 	for _, ps := range rx.probes {
 		left = append(left, ps)
@@ -140,6 +163,7 @@ func (rx *reactor) close() {
 		ps.done(context.Canceled)
 	}
 	syscall.Close(rx.epfd)
+	syscall.Close(rx.wakefd)
 }
 
 // start begins a probe; done is called exactly once with its outcome (from
@@ -162,7 +186,13 @@ func (rx *reactor) start(p prober, target netip.AddrPort, timeout time.Duration,
 		return func() {}
 	}
 	rx.nextID++
+	if rx.nextID == wakeID {
+		rx.nextID++
+	}
 	ps.id = rx.nextID
+	if len(rx.probes) == 0 {
+		rx.wake() // the loop may be waiting without a timeout
+	}
 	rx.probes[ps.id] = ps
 	// Edge-triggered, so each event is handled completely. The probe id,
 	// not the fd, identifies the probe: an event for a closed and reused
@@ -219,8 +249,9 @@ func (rx *reactor) loop() {
 	events := make([]syscall.EpollEvent, 128)
 	var out []finished
 	lastScan := time.Now()
+	timeout := -1
 	for {
-		n, err := syscall.EpollWait(rx.epfd, events, int(tick/time.Millisecond))
+		n, err := syscall.EpollWait(rx.epfd, events, timeout)
 		if err != nil && err != syscall.EINTR {
 			n = 0
 		}
@@ -231,6 +262,11 @@ func (rx *reactor) loop() {
 			return
 		}
 		for _, ev := range events[:max(n, 0)] {
+			if ev.Pad == wakeID {
+				var buf [8]byte
+				_, _ = syscall.Read(rx.wakefd, buf[:])
+				continue
+			}
 			ps := rx.probes[uint32(ev.Pad)]
 			if ps == nil {
 				continue // finished or cancelled already
@@ -248,6 +284,12 @@ func (rx *reactor) loop() {
 					out = append(out, finished{ps, stage(ps.stage, os.ErrDeadlineExceeded)})
 				}
 			}
+		}
+		// Deadlines need a look every tick while probes are in flight;
+		// otherwise sleep until start (or close) writes the eventfd.
+		timeout = int(tick / time.Millisecond)
+		if len(rx.probes) == 0 {
+			timeout = -1
 		}
 		rx.mu.Unlock()
 		for i, f := range out {
