@@ -17,11 +17,13 @@ import (
 // The reactor runs plain http and tcp probes without a goroutine each: the
 // Manager opens the non-blocking socket and registers it with one epoll
 // instance; a single goroutine waits on it, writes the request, collects the
-// response and judges it with the same parser as httpChecker.Check. With
-// thousands of servers this costs about half the CPU of a goroutine per
-// probe on Go's poller (no per-probe goroutine, park/unpark, poller
-// registration and thread wake-ups). https (crypto/tls wants a net.Conn)
-// and exec keep their goroutine.
+// response and judges it with the same parser as httpChecker.Check. Against
+// a goroutine per probe on Go's poller this saves the per-probe goroutine,
+// its stack, the poller registration and the park/unpark wake-ups: with
+// 10,000 servers on this project's build machine about 110 instead of
+// 125-160 µs of CPU per check (most of either is the kernel's TCP work) and
+// 3 goroutines instead of up to maxInFlight. https (crypto/tls wants a
+// net.Conn) and exec keep their goroutine.
 
 // prober is implemented by the checkers the reactor can run.
 type prober interface {
