@@ -419,7 +419,7 @@ func TestManagerRealHTTP(t *testing.T) {
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	spec := Spec{Type: TypeHTTP, Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 3, InitialUp: true}
+	spec := Spec{Type: TypeHTTP, Interval: 20 * time.Millisecond, Timeout: 10 * time.Second, Rise: 2, Fall: 3, InitialUp: true}
 	refused := refusedAddr(t)
 	if err := m.Update([]Target{
 		{ID: "web", Addr: addrOf(t, srv.URL), Spec: spec},
