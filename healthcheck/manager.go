@@ -62,6 +62,13 @@ func WithMaxInFlight(n int) Option {
 	}
 }
 
+// WithObserver calls f after every check (from the scheduling goroutine, so
+// f must be quick): its target, how long it took and, for a failure, the
+// reason ("" when it passed). Metrics use it.
+func WithObserver(f func(id string, took time.Duration, reason string)) Option {
+	return func(m *Manager) { m.observe = f }
+}
+
 // WithCheckerFactory replaces NewChecker (tests, custom probes).
 func WithCheckerFactory(f func(Spec) (Checker, error)) Option {
 	return func(m *Manager) { m.newChecker = f }
@@ -87,6 +94,7 @@ type Manager struct {
 	log         *slog.Logger
 	maxInFlight int
 	newChecker  func(Spec) (Checker, error)
+	observe     func(id string, took time.Duration, reason string)
 
 	out     chan Transition
 	updates chan struct{} // capacity 1: "desired changed"
@@ -391,6 +399,13 @@ func (r *runner) finish(res result) {
 	}
 	ok := res.err == nil
 	reason := Reason(res.err, e.spec.Timeout)
+	if r.m.observe != nil {
+		failure := ""
+		if !ok {
+			failure = reason
+		}
+		r.m.observe(e.id, res.end.Sub(res.start), failure)
+	}
 	r.m.mu.Lock()
 	e.checks++
 	e.lastOK, e.lastCheck = ok, res.end

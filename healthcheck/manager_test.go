@@ -514,3 +514,48 @@ func TestManagerRemoveCancelsProbe(t *testing.T) {
 		})
 	}
 }
+
+func TestManagerObserver(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		// Check n takes n*10ms; odd checks fail with 503.
+		c := newScripted(func(_ context.Context, _ netip.AddrPort, n int) error {
+			time.Sleep(time.Duration(n) * 10 * time.Millisecond)
+			if n%2 == 1 {
+				return &StatusError{503}
+			}
+			return nil
+		})
+		type obs struct {
+			id     string
+			took   time.Duration
+			reason string
+		}
+		var mu sync.Mutex
+		var got []obs
+		m, stop := startManager(t, c, WithObserver(func(id string, took time.Duration, reason string) {
+			mu.Lock()
+			got = append(got, obs{id, took, reason})
+			mu.Unlock()
+		}))
+		defer stop()
+		if err := m.Update([]Target{target(1, fakeSpec(1, 5))}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) < 4 {
+			t.Fatalf("observed %d checks, want at least 4", len(got))
+		}
+		for n, o := range got[:4] {
+			want := ""
+			if n%2 == 1 {
+				want = "status 503"
+			}
+			if o.id != "rs1" || o.reason != want || o.took != time.Duration(n)*10*time.Millisecond {
+				t.Errorf("check %d observed as %+v, want reason %q, took %v", n, o, want, time.Duration(n)*10*time.Millisecond)
+			}
+		}
+	})
+}

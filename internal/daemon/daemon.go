@@ -93,7 +93,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("health checks: %w", err)
 	}
 	hcCtx, hcStop := context.WithCancel(context.WithoutCancel(ctx))
-	d.hc = healthcheck.NewManager(d.log)
+	d.hc = healthcheck.NewManager(d.log, healthcheck.WithObserver(d.metrics.observeCheck))
 	if err := d.hc.Update(targets); err != nil {
 		hcStop()
 		return fmt.Errorf("health checks: %w", err)

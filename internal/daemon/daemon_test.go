@@ -256,9 +256,11 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 		`lvsha_ipvs_operations_total{op="update-dest"} 1`,
 		`lvsha_healthcheck_checks_total{real_server="TCP 10.99.0.1:80 -> ` + b.addr + `"}`,
 		`lvsha_ipvs_reconcile_runs_total`,
+		`lvsha_healthcheck_failures_total{real_server="TCP 10.99.0.1:80 -> ` + b.addr + `",reason="connection refused"}`,
+		`lvsha_healthcheck_duration_seconds_count{real_server="TCP 10.99.0.1:80 -> ` + b.addr + `"}`,
 	} {
 		if !strings.Contains(body, want) {
-			t.Errorf("metrics lack %s", want)
+			t.Errorf("metrics lack %s\n%s", want, body)
 		}
 	}
 
