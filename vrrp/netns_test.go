@@ -20,6 +20,8 @@ import (
 
 	"github.com/lvsha/lvsha/internal/netns"
 	"github.com/lvsha/lvsha/internal/testutil"
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv4"
 )
@@ -756,4 +758,48 @@ func TestNetnsTrackInterface(t *testing.T) {
 		t.Fatalf("a after trk0 up: %+v", st)
 	}
 	p.clientSees(t, p.a.MAC, 3*time.Second)
+}
+
+// TestNetnsGARPFormat captures, from the client, the gratuitous ARPs of a
+// takeover and checks they have keepalived's form: a request with sender IP
+// = target IP = VIP, the director's MAC as sender, broadcast target MAC and
+// Ethernet destination.
+func TestNetnsGARPFormat(t *testing.T) {
+	p := newPair(t)
+	var c *arp.Client
+	if err := p.client.Do(func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		c, err = arp.Dial(ifi)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cfg := labConfig("a", 150)
+	cfg.GARPRepeat = 3
+	startDirector(t, p.a, cfg)
+	if err := c.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for n < 3 {
+		pkt, frame, err := c.Read()
+		if err != nil {
+			t.Fatalf("after %d gratuitous ARPs: %v", n, err)
+		}
+		if pkt.SenderIP != labVIP.Addr() {
+			continue // other ARP traffic
+		}
+		if pkt.Operation != arp.OperationRequest || pkt.TargetIP != labVIP.Addr() ||
+			pkt.SenderHardwareAddr.String() != p.a.MAC.String() ||
+			pkt.TargetHardwareAddr.String() != ethernet.Broadcast.String() ||
+			frame.Destination.String() != ethernet.Broadcast.String() ||
+			frame.Source.String() != p.a.MAC.String() {
+			t.Fatalf("gratuitous ARP %+v in frame %s -> %s", pkt, frame.Source, frame.Destination)
+		}
+		n++
+	}
 }
