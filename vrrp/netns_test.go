@@ -803,3 +803,49 @@ func TestNetnsGARPFormat(t *testing.T) {
 		n++
 	}
 }
+
+// TestNetnsAdvertOnWire reads the master's adverts from the client: IP TTL
+// 255, TOS 0xc0, to 224.0.0.18, and a VRRPv3 payload with keepalived's
+// checksum form.
+func TestNetnsAdvertOnWire(t *testing.T) {
+	p := newPair(t)
+	var rc *ipv4.RawConn
+	if err := p.client.Do(func() error {
+		c, err := net.ListenPacket("ip4:112", "0.0.0.0")
+		if err != nil {
+			return err
+		}
+		rc, err = ipv4.NewRawConn(c)
+		if err != nil {
+			return err
+		}
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		return rc.JoinGroup(ifi, &net.IPAddr{IP: Group.AsSlice()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	startDirector(t, p.a, labConfig("a", 150))
+	if err := rc.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1500)
+	h, payload, _, err := rc.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.TTL != 255 || h.TOS != 0xc0 || !h.Dst.Equal(Group.AsSlice()) || !h.Src.Equal(addrA.Addr().AsSlice()) {
+		t.Errorf("IP header %+v", h)
+	}
+	a, err := Unmarshal(payload, addrA.Addr(), Group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Version != 3 || a.VRID != 51 || a.Priority != 150 || a.MaxAdvertInterval != 10 || !a.PseudoHeader ||
+		len(a.Addrs) != 1 || a.Addrs[0] != labVIP.Addr() {
+		t.Errorf("advert %+v", a)
+	}
+}
