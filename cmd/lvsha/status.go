@@ -68,20 +68,24 @@ func printStatus(w io.Writer, st *daemon.Status) {
 	if len(st.Services) > 0 {
 		fmt.Fprintln(w, "\nIPVS:")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  Prot LocalAddress:Port Scheduler\tForward\tWeight(conf/kernel)\tActiveConn\tInActConn\tHealth\tLast check")
+		fmt.Fprintln(tw, "  Prot LocalAddress:Port Scheduler\tForward\tWeight(conf/kernel)\tActiveConn\tInActConn\tHealth\tLast check\tLast error")
 		for _, s := range st.Services {
 			kern := ""
 			if !s.InKernel {
 				kern = "  (missing in kernel)"
 			}
-			fmt.Fprintf(tw, "  %s %s%s\t\t\t\t\t\t\n", s.Key, s.Scheduler, kern)
+			fmt.Fprintf(tw, "  %s %s%s\t\t\t\t\t\t\t\n", s.Key, s.Scheduler, kern)
 			for _, r := range s.Reals {
 				kw := "-"
 				if r.KernelWeight >= 0 {
 					kw = strconv.Itoa(r.KernelWeight)
 				}
-				fmt.Fprintf(tw, "    -> %s\t%s\t%d/%s\t%d\t%d\t%s\t%s\n", r.Address, forwardName(s.Forwarding), r.Weight, kw,
-					r.ActiveConns, r.InactiveConns, r.Health, dash(r.LastResult))
+				lastErr := r.LastError
+				if lastErr == r.LastResult {
+					lastErr = "" // already shown as the last check's result
+				}
+				fmt.Fprintf(tw, "    -> %s\t%s\t%d/%s\t%d\t%d\t%s\t%s\t%s\n", r.Address, forwardName(s.Forwarding), r.Weight, kw,
+					r.ActiveConns, r.InactiveConns, r.Health, dash(r.LastResult), dash(lastErr))
 			}
 		}
 		_ = tw.Flush()

@@ -115,6 +115,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer d.ipvs.stop()
 	d.reconcile("start")
+	// READY means the table is programmed (or failed loudly and is being
+	// retried): a unit ordered after lvsha finds IPVS in place.
+	select {
+	case <-d.ipvs.first:
+	case <-ctx.Done():
+	}
 	if err := sdNotify("READY=1"); err != nil {
 		d.log.Warn("systemd notify", "err", err)
 	}

@@ -442,3 +442,65 @@ func TestSystemdNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// blockingKernel holds the first NewService until released.
+type blockingKernel struct {
+	*recKernel
+	entered, release chan struct{}
+}
+
+func (b *blockingKernel) NewService(s lvs.KService) error {
+	close(b.entered)
+	<-b.release
+	return b.recKernel.NewService(s)
+}
+
+// TestReadyAfterFirstReconcile: systemd hears READY=1 only once the IPVS
+// table has been programmed.
+func TestReadyAfterFirstReconcile(t *testing.T) {
+	dir := t.TempDir()
+	nsock := filepath.Join(dir, "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: nsock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", nsock)
+	file := filepath.Join(dir, "lvsha.toml")
+	src := fmt.Sprintf("[global]\ncontrol_socket = %q\n[[virtual_server]]\naddress = \"10.99.0.1:80\"\n[[virtual_server.real_server]]\naddress = \"10.99.1.1:80\"\n", filepath.Join(dir, "c.sock"))
+	if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := conf.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &blockingKernel{recKernel: &recKernel{k: lvs.NewFake()}, entered: make(chan struct{}), release: make(chan struct{})}
+	d := New(cfg, slog.New(slog.DiscardHandler), Options{OpenIPVS: func() (lvs.Kernel, func(), error) { return k, func() {}, nil }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	select {
+	case <-k.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the daemon never programmed IPVS")
+	}
+	_ = conn.SetReadDeadline(time.Now())
+	buf := make([]byte, 64)
+	if n, err := conn.Read(buf); err == nil {
+		t.Fatalf("notified %q while the first reconcile was still running", buf[:n])
+	}
+	close(k.release)
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := conn.Read(buf)
+	if err != nil || string(buf[:n]) != "READY=1" {
+		t.Fatalf("after the reconcile: %q %v", buf[:n], err)
+	}
+	if w := k.weights(t); w["10.99.1.1:80"] != 1 {
+		t.Errorf("table not programmed when READY was sent: %v", w)
+	}
+}

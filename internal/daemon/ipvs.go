@@ -22,6 +22,8 @@ type ipvsPart struct {
 	open      func() (lvs.Kernel, func(), error)
 	observe   func(rep lvs.Report, err error, repair bool)
 	statePath string
+	first     chan struct{} // closed when the first apply has been tried
+	firstOnce sync.Once
 	cancel    context.CancelFunc
 	done      chan struct{}
 
@@ -53,6 +55,7 @@ func startIPVS(ctx context.Context, cfg *conf.Config, log *slog.Logger, open fun
 		observe:  observe,
 		// Which services are ours must survive a restart, or one removed
 		// from the config meanwhile would stay in the kernel for ever.
+		first:     make(chan struct{}),
 		statePath: strings.TrimSuffix(cfg.Global.ControlSocket, ".sock") + ".ipvs-owned",
 	}
 	go p.run(ctx)
@@ -103,11 +106,13 @@ func (p *ipvsPart) run(ctx context.Context) {
 		if loop == nil {
 			if len(pending) == 0 {
 				havePend = false // nothing to program: no need for IPVS at all
+				p.settled()
 				continue
 			}
 			k, closeK, err := p.open()
 			if err != nil {
 				p.fail("open IPVS", err, &failures, &retry)
+				p.settled()
 				continue
 			}
 			rec := lvs.NewReconciler(k, p.log)
@@ -135,14 +140,22 @@ func (p *ipvsPart) run(ctx context.Context) {
 				return
 			}
 			p.fail("apply", err, &failures, &retry)
+			p.settled()
 			continue
 		}
 		havePend, failures = false, 0
+		p.settled()
 		p.mu.Lock()
 		p.lastErr = ""
 		p.applied++
 		p.mu.Unlock()
 	}
+}
+
+// settled marks the end of the first attempt to program the kernel, done or
+// failed, which is when the daemon tells systemd it is ready.
+func (p *ipvsPart) settled() {
+	p.firstOnce.Do(func() { close(p.first) })
 }
 
 func (p *ipvsPart) fail(what string, err error, failures *int, retry *<-chan time.Time) {

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lvsha/lvsha/internal/daemon"
+)
+
+func TestPrintStatus(t *testing.T) {
+	st := &daemon.Status{
+		Version: "v1", Config: "/etc/lvsha/lvsha.toml", Started: time.Unix(0, 0).UTC(),
+		VRRP: []daemon.VRRPStatus{{Name: "VI_1", Interface: "ens33", VRID: 51, State: "MASTER", Priority: 150,
+			Master: "192.168.94.132", Since: time.Unix(3600, 0).UTC(), LastCause: "master down timer expired"}},
+		Services: []daemon.ServiceStatus{{Key: "TCP 192.168.94.200:80", Scheduler: "rr", Forwarding: "dr", InKernel: true,
+			Reals: []daemon.RealStatus{
+				{Address: "192.168.94.134:80", Weight: 1, KernelWeight: 1, ActiveConns: 3, InactiveConns: 12, Health: "up", LastResult: "ok", LastError: "connection refused"},
+				{Address: "192.168.94.135:80", Weight: 1, KernelWeight: 0, Health: "down", LastResult: "status 503", LastError: "status 503"},
+				{Address: "192.168.94.136:80", Weight: 2, KernelWeight: -1, Health: "unchecked"},
+			}}},
+	}
+	var b bytes.Buffer
+	printStatus(&b, st)
+	// Columns are aligned with spaces; compare rows with the runs folded.
+	var rows []string
+	for _, l := range strings.Split(b.String(), "\n") {
+		rows = append(rows, strings.Join(strings.Fields(l), " "))
+	}
+	out := strings.Join(rows, "\n")
+	for _, want := range []string{
+		"VI_1 ens33 51 MASTER 150 192.168.94.132 01:00:00 master down timer expired",
+		"\nTCP 192.168.94.200:80 rr\n",
+		"-> 192.168.94.134:80 Route 1/1 3 12 up ok connection refused",
+		"-> 192.168.94.135:80 Route 1/0 0 0 down status 503 -",
+		"-> 192.168.94.136:80 Route 2/- 0 0 unchecked - -",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+}
