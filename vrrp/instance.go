@@ -448,9 +448,10 @@ func containsAddr(list []netip.Addr, a netip.Addr) bool {
 func (d *driver) step(ev Event) {
 	now := time.Now()
 	for _, act := range d.m.Step(now, ev) {
+		start := time.Now()
 		d.do(now, act)
 		// Every action should take microseconds; a slow one delays adverts.
-		if took := time.Since(now); took > 20*time.Millisecond {
+		if took := time.Since(start); took > 20*time.Millisecond {
 			d.in.log.Warn("vrrp: slow action", "action", fmt.Sprintf("%T", act), "took", took)
 		}
 	}
