@@ -6,6 +6,8 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Tests that need root, namespaces or the VM fail instead of skipping.
 export LVSHA_STRICT := 1
+# Namespace tests run this binary (built by the build target) instead of building their own.
+export LVSHA_BIN := $(CURDIR)/bin/lvsha
 
 .PHONY: all build test unit setup lint bench bench-failover bench-healthcheck bench-ipvs demo deb clean
 
@@ -37,7 +39,7 @@ lint:
 bench: bench-failover bench-healthcheck bench-ipvs
 
 bench-failover: setup build
-	$(GO) run ./internal/benchfailover
+	$(GO) run ./internal/benchfailover -lvsha bin/lvsha
 
 bench-healthcheck: build
 	$(GO) run ./internal/benchhc

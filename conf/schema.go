@@ -33,6 +33,11 @@ type Global struct {
 	// IPVSRepairInterval is how often the kernel's IPVS table is re-read
 	// and drift (someone ran ipvsadm -C) repaired.
 	IPVSRepairInterval Duration `toml:"ipvs_repair_interval"`
+	// RealtimePriority runs the daemon under SCHED_RR at this priority
+	// (1-99; 0 = normal scheduling), like keepalived's vrrp_rt_priority: a
+	// busy director otherwise wakes late for its adverts, and at short
+	// intervals that is a false failover.
+	RealtimePriority int `toml:"realtime_priority"`
 }
 
 // VRRPInstance is one virtual router.
@@ -163,6 +168,10 @@ func defaultGlobal() Global {
 		LogFormat:          "text",
 		ControlSocket:      DefaultControlSocket,
 		IPVSRepairInterval: Duration(10e9),
+		// On by default, unlike keepalived: without it a busy director
+		// fails over falsely at short advert intervals (see
+		// internal/benchfailover/RESULTS.md).
+		RealtimePriority: 10,
 	}
 }
 

@@ -97,6 +97,9 @@ func (v *validator) global() {
 			v.errf("global.metrics_listen", "port %q is not 1-65535", port)
 		}
 	}
+	if g.RealtimePriority < 0 || g.RealtimePriority > 99 {
+		v.errf("global.realtime_priority", "%d is outside 0-99 (0 = normal scheduling)", g.RealtimePriority)
+	}
 	if g.IPVSRepairInterval.D() < time.Second {
 		v.errf("global.ipvs_repair_interval", "%s is too short (at least 1s)", g.IPVSRepairInterval)
 	}

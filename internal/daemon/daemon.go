@@ -21,6 +21,7 @@ import (
 	"github.com/lvsha/lvsha/conf"
 	"github.com/lvsha/lvsha/healthcheck"
 	"github.com/lvsha/lvsha/lvs"
+	"github.com/lvsha/lvsha/vrrp"
 )
 
 // Options are the daemon's settings that do not come from the config file.
@@ -62,6 +63,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	cfg := d.config()
 	d.log.Info("lvsha starting", "version", d.opts.Version, "config", cfg.File,
 		"vrrp_instances", len(cfg.VRRP), "virtual_services", len(cfg.Services))
+
+	if p := cfg.Global.RealtimePriority; p > 0 {
+		if err := vrrp.SetRealtime(p); err != nil {
+			d.log.Warn("cannot switch to real-time scheduling; VRRP may fail over falsely when the CPUs are busy",
+				"priority", p, "err", err, "hint", "run as root, or with LimitRTPRIO= in the systemd unit")
+		} else {
+			d.log.Info("real-time scheduling", "policy", "SCHED_RR", "priority", p)
+		}
+	}
 
 	ctl, err := d.listenControl(cfg.Global.ControlSocket)
 	if err != nil {

@@ -164,6 +164,7 @@ const daemonConfig = `
 [global]
 control_socket = "%s"
 metrics_listen = "%s"
+realtime_priority = 0 # in-process: leave the test binary's scheduling alone
 
 [[virtual_server]]
 address = "10.99.0.1:80"
@@ -405,7 +406,7 @@ func TestSystemdNotify(t *testing.T) {
 	defer conn.Close()
 	t.Setenv("NOTIFY_SOCKET", nsock)
 	file := filepath.Join(dir, "lvsha.toml")
-	if err := os.WriteFile(file, fmt.Appendf(nil, "[global]\ncontrol_socket = %q\n", filepath.Join(dir, "c.sock")), 0o644); err != nil {
+	if err := os.WriteFile(file, fmt.Appendf(nil, "[global]\nrealtime_priority = 0\ncontrol_socket = %q\n", filepath.Join(dir, "c.sock")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg, _, err := conf.Load(file)
@@ -467,7 +468,7 @@ func TestReadyAfterFirstReconcile(t *testing.T) {
 	defer conn.Close()
 	t.Setenv("NOTIFY_SOCKET", nsock)
 	file := filepath.Join(dir, "lvsha.toml")
-	src := fmt.Sprintf("[global]\ncontrol_socket = %q\n[[virtual_server]]\naddress = \"10.99.0.1:80\"\n[[virtual_server.real_server]]\naddress = \"10.99.1.1:80\"\n", filepath.Join(dir, "c.sock"))
+	src := fmt.Sprintf("[global]\nrealtime_priority = 0\ncontrol_socket = %q\n[[virtual_server]]\naddress = \"10.99.0.1:80\"\n[[virtual_server.real_server]]\naddress = \"10.99.1.1:80\"\n", filepath.Join(dir, "c.sock"))
 	if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/lvsha/lvsha/internal/netns"
 	"github.com/lvsha/lvsha/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // buildLvsha builds the real binary once per test.
@@ -161,6 +162,11 @@ func TestReloadKeepsMasterAndStatusAndMetrics(t *testing.T) {
 	waitCond(t, "d1 MASTER, d2 BACKUP", func() bool {
 		return d1.vrrp(t).State == "MASTER" && d2.vrrp(t).State == "BACKUP"
 	})
+	// The default realtime_priority puts every thread under SCHED_RR.
+	attr, err := unix.SchedGetAttr(d1.cmd.Process.Pid, 0)
+	if err != nil || attr.Policy != unix.SCHED_RR || attr.Priority != 10 {
+		t.Errorf("director scheduling: %+v %v, want SCHED_RR priority 10", attr, err)
+	}
 	if fi, err := os.Stat(d1.sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("control socket mode: %v %v", fi.Mode(), err)
 	}
