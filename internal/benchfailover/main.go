@@ -236,6 +236,10 @@ advert_interval = %q
 version = 3
 virtual_ipaddress = [%q]
 `, name, filepath.Join(dir, name+".sock"), prio, interval.String(), vip.String())
+		if o.rt > 0 {
+			// -rt: the same priority as keepalived's directors get.
+			body = strings.Replace(body, "[global]\n", fmt.Sprintf("[global]\nrealtime_priority = %d\n", o.rt), 1)
+		}
 		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 			return nil, err
 		}
@@ -518,7 +522,9 @@ func (p *pinger) longestGapAround(at time.Time) time.Duration {
 // every CPU spins, and counts false failovers: the backup becoming MASTER
 // while the master is healthy.
 func soak(ctx context.Context, o *options) error {
-	sched := "normal scheduling"
+	// Each program at its default unless -rt: keepalived under normal
+	// scheduling, lvsha under SCHED_RR at its default realtime_priority.
+	sched := "each at its default: keepalived normal scheduling, lvsha realtime_priority 10 (SCHED_RR)"
 	if o.rt > 0 {
 		sched = fmt.Sprintf("directors under SCHED_RR %d", o.rt)
 	}

@@ -21,9 +21,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// buildLvsha builds the real binary once per test.
+// buildLvsha returns the real binary: LVSHA_BIN (make test sets it to
+// bin/lvsha), or one built for this test.
 func buildLvsha(t *testing.T) string {
 	t.Helper()
+	if bin := os.Getenv("LVSHA_BIN"); bin != "" {
+		return bin
+	}
 	bin := filepath.Join(t.TempDir(), "lvsha")
 	cmd := exec.Command("go", "build", "-o", bin, "../../cmd/lvsha")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
