@@ -242,6 +242,8 @@ func (v *validator) service(p string, vs *VirtualServer) {
 	}
 	if !slices.Contains(Schedulers, vs.Scheduler) {
 		v.errf(p+".scheduler", "unknown scheduler %q (one of %s)", vs.Scheduler, strings.Join(Schedulers, " "))
+	} else if vs.Scheduler == "twos" {
+		v.warnf(p+".scheduler", "twos needs Linux 6.7 or later (Debian bookworm's 6.1 refuses the service)")
 	}
 	switch vs.Forwarding {
 	case "dr", "nat", "tun":
