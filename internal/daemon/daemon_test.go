@@ -394,25 +394,41 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestSystemdNotify checks the Type=notify protocol: READY=1 once started,
-// RELOADING=1 then READY=1 around a reload, STOPPING=1 on the way out.
-func TestSystemdNotify(t *testing.T) {
-	dir := t.TempDir()
-	nsock := filepath.Join(dir, "notify")
+// listenNotify plays systemd's side of the notify protocol.
+func listenNotify(t *testing.T) *net.UnixConn {
+	t.Helper()
+	nsock := filepath.Join(t.TempDir(), "notify")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: nsock, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	t.Setenv("NOTIFY_SOCKET", nsock)
+	return conn
+}
+
+// testConfig loads a config for an in-process daemon: its own control
+// socket, and the test binary's scheduling left alone.
+func testConfig(t *testing.T, body string) *conf.Config {
+	t.Helper()
+	dir := t.TempDir()
 	file := filepath.Join(dir, "lvsha.toml")
-	if err := os.WriteFile(file, fmt.Appendf(nil, "[global]\nrealtime_priority = 0\ncontrol_socket = %q\n", filepath.Join(dir, "c.sock")), 0o644); err != nil {
+	src := fmt.Sprintf("[global]\nrealtime_priority = 0\ncontrol_socket = %q\n%s", filepath.Join(dir, "c.sock"), body)
+	if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg, _, err := conf.Load(file)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cfg
+}
+
+// TestSystemdNotify checks the Type=notify protocol: READY=1 once started,
+// RELOADING=1 then READY=1 around a reload, STOPPING=1 on the way out.
+func TestSystemdNotify(t *testing.T) {
+	conn := listenNotify(t)
+	cfg := testConfig(t, "")
 	reload := make(chan os.Signal, 1)
 	d := New(cfg, slog.New(slog.DiscardHandler), Options{Reload: reload})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -459,23 +475,8 @@ func (b *blockingKernel) NewService(s lvs.KService) error {
 // TestReadyAfterFirstReconcile: systemd hears READY=1 only once the IPVS
 // table has been programmed.
 func TestReadyAfterFirstReconcile(t *testing.T) {
-	dir := t.TempDir()
-	nsock := filepath.Join(dir, "notify")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: nsock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	t.Setenv("NOTIFY_SOCKET", nsock)
-	file := filepath.Join(dir, "lvsha.toml")
-	src := fmt.Sprintf("[global]\nrealtime_priority = 0\ncontrol_socket = %q\n[[virtual_server]]\naddress = \"10.99.0.1:80\"\n[[virtual_server.real_server]]\naddress = \"10.99.1.1:80\"\n", filepath.Join(dir, "c.sock"))
-	if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, _, err := conf.Load(file)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := listenNotify(t)
+	cfg := testConfig(t, "[[virtual_server]]\naddress = \"10.99.0.1:80\"\n[[virtual_server.real_server]]\naddress = \"10.99.1.1:80\"\n")
 	k := &blockingKernel{recKernel: &recKernel{k: lvs.NewFake()}, entered: make(chan struct{}), release: make(chan struct{})}
 	d := New(cfg, slog.New(slog.DiscardHandler), Options{OpenIPVS: func() (lvs.Kernel, func(), error) { return k, func() {}, nil }})
 	ctx, cancel := context.WithCancel(context.Background())
