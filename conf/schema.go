@@ -153,9 +153,6 @@ func (r *rawTable) decodeTOML(v any) error {
 	return nil
 }
 
-// Schedulers are the IPVS scheduler names the kernel ships.
-var Schedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"}
-
 // Defaults. Where they differ from keepalived's the reason is given.
 const (
 	DefaultConfigFile    = "/etc/lvsha/lvsha.toml"

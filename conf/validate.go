@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/lvsha/lvsha/lvs"
 )
 
 type validator struct {
@@ -240,8 +242,8 @@ func (v *validator) service(p string, vs *VirtualServer) {
 	default:
 		v.errf(p+".protocol", "%q is not one of tcp, udp", vs.Protocol)
 	}
-	if !slices.Contains(Schedulers, vs.Scheduler) {
-		v.errf(p+".scheduler", "unknown scheduler %q (one of %s)", vs.Scheduler, strings.Join(Schedulers, " "))
+	if !slices.Contains(lvs.Schedulers, vs.Scheduler) {
+		v.errf(p+".scheduler", "unknown scheduler %q (one of %s)", vs.Scheduler, strings.Join(lvs.Schedulers, " "))
 	} else if vs.Scheduler == "twos" {
 		v.warnf(p+".scheduler", "twos needs Linux 6.7 or later (Debian bookworm's 6.1 refuses the service)")
 	}
