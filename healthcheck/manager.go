@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -250,6 +251,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		m:       m,
 		ctx:     ctx,
 		results: make(chan result, m.maxInFlight),
+		rxKick:  make(chan struct{}, 1),
 		pending: make(map[string]*pendingTransition),
 		seen:    make(map[string]bool),
 	}
@@ -275,9 +277,20 @@ type runner struct {
 	heap    entryHeap
 	ready   []*entry // due but waiting for an in-flight slot
 	running int
-	results chan result
-	rx      *reactor // runs plain http and tcp probes; made on first use
-	noRx    bool     // the reactor could not be made: goroutines only
+	results chan result // from checks run in goroutines
+	rx      *reactor    // runs plain http and tcp probes; made on first use
+	noRx    bool        // the reactor could not be made: goroutines only
+
+	// The reactor's results wait in rxDone for the runner's next round
+	// instead of waking it once each: transitions are at most a round
+	// late, and the runner wakes per round rather than per check.
+	// rxKick wakes it early when enough are waiting, or when due checks
+	// wait for the slots those results would free (starved).
+	rxMu      sync.Mutex
+	rxDone    []result
+	rxRunning int // reactor probes started and not yet finished
+	starved   atomic.Bool
+	rxKick    chan struct{}
 
 	// Transition delivery, see Manager.
 	pending map[string]*pendingTransition
@@ -295,15 +308,26 @@ func (r *runner) loop() {
 		// that probes go out (and their answers come back) in batches
 		// rather than one wake-up each; slots freed by finished checks
 		// serve the queue at once.
+		r.collect()
 		now := time.Now()
 		if now.Sub(lastRound) >= startQuantum {
 			r.popDue(now)
 			lastRound = now
 		}
 		r.startReady()
+		r.starved.Store(len(r.ready) > 0)
 		var wait <-chan time.Time
+		d := time.Duration(-1)
 		if len(r.heap) > 0 {
-			timer.Reset(max(r.heap[0].due.Sub(now), lastRound.Add(startQuantum).Sub(now)))
+			d = max(r.heap[0].due.Sub(now), lastRound.Add(startQuantum).Sub(now))
+		}
+		if r.rxRunning > 0 {
+			if q := lastRound.Add(startQuantum).Sub(now); d < 0 || q < d {
+				d = q
+			}
+		}
+		if d >= 0 {
+			timer.Reset(d)
 			wait = timer.C
 		}
 		out, next := r.nextTransition()
@@ -320,6 +344,7 @@ func (r *runner) loop() {
 				r.finish(<-r.results)
 			}
 		case <-wait:
+		case <-r.rxKick:
 		case out <- next:
 			r.delivered(next)
 		}
@@ -357,8 +382,18 @@ func (r *runner) start(e *entry) {
 	e.running = true
 	if p, ok := e.checker.(prober); ok && p.reactorOK() && r.reactor() != nil {
 		start := time.Now()
+		r.rxRunning++
 		e.cancel = r.rx.start(p, e.addr, e.spec.Timeout, func(err error) {
-			r.results <- result{e: e, err: err, start: start, end: time.Now()}
+			r.rxMu.Lock()
+			r.rxDone = append(r.rxDone, result{e: e, err: err, start: start, end: time.Now()})
+			kick := len(r.rxDone) >= rxBatch || r.starved.Load()
+			r.rxMu.Unlock()
+			if kick {
+				select {
+				case r.rxKick <- struct{}{}:
+				default:
+				}
+			}
 		})
 		return
 	}
@@ -560,13 +595,32 @@ func (r *runner) delivered(tr Transition) {
 	}
 }
 
+// rxBatch is how many reactor results wake the runner before its round.
+const rxBatch = 32
+
+// collect finishes the reactor's results gathered since the last call.
+func (r *runner) collect() {
+	r.rxMu.Lock()
+	done := r.rxDone
+	r.rxDone = nil
+	r.rxMu.Unlock()
+	for i, res := range done {
+		r.rxRunning--
+		r.finish(res)
+		done[i] = result{}
+	}
+}
+
 func (r *runner) shutdown() {
 	for _, e := range r.m.entries {
 		if e.cancel != nil {
 			e.cancel()
 		}
 	}
-	for r.running > 0 {
+	// A cancelled reactor probe reports at once (from cancel itself);
+	// goroutine checks report when they notice.
+	r.collect()
+	for r.running > r.rxRunning {
 		<-r.results
 		r.running--
 	}
