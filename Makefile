@@ -41,8 +41,11 @@ bench: bench-failover bench-healthcheck bench-ipvs
 bench-failover: setup build
 	$(GO) run ./internal/benchfailover -lvsha bin/lvsha
 
-bench-healthcheck: build
-	$(GO) run ./internal/benchhc
+# 10,000 targets on this machine, then lvsha against keepalived's checker
+# side by side in the VM (keepalived's checker needs IPVS).
+bench-healthcheck: setup build
+	$(GO) run ./internal/benchhc -net loopback
+	$(GO) run ./internal/benchhc -vm -lvsha bin/lvsha
 
 bench-ipvs: setup build
 	$(GO) run ./internal/benchipvs

@@ -1,7 +1,10 @@
 // Command benchhc measures the healthcheck Manager at scale: N real servers
-// on loopback (127.0.1.x, many ports), each HTTP-checked every interval.
-// The HTTP servers run in a child process (this binary with -serve) so that
-// the CPU and memory reported are those of the checker alone. Midway some
+// (100 addresses, many ports), each HTTP-checked every interval. The HTTP
+// servers run in a child process (this binary with -role=serve) so that the
+// CPU and memory reported are those of the checker alone. By default both
+// run on 127.0.1.x in the current namespace; with -net=netns they sit in two
+// namespaces joined by a veth, each pinned to its own CPU (see netns.go).
+// -vm compares the lvsha daemon with keepalived's checker (anchor.go). Midway some
 // servers start failing (half answer 503, half accept and never answer) and
 // the delay to their DOWN transitions is compared with the bound
 // fall x interval + timeout. Run by `make bench-healthcheck`; prints a table.
@@ -36,12 +39,19 @@ type config struct {
 	targets, addrs, basePort, failing, maxInFlight int
 	interval, timeout, duration, warmup            time.Duration
 	rise, fall                                     int
-	checkType                                      string
+	checkType, net                                 string
+	lvshaEnv                                       string // -vm: extra environment for lvsha
+	logs                                           bool   // -vm: print each checker's log
 }
 
 func main() {
 	var c config
-	serve := flag.Bool("serve", false, "internal: run the HTTP servers (child process)")
+	role := flag.String("role", "", "internal: serve (the HTTP servers), check (the checker) or anchor (the VM side of -vm)")
+	inVM := flag.Bool("vm", false, "compare the lvsha daemon with keepalived's checker in the test VM instead")
+	vmTargets := flag.Int("vm-targets", 300, "real servers for -vm (the VM's CPUs are emulated)")
+	lvshaBin := flag.String("lvsha", "bin/lvsha", "lvsha binary for -vm")
+	flag.StringVar(&c.lvshaEnv, "lvsha-env", "", "-vm: extra environment for lvsha, e.g. GOMAXPROCS=1")
+	flag.BoolVar(&c.logs, "logs", false, "-vm: print each checker's log")
 	netHTTP := flag.Bool("nethttp", false, "serve with net/http instead of a minimal canned-response server")
 	flag.IntVar(&c.targets, "targets", 10000, "number of real servers")
 	flag.IntVar(&c.addrs, "addrs", 100, "loopback addresses 127.0.1.1..N the targets are spread over")
@@ -53,6 +63,7 @@ func main() {
 	flag.DurationVar(&c.duration, "duration", 60*time.Second, "total run time")
 	flag.DurationVar(&c.warmup, "warmup", 10*time.Second, "time before measuring")
 	flag.StringVar(&c.checkType, "type", "http", "check type: http or tcp")
+	flag.StringVar(&c.net, "net", "loopback", "loopback: checker and servers on 127.0.1.x here; netns: in two namespaces on CPUs of their own")
 	flag.IntVar(&c.rise, "rise", 2, "rise")
 	flag.IntVar(&c.fall, "fall", 3, "fall")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the measured window")
@@ -63,10 +74,20 @@ func main() {
 	}
 	raiseNoFile()
 	var err error
-	if *serve {
+	switch {
+	case *inVM:
+		c.targets = *vmTargets
+		err = runVM(c, *lvshaBin)
+	case *role == "anchor":
+		err = runAnchor(c)
+	case *role == "serve":
 		err = runServers(c, *netHTTP)
-	} else {
+	case *role == "check" || c.net == "loopback":
 		err = runBench(c, *cpuprofile, *netHTTP)
+	case c.net == "netns":
+		err = runInNetns()
+	default:
+		err = fmt.Errorf("-net %q: want netns or loopback", c.net)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchhc:", err)
@@ -82,11 +103,33 @@ func raiseNoFile() {
 	}
 }
 
-// addr returns the loopback address of target i.
+// addr returns the address of target i.
 func (c config) addr(i int) netip.AddrPort {
 	a := i % c.addrs
 	p := i / c.addrs
-	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 1, byte(a + 1)}), uint16(c.basePort+p))
+	ip := [4]byte{127, 0, 1, byte(a + 1)}
+	if c.net == "netns" {
+		ip = targetNet.Addr().As4()
+		ip[3] = byte(a + 1)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4(ip), uint16(c.basePort+p))
+}
+
+// runInNetns builds the two namespaces and runs the checker (this binary
+// with -role=check) in one of them; it starts the servers in the other.
+func runInNetns() error {
+	topo, err := newTopology()
+	if err != nil {
+		return fmt.Errorf("namespaces: %w", err)
+	}
+	defer topo.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := inNS(checkerNS, checkerCPU, exe, append(os.Args[1:], "-role=check")...)
+	cmd.Stdout = os.Stdout
+	return cmd.Run()
 }
 
 // failMode says how target i fails after "fail": 0 never, 1 answers 503,
@@ -102,9 +145,14 @@ func (c config) failMode(i int) int {
 	return 1 + (i/step)%2
 }
 
+// served counts the requests the minimal servers answered: a measure of
+// checks done that is the same whichever checker makes them.
+var served atomic.Uint64
+
 // runServers listens on every target address, serves "ok" until told
 // "fail" on stdin, then fails the chosen ones. It prints "ready" and
-// "failing" on stdout as acknowledgements.
+// "failing" on stdout as acknowledgements, and "served N" when asked
+// "count".
 func runServers(c config, useNetHTTP bool) error {
 	var failing atomic.Bool
 	if useNetHTTP {
@@ -123,9 +171,12 @@ func runServers(c config, useNetHTTP bool) error {
 	fmt.Println("ready")
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
-		if sc.Text() == "fail" {
+		switch sc.Text() {
+		case "fail":
 			failing.Store(true)
 			fmt.Println("failing")
+		case "count":
+			fmt.Println("served", served.Load())
 		}
 	}
 	return nil // stdin closed: the parent is done
@@ -170,6 +221,7 @@ func serveMinimal(l net.Listener, mode int, failing *atomic.Bool) {
 				}
 			}
 			_, _ = conn.Write(resp)
+			served.Add(1)
 		}()
 	}
 }
@@ -230,8 +282,11 @@ func sample(m *healthcheck.Manager) usage {
 	}
 }
 
-func vmRSS() int64 {
-	b, err := os.ReadFile("/proc/self/status")
+func vmRSS() int64 { return procRSS(os.Getpid()) }
+
+// procRSS returns the VmRSS of process pid.
+func procRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
@@ -258,8 +313,12 @@ func runBench(c config, cpuprofile string, netHTTP bool) error {
 	if err != nil {
 		return err
 	}
-	child := exec.Command(exe, "-serve", "-targets", strconv.Itoa(c.targets), "-addrs", strconv.Itoa(c.addrs),
-		"-port", strconv.Itoa(c.basePort), "-failing", strconv.Itoa(c.failing), "-nethttp="+strconv.FormatBool(netHTTP))
+	args := []string{"-role=serve", "-net", c.net, "-targets", strconv.Itoa(c.targets), "-addrs", strconv.Itoa(c.addrs),
+		"-port", strconv.Itoa(c.basePort), "-failing", strconv.Itoa(c.failing), "-nethttp=" + strconv.FormatBool(netHTTP)}
+	child := exec.Command(exe, args...)
+	if c.net == "netns" {
+		child = inNS(serversNS, serversCPU, exe, args...)
+	}
 	child.Stderr = os.Stderr
 	toChild, err := child.StdinPipe()
 	if err != nil {
@@ -317,6 +376,7 @@ func runBench(c config, cpuprofile string, netHTTP bool) error {
 		peakStack  uint64
 		peakG      int
 		serverCPU0 time.Duration
+		cpuBusy0   []time.Duration
 	)
 	failTime := start.Add(c.warmup + (c.duration-c.warmup)/2)
 	tick := time.NewTicker(time.Second)
@@ -337,6 +397,7 @@ func runBench(c config, cpuprofile string, netHTTP bool) error {
 				runtime.GC()
 				t0 = sample(m)
 				serverCPU0 = procCPU(child.Process.Pid)
+				cpuBusy0 = cpuBusy()
 				if cpuprofile != "" {
 					stopProfile = startProfile(cpuprofile)
 				}
@@ -364,6 +425,7 @@ func runBench(c config, cpuprofile string, netHTTP bool) error {
 	stopProfile()
 	writeHeapProfile(memprofile)
 	serverCPU := procCPU(child.Process.Pid) - serverCPU0
+	cpuBusy1 := cpuBusy()
 	cancel()
 	<-runDone
 
@@ -373,14 +435,23 @@ func runBench(c config, cpuprofile string, netHTTP bool) error {
 	rate := float64(t1.checks-t0.checks) / window.Seconds()
 	bound := time.Duration(c.fall)*c.interval + c.timeout
 
-	fmt.Printf("\nhealthcheck benchmark: %d %s targets on %d loopback addresses, interval %v, timeout %v, rise %d, fall %d, max in flight %d\n",
-		c.targets, c.checkType, c.addrs, c.interval, c.timeout, c.rise, c.fall, c.maxInFlight)
+	fmt.Printf("\nhealthcheck benchmark: %d %s targets on %d addresses (%s), interval %v, timeout %v, rise %d, fall %d, max in flight %d\n",
+		c.targets, c.checkType, c.addrs, c.net, c.interval, c.timeout, c.rise, c.fall, c.maxInFlight)
 	fmt.Printf("measured over %.1fs after %v warm-up; HTTP servers in a separate process (not counted); %s, GOMAXPROCS %d\n\n",
 		window.Seconds(), c.warmup, runtime.Version(), runtime.GOMAXPROCS(0))
 	var rows [][3]string
 	row := func(name, value, goal string) { rows = append(rows, [3]string{name, value, goal}) }
 	row("CPU, % of one core (user+sys, getrusage)", fmt.Sprintf("%.1f %% (user %.1f)", cpu, userPct), "< 25 %")
 	row("CPU of the HTTP servers' process (not counted)", fmt.Sprintf("%.1f %%", float64(serverCPU)/float64(window)*100), "")
+	if c.net == "netns" && len(cpuBusy0) > serversCPU && len(cpuBusy1) > serversCPU {
+		for _, x := range []struct {
+			cpu  int
+			what string
+		}{{checkerCPU, "checker's CPU: it and its packets' softirq"}, {serversCPU, "servers' CPU"}} {
+			row(fmt.Sprintf("CPU %d busy (%s)", x.cpu, x.what),
+				fmt.Sprintf("%.1f %%", float64(cpuBusy1[x.cpu]-cpuBusy0[x.cpu])/float64(window)*100), "")
+		}
+	}
 	row("CPU per check", fmt.Sprintf("%.1f µs", float64(t1.user+t1.sys-t0.user-t0.sys)/float64(time.Microsecond)/float64(t1.checks-t0.checks)), "")
 	row("kernel floor per check (blocking syscalls only)", fmt.Sprintf("%.1f µs", float64(floor)/float64(time.Microsecond)), "")
 	row("floor at the target rate, % of one core", fmt.Sprintf("%.1f %%", float64(floor)*float64(c.targets)/float64(c.interval)*100), "")

@@ -61,3 +61,27 @@ func procCPU(pid int) time.Duration {
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(u+st) * 10 * time.Millisecond
 }
+
+// cpuBusy returns each CPU's busy time (user, nice, system, irq, softirq;
+// guest time is already in user, steal is the hypervisor's) from /proc/stat,
+// in clock ticks of 1/100 s.
+func cpuBusy() []time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return nil
+	}
+	var busy []time.Duration
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 8 || !strings.HasPrefix(f[0], "cpu") || f[0] == "cpu" {
+			continue
+		}
+		var t int64
+		for _, i := range []int{1, 2, 3, 6, 7} {
+			n, _ := strconv.ParseInt(f[i], 10, 64)
+			t += n
+		}
+		busy = append(busy, time.Duration(t)*10*time.Millisecond)
+	}
+	return busy
+}

@@ -1,0 +1,333 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/lvsha/lvsha/internal/netns"
+	"github.com/lvsha/lvsha/internal/vm"
+)
+
+// The anchor run compares the real lvsha daemon with keepalived's checker
+// doing the same job: the same HTTP targets, checked every second, in the
+// same VM, one after the other. keepalived's checker refuses to start
+// without IPVS, which the build machines' kernel lacks, hence the VM
+// (internal/vm, software-emulated, so every number is many times the
+// host's: compare the columns, not the VM with the host). Checks are
+// counted by the servers, the same way for both.
+
+// runVM builds this benchmark statically and runs the comparison (-role
+// anchor) in the test VM with keepalived and lvshaBin.
+func runVM(c config, lvshaBin string) error {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	lvshaBin, err := filepath.Abs(lvshaBin)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(lvshaBin); err != nil {
+		return fmt.Errorf("lvsha binary (make build): %w", err)
+	}
+	tmp, err := os.MkdirTemp("", "benchhc-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	bin := filepath.Join(tmp, "benchhc")
+	build := exec.Command("go", "build", "-o", bin, "github.com/lvsha/lvsha/internal/benchhc")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("build: %w\n%s", err, out)
+	}
+	files, err := vm.WithLibs("keepalived")
+	if err != nil {
+		return fmt.Errorf("keepalived (apt-get install keepalived): %w", err)
+	}
+	files["/bin/lvsha"] = lvshaBin
+	res, err := vm.Run(context.Background(), vm.Options{
+		Binary: bin, Files: files, Console: os.Stdout, Logger: log,
+		CPUs: 2, MemoryMB: 1024, Timeout: 10 * time.Minute,
+		Args: []string{"-role=anchor", "-net=loopback", "-targets", strconv.Itoa(c.targets),
+			"-duration", c.duration.String(), "-warmup", c.warmup.String(),
+			"-lvsha-env", c.lvshaEnv, "-logs=" + strconv.FormatBool(c.logs)},
+	})
+	if err != nil {
+		return err
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("anchor run failed in the VM (exit %d)", res.ExitCode)
+	}
+	return nil
+}
+
+type toolRun struct {
+	cpu    time.Duration
+	window time.Duration
+	served uint64
+	rss    int64 // peak of the process tree's VmRSS samples
+	procs  int
+}
+
+// runAnchor runs in the VM: each checker in a fresh namespace with its own
+// servers, measured over the same window.
+func runAnchor(c config) error {
+	version := "keepalived"
+	if out, err := exec.Command("/usr/sbin/keepalived", "-v").CombinedOutput(); err == nil {
+		if f := strings.Fields(string(out)); len(f) >= 2 {
+			version = f[0] + " " + f[1]
+		}
+	}
+	cs, _ := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+	fmt.Printf("guest clocksource: %s", cs)
+	tools := []string{"lvsha", version}
+	runs := make([]toolRun, len(tools))
+	for i, tool := range tools {
+		r, err := measureTool(c, i == 0)
+		if err != nil {
+			return fmt.Errorf("%s: %w", tool, err)
+		}
+		runs[i] = r
+	}
+	fmt.Printf("\nhealthcheck anchor (in the VM, software-emulated CPUs): %d http targets on loopback, interval 1s, each checker measured for %v after %v warm-up\n\n",
+		c.targets, c.duration-c.warmup, c.warmup)
+	var rows [][3]string
+	row := func(name string, f func(toolRun) string) {
+		rows = append(rows, [3]string{name, f(runs[0]), f(runs[1])})
+	}
+	row("checks/s (counted by the servers)", func(r toolRun) string {
+		return fmt.Sprintf("%.0f", float64(r.served)/r.window.Seconds())
+	})
+	row("CPU, % of one core (user+sys, whole process tree)", func(r toolRun) string {
+		return fmt.Sprintf("%.1f %%", float64(r.cpu)/float64(r.window)*100)
+	})
+	row("CPU per check", func(r toolRun) string {
+		if r.served == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.0f µs", float64(r.cpu.Microseconds())/float64(r.served))
+	})
+	row("RSS, peak of 1 s samples (whole process tree)", func(r toolRun) string { return fmt.Sprintf("%.1f MB", mb(r.rss)) })
+	row("processes", func(r toolRun) string { return strconv.Itoa(r.procs) })
+	printTable([3]string{"metric", "lvsha", version}, rows)
+	return nil
+}
+
+// measureTool starts the servers and one checker (lvsha or keepalived) in
+// a fresh namespace and measures the checker's process tree.
+func measureTool(c config, lvsha bool) (_ toolRun, err error) {
+	name := "keepalived"
+	if lvsha {
+		name = "lvsha"
+	}
+	ns, err := netns.New("bhc-" + name)
+	if err != nil {
+		return toolRun{}, err
+	}
+	defer ns.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		return toolRun{}, err
+	}
+	srv := exec.Command(exe, "-role=serve", "-net=loopback", "-failing=0", "-targets", strconv.Itoa(c.targets),
+		"-addrs", strconv.Itoa(c.addrs), "-port", strconv.Itoa(c.basePort))
+	srv.Stderr = os.Stderr
+	toSrv, err := srv.StdinPipe()
+	if err != nil {
+		return toolRun{}, err
+	}
+	fromSrv, err := srv.StdoutPipe()
+	if err != nil {
+		return toolRun{}, err
+	}
+	if err := ns.Start(srv); err != nil {
+		return toolRun{}, fmt.Errorf("servers: %w", err)
+	}
+	defer func() { toSrv.Close(); _ = srv.Process.Kill(); _ = srv.Wait() }()
+	lines := bufio.NewScanner(fromSrv)
+	if !lines.Scan() || lines.Text() != "ready" {
+		return toolRun{}, fmt.Errorf("servers did not start: %q", lines.Text())
+	}
+	count := func() (uint64, error) {
+		fmt.Fprintln(toSrv, "count")
+		if !lines.Scan() {
+			return 0, fmt.Errorf("servers: no count: %v", lines.Err())
+		}
+		n, ok := strings.CutPrefix(lines.Text(), "served ")
+		if !ok {
+			return 0, fmt.Errorf("servers: %q", lines.Text())
+		}
+		return strconv.ParseUint(n, 10, 64)
+	}
+
+	dir, err := os.MkdirTemp("", "bhc-"+name)
+	if err != nil {
+		return toolRun{}, err
+	}
+	defer os.RemoveAll(dir)
+	conf := filepath.Join(dir, "conf")
+	var cmd *exec.Cmd
+	if lvsha {
+		err = os.WriteFile(conf, []byte(lvshaConf(c, dir)), 0o644)
+		cmd = exec.Command("/bin/lvsha", "-f", conf)
+		if c.lvshaEnv != "" {
+			cmd.Env = append(os.Environ(), strings.Fields(c.lvshaEnv)...)
+		}
+	} else {
+		err = os.WriteFile(conf, []byte(keepalivedConf(c)), 0o644)
+		// No -l: its log would go to the VM's console; without a syslog
+		// daemon in the guest it goes nowhere.
+		cmd = exec.Command("/usr/sbin/keepalived", "-n", "-C", "-f", conf,
+			"-p", filepath.Join(dir, "k.pid"), "-c", filepath.Join(dir, "c.pid"))
+	}
+	if err != nil {
+		return toolRun{}, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "log"))
+	if err != nil {
+		return toolRun{}, err
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := ns.Start(cmd); err != nil {
+		return toolRun{}, err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+		if err != nil {
+			_, _ = logf.Seek(0, io.SeekStart)
+			b, _ := io.ReadAll(io.LimitReader(logf, 4096))
+			err = fmt.Errorf("%w\n%s log:\n%s", err, name, b)
+		}
+	}()
+
+	pid := cmd.Process.Pid
+	wait := func(d time.Duration) error {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("exited early: %v", err)
+		case <-time.After(d):
+			return nil
+		}
+	}
+	if err := wait(c.warmup); err != nil {
+		return toolRun{}, err
+	}
+	var r toolRun
+	t0, cpu0 := time.Now(), treeCPU(pid)
+	n0, err := count()
+	if err != nil {
+		return toolRun{}, err
+	}
+	for time.Since(t0) < c.duration-c.warmup {
+		if err := wait(time.Second); err != nil {
+			return toolRun{}, err
+		}
+		rss, procs := treeRSS(pid)
+		r.rss, r.procs = max(r.rss, rss), max(r.procs, procs)
+	}
+	n1, err := count()
+	if err != nil {
+		return toolRun{}, err
+	}
+	r.cpu, r.window, r.served = treeCPU(pid)-cpu0, time.Since(t0), n1-n0
+	if c.logs {
+		_, _ = logf.Seek(0, io.SeekStart)
+		b, _ := io.ReadAll(logf)
+		fmt.Printf("%s log (%d bytes), tail:\n%s\n", name, len(b), b[max(0, len(b)-3000):])
+	}
+	if r.served == 0 {
+		return r, fmt.Errorf("no checks reached the servers")
+	}
+	return r, nil
+}
+
+func lvshaConf(c config, dir string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[global]\ncontrol_socket = %q\nlog_level = \"warn\"\n\n", filepath.Join(dir, "lvsha.sock"))
+	fmt.Fprintf(&b, "[[virtual_server]]\naddress = \"10.99.0.1:80\"\nforwarding = \"nat\"\nscheduler = \"rr\"\n\n")
+	// keepalived's connect_timeout is whole seconds and lvsha wants the
+	// timeout below the interval: neither matters while servers answer.
+	fmt.Fprintf(&b, "[virtual_server.check]\ntype = \"http\"\npath = \"/\"\ninterval = \"1s\"\ntimeout = \"900ms\"\nrise = 2\nfall = 3\n\n")
+	for i := range c.targets {
+		fmt.Fprintf(&b, "[[virtual_server.real_server]]\naddress = %q\n", c.addr(i).String())
+	}
+	return b.String()
+}
+
+func keepalivedConf(c config) string {
+	var b strings.Builder
+	b.WriteString("global_defs {\n  router_id bench\n}\n")
+	b.WriteString("virtual_server 10.99.0.1 80 {\n  delay_loop 1\n  lb_algo rr\n  lb_kind NAT\n  protocol TCP\n")
+	for i := range c.targets {
+		a := c.addr(i)
+		fmt.Fprintf(&b, "  real_server %s %d {\n    weight 1\n    HTTP_GET {\n      url {\n        path /\n        status_code 200\n      }\n"+
+			"      connect_timeout 1\n      retry 2\n      delay_before_retry 1\n    }\n  }\n", a.Addr(), a.Port())
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+// treePIDs returns pid and its descendants.
+func treePIDs(pid int) []int {
+	parent := map[int]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		if i := strings.LastIndexByte(s, ')'); i >= 0 {
+			if f := strings.Fields(s[i+1:]); len(f) > 1 {
+				parent[p], _ = strconv.Atoi(f[1])
+			}
+		}
+	}
+	pids := []int{pid}
+	for i := 0; i < len(pids); i++ {
+		for p, pp := range parent {
+			if pp == pids[i] {
+				pids = append(pids, p)
+			}
+		}
+	}
+	return pids
+}
+
+func treeCPU(pid int) time.Duration {
+	var t time.Duration
+	for _, p := range treePIDs(pid) {
+		t += procCPU(p)
+	}
+	return t
+}
+
+func treeRSS(pid int) (int64, int) {
+	pids := treePIDs(pid)
+	var rss int64
+	for _, p := range pids {
+		rss += procRSS(p)
+	}
+	return rss, len(pids)
+}
