@@ -72,13 +72,18 @@ func checkWithin(t *testing.T, spec Spec, target netip.AddrPort, timeout time.Du
 // reactorCheck runs one probe on a reactor of its own.
 func reactorCheck(t *testing.T, p prober, target netip.AddrPort, timeout time.Duration) error {
 	t.Helper()
-	rx, err := newReactor()
+	done := make(chan error, 1)
+	rx, err := newReactor(func(tag any, err error, _ time.Time) {
+		if tag != "probe" {
+			t.Errorf("tag %v, want the one given to start", tag)
+		}
+		done <- err
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rx.close()
-	done := make(chan error, 1)
-	rx.start(p, target, timeout, func(err error) { done <- err })
+	rx.start(p, target, timeout, "probe")
 	return <-done
 }
 

@@ -63,14 +63,27 @@ func (c *httpChecker) host(addr netip.AddrPort) string {
 	if c.spec.Host != "" {
 		return c.spec.Host
 	}
-	ip := addr.Addr().String()
+	return string(c.appendHost(nil, addr))
+}
+
+// appendHost appends the Host header's value for addr: the address, in
+// brackets for IPv6, with the port unless it is the scheme's default.
+func (c *httpChecker) appendHost(b []byte, addr netip.AddrPort) []byte {
+	if c.spec.Host != "" {
+		return append(b, c.spec.Host...)
+	}
 	if addr.Addr().Is6() {
-		ip = "[" + ip + "]"
+		b = append(b, '[')
+		b = addr.Addr().AppendTo(b)
+		b = append(b, ']')
+	} else {
+		b = addr.Addr().AppendTo(b)
 	}
 	if (c.tls == nil && addr.Port() == 80) || (c.tls != nil && addr.Port() == 443) {
-		return ip
+		return b
 	}
-	return ip + ":" + strconv.Itoa(int(addr.Port()))
+	b = append(b, ':')
+	return strconv.AppendUint(b, uint64(addr.Port()), 10)
 }
 
 func (c *httpChecker) Check(ctx context.Context, target netip.AddrPort) error {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -199,7 +200,8 @@ type entry struct {
 	idx     int     // heap index, -1 when not in the heap
 	due     time.Time
 	running bool
-	cancel  context.CancelFunc // of the running check
+	cancel  context.CancelFunc // of the running check, if in a goroutine
+	rxID    uint32             // of the running check, if on the reactor
 	gone    bool               // removed or replaced while running
 
 	up     bool
@@ -211,6 +213,16 @@ type entry struct {
 	lastChange time.Time
 	checks     uint64
 	failures   uint64
+}
+
+// stop cancels the entry's running check, if any.
+func (e *entry) stop(rx *reactor) {
+	if e.cancel != nil {
+		e.cancel()
+	}
+	if e.rxID != 0 && rx != nil {
+		rx.cancel(e.rxID)
+	}
 }
 
 // observe applies one result to the hysteresis and reports whether the state
@@ -288,7 +300,8 @@ type runner struct {
 	// wait for the slots those results would free (starved).
 	rxMu      sync.Mutex
 	rxDone    []result
-	rxRunning int // reactor probes started and not yet finished
+	rxSpare   []result // the runner's: the slice collect last emptied
+	rxRunning int      // reactor probes started and not yet finished
 	starved   atomic.Bool
 	rxKick    chan struct{}
 
@@ -367,6 +380,9 @@ func (r *runner) startReady() {
 	n := 0
 	for ; n < len(r.ready) && r.running < r.m.maxInFlight; n++ {
 		r.start(r.ready[n])
+		if n%64 == 63 {
+			runtime.Gosched() // a long round must not hold up VRRP on one P
+		}
 	}
 	if n > 0 {
 		clear(r.ready[:n])
@@ -381,20 +397,8 @@ func (r *runner) start(e *entry) {
 	r.running++
 	e.running = true
 	if p, ok := e.checker.(prober); ok && p.reactorOK() && r.reactor() != nil {
-		start := time.Now()
 		r.rxRunning++
-		e.cancel = r.rx.start(p, e.addr, e.spec.Timeout, func(err error) {
-			r.rxMu.Lock()
-			r.rxDone = append(r.rxDone, result{e: e, err: err, start: start, end: time.Now()})
-			kick := len(r.rxDone) >= rxBatch || r.starved.Load()
-			r.rxMu.Unlock()
-			if kick {
-				select {
-				case r.rxKick <- struct{}{}:
-				default:
-				}
-			}
-		})
+		e.rxID = r.rx.start(p, e.addr, e.spec.Timeout, e)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, e.spec.Timeout)
@@ -412,9 +416,24 @@ func (r *runner) start(e *entry) {
 
 // reactor returns the epoll reactor, made on first use (so that a Manager
 // with only exec or https checks, or fakes in tests, never has one).
+// rxFinished receives the reactor's results (on its goroutine, or on the
+// runner's from start and cancel).
+func (r *runner) rxFinished(tag any, err error, start time.Time) {
+	r.rxMu.Lock()
+	r.rxDone = append(r.rxDone, result{e: tag.(*entry), err: err, start: start, end: time.Now()})
+	kick := len(r.rxDone) >= rxBatch || r.starved.Load()
+	r.rxMu.Unlock()
+	if kick {
+		select {
+		case r.rxKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
 func (r *runner) reactor() *reactor {
 	if r.rx == nil && !r.noRx {
-		rx, err := newReactor()
+		rx, err := newReactor(r.rxFinished)
 		if err != nil {
 			r.m.log.Warn("health checks: no epoll reactor, one goroutine per check", "err", err)
 			r.noRx = true
@@ -428,7 +447,7 @@ func (r *runner) reactor() *reactor {
 func (r *runner) finish(res result) {
 	r.running--
 	e := res.e
-	e.running, e.cancel = false, nil
+	e.running, e.cancel, e.rxID = false, nil, 0
 	if e.gone || r.ctx.Err() != nil {
 		return
 	}
@@ -525,9 +544,7 @@ func (r *runner) applyUpdate() {
 			continue
 		}
 		e.gone = true
-		if e.cancel != nil {
-			e.cancel()
-		}
+		e.stop(r.rx)
 		if e.idx >= 0 {
 			heap.Remove(&r.heap, e.idx)
 		}
@@ -602,20 +619,19 @@ const rxBatch = 32
 func (r *runner) collect() {
 	r.rxMu.Lock()
 	done := r.rxDone
-	r.rxDone = nil
+	r.rxDone = r.rxSpare
 	r.rxMu.Unlock()
-	for i, res := range done {
+	for _, res := range done {
 		r.rxRunning--
 		r.finish(res)
-		done[i] = result{}
 	}
+	clear(done)
+	r.rxSpare = done[:0]
 }
 
 func (r *runner) shutdown() {
 	for _, e := range r.m.entries {
-		if e.cancel != nil {
-			e.cancel()
-		}
+		e.stop(r.rx)
 	}
 	// A cancelled reactor probe reports at once (from cancel itself);
 	// goroutine checks report when they notice.

@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -29,9 +32,9 @@ import (
 type prober interface {
 	// reactorOK reports whether the reactor can run this check.
 	reactorOK() bool
-	// probe returns the address to connect to and the request to send
-	// (nil: connecting is the whole check).
-	probe(target netip.AddrPort) (addr netip.AddrPort, req []byte)
+	// probe returns the address to connect to and the request to send,
+	// appended to buf (none: connecting is the whole check).
+	probe(buf []byte, target netip.AddrPort) (addr netip.AddrPort, req []byte)
 	// judge decides on the response bytes received so far; errNeedMore
 	// asks for more (eof: the server has closed, no more will come).
 	judge(resp []byte, eof bool) error
@@ -41,17 +44,19 @@ var errNeedMore = errors.New("need more data")
 
 func (c *tcpChecker) reactorOK() bool { return true }
 
-func (c *tcpChecker) probe(target netip.AddrPort) (netip.AddrPort, []byte) {
-	return probeAddr(target, c.port), nil
+func (c *tcpChecker) probe(buf []byte, target netip.AddrPort) (netip.AddrPort, []byte) {
+	return probeAddr(target, c.port), buf[:0]
 }
 
 func (c *tcpChecker) judge([]byte, bool) error { return nil }
 
 func (c *httpChecker) reactorOK() bool { return c.tls == nil }
 
-func (c *httpChecker) probe(target netip.AddrPort) (netip.AddrPort, []byte) {
+func (c *httpChecker) probe(buf []byte, target netip.AddrPort) (netip.AddrPort, []byte) {
 	addr := probeAddr(target, c.spec.Port)
-	return addr, []byte(c.reqPrefix + c.host(addr) + c.reqSuffix)
+	buf = append(buf[:0], c.reqPrefix...)
+	buf = c.appendHost(buf, addr)
+	return addr, append(buf, c.reqSuffix...)
 }
 
 func (c *httpChecker) judge(resp []byte, eof bool) error {
@@ -99,7 +104,23 @@ type probeState struct {
 	max       int
 	stage     string // for a timeout: what was awaited
 	deadline  time.Time
-	done      func(error)
+	started   time.Time
+	tag       any    // the caller's, handed back to done
+	reqBuf    []byte // holds req; kept when the state is recycled
+}
+
+// probePool recycles probe states: one a check is garbage the GC would
+// otherwise collect 10,000 times a second.
+var probePool = sync.Pool{New: func() any { return new(probeState) }}
+
+// finishProbe reports a probe's outcome and recycles its state; the probe
+// is out of the map and its descriptor closed.
+func (rx *reactor) finishProbe(ps *probeState, err error) {
+	putResp(ps.resp)
+	tag, started, buf := ps.tag, ps.started, ps.reqBuf
+	*ps = probeState{reqBuf: buf[:0]}
+	probePool.Put(ps)
+	rx.done(tag, err, started)
 }
 
 // reactor owns an epoll instance and the probes registered with it.
@@ -121,12 +142,15 @@ type reactor struct {
 	stop   bool
 	armed  bool // a read deadline is set to wake the loop for timeouts
 	wg     sync.WaitGroup
+	// done receives each probe's outcome (from the loop, or from start or
+	// cancel themselves), with the tag given to start and its start time.
+	done func(tag any, err error, started time.Time)
 }
 
 // tick bounds how late a probe's deadline may be noticed.
 const tick = 10 * time.Millisecond
 
-func newReactor() (*reactor, error) {
+func newReactor(done func(tag any, err error, started time.Time)) (*reactor, error) {
 	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -142,7 +166,7 @@ func newReactor() (*reactor, error) {
 		f.Close()
 		return nil, err
 	}
-	rx := &reactor{epfd: fd, epf: f, epc: rc, probes: make(map[uint32]*probeState)}
+	rx := &reactor{epfd: fd, epf: f, epc: rc, probes: make(map[uint32]*probeState), done: done}
 	rx.wg.Go(rx.loop)
 	return rx, nil
 }
@@ -179,29 +203,35 @@ func (rx *reactor) close() {
 	rx.wg.Wait()
 	for _, ps := range left {
 		rawClose(ps.fd)
-		ps.done(context.Canceled)
+		rx.finishProbe(ps, context.Canceled)
 	}
 	rx.epf.Close()
 }
 
-// start begins a probe; done is called exactly once with its outcome (from
-// the reactor's goroutine, or from start or cancel themselves). The
-// returned cancel ends the probe early with context.Canceled.
-func (rx *reactor) start(p prober, target netip.AddrPort, timeout time.Duration, done func(error)) (cancel func()) {
-	addr, req := p.probe(target)
+// start begins p's probe of target. rx.done is called exactly once with
+// tag and the outcome, possibly before start returns (then the id is 0).
+// The id ends the probe early through cancel.
+func (rx *reactor) start(p prober, target netip.AddrPort, timeout time.Duration, tag any) (id uint32) {
+	now := time.Now()
+	ps := probePool.Get().(*probeState)
+	addr, req := p.probe(ps.reqBuf, target)
+	*ps = probeState{p: p, req: req, reqBuf: req, max: maxResponse(p), stage: "connect",
+		deadline: now.Add(timeout), started: now, tag: tag}
+	if len(req) == 0 {
+		ps.req = nil
+	}
 	fd, err := connectNonblock(addr)
 	if err != nil {
-		done(stage("connect", err))
-		return func() {}
+		rx.finishProbe(ps, stage("connect", err))
+		return 0
 	}
-	ps := &probeState{fd: fd, p: p, req: req, max: maxResponse(p), stage: "connect",
-		deadline: time.Now().Add(timeout), done: done}
+	ps.fd = fd
 	rx.mu.Lock()
 	if rx.stop {
 		rx.mu.Unlock()
 		rawClose(fd)
-		done(context.Canceled)
-		return func() {}
+		rx.finishProbe(ps, context.Canceled)
+		return 0
 	}
 	rx.nextID++
 	if rx.nextID == noID {
@@ -218,35 +248,41 @@ func (rx *reactor) start(p prober, target netip.AddrPort, timeout time.Duration,
 		delete(rx.probes, ps.id)
 		rx.mu.Unlock()
 		rawClose(fd)
-		done(stage("connect", os.NewSyscallError("epoll_ctl", err)))
-		return func() {}
+		rx.finishProbe(ps, stage("connect", os.NewSyscallError("epoll_ctl", err)))
+		return 0
+	}
+	id = ps.id
+	rx.mu.Unlock()
+	return id
+}
+
+// cancel ends probe id with context.Canceled, unless it has ended already.
+func (rx *reactor) cancel(id uint32) {
+	rx.mu.Lock()
+	ps, ok := rx.probes[id]
+	if ok {
+		delete(rx.probes, id)
 	}
 	rx.mu.Unlock()
-	id := ps.id
-	return func() {
-		rx.mu.Lock()
-		ps, ok := rx.probes[id]
-		if ok {
-			delete(rx.probes, id)
-		}
-		rx.mu.Unlock()
-		if ok {
-			rawClose(ps.fd)
-			ps.done(context.Canceled)
-		}
+	if ok {
+		rawClose(ps.fd)
+		rx.finishProbe(ps, context.Canceled)
 	}
 }
 
 const epollET = 1 << 31 // EPOLLET as the uint32 bit
 
 func connectNonblock(addr netip.AddrPort) (int, error) {
-	family, sa, err := sockaddr(addr)
-	if err != nil {
-		return -1, err
-	}
-	var zone uint32
-	if s6, ok := sa.(*syscall.SockaddrInet6); ok {
-		zone = s6.ZoneId
+	family, zone := syscall.AF_INET, uint32(0)
+	if ip := addr.Addr().Unmap(); !ip.Is4() {
+		family = syscall.AF_INET6
+		if z := ip.Zone(); z != "" {
+			ifi, err := net.InterfaceByName(z)
+			if err != nil {
+				return -1, fmt.Errorf("zone %q: %w", z, err)
+			}
+			zone = uint32(ifi.Index)
+		}
 	}
 	fd, err := rawSocket(family, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_TCP)
 	if err != nil {
@@ -310,11 +346,14 @@ func (rx *reactor) loop() {
 		// otherwise sleep until start (or close) sets a deadline.
 		rx.arm(len(rx.probes) > 0)
 		rx.mu.Unlock()
+		if n == len(events) {
+			// More are waiting: the loop would go on without parking.
+			// Let the others (VRRP above all, on a single P) run first.
+			runtime.Gosched()
+		}
 		for i, f := range out {
 			rawClose(f.ps.fd)
-			putResp(f.ps.resp)
-			f.ps.resp = nil
-			f.ps.done(f.err)
+			rx.finishProbe(f.ps, f.err)
 			out[i] = finished{}
 		}
 		out = out[:0]
