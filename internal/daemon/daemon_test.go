@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -247,6 +248,30 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 		t.Errorf("service not reported in kernel")
 	}
 
+	// Go's profiles are served on the control socket (and only there).
+	pc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := pc.Get("http://lvsha/debug/pprof/heap?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prof, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(prof, []byte("heap profile:")) {
+		t.Errorf("heap profile on the control socket: %s %.200q", resp.Status, prof)
+	}
+
+	if resp, err := http.Get("http://" + metricsAddr + "/debug/pprof/heap"); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("metrics listener serves profiles: %s", resp.Status)
+		}
+	}
+
 	body := scrape(t, metricsAddr)
 	for _, want := range []string{
 		fmt.Sprintf(`lvsha_realserver_up{real_server=%q,service="TCP 10.99.0.1:80"} 0`, b.addr),
@@ -258,7 +283,7 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 		`lvsha_healthcheck_checks_total{real_server="TCP 10.99.0.1:80 -> ` + b.addr + `"}`,
 		`lvsha_ipvs_reconcile_runs_total`,
 		`lvsha_healthcheck_failures_total{real_server="TCP 10.99.0.1:80 -> ` + b.addr + `",reason="connection refused"}`,
-		`lvsha_healthcheck_duration_seconds_count{real_server="TCP 10.99.0.1:80 -> ` + b.addr + `"}`,
+		`lvsha_healthcheck_duration_seconds_count{service="TCP 10.99.0.1:80"}`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s\n%s", want, body)

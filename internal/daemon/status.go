@@ -9,6 +9,7 @@ import (
 	"github.com/lvsha/lvsha/lvs"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 )
 
@@ -128,6 +129,11 @@ func (d *Daemon) controlHandler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(d.status(r.Context()))
 	})
+	// Go's profiles, for diagnosing CPU or memory on a live director:
+	// curl --unix-socket /run/lvsha/lvsha.sock http://lvsha/debug/pprof/heap
+	// Only on the control socket, which only root can open.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	return mux
 }
 

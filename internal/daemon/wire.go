@@ -43,8 +43,11 @@ func vrrpConfig(in conf.VRRPInstance) vrrp.Config {
 
 // realID names a real server of a service, stable across reloads.
 func realID(vs *conf.VirtualServer, rs *conf.RealServer) string {
-	return vs.Key() + " -> " + rs.Addr.String()
+	return vs.Key() + realIDSep + rs.Addr.String()
 }
+
+// realIDSep separates the service from the real server in a realID.
+const realIDSep = " -> "
 
 // healthSpec maps a config check onto the healthcheck package's.
 func healthSpec(c *conf.Check) (healthcheck.Spec, error) {
