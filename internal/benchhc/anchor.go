@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	_ "embed"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,13 +19,54 @@ import (
 	"github.com/lvsha/lvsha/internal/vm"
 )
 
-// The anchor run compares the real lvsha daemon with keepalived's checker
-// doing the same job: the same HTTP targets, checked every second, in the
-// same VM, one after the other. keepalived's checker refuses to start
-// without IPVS, which the build machines' kernel lacks, hence the VM
-// (internal/vm, software-emulated, so every number is many times the
-// host's: compare the columns, not the VM with the host). Checks are
-// counted by the servers, the same way for both.
+// The anchor runs compare the real lvsha daemon with keepalived's checker
+// doing the same job: the same HTTP targets, checked every second, one
+// after the other, each with its own servers in a fresh namespace. Checks
+// are counted by the servers, the same way for both.
+//
+// keepalived's checker refuses to start without IPVS, which the build
+// machines' kernel lacks. On the host (-anchor) it runs with fakeipvs.so
+// preloaded, which answers its IPVS netlink requests (see
+// fakeipvs/fakeipvs.c): its checks are real, its weight changes go
+// nowhere, and lvsha, finding no IPVS, keeps retrying to open it while its
+// checks run. In the VM (-vm) both program real IPVS, but the VM's CPUs
+// are emulated, so compare its columns, not the VM with the host.
+
+//go:embed fakeipvs/fakeipvs.c
+var fakeIPVSSource []byte
+
+// tools says where the two checkers are and what keepalived preloads.
+type tools struct {
+	lvsha, keepalived, preload string
+	where                      string // for the table's title
+}
+
+// runHostAnchor builds fakeipvs.so and compares lvsha (lvshaBin) with
+// keepalived here.
+func runHostAnchor(c config, lvshaBin string) error {
+	lvshaBin, err := filepath.Abs(lvshaBin)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(lvshaBin); err != nil {
+		return fmt.Errorf("lvsha binary (make build): %w", err)
+	}
+	tmp, err := os.MkdirTemp("", "benchhc-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	src := filepath.Join(tmp, "fakeipvs.c")
+	if err := os.WriteFile(src, fakeIPVSSource, 0o644); err != nil {
+		return err
+	}
+	so := filepath.Join(tmp, "fakeipvs.so")
+	if out, err := exec.Command("gcc", "-O2", "-Wall", "-shared", "-fPIC", "-o", so, src, "-ldl").CombinedOutput(); err != nil {
+		return fmt.Errorf("build fakeipvs.so (apt-get install gcc libc6-dev): %w\n%s", err, out)
+	}
+	return runAnchor(c, tools{lvsha: lvshaBin, keepalived: "/usr/sbin/keepalived", preload: so,
+		where: "on this machine; keepalived's IPVS requests answered by fakeipvs.so"})
+}
 
 // runVM builds this benchmark statically and runs the comparison (-role
 // anchor) in the test VM with keepalived and lvshaBin.
@@ -77,28 +119,28 @@ type toolRun struct {
 	procs  int
 }
 
-// runAnchor runs in the VM: each checker in a fresh namespace with its own
-// servers, measured over the same window.
-func runAnchor(c config) error {
+// runAnchor measures each checker in a fresh namespace with its own
+// servers over the same window, and prints the table.
+func runAnchor(c config, t tools) error {
 	version := "keepalived"
-	if out, err := exec.Command("/usr/sbin/keepalived", "-v").CombinedOutput(); err == nil {
+	if out, err := exec.Command(t.keepalived, "-v").CombinedOutput(); err == nil {
 		if f := strings.Fields(string(out)); len(f) >= 2 {
 			version = f[0] + " " + f[1]
 		}
 	}
 	cs, _ := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-	fmt.Printf("guest clocksource: %s", cs)
+	fmt.Printf("clocksource: %s", cs)
 	tools := []string{"lvsha", version}
 	runs := make([]toolRun, len(tools))
 	for i, tool := range tools {
-		r, err := measureTool(c, i == 0)
+		r, err := measureTool(c, t, i == 0)
 		if err != nil {
 			return fmt.Errorf("%s: %w", tool, err)
 		}
 		runs[i] = r
 	}
-	fmt.Printf("\nhealthcheck anchor (in the VM, software-emulated CPUs): %d http targets on loopback, interval 1s, each checker measured for %v after %v warm-up\n\n",
-		c.targets, c.duration-c.warmup, c.warmup)
+	fmt.Printf("\nhealthcheck anchor (%s): %d http targets on loopback, interval 1s, each checker measured for %v after %v warm-up\n\n",
+		t.where, c.targets, c.duration-c.warmup, c.warmup)
 	var rows [][3]string
 	row := func(name string, f func(toolRun) string) {
 		rows = append(rows, [3]string{name, f(runs[0]), f(runs[1])})
@@ -123,7 +165,7 @@ func runAnchor(c config) error {
 
 // measureTool starts the servers and one checker (lvsha or keepalived) in
 // a fresh namespace and measures the checker's process tree.
-func measureTool(c config, lvsha bool) (_ toolRun, err error) {
+func measureTool(c config, t tools, lvsha bool) (_ toolRun, err error) {
 	name := "keepalived"
 	if lvsha {
 		name = "lvsha"
@@ -177,7 +219,7 @@ func measureTool(c config, lvsha bool) (_ toolRun, err error) {
 	var cmd *exec.Cmd
 	if lvsha {
 		err = os.WriteFile(conf, []byte(lvshaConf(c, dir)), 0o644)
-		cmd = exec.Command("/bin/lvsha", "-f", conf)
+		cmd = exec.Command(t.lvsha, "-f", conf)
 		if c.lvshaEnv != "" {
 			cmd.Env = append(os.Environ(), strings.Fields(c.lvshaEnv)...)
 		}
@@ -185,8 +227,11 @@ func measureTool(c config, lvsha bool) (_ toolRun, err error) {
 		err = os.WriteFile(conf, []byte(keepalivedConf(c)), 0o644)
 		// No -l: its log would go to the VM's console; without a syslog
 		// daemon in the guest it goes nowhere.
-		cmd = exec.Command("/usr/sbin/keepalived", "-n", "-C", "-f", conf,
+		cmd = exec.Command(t.keepalived, "-n", "-C", "-f", conf,
 			"-p", filepath.Join(dir, "k.pid"), "-c", filepath.Join(dir, "c.pid"))
+		if t.preload != "" {
+			cmd.Env = append(os.Environ(), "LD_PRELOAD="+t.preload)
+		}
 	}
 	if err != nil {
 		return toolRun{}, err

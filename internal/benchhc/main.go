@@ -48,8 +48,9 @@ func main() {
 	var c config
 	role := flag.String("role", "", "internal: serve (the HTTP servers), check (the checker) or anchor (the VM side of -vm)")
 	inVM := flag.Bool("vm", false, "compare the lvsha daemon with keepalived's checker in the test VM instead")
+	hostAnchor := flag.Bool("anchor", false, "compare the lvsha daemon with keepalived's checker here instead (keepalived with fakeipvs.so)")
 	vmTargets := flag.Int("vm-targets", 300, "real servers for -vm (the VM's CPUs are emulated)")
-	lvshaBin := flag.String("lvsha", "bin/lvsha", "lvsha binary for -vm")
+	lvshaBin := flag.String("lvsha", "bin/lvsha", "lvsha binary for -vm and -anchor")
 	flag.StringVar(&c.lvshaEnv, "lvsha-env", "", "-vm: extra environment for lvsha, e.g. GOMAXPROCS=1")
 	flag.BoolVar(&c.logs, "logs", false, "-vm: print each checker's log")
 	netHTTP := flag.Bool("nethttp", false, "serve with net/http instead of a minimal canned-response server")
@@ -79,10 +80,16 @@ func main() {
 		c.targets = *vmTargets
 		err = runVM(c, *lvshaBin)
 	case *role == "anchor":
-		err = runAnchor(c)
+		err = runAnchor(c, tools{lvsha: "/bin/lvsha", keepalived: "/usr/sbin/keepalived", where: "in the VM, software-emulated CPUs"})
+	case *hostAnchor:
+		err = runHostAnchor(c, *lvshaBin)
 	case *role == "serve":
 		err = runServers(c, *netHTTP)
 	case *role == "check" || c.net == "loopback":
+		// As the daemon does (cmd/lvsha): one P unless GOMAXPROCS is set.
+		if os.Getenv("GOMAXPROCS") == "" {
+			runtime.GOMAXPROCS(1)
+		}
 		err = runBench(c, *cpuprofile, *netHTTP)
 	case c.net == "netns":
 		err = runInNetns()
