@@ -41,10 +41,12 @@ bench: bench-failover bench-healthcheck bench-ipvs
 bench-failover: setup build
 	$(GO) run ./internal/benchfailover -lvsha bin/lvsha
 
-# 10,000 targets on this machine, then lvsha against keepalived's checker
-# side by side in the VM (keepalived's checker needs IPVS).
+# 10,000 targets on the checker alone, then the lvsha daemon against
+# keepalived's checker: here (keepalived with fakeipvs.so) and in the VM
+# (real IPVS, emulated CPUs).
 bench-healthcheck: setup build
-	$(GO) run ./internal/benchhc -net loopback
+	$(GO) run ./internal/benchhc
+	$(GO) run ./internal/benchhc -anchor -lvsha bin/lvsha
 	$(GO) run ./internal/benchhc -vm -lvsha bin/lvsha
 
 bench-ipvs: setup build
