@@ -12,9 +12,11 @@ const rusageThread = 1 // RUSAGE_THREAD
 
 // kernelFloor measures the CPU one HTTP probe costs with nothing but
 // blocking system calls on one locked thread (socket, connect, write, read
-// to EOF, close): what any checker must pay on this machine, since on
-// loopback the kernel also runs the server side of each connection in the
-// sending process. Returns the CPU per probe.
+// to EOF, close), one probe at a time: a reference for the kernel's share
+// of a check on this machine (on loopback it includes the servers' side,
+// which the kernel runs in the sending process). It is not a strict floor:
+// a checker with many probes in flight sleeps and wakes less per probe.
+// Returns the CPU per probe.
 func kernelFloor(c config, n int) (time.Duration, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
