@@ -86,10 +86,6 @@ func main() {
 	case *role == "serve":
 		err = runServers(c, *netHTTP)
 	case *role == "check" || c.net == "loopback":
-		// As the daemon does (cmd/lvsha): one P unless GOMAXPROCS is set.
-		if os.Getenv("GOMAXPROCS") == "" {
-			runtime.GOMAXPROCS(1)
-		}
 		err = runBench(c, *cpuprofile, *netHTTP)
 	case c.net == "netns":
 		err = runInNetns()
