@@ -105,3 +105,49 @@ func TestRunStops(t *testing.T) {
 		}
 	})
 }
+
+// TestProbeRequest checks the request the reactor sends, built into a
+// reused buffer: the Host header leaves out the scheme's default port and
+// brackets IPv6, and a second probe into the same buffer leaves no trace of
+// the first.
+func TestProbeRequest(t *testing.T) {
+	plain, err := newHTTPChecker(Spec{Type: TypeHTTP, Method: "GET", Path: "/h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	named, err := newHTTPChecker(Spec{Type: TypeHTTP, Method: "HEAD", Path: "/", Host: "www.example.com", Port: 8081})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsc, err := newHTTPChecker(Spec{Type: TypeHTTPS, Method: "GET", Path: "/", TLSSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const tail = "\r\nUser-Agent: lvsha-healthcheck\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+	var buf []byte
+	for _, tc := range []struct {
+		c        *httpChecker
+		target   string
+		wantAddr string
+		wantHost string
+		line     string
+	}{
+		{plain, "10.0.0.1:8080", "10.0.0.1:8080", "10.0.0.1:8080", "GET /h"},
+		{plain, "10.0.0.1:80", "10.0.0.1:80", "10.0.0.1", "GET /h"},
+		{plain, "[2001:db8::1]:80", "[2001:db8::1]:80", "[2001:db8::1]", "GET /h"},
+		{plain, "[2001:db8::1]:8080", "[2001:db8::1]:8080", "[2001:db8::1]:8080", "GET /h"},
+		{named, "10.0.0.1:80", "10.0.0.1:8081", "www.example.com", "HEAD /"},
+		{tlsc, "10.0.0.1:443", "10.0.0.1:443", "10.0.0.1", "GET /"},
+		{tlsc, "10.0.0.1:80", "10.0.0.1:80", "10.0.0.1:80", "GET /"},
+	} {
+		addr, req := tc.c.probe(buf, netip.MustParseAddrPort(tc.target))
+		want := tc.line + " HTTP/1.1\r\nHost: " + tc.wantHost + tail
+		if addr.String() != tc.wantAddr || string(req) != want {
+			t.Errorf("%s: probe = %s %q, want %s %q", tc.target, addr, req, tc.wantAddr, want)
+		}
+		if h := tc.c.host(addr); h != tc.wantHost {
+			t.Errorf("%s: host = %q, want %q (the goroutine checker's Host)", tc.target, h, tc.wantHost)
+		}
+		buf = req
+	}
+}
