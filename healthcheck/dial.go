@@ -20,75 +20,75 @@ import (
 // runtime poller through os.NewFile (non-blocking descriptor), so reads,
 // writes and deadlines behave as for a net.Conn.
 func dial(ctx context.Context, addr netip.AddrPort) (*sockConn, error) {
-	family, sa, err := sockaddr(addr)
+	fd, err := connectNonblock(addr)
 	if err != nil {
 		return nil, stage("connect", err)
-	}
-	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_TCP)
-	if err != nil {
-		return nil, stage("connect", os.NewSyscallError("socket", err))
-	}
-	err = syscall.Connect(fd, sa)
-	if err != nil && err != syscall.EINPROGRESS && err != syscall.EINTR {
-		syscall.Close(fd)
-		return nil, stage("connect", os.NewSyscallError("connect", err))
 	}
 	f := os.NewFile(uintptr(fd), "tcp "+addr.String())
 	c := &sockConn{f: f, remote: addr}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = f.SetDeadline(dl)
 	}
-	if err != nil { // in progress: wait until writable, then read the outcome
-		rc, rerr := f.SyscallConn()
-		if rerr != nil {
-			f.Close()
-			return nil, stage("connect", rerr)
+	// Wait until writable (at once if connected already), then read the outcome.
+	rc, rerr := f.SyscallConn()
+	if rerr != nil {
+		f.Close()
+		return nil, stage("connect", rerr)
+	}
+	// RawConn.Write discards readiness seen before it starts, so each
+	// call asks the socket itself: an error, connected (it has a peer),
+	// or still in progress (wait for writability and ask again).
+	var soErr error
+	werr := rc.Write(func(fd uintptr) bool {
+		n, gerr := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ERROR)
+		switch {
+		case gerr != nil:
+			soErr = gerr
+			return true
+		case n != 0 && syscall.Errno(n) != syscall.EINPROGRESS && syscall.Errno(n) != syscall.EALREADY:
+			soErr = syscall.Errno(n)
+			return true
 		}
-		// RawConn.Write discards readiness seen before it starts, so each
-		// call asks the socket itself: an error, connected (it has a peer),
-		// or still in progress (wait for writability and ask again).
-		var soErr error
-		werr := rc.Write(func(fd uintptr) bool {
-			n, gerr := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_ERROR)
-			switch {
-			case gerr != nil:
-				soErr = gerr
-				return true
-			case n != 0 && syscall.Errno(n) != syscall.EINPROGRESS && syscall.Errno(n) != syscall.EALREADY:
-				soErr = syscall.Errno(n)
-				return true
-			}
-			_, perr := syscall.Getpeername(int(fd))
-			return perr == nil
-		})
-		if werr == nil && soErr != nil {
-			werr = os.NewSyscallError("connect", soErr)
+		_, perr := syscall.Getpeername(int(fd))
+		return perr == nil
+	})
+	if werr == nil && soErr != nil {
+		werr = os.NewSyscallError("connect", soErr)
+	}
+	if werr != nil {
+		f.Close()
+		if ctx.Err() != nil && !isTimeout(werr) {
+			werr = ctx.Err()
 		}
-		if werr != nil {
-			f.Close()
-			if ctx.Err() != nil && !isTimeout(werr) {
-				werr = ctx.Err()
-			}
-			return nil, stage("connect", werr)
-		}
+		return nil, stage("connect", werr)
 	}
 	return c, nil
 }
 
-func sockaddr(addr netip.AddrPort) (int, syscall.Sockaddr, error) {
-	ip := addr.Addr().Unmap()
-	if ip.Is4() {
-		return syscall.AF_INET, &syscall.SockaddrInet4{Port: int(addr.Port()), Addr: ip.As4()}, nil
-	}
-	s6 := &syscall.SockaddrInet6{Port: int(addr.Port()), Addr: ip.As16()}
-	if z := ip.Zone(); z != "" {
-		ifi, err := net.InterfaceByName(z)
-		if err != nil {
-			return 0, nil, fmt.Errorf("zone %q: %w", z, err)
+// connectNonblock opens a non-blocking TCP socket and starts connecting it
+// to addr: the one way both the reactor and dial open a connection.
+func connectNonblock(addr netip.AddrPort) (int, error) {
+	family, zone := syscall.AF_INET, uint32(0)
+	if ip := addr.Addr().Unmap(); !ip.Is4() {
+		family = syscall.AF_INET6
+		if z := ip.Zone(); z != "" {
+			ifi, err := net.InterfaceByName(z)
+			if err != nil {
+				return -1, fmt.Errorf("zone %q: %w", z, err)
+			}
+			zone = uint32(ifi.Index)
 		}
-		s6.ZoneId = uint32(ifi.Index)
 	}
-	return syscall.AF_INET6, s6, nil
+	fd, err := rawSocket(family, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_TCP)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	err = rawConnect(fd, addr, zone)
+	if err != nil && err != syscall.EINPROGRESS && err != syscall.EINTR {
+		rawClose(fd)
+		return -1, os.NewSyscallError("connect", err)
+	}
+	return fd, nil
 }
 
 func isTimeout(err error) bool {

@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -271,30 +269,6 @@ func (rx *reactor) cancel(id uint32) {
 }
 
 const epollET = 1 << 31 // EPOLLET as the uint32 bit
-
-func connectNonblock(addr netip.AddrPort) (int, error) {
-	family, zone := syscall.AF_INET, uint32(0)
-	if ip := addr.Addr().Unmap(); !ip.Is4() {
-		family = syscall.AF_INET6
-		if z := ip.Zone(); z != "" {
-			ifi, err := net.InterfaceByName(z)
-			if err != nil {
-				return -1, fmt.Errorf("zone %q: %w", z, err)
-			}
-			zone = uint32(ifi.Index)
-		}
-	}
-	fd, err := rawSocket(family, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_TCP)
-	if err != nil {
-		return -1, os.NewSyscallError("socket", err)
-	}
-	err = rawConnect(fd, addr, zone)
-	if err != nil && err != syscall.EINPROGRESS && err != syscall.EINTR {
-		rawClose(fd)
-		return -1, os.NewSyscallError("connect", err)
-	}
-	return fd, nil
-}
 
 type finished struct {
 	ps  *probeState

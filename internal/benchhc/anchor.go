@@ -44,12 +44,9 @@ type tools struct {
 // runHostAnchor builds fakeipvs.so and compares lvsha (lvshaBin) with
 // keepalived here.
 func runHostAnchor(c config, lvshaBin string) error {
-	lvshaBin, err := filepath.Abs(lvshaBin)
+	lvshaBin, err := lvshaPath(lvshaBin)
 	if err != nil {
 		return err
-	}
-	if _, err := os.Stat(lvshaBin); err != nil {
-		return fmt.Errorf("lvsha binary (make build): %w", err)
 	}
 	tmp, err := os.MkdirTemp("", "benchhc-")
 	if err != nil {
@@ -68,16 +65,26 @@ func runHostAnchor(c config, lvshaBin string) error {
 		where: "on this machine; keepalived's IPVS requests answered by fakeipvs.so"})
 }
 
+// lvshaPath returns the absolute path of the lvsha binary p, which must
+// exist (children run it from other directories).
+func lvshaPath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return "", fmt.Errorf("lvsha binary (make build): %w", err)
+	}
+	return abs, nil
+}
+
 // runVM builds this benchmark statically and runs the comparison (-role
 // anchor) in the test VM with keepalived and lvshaBin.
 func runVM(c config, lvshaBin string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	lvshaBin, err := filepath.Abs(lvshaBin)
+	lvshaBin, err := lvshaPath(lvshaBin)
 	if err != nil {
 		return err
-	}
-	if _, err := os.Stat(lvshaBin); err != nil {
-		return fmt.Errorf("lvsha binary (make build): %w", err)
 	}
 	tmp, err := os.MkdirTemp("", "benchhc-")
 	if err != nil {
@@ -85,10 +92,8 @@ func runVM(c config, lvshaBin string) error {
 	}
 	defer os.RemoveAll(tmp)
 	bin := filepath.Join(tmp, "benchhc")
-	build := exec.Command("go", "build", "-o", bin, "github.com/lvsha/lvsha/internal/benchhc")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("build: %w\n%s", err, out)
+	if err := vm.BuildStatic(context.Background(), "github.com/lvsha/lvsha/internal/benchhc", bin); err != nil {
+		return err
 	}
 	files, err := vm.WithLibs("keepalived")
 	if err != nil {

@@ -59,10 +59,8 @@ func host(log *slog.Logger) error {
 	}
 	defer os.RemoveAll(tmp)
 	bin := filepath.Join(tmp, "benchipvs")
-	build := exec.Command("go", "build", "-o", bin, "github.com/lvsha/lvsha/internal/benchipvs")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("build: %w\n%s", err, out)
+	if err := vm.BuildStatic(context.Background(), "github.com/lvsha/lvsha/internal/benchipvs", bin); err != nil {
+		return err
 	}
 	files, err := vm.WithLibs("ipvsadm")
 	if err != nil {

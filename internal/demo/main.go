@@ -112,14 +112,14 @@ func launch(ctx context.Context, stdout io.Writer, lvsha string, kernelLog bool)
 		if err := e2e.BuildLvsha(ctx, lvsha); err != nil {
 			return vm.Result{}, err
 		}
-	} else if err := e2e.IsStatic(lvsha); err != nil {
+	} else if err := vm.IsStatic(lvsha); err != nil {
 		return vm.Result{}, err
 	}
 	if out, err := exec.CommandContext(ctx, lvsha, "version").Output(); err == nil {
 		fmt.Fprintf(stdout, "using %s (%s)\n", lvsha, strings.TrimSpace(string(out)))
 	}
 	guestBin := filepath.Join(tmp, "lvsha-demo")
-	if err := e2e.BuildStatic(ctx, "github.com/lvsha/lvsha/internal/demo", guestBin); err != nil {
+	if err := vm.BuildStatic(ctx, "github.com/lvsha/lvsha/internal/demo", guestBin); err != nil {
 		return vm.Result{}, err
 	}
 	files, err := e2e.GuestFiles(root, lvsha)
