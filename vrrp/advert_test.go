@@ -13,7 +13,9 @@ import (
 	"testing"
 )
 
-var interopDir = filepath.Join("..", "..", "shared", "interop")
+// interopDir holds packets captured from keepalived 2.2.7 (a copy of the
+// team's shared/interop, so that a clone tests on its own).
+var interopDir = filepath.Join("testdata", "interop")
 
 // vector is one "vrrp" line of keepalived-2.2.7-vectors.txt.
 type vector struct {
