@@ -377,8 +377,13 @@ func testElectionAndFailover(t *testing.T, startDirector starter) {
 	a := startDirector(t, p.a, labConfig("a", 150))
 	b := startDirector(t, p.b, labConfig("b", 100))
 	mastered(t, a, b, 5*time.Second)
-	if st := b.Status(); st.State != Backup || st.Master != addrA.Addr() || st.AdvertsReceived == 0 {
-		t.Fatalf("b: %+v", st)
+	// b may not have had a's first advert yet when a holds the VIP.
+	backup := func() bool {
+		st := b.Status()
+		return st.State == Backup && st.Master == addrA.Addr() && st.AdvertsReceived > 0
+	}
+	if !netns.WaitFor(3*time.Second, 10*time.Millisecond, backup) {
+		t.Fatalf("b: %+v", b.Status())
 	}
 	p.clientSees(t, p.a.MAC, 3*time.Second)
 
