@@ -541,7 +541,9 @@ func TestManagerObserver(t *testing.T) {
 		if err := m.Update([]Target{target(1, fakeSpec(1, 5))}); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(4 * time.Second)
+		// The first check starts at a random offset within the 1 s
+		// interval, so the fourth ends by 1 s + 3 s + 30 ms at the latest.
+		time.Sleep(5 * time.Second)
 		synctest.Wait()
 		mu.Lock()
 		defer mu.Unlock()
