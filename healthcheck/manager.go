@@ -21,6 +21,12 @@ type Target struct {
 	ID   string
 	Addr netip.AddrPort
 	Spec Spec
+	// Resume, if set, is the state the target starts in when it is new to
+	// the Manager, instead of Spec.InitialUp: the verdict an earlier
+	// checker (a checker process that was restarted) had reached, so a
+	// server known DOWN does not come back UP untested. It plays no part in
+	// deciding whether a target changed.
+	Resume *bool
 }
 
 // Transition is a change of a target's state.
@@ -140,6 +146,30 @@ func (m *Manager) Transitions() <-chan Transition { return m.out }
 // (or its CA file unreadable) nothing changes and the error says which.
 // Update never blocks; it may be called before Run.
 func (m *Manager) Update(targets []Target) error {
+	norm, err := normalize(targets)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.desired = norm
+	m.mu.Unlock()
+	select {
+	case m.updates <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Validate reports what Update would reject in targets, without changing
+// anything: a caller that hands targets to a checker elsewhere (another
+// process) can refuse a bad set before it leaves.
+func Validate(targets []Target) error {
+	_, err := normalize(targets)
+	return err
+}
+
+// normalize applies the spec defaults and validates the set.
+func normalize(targets []Target) ([]Target, error) {
 	var errs []error
 	seen := make(map[string]bool, len(targets))
 	norm := make([]Target, len(targets))
@@ -154,17 +184,7 @@ func (m *Manager) Update(targets []Target) error {
 		}
 		norm[i] = t
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	m.mu.Lock()
-	m.desired = norm
-	m.mu.Unlock()
-	select {
-	case m.updates <- struct{}{}:
-	default:
-	}
-	return nil
+	return norm, errors.Join(errs...)
 }
 
 // Snapshot returns the state of every target, sorted by ID.
@@ -535,6 +555,9 @@ func (r *runner) applyUpdate() {
 			cache[key] = sh
 		}
 		e := &entry{id: t.ID, addr: t.Addr, spec: sh.spec, checker: sh.checker, idx: -1, up: t.Spec.InitialUp}
+		if t.Resume != nil && !replaced[t.ID] {
+			e.up = *t.Resume
+		}
 		e.due = now.Add(rand.N(t.Spec.Interval))
 		added = append(added, e)
 	}

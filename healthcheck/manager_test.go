@@ -561,3 +561,45 @@ func TestManagerObserver(t *testing.T) {
 		}
 	})
 }
+
+// TestManagerResume: a new target with Resume starts in that state, not in
+// Spec.InitialUp, and a Resume on a known target changes nothing.
+func TestManagerResume(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newScripted(func(context.Context, netip.AddrPort, int) error { return nil })
+		m, stop := startManager(t, c)
+		defer stop()
+		down, up := false, true
+		r1 := target(1, fakeSpec(2, 1)) // InitialUp true
+		r1.Resume = &down
+		if err := m.Update([]Target{r1}); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if s := state(m, "rs1"); s.Up {
+			t.Fatalf("resumed DOWN target starts %+v", s)
+		}
+		// Two good checks (rise 2) bring it UP, reported as a transition.
+		if tr := <-m.Transitions(); tr.ID != "rs1" || !tr.Up {
+			t.Errorf("transition %+v, want rs1 UP", tr)
+		}
+		if n := c.count(rs(1)); n != 2 {
+			t.Errorf("UP after %d checks, want rise 2", n)
+		}
+		// Already known: Resume is no reason to restart it.
+		r1.Resume = &down
+		r2 := target(2, fakeSpec(1, 1))
+		r2.Spec.InitialUp = false
+		r2.Resume = &up
+		if err := m.Update([]Target{r1, r2}); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		if s := state(m, "rs1"); !s.Up || s.Checks < 2 {
+			t.Errorf("known target reset by Resume: %+v", s)
+		}
+		if s := state(m, "rs2"); !s.Up {
+			t.Errorf("resumed UP target starts %+v", s)
+		}
+	})
+}
