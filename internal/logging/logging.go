@@ -1,4 +1,6 @@
-package daemon
+// Package logging builds lvsha's slog loggers from the config's log level
+// and format, the same way in the daemon and in its checker process.
+package logging
 
 import (
 	"fmt"
@@ -6,9 +8,9 @@ import (
 	"log/slog"
 )
 
-// NewLogger builds the daemon's logger: text (the default, for journald and
+// New builds a logger: text (the default, for journald and
 // terminals) or JSON (for log shippers).
-func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+func New(w io.Writer, level, format string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
