@@ -17,6 +17,8 @@ import (
 
 	"github.com/lvsha/lvsha/conf"
 	"github.com/lvsha/lvsha/internal/daemon"
+	"github.com/lvsha/lvsha/internal/hcproc"
+	"github.com/lvsha/lvsha/internal/logging"
 )
 
 // version is set at build time: -ldflags "-X main.version=$(git describe)".
@@ -66,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runRealserver(args[1:], stdout, stderr)
 		case "status":
 			return runStatus(args[1:], stdout, stderr)
+		case hcproc.ChildArg: // not in the usage: the daemon starts it
+			return hcproc.Main(args[1:], stderr)
 		}
 	}
 
@@ -107,20 +111,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if level != "" {
 		cfg.Global.LogLevel = level
 	}
-	log, err := daemon.NewLogger(stderr, cfg.Global.LogLevel, cfg.Global.LogFormat)
+	log, err := logging.New(stderr, cfg.Global.LogLevel, cfg.Global.LogFormat)
 	if err != nil {
 		return usageErr(stderr, err.Error())
 	}
 	for _, w := range warnings {
 		log.Warn("config", "warning", w.Format(file))
 	}
-	// GOMAXPROCS stays the runtime's (one P per CPU). One P would cost
-	// less CPU per health check (5,000 checks a second: 49 % of a core
-	// against 75 % with two), but then VRRP shares that P with the
-	// checks: with 10 ms adverts and 10,000 checks a second the master's
-	// adverts came late enough for 9 false failovers in 75 s, and none
-	// with two Ps. Setting GOMAXPROCS=1 is for directors whose adverts
-	// are slow enough not to mind.
+	// GOMAXPROCS stays the runtime's (one P per CPU): VRRP must never
+	// wait for a P. The health checks, the bulk of the work, run in a
+	// checker process of their own with one P (see hcproc).
 	// Heap headroom of half the live heap instead of all of it, unless
 	// GOGC says otherwise: the daemon allocates little once running (a
 	// collection every few seconds at 10,000 checks a second, 6 ms of CPU

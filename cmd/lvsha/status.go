@@ -52,6 +52,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 
 func printStatus(w io.Writer, st *daemon.Status) {
 	fmt.Fprintf(w, "lvsha %s, config %s, up since %s\n", st.Version, st.Config, st.Started.Format(time.RFC3339))
+	if st.HealthError != "" {
+		fmt.Fprintf(w, "health checks: %s\n", st.HealthError)
+	}
 	if st.IPVSError != "" {
 		fmt.Fprintf(w, "IPVS: %s\n", st.IPVSError)
 	}

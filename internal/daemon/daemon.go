@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"sync"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/lvsha/lvsha/conf"
 	"github.com/lvsha/lvsha/healthcheck"
+	"github.com/lvsha/lvsha/internal/hcproc"
 	"github.com/lvsha/lvsha/lvs"
 	"github.com/lvsha/lvsha/vrrp"
 )
@@ -33,6 +35,9 @@ type Options struct {
 	// OpenIPVS opens the IPVS table; nil means the kernel's in the current
 	// network namespace. Tests pass an in-memory one.
 	OpenIPVS func() (lvs.Kernel, func(), error)
+	// CheckerCommand starts the health checker process; nil means this
+	// binary as `lvsha checker` (hcproc.Command).
+	CheckerCommand func() *exec.Cmd
 }
 
 // Daemon is a running director.
@@ -45,7 +50,7 @@ type Daemon struct {
 	started time.Time
 	vrrp    map[string]*vrrpRunner // by instance name
 	health  map[string]bool        // by real server ID; absent = no check (up)
-	hc      *healthcheck.Manager
+	hc      *hcproc.Client
 	ipvs    *ipvsPart
 	metrics *metrics
 }
@@ -104,7 +109,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("health checks: %w", err)
 	}
 	hcCtx, hcStop := context.WithCancel(context.WithoutCancel(ctx))
-	d.hc = healthcheck.NewManager(d.log, healthcheck.WithObserver(d.metrics.observeCheck))
+	cmd := d.opts.CheckerCommand
+	if cmd == nil {
+		cmd = hcproc.Command(cfg.Global.LogLevel, cfg.Global.LogFormat)
+	}
+	d.hc = hcproc.NewClient(d.log, cmd)
 	if err := d.hc.Update(targets); err != nil {
 		hcStop()
 		return fmt.Errorf("health checks: %w", err)
@@ -193,7 +202,7 @@ func (d *Daemon) config() *conf.Config {
 
 // resetHealth makes the health map match the targets: kept targets keep
 // their verdict, new ones start in their initial state.
-func (d *Daemon) resetHealth(targets []healthcheck.Target) {
+func (d *Daemon) resetHealth(targets []hcproc.Target) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	next := make(map[string]bool, len(targets))

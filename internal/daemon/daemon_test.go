@@ -290,8 +290,26 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 		}
 	}
 
+	// The checks run in a process of their own. Kill it and let b recover
+	// before its successor runs: the successor must start from b DOWN (the
+	// verdict so far), not from b's initial UP, or it would never report
+	// the recovery and b would stay out of IPVS.
+	old := d.hc.Pid()
+	if old == 0 || old == os.Getpid() {
+		t.Fatalf("checker pid %d (daemon %d)", old, os.Getpid())
+	}
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
 	b.start(t)
+	waitFor(t, "a new checker", func() bool { p := d.hc.Pid(); return p != 0 && p != old })
 	waitFor(t, "b back at weight 5", func() bool { return k.weights(t)[b.addr] == 5 })
+	body = scrape(t, metricsAddr)
+	for _, want := range []string{"lvsha_healthcheck_process_restarts_total 1", "lvsha_healthcheck_process_up 1"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 	if st, err := QueryStatus(ctx, sock); err != nil || st.Services[0].Reals[1].LastResult != "ok" || st.Services[0].Reals[1].Health != "up" {
 		t.Errorf("status after recovery: %+v %v", st.Services[0].Reals[1], err)
 	}

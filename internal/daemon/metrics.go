@@ -6,20 +6,20 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/lvsha/lvsha/internal/hcproc"
 	"github.com/lvsha/lvsha/lvs"
 )
 
 // metrics are lvsha's Prometheus series. Counters that the parts keep
-// themselves (adverts, drops, checks) are read at scrape time from their
-// status; the ones only the daemon sees (IPVS operations, check results) are
-// counted here as they happen.
+// themselves (adverts, drops, checks and their durations, kept by the
+// checker process) are read at scrape time; the ones only the daemon sees
+// (IPVS operations) are counted here as they happen.
 type metrics struct {
 	reg *prometheus.Registry
 
@@ -27,8 +27,6 @@ type metrics struct {
 	ipvsOps     *prometheus.CounterVec
 	ipvsErrors  prometheus.Counter
 	ipvsRepairs prometheus.Counter
-	checkFails  *prometheus.CounterVec
-	checkTime   *prometheus.HistogramVec
 }
 
 func newMetrics(d *Daemon) *metrics {
@@ -46,19 +44,9 @@ func newMetrics(d *Daemon) *metrics {
 		ipvsRepairs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lvsha_ipvs_drift_repairs_total", Help: "Changes made to repair drift of the IPVS table (someone else changed it).",
 		}),
-		checkFails: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "lvsha_healthcheck_failures_total", Help: "Failed health checks, by real server and reason.",
-		}, []string{"real_server", "reason"}),
-		// One histogram per virtual service, not per real server: with
-		// 10,000 real servers that was 150,000 series and half the daemon's
-		// memory. A real server's own last check is in lvsha status.
-		checkTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "lvsha_healthcheck_duration_seconds", Help: "Time a health check took, by virtual service.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-		}, []string{"service"}),
 	}
-	m.reg.MustRegister(m.ipvsRuns, m.ipvsOps, m.ipvsErrors, m.ipvsRepairs, m.checkFails, m.checkTime,
-		&statusCollector{d: d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(m.ipvsRuns, m.ipvsOps, m.ipvsErrors, m.ipvsRepairs,
+		&statusCollector{d: d}, &checkCollector{d: d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
@@ -79,15 +67,54 @@ func (m *metrics) observeApply(rep lvs.Report, err error, repair bool) {
 	}
 }
 
-// observeCheck records one health check result.
-func (m *metrics) observeCheck(id string, took time.Duration, reason string) {
-	if m == nil {
+// checkCollector reads the checker process's statistics at scrape time.
+type checkCollector struct{ d *Daemon }
+
+var (
+	// One histogram per virtual service, not per real server: with
+	// 10,000 real servers that was 150,000 series and half the daemon's
+	// memory. A real server's own last check is in lvsha status.
+	descCheckTime = prometheus.NewDesc("lvsha_healthcheck_duration_seconds",
+		"Time a health check took, by virtual service (since the checker process started).", []string{"service"}, nil)
+	descCheckFails = prometheus.NewDesc("lvsha_healthcheck_failures_total",
+		"Failed health checks, by real server and reason (since the checker process started).", []string{"real_server", "reason"}, nil)
+	descCheckerRestarts = prometheus.NewDesc("lvsha_healthcheck_process_restarts_total",
+		"Times the health checker process was restarted after it died or stopped answering.", nil, nil)
+	descCheckerUp = prometheus.NewDesc("lvsha_healthcheck_process_up",
+		"1 if the health checker process answered this scrape.", nil, nil)
+)
+
+func (c *checkCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descCheckTime, descCheckFails, descCheckerRestarts, descCheckerUp} {
+		ch <- d
+	}
+}
+
+func (c *checkCollector) Collect(ch chan<- prometheus.Metric) {
+	hc := c.d.hc
+	if hc == nil {
 		return
 	}
-	service, _, _ := strings.Cut(id, realIDSep)
-	m.checkTime.WithLabelValues(service).Observe(took.Seconds())
-	if reason != "" {
-		m.checkFails.WithLabelValues(id, reason).Inc()
+	ch <- prometheus.MustNewConstMetric(descCheckerRestarts, prometheus.CounterValue, float64(hc.Restarts()))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := hc.Stats(ctx)
+	if err != nil {
+		ch <- prometheus.MustNewConstMetric(descCheckerUp, prometheus.GaugeValue, 0)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descCheckerUp, prometheus.GaugeValue, 1)
+	for service, h := range st.Durations {
+		buckets := make(map[float64]uint64, len(hcproc.Buckets))
+		for i, le := range hcproc.Buckets {
+			if i < len(h.Counts) {
+				buckets[le] = h.Counts[i]
+			}
+		}
+		ch <- prometheus.MustNewConstHistogram(descCheckTime, h.Count, h.Sum, buckets, service)
+	}
+	for _, f := range st.Failures {
+		ch <- prometheus.MustNewConstMetric(descCheckFails, prometheus.CounterValue, float64(f.N), f.ID, f.Reason)
 	}
 }
 

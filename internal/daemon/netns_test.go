@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -171,6 +172,22 @@ func TestReloadKeepsMasterAndStatusAndMetrics(t *testing.T) {
 	if err != nil || attr.Policy != unix.SCHED_RR || attr.Priority != 10 {
 		t.Errorf("director scheduling: %+v %v, want SCHED_RR priority 10", attr, err)
 	}
+	// Its health checker is a child process under normal scheduling, on
+	// every thread.
+	checker := checkerOf(t, d1.cmd.Process.Pid)
+	if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", checker)); !strings.Contains(string(cmd), "\x00checker\x00") {
+		t.Errorf("checker command line %q", cmd)
+	}
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", checker))
+	for _, task := range tasks {
+		tid, _ := strconv.Atoi(task.Name())
+		if attr, err := unix.SchedGetAttr(tid, 0); err != nil || attr.Policy != unix.SCHED_NORMAL {
+			t.Errorf("checker thread %d scheduling %+v %v, want SCHED_NORMAL", tid, attr, err)
+		}
+	}
+	if len(tasks) == 0 {
+		t.Errorf("checker %d has no threads", checker)
+	}
 	if fi, err := os.Stat(d1.sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("control socket mode: %v %v", fi.Mode(), err)
 	}
@@ -242,6 +259,10 @@ address = "10.98.0.20:80"
 	if err := <-d1.done; err != nil {
 		t.Errorf("lvsha exited with %v after SIGTERM", err)
 	}
+	// The daemon waited for its checker to exit.
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", checker)); err == nil && !strings.Contains(string(b), ") Z ") {
+		t.Errorf("checker %d outlived the daemon: %s", checker, b)
+	}
 	waitCond(t, "d2 MASTER", func() bool { return d2.vrrp(t).State == "MASTER" })
 	if ok, _ := n1.HasAddr("eth0", vip); ok {
 		t.Error("the stopped director still holds the VIP")
@@ -252,4 +273,27 @@ address = "10.98.0.20:80"
 	if c := d2.vrrp(t).LastCause; !strings.Contains(c, "priority 0") {
 		t.Errorf("takeover cause %q, want the priority-0 advert", c)
 	}
+}
+
+// checkerOf returns the pid of the one child process of pid (the checker),
+// whichever of its threads started it.
+func checkerOf(t *testing.T, pid int) int {
+	t.Helper()
+	var kids []string
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		kids = append(kids, strings.Fields(string(b))...)
+	}
+	if len(kids) != 1 {
+		t.Fatalf("director %d has children %q, want its checker only", pid, kids)
+	}
+	child, err := strconv.Atoi(kids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return child
 }

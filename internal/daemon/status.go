@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"maps"
 
 	"encoding/json"
 	"fmt"
@@ -22,6 +23,8 @@ type Status struct {
 	Services []ServiceStatus `json:"services"`
 	// IPVSError says why the IPVS table could not be read or programmed.
 	IPVSError string `json:"ipvs_error,omitempty"`
+	// HealthError says why the checker process gave no details.
+	HealthError string `json:"health_error,omitempty"`
 }
 
 // VRRPStatus is one VRRP instance.
@@ -79,10 +82,17 @@ func (d *Daemon) status(ctx context.Context) Status {
 	}
 	hs := map[string]healthcheck.TargetState{}
 	if d.hc != nil {
-		for _, t := range d.hc.Snapshot() {
+		snap, err := d.hc.Snapshot(ctx)
+		if err != nil {
+			st.HealthError = err.Error()
+		}
+		for _, t := range snap {
 			hs[t.ID] = t
 		}
 	}
+	d.mu.Lock()
+	health := maps.Clone(d.health)
+	d.mu.Unlock()
 	var snap lvs.Snapshot
 	ipvsOK := false
 	if d.ipvs != nil {
@@ -100,11 +110,15 @@ func (d *Daemon) status(ctx context.Context) Status {
 			if kd, ok := ks.Dest(rs.Addr); ok {
 				r.KernelWeight, r.ActiveConns, r.InactiveConns = kd.Weight, kd.ActiveConns, kd.InactConns
 			}
-			if h, ok := hs[realID(vs, rs)]; ok {
+			// Health is the daemon's verdict, the one IPVS follows; the
+			// checker process adds the details.
+			if up, ok := health[realID(vs, rs)]; ok {
 				r.Health = "down"
-				if h.Up {
+				if up {
 					r.Health = "up"
 				}
+			}
+			if h, ok := hs[realID(vs, rs)]; ok {
 				r.LastError, r.LastTransition, r.LastCheck, r.Checks = h.LastError, h.LastChange, h.LastCheck, h.Checks
 				switch {
 				case h.LastCheck.IsZero():

@@ -7,6 +7,7 @@ import (
 
 	"github.com/lvsha/lvsha/conf"
 	"github.com/lvsha/lvsha/healthcheck"
+	"github.com/lvsha/lvsha/internal/hcproc"
 	"github.com/lvsha/lvsha/vrrp"
 )
 
@@ -82,8 +83,8 @@ func healthSpec(c *conf.Check) (healthcheck.Spec, error) {
 }
 
 // healthTargets lists every real server that has a check.
-func healthTargets(cfg *conf.Config) ([]healthcheck.Target, error) {
-	var out []healthcheck.Target
+func healthTargets(cfg *conf.Config) ([]hcproc.Target, error) {
+	var out []hcproc.Target
 	for i := range cfg.Services {
 		vs := &cfg.Services[i]
 		for j := range vs.Reals {
@@ -95,7 +96,10 @@ func healthTargets(cfg *conf.Config) ([]healthcheck.Target, error) {
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", realID(vs, rs), err)
 			}
-			out = append(out, healthcheck.Target{ID: realID(vs, rs), Addr: rs.Addr, Spec: spec})
+			out = append(out, hcproc.Target{
+				Target: healthcheck.Target{ID: realID(vs, rs), Addr: rs.Addr, Spec: spec},
+				Group:  vs.Key(),
+			})
 		}
 	}
 	return out, nil

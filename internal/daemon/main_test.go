@@ -1,0 +1,15 @@
+package daemon
+
+import (
+	"os"
+	"testing"
+
+	"github.com/lvsha/lvsha/internal/hcproc"
+)
+
+// TestMain lets a daemon under test start this test binary as its health
+// checker process, the way the lvsha binary starts itself.
+func TestMain(m *testing.M) {
+	hcproc.RunChildIfAsked()
+	os.Exit(m.Run())
+}

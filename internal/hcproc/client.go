@@ -1,0 +1,459 @@
+package hcproc
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lvsha/lvsha/healthcheck"
+)
+
+// Timeouts of the supervision.
+const (
+	// callTimeout bounds a request the daemon waits for (an update on
+	// reload); the child answers in milliseconds unless it is wedged.
+	callTimeout = 10 * time.Second
+	// pingEvery and pingTimeout: a child that does not answer a ping
+	// within pingTimeout is killed and restarted.
+	pingEvery   = 2 * time.Second
+	pingTimeout = 10 * time.Second
+	// stopTimeout is how long a child gets to exit after its socket closes.
+	stopTimeout = 3 * time.Second
+	// Restart delays: minBackoff after a crash, doubling to maxBackoff
+	// while the child keeps dying within stableAfter of its start.
+	minBackoff  = 100 * time.Millisecond
+	maxBackoff  = 10 * time.Second
+	stableAfter = 10 * time.Second
+)
+
+// ErrNoChild is returned by calls made while the checker process is being
+// restarted.
+var ErrNoChild = errors.New("health checker process not running")
+
+// Client runs the checker child process and talks to it. Create it with
+// NewClient, call Update and Run.
+type Client struct {
+	log *slog.Logger
+	cmd func() *exec.Cmd
+	// pingEvery and pingTimeout are the consts, shorter in tests.
+	pingEvery, pingTimeout time.Duration
+
+	updMu   sync.Mutex // serialises updates, including the one a new child gets
+	mu      sync.Mutex
+	desired []Target
+	verdict map[string]bool // by target ID: the last state the child reported
+	child   *child
+
+	qmu    sync.Mutex
+	queue  []string                          // IDs with a transition not yet delivered, oldest first
+	queued map[string]healthcheck.Transition // the latest transition of each queued ID
+	kick   chan struct{}
+	out    chan healthcheck.Transition
+
+	reqID    atomic.Uint64
+	restarts atomic.Uint64
+}
+
+// NewClient returns a Client whose child is started by cmd (see Command).
+func NewClient(log *slog.Logger, cmd func() *exec.Cmd) *Client {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Client{log: log, cmd: cmd, pingEvery: pingEvery, pingTimeout: pingTimeout, verdict: map[string]bool{}, queued: map[string]healthcheck.Transition{},
+		kick: make(chan struct{}, 1), out: make(chan healthcheck.Transition)}
+}
+
+// Transitions returns the state changes reported by the child, in order,
+// at most one pending per target (a newer one replaces it). It is closed
+// when Run returns.
+func (c *Client) Transitions() <-chan healthcheck.Transition { return c.out }
+
+// Restarts is the number of times the child was restarted.
+func (c *Client) Restarts() uint64 { return c.restarts.Load() }
+
+// Pid is the child's process ID, 0 while none runs.
+func (c *Client) Pid() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.child == nil {
+		return 0
+	}
+	return c.child.cmd.Process.Pid
+}
+
+// Update replaces the set of targets, as healthcheck.Manager.Update does.
+// An invalid set is refused here and changes nothing. A valid one is
+// handed to the child, or kept for the next child if none is running.
+func (c *Client) Update(targets []Target) error {
+	hts := make([]healthcheck.Target, len(targets))
+	for i, t := range targets {
+		hts[i] = t.Target
+	}
+	if err := healthcheck.Validate(hts); err != nil {
+		return err
+	}
+	c.updMu.Lock()
+	defer c.updMu.Unlock()
+	c.mu.Lock()
+	prevDesired, prevVerdict := c.desired, c.verdict
+	c.desired = targets
+	c.verdict = make(map[string]bool, len(targets))
+	for _, t := range targets {
+		up, ok := prevVerdict[t.ID]
+		if !ok {
+			up = t.Spec.InitialUp
+		}
+		c.verdict[t.ID] = up
+	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	wts := make([]wireTarget, len(targets))
+	for i, t := range targets {
+		wts[i] = toWire(t, nil)
+	}
+	reply, err := c.call(ctx, request{Op: "update", Targets: wts})
+	switch {
+	case errors.Is(err, ErrNoChild):
+		return nil // the next child starts from desired
+	case err != nil:
+		c.log.Warn("health checks: update not confirmed by the checker process; its restart will apply it", "err", err)
+		return nil
+	case reply.Err != "":
+		c.mu.Lock()
+		c.desired, c.verdict = prevDesired, prevVerdict
+		c.mu.Unlock()
+		return fmt.Errorf("checker process: %s", reply.Err)
+	}
+	return nil
+}
+
+// Snapshot returns the state of every target from the child.
+func (c *Client) Snapshot(ctx context.Context) ([]healthcheck.TargetState, error) {
+	reply, err := c.call(ctx, request{Op: "snapshot"})
+	if err != nil {
+		return nil, err
+	}
+	return reply.Snapshot, nil
+}
+
+// Stats returns the child's check statistics.
+func (c *Client) Stats(ctx context.Context) (*Stats, error) {
+	reply, err := c.call(ctx, request{Op: "stats"})
+	if err != nil {
+		return nil, err
+	}
+	if reply.Stats == nil {
+		return nil, errors.New("checker process: empty stats reply")
+	}
+	return reply.Stats, nil
+}
+
+// Run starts the child and keeps one running until ctx is done, then
+// closes its socket (the child stops its checks and exits) and returns.
+func (c *Client) Run(ctx context.Context) error {
+	defer close(c.out)
+	fwdDone := make(chan struct{})
+	fwdCtx, fwdStop := context.WithCancel(context.Background())
+	go func() { defer close(fwdDone); c.forward(fwdCtx) }()
+	defer func() { fwdStop(); <-fwdDone }()
+
+	backoff := minBackoff
+	for {
+		started := time.Now()
+		ch, err := c.start()
+		if err != nil {
+			c.log.Error("health checks: cannot start the checker process", "err", err, "retry_in", backoff)
+		} else {
+			err = c.supervise(ctx, ch)
+			if ctx.Err() != nil {
+				return nil
+			}
+			c.log.Error("health checks: checker process stopped; restarting it", "pid", ch.cmd.Process.Pid, "err", err)
+		}
+		if time.Since(started) > stableAfter {
+			backoff = minBackoff
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, maxBackoff)
+		c.restarts.Add(1)
+	}
+}
+
+// child is one running checker process.
+type child struct {
+	cmd     *exec.Cmd
+	conn    net.Conn
+	wmu     sync.Mutex
+	enc     *json.Encoder
+	pmu     sync.Mutex
+	pending map[uint64]chan message
+	dead    chan struct{} // closed when the reader stops
+	exited  chan error    // receives cmd.Wait's result
+}
+
+// start runs a child and gives it the current targets, with the verdicts
+// reached so far as their starting states.
+func (c *Client) start() (*child, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socketpair: %w", err)
+	}
+	mine, theirs := os.NewFile(uintptr(fds[0]), "checker"), os.NewFile(uintptr(fds[1]), "checker")
+	conn, err := net.FileConn(mine)
+	_ = mine.Close()
+	if err != nil {
+		_ = theirs.Close()
+		return nil, fmt.Errorf("checker socket: %w", err)
+	}
+	cmd := c.cmd()
+	cmd.ExtraFiles = []*os.File{theirs} // fd 3 in the child
+	if cmd.Stderr == nil {
+		cmd.Stderr = os.Stderr
+	}
+	err = cmd.Start()
+	_ = theirs.Close()
+	if err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("checker process: %w", err)
+	}
+	ch := &child{cmd: cmd, conn: conn, enc: json.NewEncoder(conn), pending: map[uint64]chan message{},
+		dead: make(chan struct{}), exited: make(chan error, 1)}
+	go func() { ch.exited <- cmd.Wait() }()
+	go c.read(ch)
+	c.log.Debug("health checks: checker process started", "pid", cmd.Process.Pid)
+
+	c.updMu.Lock()
+	defer c.updMu.Unlock()
+	c.mu.Lock()
+	wts := make([]wireTarget, len(c.desired))
+	for i, t := range c.desired {
+		up := c.verdict[t.ID]
+		wts[i] = toWire(t, &up)
+	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	reply, err := c.callChild(ctx, ch, request{Op: "update", Targets: wts})
+	if err == nil && reply.Err != "" {
+		err = errors.New(reply.Err)
+	}
+	if err != nil {
+		// Update validated these targets, so this is a broken child.
+		_ = c.stopChild(ch, true)
+		return nil, fmt.Errorf("checker process: initial targets: %w", err)
+	}
+	// Only now is it the child others talk to: its first request was
+	// the targets.
+	c.mu.Lock()
+	c.child = ch
+	c.mu.Unlock()
+	return ch, nil
+}
+
+// supervise waits until the child dies, stops answering pings, or ctx is
+// done; the child is gone when it returns.
+func (c *Client) supervise(ctx context.Context, ch *child) error {
+	tick := time.NewTicker(c.pingEvery)
+	defer tick.Stop()
+	var cause error
+	wedged := false
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-ch.dead:
+			cause = errors.New("its socket closed")
+			break loop
+		case err := <-ch.exited:
+			ch.exited <- err // for stopChild
+			cause = fmt.Errorf("exited: %w", exitErr(err))
+			break loop
+		case <-tick.C:
+			pctx, cancel := context.WithTimeout(ctx, c.pingTimeout)
+			_, err := c.callChild(pctx, ch, request{Op: "ping"})
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				cause = fmt.Errorf("no answer to a ping: %w", err)
+				wedged = true
+				break loop
+			}
+		}
+	}
+	if err := c.stopChild(ch, wedged); cause != nil && err != nil {
+		cause = fmt.Errorf("%w (%w)", cause, exitErr(err))
+	}
+	return cause
+}
+
+func exitErr(err error) error {
+	if err == nil {
+		return errors.New("exit status 0")
+	}
+	return err
+}
+
+// stopChild closes the child's socket, gives it stopTimeout to exit (none
+// if it is wedged), then kills it; it returns what Wait returned.
+func (c *Client) stopChild(ch *child, wedged bool) error {
+	c.mu.Lock()
+	if c.child == ch {
+		c.child = nil
+	}
+	c.mu.Unlock()
+	_ = ch.conn.Close()
+	if wedged {
+		_ = ch.cmd.Process.Kill()
+	}
+	select {
+	case err := <-ch.exited:
+		return err
+	case <-time.After(stopTimeout):
+		_ = ch.cmd.Process.Kill()
+		return <-ch.exited
+	}
+}
+
+// read dispatches the child's messages until its socket closes.
+func (c *Client) read(ch *child) {
+	defer func() {
+		ch.pmu.Lock()
+		close(ch.dead)
+		ch.pmu.Unlock()
+	}()
+	dec := json.NewDecoder(bufio.NewReaderSize(ch.conn, 64<<10))
+	for {
+		var msg message
+		if err := dec.Decode(&msg); err != nil {
+			return
+		}
+		if msg.Reply != 0 {
+			ch.pmu.Lock()
+			w := ch.pending[msg.Reply]
+			delete(ch.pending, msg.Reply)
+			ch.pmu.Unlock()
+			if w != nil {
+				w <- msg
+			}
+			continue
+		}
+		if msg.Transition != nil {
+			c.transition(*msg.Transition)
+		}
+	}
+}
+
+func (c *Client) call(ctx context.Context, req request) (message, error) {
+	c.mu.Lock()
+	ch := c.child
+	c.mu.Unlock()
+	if ch == nil {
+		return message{}, ErrNoChild
+	}
+	return c.callChild(ctx, ch, req)
+}
+
+func (c *Client) callChild(ctx context.Context, ch *child, req request) (message, error) {
+	req.ID = c.reqID.Add(1)
+	w := make(chan message, 1)
+	ch.pmu.Lock()
+	select {
+	case <-ch.dead:
+		ch.pmu.Unlock()
+		return message{}, ErrNoChild
+	default:
+	}
+	ch.pending[req.ID] = w
+	ch.pmu.Unlock()
+	defer func() {
+		ch.pmu.Lock()
+		delete(ch.pending, req.ID)
+		ch.pmu.Unlock()
+	}()
+	ch.wmu.Lock()
+	if d, ok := ctx.Deadline(); ok {
+		_ = ch.conn.SetWriteDeadline(d)
+	}
+	err := ch.enc.Encode(req)
+	_ = ch.conn.SetWriteDeadline(time.Time{})
+	ch.wmu.Unlock()
+	if err != nil {
+		return message{}, fmt.Errorf("checker process: %w", err)
+	}
+	select {
+	case msg := <-w:
+		return msg, nil
+	case <-ch.dead:
+		return message{}, ErrNoChild
+	case <-ctx.Done():
+		return message{}, fmt.Errorf("checker process: %s: %w", req.Op, ctx.Err())
+	}
+}
+
+// transition records a state change and queues it for Transitions.
+func (c *Client) transition(tr healthcheck.Transition) {
+	c.mu.Lock()
+	_, known := c.verdict[tr.ID]
+	if known {
+		c.verdict[tr.ID] = tr.Up
+	}
+	c.mu.Unlock()
+	if !known {
+		return // removed by an update since
+	}
+	c.qmu.Lock()
+	if _, ok := c.queued[tr.ID]; !ok {
+		c.queue = append(c.queue, tr.ID)
+	}
+	c.queued[tr.ID] = tr
+	c.qmu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// forward delivers queued transitions to Transitions. The reader never
+// waits for the daemon, so a daemon busy in Update (which waits for the
+// reader) cannot deadlock with it.
+func (c *Client) forward(ctx context.Context) {
+	for {
+		c.qmu.Lock()
+		var tr healthcheck.Transition
+		have := len(c.queue) > 0
+		if have {
+			tr = c.queued[c.queue[0]]
+			delete(c.queued, c.queue[0])
+			c.queue = c.queue[1:]
+		}
+		c.qmu.Unlock()
+		if !have {
+			select {
+			case <-c.kick:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		select {
+		case c.out <- tr:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
