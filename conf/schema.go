@@ -109,6 +109,7 @@ type RealServer struct {
 	Addr netip.AddrPort `toml:"-"`
 	// Check is the effective check (service check + override), nil = none:
 	// the real server is always up, as in keepalived without a checker.
+	// Without an override it is the service's own Check, shared: read-only.
 	Check *Check `toml:"-"`
 }
 

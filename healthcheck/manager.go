@@ -160,14 +160,6 @@ func (m *Manager) Update(targets []Target) error {
 	return nil
 }
 
-// Validate reports what Update would reject in targets, without changing
-// anything: a caller that hands targets to a checker elsewhere (another
-// process) can refuse a bad set before it leaves.
-func Validate(targets []Target) error {
-	_, err := normalize(targets)
-	return err
-}
-
 // normalize applies the spec defaults and validates the set.
 func normalize(targets []Target) ([]Target, error) {
 	var errs []error

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -120,7 +121,9 @@ type toolRun struct {
 	cpu    time.Duration
 	window time.Duration
 	served uint64
-	rss    int64 // peak of the process tree's VmRSS samples
+	rss    int64   // peak of the process tree's VmRSS samples
+	rssBy  []int64 // peak of each process's, the oldest first
+	pss    int64   // peak of the tree's PSS
 	procs  int
 }
 
@@ -162,7 +165,15 @@ func runAnchor(c config, t tools) error {
 		}
 		return fmt.Sprintf("%.0f µs", float64(r.cpu.Microseconds())/float64(r.served))
 	})
-	row("RSS, peak of 1 s samples (whole process tree)", func(r toolRun) string { return fmt.Sprintf("%.1f MB", mb(r.rss)) })
+	row("memory: PSS of the process tree, peak of 1 s samples", func(r toolRun) string { return fmt.Sprintf("%.1f MB", mb(r.pss)) })
+	row("RSS of the process tree (shared pages counted in each)", func(r toolRun) string { return fmt.Sprintf("%.1f MB", mb(r.rss)) })
+	row("RSS by process, peak of each (the main one first)", func(r toolRun) string {
+		var parts []string
+		for _, v := range r.rssBy {
+			parts = append(parts, fmt.Sprintf("%.1f", mb(v)))
+		}
+		return strings.Join(parts, " + ") + " MB"
+	})
 	row("processes", func(r toolRun) string { return strconv.Itoa(r.procs) })
 	printTable([3]string{"metric", "lvsha", version}, rows)
 	return nil
@@ -289,8 +300,15 @@ func measureTool(c config, t tools, lvsha bool) (_ toolRun, err error) {
 		if err := wait(time.Second); err != nil {
 			return toolRun{}, err
 		}
-		rss, procs := treeRSS(pid)
-		r.rss, r.procs = max(r.rss, rss), max(r.procs, procs)
+		rss, by := treeRSS(pid)
+		r.rss, r.procs = max(r.rss, rss), max(r.procs, len(by))
+		r.pss = max(r.pss, treePSS(pid))
+		for i, v := range by {
+			if i == len(r.rssBy) {
+				r.rssBy = append(r.rssBy, 0)
+			}
+			r.rssBy[i] = max(r.rssBy[i], v)
+		}
 	}
 	n1, err := count()
 	if err != nil {
@@ -373,11 +391,24 @@ func treeCPU(pid int) time.Duration {
 	return t
 }
 
-func treeRSS(pid int) (int64, int) {
-	pids := treePIDs(pid)
-	var rss int64
-	for _, p := range pids {
-		rss += procRSS(p)
+func treePSS(pid int) int64 {
+	var pss int64
+	for _, p := range treePIDs(pid) {
+		pss += procPSS(p)
 	}
-	return rss, len(pids)
+	return pss
+}
+
+// treeRSS returns the RSS of pid's process tree and of each process in it,
+// in pid order (a parent before the children it started since).
+func treeRSS(pid int) (int64, []int64) {
+	pids := treePIDs(pid)
+	slices.Sort(pids[1:])
+	var rss int64
+	by := make([]int64, len(pids))
+	for i, p := range pids {
+		by[i] = procRSS(p)
+		rss += by[i]
+	}
+	return rss, by
 }

@@ -83,23 +83,28 @@ func healthSpec(c *conf.Check) (healthcheck.Spec, error) {
 }
 
 // healthTargets lists every real server that has a check.
+// Real servers sharing a config check share its Spec.
 func healthTargets(cfg *conf.Config) ([]hcproc.Target, error) {
 	var out []hcproc.Target
+	specs := map[*conf.Check]*healthcheck.Spec{}
 	for i := range cfg.Services {
 		vs := &cfg.Services[i]
+		group := vs.Key()
 		for j := range vs.Reals {
 			rs := &vs.Reals[j]
 			if rs.Check == nil {
 				continue
 			}
-			spec, err := healthSpec(rs.Check)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", realID(vs, rs), err)
+			spec := specs[rs.Check]
+			if spec == nil {
+				s, err := healthSpec(rs.Check)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", realID(vs, rs), err)
+				}
+				spec = &s
+				specs[rs.Check] = spec
 			}
-			out = append(out, hcproc.Target{
-				Target: healthcheck.Target{ID: realID(vs, rs), Addr: rs.Addr, Spec: spec},
-				Group:  vs.Key(),
-			})
+			out = append(out, hcproc.Target{ID: realID(vs, rs), Addr: rs.Addr, Spec: spec, Group: group})
 		}
 	}
 	return out, nil

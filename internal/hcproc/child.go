@@ -48,6 +48,9 @@ func RunChildIfAsked() {
 // Main is the checker process: it serves the daemon on fd 3 until the
 // daemon closes it. It returns the exit code.
 func Main(args []string, stderr io.Writer) int {
+	// No heap profiling here (nothing serves it): its bucket table alone
+	// is over a megabyte.
+	runtime.MemProfileRate = 0
 	fs := flag.NewFlagSet("lvsha "+ChildArg, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	level := fs.String("log-level", "info", "")

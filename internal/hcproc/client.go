@@ -1,15 +1,15 @@
 package hcproc
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -95,11 +95,7 @@ func (c *Client) Pid() int {
 // An invalid set is refused here and changes nothing. A valid one is
 // handed to the child, or kept for the next child if none is running.
 func (c *Client) Update(targets []Target) error {
-	hts := make([]healthcheck.Target, len(targets))
-	for i, t := range targets {
-		hts[i] = t.Target
-	}
-	if err := healthcheck.Validate(hts); err != nil {
+	if err := validate(targets); err != nil {
 		return err
 	}
 	c.updMu.Lock()
@@ -118,11 +114,7 @@ func (c *Client) Update(targets []Target) error {
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	wts := make([]wireTarget, len(targets))
-	for i, t := range targets {
-		wts[i] = toWire(t, nil)
-	}
-	reply, err := c.call(ctx, request{Op: "update", Targets: wts})
+	reply, err := c.call(ctx, encodeUpdate(targets, nil))
 	switch {
 	case errors.Is(err, ErrNoChild):
 		return nil // the next child starts from desired
@@ -199,7 +191,6 @@ type child struct {
 	cmd     *exec.Cmd
 	conn    net.Conn
 	wmu     sync.Mutex
-	enc     *json.Encoder
 	pmu     sync.Mutex
 	pending map[uint64]chan message
 	dead    chan struct{} // closed when the reader stops
@@ -231,7 +222,7 @@ func (c *Client) start() (*child, error) {
 		_ = conn.Close()
 		return nil, fmt.Errorf("checker process: %w", err)
 	}
-	ch := &child{cmd: cmd, conn: conn, enc: json.NewEncoder(conn), pending: map[uint64]chan message{},
+	ch := &child{cmd: cmd, conn: conn, pending: map[uint64]chan message{},
 		dead: make(chan struct{}), exited: make(chan error, 1)}
 	go func() { ch.exited <- cmd.Wait() }()
 	go c.read(ch)
@@ -240,15 +231,11 @@ func (c *Client) start() (*child, error) {
 	c.updMu.Lock()
 	defer c.updMu.Unlock()
 	c.mu.Lock()
-	wts := make([]wireTarget, len(c.desired))
-	for i, t := range c.desired {
-		up := c.verdict[t.ID]
-		wts[i] = toWire(t, &up)
-	}
+	req := encodeUpdate(c.desired, func(id string) bool { return c.verdict[id] })
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	reply, err := c.callChild(ctx, ch, request{Op: "update", Targets: wts})
+	reply, err := c.callChild(ctx, ch, req)
 	if err == nil && reply.Err != "" {
 		err = errors.New(reply.Err)
 	}
@@ -262,6 +249,9 @@ func (c *Client) start() (*child, error) {
 	c.mu.Lock()
 	c.child = ch
 	c.mu.Unlock()
+	// The request was this process's garbage of the start (about 1 MB
+	// for 10,000 targets).
+	debug.FreeOSMemory()
 	return ch, nil
 }
 
@@ -336,10 +326,13 @@ func (c *Client) read(ch *child) {
 		close(ch.dead)
 		ch.pmu.Unlock()
 	}()
-	dec := json.NewDecoder(bufio.NewReaderSize(ch.conn, 64<<10))
+	fr := newFrameReader(ch.conn)
 	for {
 		var msg message
-		if err := dec.Decode(&msg); err != nil {
+		if err := fr.read(&msg); err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				c.log.Error("health checks: bad message from the checker process", "err", err)
+			}
 			return
 		}
 		if msg.Reply != 0 {
@@ -389,7 +382,7 @@ func (c *Client) callChild(ctx context.Context, ch *child, req request) (message
 	if d, ok := ctx.Deadline(); ok {
 		_ = ch.conn.SetWriteDeadline(d)
 	}
-	err := ch.enc.Encode(req)
+	err := writeFrame(ch.conn, req)
 	_ = ch.conn.SetWriteDeadline(time.Time{})
 	ch.wmu.Unlock()
 	if err != nil {

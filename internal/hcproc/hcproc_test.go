@@ -68,13 +68,10 @@ func newWeb(t *testing.T, code int) *web {
 func (w *web) addr() netip.AddrPort { return netip.MustParseAddrPort(w.Listener.Addr().String()) }
 
 func target(id string, w *web, initialUp bool) Target {
-	return Target{
-		Target: healthcheck.Target{ID: id, Addr: w.addr(), Spec: healthcheck.Spec{
-			Type: healthcheck.TypeHTTP, Interval: 50 * time.Millisecond, Timeout: time.Second,
-			Rise: 1, Fall: 1, InitialUp: initialUp,
-		}},
-		Group: "svc",
-	}
+	return Target{ID: id, Addr: w.addr(), Group: "svc", Spec: &healthcheck.Spec{
+		Type: healthcheck.TypeHTTP, Interval: 50 * time.Millisecond, Timeout: time.Second,
+		Rise: 1, Fall: 1, InitialUp: initialUp,
+	}}
 }
 
 // run starts c and stops it at the end of the test, checking that its

@@ -14,6 +14,7 @@
 package hcproc
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -23,16 +24,23 @@ import (
 )
 
 // Target is a health check target with the group its statistics are
-// summed under (the daemon uses the virtual service).
+// summed under (the daemon uses the virtual service). Targets with the
+// same check share one Spec, which nobody changes once handed over.
 type Target struct {
-	healthcheck.Target
+	ID    string
+	Addr  netip.AddrPort
+	Spec  *healthcheck.Spec
 	Group string
 }
 
 // request goes from the parent to the child.
 type request struct {
-	ID      uint64       `json:"id"`
-	Op      string       `json:"op"` // update, snapshot, stats, ping
+	ID uint64 `json:"id"`
+	Op string `json:"op"` // update, snapshot, stats, ping
+	// update: each distinct spec and group once, the targets refer to
+	// them by index.
+	Specs   []wireSpec   `json:"specs,omitempty"`
+	Groups  []string     `json:"groups,omitempty"`
 	Targets []wireTarget `json:"targets,omitempty"`
 }
 
@@ -48,9 +56,9 @@ type message struct {
 
 type wireTarget struct {
 	ID     string         `json:"id"`
-	Group  string         `json:"group,omitempty"`
+	Group  int            `json:"group"` // index in request.Groups
 	Addr   netip.AddrPort `json:"addr"`
-	Spec   wireSpec       `json:"spec"`
+	Spec   int            `json:"spec"` // index in request.Specs
 	Resume *bool          `json:"resume,omitempty"`
 }
 
@@ -75,8 +83,35 @@ type wireSpec struct {
 	InitialUp     bool                      `json:"initial_up"`
 }
 
-func toWire(t Target, resume *bool) wireTarget {
-	s := t.Spec
+// encodeUpdate builds an update request, each distinct Spec sent once;
+// resume, if not nil, gives each target's starting state.
+func encodeUpdate(targets []Target, resume func(id string) bool) request {
+	req := request{Op: "update", Targets: make([]wireTarget, len(targets))}
+	index := map[*healthcheck.Spec]int{}
+	groups := map[string]int{}
+	for i, t := range targets {
+		si, ok := index[t.Spec]
+		if !ok {
+			si = len(req.Specs)
+			index[t.Spec] = si
+			req.Specs = append(req.Specs, specToWire(t.Spec))
+		}
+		gi, ok := groups[t.Group]
+		if !ok {
+			gi = len(req.Groups)
+			groups[t.Group] = gi
+			req.Groups = append(req.Groups, t.Group)
+		}
+		req.Targets[i] = wireTarget{ID: t.ID, Group: gi, Addr: t.Addr, Spec: si}
+		if resume != nil {
+			up := resume(t.ID)
+			req.Targets[i].Resume = &up
+		}
+	}
+	return req
+}
+
+func specToWire(s *healthcheck.Spec) wireSpec {
 	ws := wireSpec{
 		Type: s.Type, Path: s.Path, Method: s.Method, Host: s.Host, Status: s.Status, MaxBody: s.MaxBody,
 		TLSServerName: s.TLSServerName, TLSSkipVerify: s.TLSSkipVerify, TLSCAFile: s.TLSCAFile, Port: s.Port,
@@ -86,11 +121,10 @@ func toWire(t Target, resume *bool) wireTarget {
 		re := s.BodyRegex.String()
 		ws.BodyRegex = &re
 	}
-	return wireTarget{ID: t.ID, Group: t.Group, Addr: t.Addr, Spec: ws, Resume: resume}
+	return ws
 }
 
-func fromWire(w wireTarget) (Target, error) {
-	s := w.Spec
+func specFromWire(s wireSpec) (healthcheck.Spec, error) {
 	spec := healthcheck.Spec{
 		Type: s.Type, Path: s.Path, Method: s.Method, Host: s.Host, Status: s.Status, MaxBody: s.MaxBody,
 		TLSServerName: s.TLSServerName, TLSSkipVerify: s.TLSSkipVerify, TLSCAFile: s.TLSCAFile, Port: s.Port,
@@ -99,11 +133,64 @@ func fromWire(w wireTarget) (Target, error) {
 	if s.BodyRegex != nil {
 		re, err := regexp.Compile(*s.BodyRegex)
 		if err != nil {
-			return Target{}, fmt.Errorf("target %s: body regex: %w", w.ID, err)
+			return spec, fmt.Errorf("body regex: %w", err)
 		}
 		spec.BodyRegex = re
 	}
-	return Target{Target: healthcheck.Target{ID: w.ID, Addr: w.Addr, Spec: spec, Resume: w.Resume}, Group: w.Group}, nil
+	return spec, nil
+}
+
+// decodeUpdate turns an update request back into Manager targets and
+// their groups by ID.
+func decodeUpdate(req request) ([]healthcheck.Target, map[string]string, error) {
+	specs := make([]healthcheck.Spec, len(req.Specs))
+	for i, ws := range req.Specs {
+		s, err := specFromWire(ws)
+		if err != nil {
+			return nil, nil, fmt.Errorf("spec %d: %w", i, err)
+		}
+		specs[i] = s
+	}
+	ts := make([]healthcheck.Target, len(req.Targets))
+	group := make(map[string]string, len(req.Targets))
+	for i, wt := range req.Targets {
+		if wt.Spec < 0 || wt.Spec >= len(specs) {
+			return nil, nil, fmt.Errorf("target %s: spec %d of %d", wt.ID, wt.Spec, len(specs))
+		}
+		if wt.Group < 0 || wt.Group >= len(req.Groups) {
+			return nil, nil, fmt.Errorf("target %s: group %d of %d", wt.ID, wt.Group, len(req.Groups))
+		}
+		ts[i] = healthcheck.Target{ID: wt.ID, Addr: wt.Addr, Spec: specs[wt.Spec], Resume: wt.Resume}
+		group[wt.ID] = req.Groups[wt.Group]
+	}
+	return ts, group, nil
+}
+
+// validate refuses what the child's Manager would: each distinct spec is
+// checked once, and IDs must be unique.
+func validate(targets []Target) error {
+	var errs []error
+	checked := map[*healthcheck.Spec]error{}
+	seen := make(map[string]bool, len(targets))
+	for _, t := range targets {
+		if t.Spec == nil {
+			errs = append(errs, fmt.Errorf("target %s: no check", t.ID))
+			continue
+		}
+		err, ok := checked[t.Spec]
+		if !ok {
+			err = t.Spec.WithDefaults().Validate()
+			checked[t.Spec] = err
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("target %s: %w", t.ID, err))
+		}
+		if seen[t.ID] {
+			errs = append(errs, fmt.Errorf("target %s: duplicate id", t.ID))
+		}
+		seen[t.ID] = true
+	}
+	return errors.Join(errs...)
 }
 
 // Buckets are the upper bounds, in seconds, of the check duration
