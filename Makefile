@@ -48,6 +48,7 @@ bench-healthcheck: setup build
 	$(GO) run ./internal/benchhc
 	$(GO) run ./internal/benchhc -anchor -lvsha bin/lvsha
 	$(GO) run ./internal/benchhc -vm -lvsha bin/lvsha
+	$(GO) run ./internal/benchhc -vrrp-soak 2m -lvsha bin/lvsha
 
 bench-ipvs: setup build
 	$(GO) run ./internal/benchipvs

@@ -54,16 +54,25 @@ func runHostAnchor(c config, lvshaBin string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	src := filepath.Join(tmp, "fakeipvs.c")
-	if err := os.WriteFile(src, fakeIPVSSource, 0o644); err != nil {
+	so, err := buildFakeIPVS(tmp)
+	if err != nil {
 		return err
-	}
-	so := filepath.Join(tmp, "fakeipvs.so")
-	if out, err := exec.Command("gcc", "-O2", "-Wall", "-shared", "-fPIC", "-o", so, src, "-ldl").CombinedOutput(); err != nil {
-		return fmt.Errorf("build fakeipvs.so (apt-get install gcc libc6-dev): %w\n%s", err, out)
 	}
 	return runAnchor(c, tools{lvsha: lvshaBin, keepalived: "/usr/sbin/keepalived", preload: so,
 		where: "on this machine; keepalived's IPVS requests answered by fakeipvs.so"})
+}
+
+// buildFakeIPVS compiles fakeipvs.so into dir.
+func buildFakeIPVS(dir string) (string, error) {
+	src := filepath.Join(dir, "fakeipvs.c")
+	if err := os.WriteFile(src, fakeIPVSSource, 0o644); err != nil {
+		return "", err
+	}
+	so := filepath.Join(dir, "fakeipvs.so")
+	if out, err := exec.Command("gcc", "-O2", "-Wall", "-shared", "-fPIC", "-o", so, src, "-ldl").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build fakeipvs.so (apt-get install gcc libc6-dev): %w\n%s", err, out)
+	}
+	return so, nil
 }
 
 // lvshaPath returns the absolute path of the lvsha binary p, which must
@@ -130,12 +139,7 @@ type toolRun struct {
 // runAnchor measures each checker in a fresh namespace with its own
 // servers over the same window, and prints the table.
 func runAnchor(c config, t tools) error {
-	version := "keepalived"
-	if out, err := exec.Command(t.keepalived, "-v").CombinedOutput(); err == nil {
-		if f := strings.Fields(string(out)); len(f) >= 2 {
-			version = f[0] + " " + f[1]
-		}
-	}
+	version := keepalivedVersion(t.keepalived)
 	cs, _ := os.ReadFile("/sys/devices/system/clocksource/clocksource0/current_clocksource")
 	fmt.Printf("clocksource: %s", cs)
 	tools := []string{"lvsha", version}

@@ -48,6 +48,8 @@ func main() {
 	var c config
 	role := flag.String("role", "", "internal: serve (the HTTP servers), check (the checker) or anchor (the VM side of -vm)")
 	inVM := flag.Bool("vm", false, "compare the lvsha daemon with keepalived's checker in the test VM instead")
+	vrrpSoak := flag.Duration("vrrp-soak", 0, "instead: VRRP false failovers of a pair at -advert adverts whose master checks -targets servers, lvsha and keepalived (with fakeipvs.so)")
+	advert := flag.Duration("advert", 10*time.Millisecond, "-vrrp-soak: advert interval")
 	hostAnchor := flag.Bool("anchor", false, "compare the lvsha daemon with keepalived's checker here instead (keepalived with fakeipvs.so)")
 	vmTargets := flag.Int("vm-targets", 300, "real servers for -vm (the VM's CPUs are emulated)")
 	lvshaBin := flag.String("lvsha", "bin/lvsha", "lvsha binary for -vm and -anchor")
@@ -81,6 +83,8 @@ func main() {
 		err = runVM(c, *lvshaBin)
 	case *role == "anchor":
 		err = runAnchor(c, tools{lvsha: "/bin/lvsha", keepalived: "/usr/sbin/keepalived", where: "in the VM, software-emulated CPUs"})
+	case *vrrpSoak > 0:
+		err = runVRRPSoak(c, *lvshaBin, *vrrpSoak, *advert)
 	case *hostAnchor:
 		err = runHostAnchor(c, *lvshaBin)
 	case *role == "serve":
