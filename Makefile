@@ -43,7 +43,8 @@ bench-failover: setup build
 
 # 10,000 targets on the checker alone, then the lvsha daemon against
 # keepalived's checker: here (keepalived with fakeipvs.so) and in the VM
-# (real IPVS, emulated CPUs).
+# (real IPVS, emulated CPUs); then VRRP at 10 ms adverts on a master doing
+# those checks (false failovers, beside keepalived).
 bench-healthcheck: setup build
 	$(GO) run ./internal/benchhc
 	$(GO) run ./internal/benchhc -anchor -lvsha bin/lvsha
