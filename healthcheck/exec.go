@@ -17,7 +17,7 @@ import (
 // execChecker runs a command without a shell; exit status 0 means healthy.
 // The command gets its own process group so that at the deadline the whole
 // group (children of a script too) is killed, and whatever it left behind is
-// killed when it exits.
+// killed when it exits; it is killed as well if the checker dies.
 type execChecker struct {
 	argv []string
 	port uint16
@@ -44,7 +44,11 @@ func (c *execChecker) Check(ctx context.Context, target netip.AddrPort) error {
 		"LVSHA_RS_PORT="+strconv.Itoa(int(addr.Port())))
 	var out cappedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: if the checker dies (or is killed as wedged) mid-check,
+	// the command dies too instead of running on with nobody to time it
+	// out. It fires when the forking thread exits, and Go ends a thread
+	// only when a goroutine locked to it returns, which nothing here does.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return killGroup(cmd) }
 	// A grandchild that keeps the output pipe open must not hold Wait.
 	cmd.WaitDelay = 100 * time.Millisecond

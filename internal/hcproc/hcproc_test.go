@@ -338,3 +338,35 @@ func TestNotStartedByHand(t *testing.T) {
 		t.Errorf("lvsha checker by hand: %v\n%s", err, out)
 	}
 }
+
+// TestExecCheckDiesWithChecker: a command a check is running when its
+// checker is killed does not live on unsupervised.
+func TestExecCheckDiesWithChecker(t *testing.T) {
+	c := newClient(t)
+	spec := &healthcheck.Spec{Type: healthcheck.TypeExec, Argv: []string{"sleep", "300"},
+		Interval: 50 * time.Millisecond, Timeout: time.Hour, Rise: 1, Fall: 1, InitialUp: true}
+	if err := c.Update([]Target{{ID: "x", Addr: netip.MustParseAddrPort("127.0.0.1:1"), Spec: spec, Group: "svc"}}); err != nil {
+		t.Fatal(err)
+	}
+	run(t, c)
+	checker := c.Pid()
+	var sleeper int
+	deadline := time.Now().Add(10 * time.Second)
+	for sleeper == 0 {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", checker))
+		for _, task := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", checker, task.Name()))
+			if f := strings.Fields(string(b)); len(f) > 0 {
+				sleeper, _ = strconv.Atoi(f[0])
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the checker started no command")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := syscall.Kill(checker, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, sleeper, 5*time.Second)
+}
