@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -547,5 +548,54 @@ func TestReadyAfterFirstReconcile(t *testing.T) {
 	}
 	if w := k.weights(t); w["10.99.1.1:80"] != 1 {
 		t.Errorf("table not programmed when READY was sent: %v", w)
+	}
+}
+
+// TestNoCheckerProcess: a checker that cannot start leaves the daemon
+// running on the verdicts it has (here the initial states: one real server
+// up, one down), and status says why it has no details.
+func TestNoCheckerProcess(t *testing.T) {
+	cfg := testConfig(t, `
+[[virtual_server]]
+address = "10.99.0.1:80"
+[virtual_server.check]
+type = "tcp"
+[[virtual_server.real_server]]
+address = "10.99.1.1:80"
+[[virtual_server.real_server]]
+address = "10.99.1.2:80"
+check = { initial_state = "down" }
+`)
+	k := &recKernel{k: lvs.NewFake()}
+	var logs syncBuffer
+	d := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)), Options{
+		OpenIPVS:       func() (lvs.Kernel, func(), error) { return k, func() {}, nil },
+		CheckerCommand: func() *exec.Cmd { return exec.Command("/nonexistent/lvsha", "checker") },
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	waitFor(t, "IPVS programmed", func() bool {
+		w := k.weights(t)
+		return w["10.99.1.1:80"] == 1 && w["10.99.1.2:80"] == 0
+	})
+	waitFor(t, "the failed start logged", func() bool {
+		return strings.Contains(logs.String(), "cannot start the checker process")
+	})
+	st, err := QueryStatus(ctx, cfg.Global.ControlSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.HealthError == "" {
+		t.Error("status gives no reason for the missing health details")
+	}
+	if r := st.Services[0].Reals; r[0].Health != "up" || r[1].Health != "down" || r[0].Checks != 0 {
+		t.Errorf("real servers in status: %+v", r)
 	}
 }
