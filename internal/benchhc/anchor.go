@@ -130,9 +130,10 @@ type toolRun struct {
 	cpu    time.Duration
 	window time.Duration
 	served uint64
-	rss    int64   // peak of the process tree's VmRSS samples
-	rssBy  []int64 // peak of each process's, the oldest first
-	pss    int64   // peak of the tree's PSS
+	rss    int64           // peak of the process tree's VmRSS samples
+	rssBy  []int64         // peak of each process's, the oldest first
+	pss    int64           // peak of the tree's PSS
+	cpuBy  []time.Duration // CPU of each process that ran the whole window
 	procs  int
 }
 
@@ -162,6 +163,13 @@ func runAnchor(c config, t tools) error {
 	})
 	row("CPU, % of one core (user+sys, whole process tree)", func(r toolRun) string {
 		return fmt.Sprintf("%.1f %%", float64(r.cpu)/float64(r.window)*100)
+	})
+	row("CPU by process (the main one first)", func(r toolRun) string {
+		var parts []string
+		for _, v := range r.cpuBy {
+			parts = append(parts, fmt.Sprintf("%.1f", float64(v)/float64(r.window)*100))
+		}
+		return strings.Join(parts, " + ") + " %"
 	})
 	row("CPU per check", func(r toolRun) string {
 		if r.served == 0 {
@@ -296,6 +304,11 @@ func measureTool(c config, t tools, lvsha bool) (_ toolRun, err error) {
 	}
 	var r toolRun
 	t0, cpu0 := time.Now(), treeCPU(pid)
+	pids0 := treePIDs(pid)
+	slices.Sort(pids0[1:])
+	for _, p := range pids0 {
+		r.cpuBy = append(r.cpuBy, -procCPU(p))
+	}
 	n0, err := count()
 	if err != nil {
 		return toolRun{}, err
@@ -319,6 +332,9 @@ func measureTool(c config, t tools, lvsha bool) (_ toolRun, err error) {
 		return toolRun{}, err
 	}
 	r.cpu, r.window, r.served = treeCPU(pid)-cpu0, time.Since(t0), n1-n0
+	for i, p := range pids0 {
+		r.cpuBy[i] += procCPU(p)
+	}
 	if c.logs {
 		_, _ = logf.Seek(0, io.SeekStart)
 		b, _ := io.ReadAll(logf)
