@@ -26,7 +26,15 @@ type Target struct {
 	// checker (a checker process that was restarted) had reached, so a
 	// server known DOWN does not come back UP untested. It plays no part in
 	// deciding whether a target changed.
-	Resume *bool
+	Resume *Resume
+}
+
+// Resume is a verdict carried over from an earlier checker.
+type Resume struct {
+	Up bool
+	// Since is when that checker last saw the state change; zero if
+	// never. It becomes the target's LastChange.
+	Since time.Time
 }
 
 // Transition is a change of a target's state.
@@ -548,7 +556,7 @@ func (r *runner) applyUpdate() {
 		}
 		e := &entry{id: t.ID, addr: t.Addr, spec: sh.spec, checker: sh.checker, idx: -1, up: t.Spec.InitialUp}
 		if t.Resume != nil && !replaced[t.ID] {
-			e.up = *t.Resume
+			e.up, e.lastChange = t.Resume.Up, t.Resume.Since
 		}
 		e.due = now.Add(rand.N(t.Spec.Interval))
 		added = append(added, e)

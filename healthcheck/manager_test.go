@@ -569,14 +569,15 @@ func TestManagerResume(t *testing.T) {
 		c := newScripted(func(context.Context, netip.AddrPort, int) error { return nil })
 		m, stop := startManager(t, c)
 		defer stop()
-		down, up := false, true
+		since := time.Now().Add(-time.Hour)
+		down, up := &Resume{Up: false, Since: since}, &Resume{Up: true}
 		r1 := target(1, fakeSpec(2, 1)) // InitialUp true
-		r1.Resume = &down
+		r1.Resume = down
 		if err := m.Update([]Target{r1}); err != nil {
 			t.Fatal(err)
 		}
 		synctest.Wait()
-		if s := state(m, "rs1"); s.Up {
+		if s := state(m, "rs1"); s.Up || !s.LastChange.Equal(since) {
 			t.Fatalf("resumed DOWN target starts %+v", s)
 		}
 		// Two good checks (rise 2) bring it UP, reported as a transition.
@@ -587,10 +588,10 @@ func TestManagerResume(t *testing.T) {
 			t.Errorf("UP after %d checks, want rise 2", n)
 		}
 		// Already known: Resume is no reason to restart it.
-		r1.Resume = &down
+		r1.Resume = down
 		r2 := target(2, fakeSpec(1, 1))
 		r2.Spec.InitialUp = false
-		r2.Resume = &up
+		r2.Resume = up
 		if err := m.Update([]Target{r1, r2}); err != nil {
 			t.Fatal(err)
 		}

@@ -55,6 +55,9 @@ func printStatus(w io.Writer, st *daemon.Status) {
 	if st.HealthError != "" {
 		fmt.Fprintf(w, "health checks: %s\n", st.HealthError)
 	}
+	if c := st.Checker; c != nil && c.Restarts > 0 {
+		fmt.Fprintf(w, "health checker process restarted %s (now pid %d)\n", plural(int(c.Restarts), "time"), c.Pid)
+	}
 	if st.IPVSError != "" {
 		fmt.Fprintf(w, "IPVS: %s\n", st.IPVSError)
 	}

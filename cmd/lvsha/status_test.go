@@ -12,6 +12,7 @@ import (
 func TestPrintStatus(t *testing.T) {
 	st := &daemon.Status{
 		Version: "v1", Config: "/etc/lvsha/lvsha.toml", Started: time.Unix(0, 0).UTC(),
+		Checker: &daemon.CheckerStatus{Pid: 4321, Restarts: 2},
 		VRRP: []daemon.VRRPStatus{{Name: "VI_1", Interface: "ens33", VRID: 51, State: "MASTER", Priority: 150,
 			Master: "192.168.94.132", Since: time.Unix(3600, 0).UTC(), LastCause: "master down timer expired"}},
 		Services: []daemon.ServiceStatus{{Key: "TCP 192.168.94.200:80", Scheduler: "rr", Forwarding: "dr", InKernel: true,
@@ -30,6 +31,7 @@ func TestPrintStatus(t *testing.T) {
 	}
 	out := strings.Join(rows, "\n")
 	for _, want := range []string{
+		"health checker process restarted 2 times (now pid 4321)",
 		"VI_1 ens33 51 MASTER 150 192.168.94.132 01:00:00 master down timer expired",
 		"\nTCP 192.168.94.200:80 rr\n",
 		"-> 192.168.94.134:80 Route 1/1 3 12 up ok connection refused",

@@ -311,6 +311,9 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
+	if st, err := QueryStatus(ctx, sock); err != nil || st.Checker == nil || st.Checker.Restarts != 1 || st.Checker.Pid != d.hc.Pid() {
+		t.Errorf("checker in status: %+v %v (pid %d)", st.Checker, err, d.hc.Pid())
+	}
 	if st, err := QueryStatus(ctx, sock); err != nil || st.Services[0].Reals[1].LastResult != "ok" || st.Services[0].Reals[1].Health != "up" {
 		t.Errorf("status after recovery: %+v %v", st.Services[0].Reals[1], err)
 	}

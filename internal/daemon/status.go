@@ -2,16 +2,16 @@ package daemon
 
 import (
 	"context"
-	"maps"
-
 	"encoding/json"
 	"fmt"
-	"github.com/lvsha/lvsha/healthcheck"
-	"github.com/lvsha/lvsha/lvs"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"time"
+
+	"github.com/lvsha/lvsha/healthcheck"
+	"github.com/lvsha/lvsha/lvs"
 )
 
 // Status is what `lvsha status --json` prints: a stable document.
@@ -25,6 +25,14 @@ type Status struct {
 	IPVSError string `json:"ipvs_error,omitempty"`
 	// HealthError says why the checker process gave no details.
 	HealthError string `json:"health_error,omitempty"`
+	// Checker is the health checker process, when the daemon has one.
+	Checker *CheckerStatus `json:"checker,omitempty"`
+}
+
+// CheckerStatus is the health checker process.
+type CheckerStatus struct {
+	Pid      int    `json:"pid"` // 0 while it is being restarted
+	Restarts uint64 `json:"restarts"`
 }
 
 // VRRPStatus is one VRRP instance.
@@ -82,6 +90,7 @@ func (d *Daemon) status(ctx context.Context) Status {
 	}
 	hs := map[string]healthcheck.TargetState{}
 	if d.hc != nil {
+		st.Checker = &CheckerStatus{Pid: d.hc.Pid(), Restarts: d.hc.Restarts()}
 		snap, err := d.hc.Snapshot(ctx)
 		if err != nil {
 			st.HealthError = err.Error()

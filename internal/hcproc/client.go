@@ -51,7 +51,7 @@ type Client struct {
 	updMu   sync.Mutex // serialises updates, including the one a new child gets
 	mu      sync.Mutex
 	desired []Target
-	verdict map[string]bool // by target ID: the last state the child reported
+	verdict map[string]healthcheck.Resume // by target ID: the last state the child reported, and since when
 	child   *child
 
 	qmu    sync.Mutex
@@ -69,7 +69,7 @@ func NewClient(log *slog.Logger, cmd func() *exec.Cmd) *Client {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Client{log: log, cmd: cmd, pingEvery: pingEvery, pingTimeout: pingTimeout, verdict: map[string]bool{}, queued: map[string]healthcheck.Transition{},
+	return &Client{log: log, cmd: cmd, pingEvery: pingEvery, pingTimeout: pingTimeout, verdict: map[string]healthcheck.Resume{}, queued: map[string]healthcheck.Transition{},
 		kick: make(chan struct{}, 1), out: make(chan healthcheck.Transition)}
 }
 
@@ -103,13 +103,13 @@ func (c *Client) Update(targets []Target) error {
 	c.mu.Lock()
 	prevDesired, prevVerdict := c.desired, c.verdict
 	c.desired = targets
-	c.verdict = make(map[string]bool, len(targets))
+	c.verdict = make(map[string]healthcheck.Resume, len(targets))
 	for _, t := range targets {
-		up, ok := prevVerdict[t.ID]
+		v, ok := prevVerdict[t.ID]
 		if !ok {
-			up = t.Spec.InitialUp
+			v = healthcheck.Resume{Up: t.Spec.InitialUp}
 		}
-		c.verdict[t.ID] = up
+		c.verdict[t.ID] = v
 	}
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
@@ -231,7 +231,7 @@ func (c *Client) start() (*child, error) {
 	c.updMu.Lock()
 	defer c.updMu.Unlock()
 	c.mu.Lock()
-	req := encodeUpdate(c.desired, func(id string) bool { return c.verdict[id] })
+	req := encodeUpdate(c.desired, func(id string) healthcheck.Resume { return c.verdict[id] })
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
@@ -403,7 +403,7 @@ func (c *Client) transition(tr healthcheck.Transition) {
 	c.mu.Lock()
 	_, known := c.verdict[tr.ID]
 	if known {
-		c.verdict[tr.ID] = tr.Up
+		c.verdict[tr.ID] = healthcheck.Resume{Up: tr.Up, Since: tr.At}
 	}
 	c.mu.Unlock()
 	if !known {

@@ -245,8 +245,9 @@ func TestRestartKeepsVerdicts(t *testing.T) {
 		t.Fatal(err)
 	}
 	run(t, c)
-	if tr := next(t, c); tr.ID != "b" || tr.Up {
-		t.Fatalf("transition %+v, want b DOWN", tr)
+	down := next(t, c)
+	if down.ID != "b" || down.Up {
+		t.Fatalf("transition %+v, want b DOWN", down)
 	}
 	old := c.Pid()
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
@@ -261,8 +262,8 @@ func TestRestartKeepsVerdicts(t *testing.T) {
 	for {
 		snap, err := c.Snapshot(t.Context())
 		if err == nil && len(snap) == 2 && snap[1].Checks >= 3 {
-			if !snap[0].Up || snap[1].Up {
-				t.Fatalf("after the restart: %+v", snap)
+			if !snap[0].Up || snap[1].Up || !snap[1].LastChange.Equal(down.At) {
+				t.Fatalf("after the restart: %+v, want b DOWN since %v", snap, down.At)
 			}
 			break
 		}

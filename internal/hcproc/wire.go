@@ -54,12 +54,17 @@ type message struct {
 	Transition *healthcheck.Transition   `json:"transition,omitempty"`
 }
 
+type wireResume struct {
+	Up    bool      `json:"up"`
+	Since time.Time `json:"since,omitzero"`
+}
+
 type wireTarget struct {
 	ID     string         `json:"id"`
 	Group  int            `json:"group"` // index in request.Groups
 	Addr   netip.AddrPort `json:"addr"`
 	Spec   int            `json:"spec"` // index in request.Specs
-	Resume *bool          `json:"resume,omitempty"`
+	Resume *wireResume    `json:"resume,omitempty"`
 }
 
 // wireSpec is healthcheck.Spec with its regular expression as text.
@@ -85,7 +90,7 @@ type wireSpec struct {
 
 // encodeUpdate builds an update request, each distinct Spec sent once;
 // resume, if not nil, gives each target's starting state.
-func encodeUpdate(targets []Target, resume func(id string) bool) request {
+func encodeUpdate(targets []Target, resume func(id string) healthcheck.Resume) request {
 	req := request{Op: "update", Targets: make([]wireTarget, len(targets))}
 	index := map[*healthcheck.Spec]int{}
 	groups := map[string]int{}
@@ -104,8 +109,8 @@ func encodeUpdate(targets []Target, resume func(id string) bool) request {
 		}
 		req.Targets[i] = wireTarget{ID: t.ID, Group: gi, Addr: t.Addr, Spec: si}
 		if resume != nil {
-			up := resume(t.ID)
-			req.Targets[i].Resume = &up
+			r := resume(t.ID)
+			req.Targets[i].Resume = &wireResume{Up: r.Up, Since: r.Since}
 		}
 	}
 	return req
@@ -160,7 +165,10 @@ func decodeUpdate(req request) ([]healthcheck.Target, map[string]string, error) 
 		if wt.Group < 0 || wt.Group >= len(req.Groups) {
 			return nil, nil, fmt.Errorf("target %s: group %d of %d", wt.ID, wt.Group, len(req.Groups))
 		}
-		ts[i] = healthcheck.Target{ID: wt.ID, Addr: wt.Addr, Spec: specs[wt.Spec], Resume: wt.Resume}
+		ts[i] = healthcheck.Target{ID: wt.ID, Addr: wt.Addr, Spec: specs[wt.Spec]}
+		if r := wt.Resume; r != nil {
+			ts[i].Resume = &healthcheck.Resume{Up: r.Up, Since: r.Since}
+		}
 		group[wt.ID] = req.Groups[wt.Group]
 	}
 	return ts, group, nil

@@ -24,7 +24,8 @@ func TestUpdateRoundTrip(t *testing.T) {
 		{ID: "b", Addr: netip.MustParseAddrPort("10.0.0.2:80"), Spec: web, Group: "g1"},
 		{ID: "c", Addr: netip.MustParseAddrPort("[2001:db8::3]:443"), Spec: cmd, Group: "g2"},
 	}
-	req := encodeUpdate(in, func(id string) bool { return id == "b" })
+	since := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	req := encodeUpdate(in, func(id string) healthcheck.Resume { return healthcheck.Resume{Up: id == "b", Since: since} })
 	if len(req.Specs) != 2 || len(req.Groups) != 2 {
 		t.Fatalf("%d specs and %d groups sent for 2 distinct ones each", len(req.Specs), len(req.Groups))
 	}
@@ -48,7 +49,7 @@ func TestUpdateRoundTrip(t *testing.T) {
 		if got.ID != want.ID || got.Addr != want.Addr || !got.Spec.Equal(*want.Spec) || groups[got.ID] != want.Group {
 			t.Errorf("target %d: %+v (group %q), want %+v", i, got, groups[got.ID], want)
 		}
-		if got.Resume == nil || *got.Resume != (want.ID == "b") {
+		if got.Resume == nil || got.Resume.Up != (want.ID == "b") || !got.Resume.Since.Equal(since) {
 			t.Errorf("target %s resume %v", got.ID, got.Resume)
 		}
 	}
