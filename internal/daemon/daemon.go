@@ -50,14 +50,19 @@ type Daemon struct {
 	started time.Time
 	vrrp    map[string]*vrrpRunner // by instance name
 	health  map[string]bool        // by real server ID; absent = no check (up)
-	hc      *hcproc.Client
+	hc      *hcproc.Client // set by New: status may ask it before Run starts it
 	ipvs    *ipvsPart
 	metrics *metrics
 }
 
 // New returns a daemon for a validated config.
 func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
-	return &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{}, health: map[string]bool{}}
+	cmd := opts.CheckerCommand
+	if cmd == nil {
+		cmd = hcproc.Command(cfg.Global.LogLevel, cfg.Global.LogFormat)
+	}
+	return &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{}, health: map[string]bool{},
+		hc: hcproc.NewClient(log, cmd)}
 }
 
 // Run starts every part, runs until ctx is done, then shuts down in order:
@@ -109,11 +114,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("health checks: %w", err)
 	}
 	hcCtx, hcStop := context.WithCancel(context.WithoutCancel(ctx))
-	cmd := d.opts.CheckerCommand
-	if cmd == nil {
-		cmd = hcproc.Command(cfg.Global.LogLevel, cfg.Global.LogFormat)
-	}
-	d.hc = hcproc.NewClient(d.log, cmd)
 	if err := d.hc.Update(targets); err != nil {
 		hcStop()
 		return fmt.Errorf("health checks: %w", err)

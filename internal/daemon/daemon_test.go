@@ -602,3 +602,43 @@ check = { initial_state = "down" }
 		t.Errorf("real servers in status: %+v", r)
 	}
 }
+
+// TestStatusWithWedgedChecker: a stopped checker does not hang status (the
+// CLI gives up after 5 s and would call the daemon not running); status
+// answers with the daemon's verdicts and says why details are missing.
+func TestStatusWithWedgedChecker(t *testing.T) {
+	cfg := testConfig(t, `
+[[virtual_server]]
+address = "10.99.0.1:80"
+[virtual_server.check]
+type = "tcp"
+[[virtual_server.real_server]]
+address = "10.99.1.1:80"
+`)
+	k := &recKernel{k: lvs.NewFake()}
+	d := New(cfg, slog.New(slog.DiscardHandler), Options{OpenIPVS: func() (lvs.Kernel, func(), error) { return k, func() {}, nil }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	waitFor(t, "a checker", func() bool { return d.hc.Pid() != 0 })
+	pid := d.hc.Pid()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer qcancel()
+	st, err := QueryStatus(qctx, cfg.Global.ControlSocket)
+	if err != nil {
+		t.Fatalf("status with a stopped checker: %v", err)
+	}
+	if !strings.Contains(st.HealthError, "deadline exceeded") || st.Services[0].Reals[0].Health != "up" {
+		t.Errorf("status: health_error %q, real server %+v", st.HealthError, st.Services[0].Reals[0])
+	}
+}

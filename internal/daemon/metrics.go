@@ -81,7 +81,7 @@ var (
 	descCheckerRestarts = prometheus.NewDesc("lvsha_healthcheck_process_restarts_total",
 		"Times the health checker process was restarted after it died or stopped answering.", nil, nil)
 	descCheckerUp = prometheus.NewDesc("lvsha_healthcheck_process_up",
-		"1 if the health checker process answered this scrape.", nil, nil)
+		"1 if the health checker process answered this scrape (absent when there is nothing to check).", nil, nil)
 )
 
 func (c *checkCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -92,11 +92,11 @@ func (c *checkCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *checkCollector) Collect(ch chan<- prometheus.Metric) {
 	hc := c.d.hc
-	if hc == nil {
-		return
-	}
 	ch <- prometheus.MustNewConstMetric(descCheckerRestarts, prometheus.CounterValue, float64(hc.Restarts()))
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if hc.Idle() {
+		return // nothing to check, so no checker process
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), checkerAnswerTimeout)
 	defer cancel()
 	st, err := hc.Stats(ctx)
 	if err != nil {

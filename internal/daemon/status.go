@@ -25,9 +25,14 @@ type Status struct {
 	IPVSError string `json:"ipvs_error,omitempty"`
 	// HealthError says why the checker process gave no details.
 	HealthError string `json:"health_error,omitempty"`
-	// Checker is the health checker process, when the daemon has one.
+	// Checker is the health checker process; absent when there is
+	// nothing to check, and so no such process.
 	Checker *CheckerStatus `json:"checker,omitempty"`
 }
+
+// checkerAnswerTimeout bounds what status and metrics wait for the
+// checker process; it answers in milliseconds unless it is wedged.
+const checkerAnswerTimeout = 2 * time.Second
 
 // CheckerStatus is the health checker process.
 type CheckerStatus struct {
@@ -89,9 +94,13 @@ func (d *Daemon) status(ctx context.Context) Status {
 		}
 	}
 	hs := map[string]healthcheck.TargetState{}
-	if d.hc != nil {
+	if !d.hc.Idle() {
 		st.Checker = &CheckerStatus{Pid: d.hc.Pid(), Restarts: d.hc.Restarts()}
-		snap, err := d.hc.Snapshot(ctx)
+		// A wedged checker is replaced within seconds; status must not
+		// hang on it meanwhile.
+		sctx, cancel := context.WithTimeout(ctx, checkerAnswerTimeout)
+		snap, err := d.hc.Snapshot(sctx)
+		cancel()
 		if err != nil {
 			st.HealthError = err.Error()
 		}

@@ -40,6 +40,9 @@ const (
 // restarted.
 var ErrNoChild = errors.New("health checker process not running")
 
+// errIdle ends a child's supervision when the targets went away.
+var errIdle = errors.New("no targets")
+
 // Client runs the checker child process and talks to it. Create it with
 // NewClient, call Update and Run.
 type Client struct {
@@ -59,6 +62,9 @@ type Client struct {
 	queued map[string]healthcheck.Transition // the latest transition of each queued ID
 	kick   chan struct{}
 	out    chan healthcheck.Transition
+	// changed has a value after an Update: Run starts a child for the
+	// first targets and stops it when none are left.
+	changed chan struct{}
 
 	reqID    atomic.Uint64
 	restarts atomic.Uint64
@@ -70,7 +76,7 @@ func NewClient(log *slog.Logger, cmd func() *exec.Cmd) *Client {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Client{log: log, cmd: cmd, pingEvery: pingEvery, pingTimeout: pingTimeout, verdict: map[string]healthcheck.Resume{}, queued: map[string]healthcheck.Transition{},
-		kick: make(chan struct{}, 1), out: make(chan healthcheck.Transition)}
+		kick: make(chan struct{}, 1), out: make(chan healthcheck.Transition), changed: make(chan struct{}, 1)}
 }
 
 // Transitions returns the state changes reported by the child, in order,
@@ -112,6 +118,12 @@ func (c *Client) Update(targets []Target) error {
 		c.verdict[t.ID] = v
 	}
 	c.mu.Unlock()
+	defer func() {
+		select {
+		case c.changed <- struct{}{}:
+		default:
+		}
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	reply, err := c.call(ctx, encodeUpdate(targets, nil))
@@ -130,8 +142,22 @@ func (c *Client) Update(targets []Target) error {
 	return nil
 }
 
-// Snapshot returns the state of every target from the child.
+// wanted says whether a child should run: there are targets.
+func (c *Client) wanted() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.desired) > 0
+}
+
+// Idle says that there are no targets, so no child runs or is missed.
+func (c *Client) Idle() bool { return !c.wanted() }
+
+// Snapshot returns the state of every target from the child (none, and no
+// error, when there are no targets).
 func (c *Client) Snapshot(ctx context.Context) ([]healthcheck.TargetState, error) {
+	if c.Idle() {
+		return nil, nil
+	}
 	reply, err := c.call(ctx, request{Op: "snapshot"})
 	if err != nil {
 		return nil, err
@@ -139,8 +165,12 @@ func (c *Client) Snapshot(ctx context.Context) ([]healthcheck.TargetState, error
 	return reply.Snapshot, nil
 }
 
-// Stats returns the child's check statistics.
+// Stats returns the child's check statistics (empty when there are no
+// targets).
 func (c *Client) Stats(ctx context.Context) (*Stats, error) {
+	if c.Idle() {
+		return &Stats{}, nil
+	}
 	reply, err := c.call(ctx, request{Op: "stats"})
 	if err != nil {
 		return nil, err
@@ -162,6 +192,15 @@ func (c *Client) Run(ctx context.Context) error {
 
 	backoff := minBackoff
 	for {
+		// No targets, no process: a director without checks (VRRP
+		// only, or real servers without checks) runs alone.
+		for !c.wanted() {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-c.changed:
+			}
+		}
 		started := time.Now()
 		ch, err := c.start()
 		if err != nil {
@@ -170,6 +209,11 @@ func (c *Client) Run(ctx context.Context) error {
 			err = c.supervise(ctx, ch)
 			if ctx.Err() != nil {
 				return nil
+			}
+			if errors.Is(err, errIdle) {
+				c.log.Debug("health checks: no targets left; checker process stopped", "pid", ch.cmd.Process.Pid)
+				backoff = minBackoff
+				continue
 			}
 			c.log.Error("health checks: checker process stopped; restarting it", "pid", ch.cmd.Process.Pid, "err", err)
 		}
@@ -267,6 +311,11 @@ loop:
 		select {
 		case <-ctx.Done():
 			break loop
+		case <-c.changed:
+			if !c.wanted() {
+				cause = errIdle
+				break loop
+			}
 		case <-ch.dead:
 			cause = errors.New("its socket closed")
 			break loop
@@ -285,7 +334,7 @@ loop:
 			}
 		}
 	}
-	if err := c.stopChild(ch, wedged); cause != nil && err != nil {
+	if err := c.stopChild(ch, wedged); cause != nil && cause != errIdle && err != nil {
 		cause = fmt.Errorf("%w (%w)", cause, exitErr(err))
 	}
 	return cause

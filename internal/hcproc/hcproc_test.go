@@ -38,6 +38,11 @@ func TestMain(m *testing.M) {
 // fakeDaemon runs a Client, prints its checker's pid and waits to be killed.
 func fakeDaemon() int {
 	c := NewClient(nil, Command("info", "text"))
+	spec := &healthcheck.Spec{Type: healthcheck.TypeTCP, Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1}
+	if err := c.Update([]Target{{ID: "x", Addr: netip.MustParseAddrPort("127.0.0.1:1"), Spec: spec}}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	go func() {
 		for c.Pid() == 0 {
 			time.Sleep(time.Millisecond)
@@ -370,4 +375,44 @@ func TestExecCheckDiesWithChecker(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitExit(t, sleeper, 5*time.Second)
+}
+
+// TestNoTargetsNoProcess: a client without targets runs no checker; the
+// first targets start one, and taking them all away stops it again (not a
+// crash: no restart counted).
+func TestNoTargetsNoProcess(t *testing.T) {
+	a := newWeb(t, 200)
+	c := newClient(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	if snap, err := c.Snapshot(t.Context()); err != nil || len(snap) != 0 || c.Pid() != 0 || !c.Idle() {
+		t.Fatalf("without targets: snapshot %v %v, pid %d", snap, err, c.Pid())
+	}
+	if err := c.Update([]Target{target("a", a, false)}); err != nil {
+		t.Fatal(err)
+	}
+	pid := waitPid(t, c, 0)
+	if tr := next(t, c); tr.ID != "a" || !tr.Up {
+		t.Errorf("transition %+v", tr)
+	}
+	if err := c.Update(nil); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, pid, 5*time.Second)
+	if c.Restarts() != 0 {
+		t.Errorf("stopping an idle checker counted as %d restarts", c.Restarts())
+	}
+	if st, err := c.Stats(t.Context()); err != nil || len(st.Durations) != 0 {
+		t.Errorf("idle stats %+v %v", st, err)
+	}
+	// And back.
+	if err := c.Update([]Target{target("a", a, false)}); err != nil {
+		t.Fatal(err)
+	}
+	waitPid(t, c, pid)
 }
