@@ -50,7 +50,7 @@ type Daemon struct {
 	started time.Time
 	vrrp    map[string]*vrrpRunner // by instance name
 	health  map[string]bool        // by real server ID; absent = no check (up)
-	hc      *hcproc.Client // set by New: status may ask it before Run starts it
+	hc      *hcproc.Client         // set by New: status may ask it before Run starts it
 	ipvs    *ipvsPart
 	metrics *metrics
 }
