@@ -318,6 +318,10 @@ func TestChildExitsWhenDaemonDies(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	// Bounded: a stand-in that never prints must not hang the test.
+	timer := time.AfterFunc(10*time.Second, func() { _ = cmd.Process.Kill() })
+	defer timer.Stop()
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
 		t.Fatal(err)
@@ -330,7 +334,6 @@ func TestChildExitsWhenDaemonDies(t *testing.T) {
 		t.Fatalf("checker %d not running", pid)
 	}
 	_ = cmd.Process.Kill()
-	_ = cmd.Wait()
 	waitExit(t, pid, 5*time.Second)
 }
 
