@@ -514,3 +514,43 @@ func TestIPv6Loopback(t *testing.T) {
 	}
 	wantReason(t, check(t, Spec{Type: TypeTCP}, target), "ok")
 }
+
+// TestReactorEarliestDeadline: the reactor wakes for the earliest probe
+// deadline, also when a probe with a shorter timeout starts after one with
+// a longer timeout (and the loop already waits for the later deadline).
+func TestReactorEarliestDeadline(t *testing.T) {
+	target := rawServer(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	c, err := NewChecker(Spec{Type: TypeHTTP}.WithDefaults())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.(prober)
+	type result struct {
+		tag any
+		err error
+	}
+	done := make(chan result, 2)
+	rx, err := newReactor(func(tag any, err error, _ time.Time) { done <- result{tag, err} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.close()
+	rx.start(p, target, 5*time.Second, "slow")
+	rx.start(p, target, 200*time.Millisecond, "fast")
+	r := <-done
+	if r.tag != "fast" || !errors.Is(r.err, os.ErrDeadlineExceeded) {
+		t.Fatalf("first outcome %v: %v, want fast: timeout", r.tag, r.err)
+	}
+	// The slow probe is still in flight: it was not swept up early.
+	select {
+	case r := <-done:
+		t.Fatalf("slow probe ended with the fast one: %v", r.err)
+	default:
+	}
+	rx.mu.Lock()
+	n, wake := len(rx.probes), rx.wake
+	rx.mu.Unlock()
+	if n != 1 || wake.IsZero() {
+		t.Errorf("after the fast timeout: %d probes in flight, wake %v; want the slow one and its deadline", n, wake)
+	}
+}

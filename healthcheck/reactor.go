@@ -138,15 +138,16 @@ type reactor struct {
 	probes map[uint32]*probeState
 	nextID uint32
 	stop   bool
-	armed  bool // a read deadline is set to wake the loop for timeouts
-	wg     sync.WaitGroup
+	// wake is the read deadline set on epf to wake the loop for probe
+	// deadlines: never after the earliest one, and zero when no probe is
+	// in flight. It may be earlier (that probe finished since): waking
+	// then costs a scan, which sets the next one.
+	wake time.Time
+	wg   sync.WaitGroup
 	// done receives each probe's outcome (from the loop, or from start or
 	// cancel themselves), with the tag given to start and its start time.
 	done func(tag any, err error, started time.Time)
 }
-
-// tick bounds how late a probe's deadline may be noticed.
-const tick = 10 * time.Millisecond
 
 func newReactor(done func(tag any, err error, started time.Time)) (*reactor, error) {
 	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
@@ -172,18 +173,12 @@ func newReactor(done func(tag any, err error, started time.Time)) (*reactor, err
 // noID is never a probe's id.
 const noID = 0
 
-// arm makes the loop wake within a tick (for deadlines) or, with off,
-// only for events. Called with mu held.
-func (rx *reactor) arm(on bool) {
-	if on == rx.armed {
-		return
+// wakeBy makes the loop wake at t at the latest. Called with mu held.
+func (rx *reactor) wakeBy(t time.Time) {
+	if rx.wake.IsZero() || t.Before(rx.wake) {
+		rx.wake = t
+		_ = rx.epf.SetReadDeadline(t)
 	}
-	rx.armed = on
-	var t time.Time
-	if on {
-		t = time.Now().Add(tick)
-	}
-	_ = rx.epf.SetReadDeadline(t)
 }
 
 // close stops the loop; probes still registered are failed with
@@ -236,7 +231,7 @@ func (rx *reactor) start(p prober, target netip.AddrPort, timeout time.Duration,
 		rx.nextID++
 	}
 	ps.id = rx.nextID
-	rx.arm(true) // the loop may be waiting without a deadline
+	rx.wakeBy(ps.deadline) // the loop may be waiting for a later one, or none
 	rx.probes[ps.id] = ps
 	// Edge-triggered, so each event is handled completely. The probe id,
 	// not the fd, identifies the probe: an event for a closed and reused
@@ -278,12 +273,11 @@ type finished struct {
 func (rx *reactor) loop() {
 	events := make([]syscall.EpollEvent, 128)
 	var out []finished
-	lastScan := time.Now()
 	for {
 		n := 0
 		// The callback asks epoll without waiting; returning false parks
 		// the goroutine in the runtime's poller until epfd is readable or
-		// the read deadline (a tick, while probes are in flight) passes.
+		// the read deadline (the earliest probe deadline) passes.
 		err := rx.epc.Read(func(fd uintptr) bool {
 			n = rawEpollWait(int(fd), events)
 			return n > 0
@@ -293,9 +287,6 @@ func (rx *reactor) loop() {
 		if rx.stop {
 			rx.mu.Unlock()
 			return
-		}
-		if err != nil {
-			rx.armed = false // the deadline passed (the tick): scan below
 		}
 		for _, ev := range events[:n] {
 			ps := rx.probes[uint32(ev.Pad)]
@@ -307,18 +298,26 @@ func (rx *reactor) loop() {
 				out = append(out, finished{ps, err})
 			}
 		}
-		if now.Sub(lastScan) >= tick {
-			lastScan = now
+		// The wake time passed (err is the poller's deadline error, but
+		// a reactor busy with events may not see one): fail the probes
+		// past their deadline and wake for the earliest of the others.
+		if err != nil || (!rx.wake.IsZero() && !now.Before(rx.wake)) {
+			rx.wake = time.Time{}
+			var next time.Time
 			for id, ps := range rx.probes {
-				if now.After(ps.deadline) {
+				if !now.Before(ps.deadline) {
 					delete(rx.probes, id)
 					out = append(out, finished{ps, stage(ps.stage, os.ErrDeadlineExceeded)})
+				} else if next.IsZero() || ps.deadline.Before(next) {
+					next = ps.deadline
 				}
 			}
+			if next.IsZero() {
+				_ = rx.epf.SetReadDeadline(time.Time{})
+			} else {
+				rx.wakeBy(next)
+			}
 		}
-		// Deadlines need a look every tick while probes are in flight;
-		// otherwise sleep until start (or close) sets a deadline.
-		rx.arm(len(rx.probes) > 0)
 		rx.mu.Unlock()
 		if n == len(events) {
 			// More are waiting: the loop would go on without parking.
