@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lvsha/lvsha/internal/lab"
@@ -101,10 +102,28 @@ func newClient(node *netns.Node) *client {
 	return &client{node: node}
 }
 
+// Client source ports, each used once per run. IPVS keeps a connection's
+// entry for minutes after it ends (with direct routing it sees only the
+// client's half of the close, so the entry stays in FIN_WAIT), and a new
+// connection that reuses such an entry's source port goes to that entry's
+// real server without being scheduled: round robin and "weight 0 takes no
+// new connection" would then fail for a reason that is no scheduling at
+// all. The range is below the kernel's ephemeral ports (32768 up).
+const (
+	firstClientPort = 10000
+	clientPorts     = 22000
+)
+
+var clientPortSeq atomic.Uint32
+
+func nextClientPort() int {
+	return firstClientPort + int((clientPortSeq.Add(1)-1)%clientPorts)
+}
+
 func (c *client) dial(ctx context.Context, timeout time.Duration) (net.Conn, error) {
 	var conn net.Conn
 	err := c.node.Do(func() (err error) {
-		d := net.Dialer{Timeout: timeout}
+		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: nextClientPort()}}
 		conn, err = d.DialContext(ctx, "tcp", netip.AddrPortFrom(VIP, ServicePort).String())
 		return err
 	})
