@@ -2,10 +2,10 @@ package vrrp
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lvsha/lvsha/internal/sched"
 )
 
 // SetRealtime puts every thread of the process under the SCHED_RR real-time
@@ -18,19 +18,8 @@ func SetRealtime(prio int) error {
 	if prio < 1 || prio > 99 {
 		return fmt.Errorf("real-time priority %d: want 1..99", prio)
 	}
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
+	if err := sched.SetAllThreads(unix.SCHED_RR, uint32(prio)); err != nil {
 		return fmt.Errorf("real-time priority: %w", err)
-	}
-	attr := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_RR, Priority: uint32(prio)}
-	for _, t := range tasks {
-		tid, err := strconv.Atoi(t.Name())
-		if err != nil {
-			continue
-		}
-		if err := unix.SchedSetAttr(tid, attr, 0); err != nil && err != unix.ESRCH {
-			return fmt.Errorf("real-time priority for thread %d: %w", tid, err)
-		}
 	}
 	return nil
 }

@@ -45,21 +45,32 @@ type tools struct {
 // runHostAnchor builds fakeipvs.so and compares lvsha (lvshaBin) with
 // keepalived here.
 func runHostAnchor(c config, lvshaBin string) error {
-	lvshaBin, err := lvshaPath(lvshaBin)
+	t, cleanup, err := hostTools(lvshaBin)
 	if err != nil {
 		return err
+	}
+	defer cleanup()
+	t.where = "on this machine; keepalived's IPVS requests answered by fakeipvs.so"
+	return runAnchor(c, t)
+}
+
+// hostTools returns lvsha (lvshaBin) and this machine's keepalived with
+// fakeipvs.so built for it; cleanup removes the build.
+func hostTools(lvshaBin string) (_ tools, cleanup func(), err error) {
+	lvshaBin, err = lvshaPath(lvshaBin)
+	if err != nil {
+		return tools{}, nil, err
 	}
 	tmp, err := os.MkdirTemp("", "benchhc-")
 	if err != nil {
-		return err
+		return tools{}, nil, err
 	}
-	defer os.RemoveAll(tmp)
 	so, err := buildFakeIPVS(tmp)
 	if err != nil {
-		return err
+		os.RemoveAll(tmp)
+		return tools{}, nil, err
 	}
-	return runAnchor(c, tools{lvsha: lvshaBin, keepalived: "/usr/sbin/keepalived", preload: so,
-		where: "on this machine; keepalived's IPVS requests answered by fakeipvs.so"})
+	return tools{lvsha: lvshaBin, keepalived: "/usr/sbin/keepalived", preload: so}, func() { os.RemoveAll(tmp) }, nil
 }
 
 // buildFakeIPVS compiles fakeipvs.so into dir.
@@ -203,40 +214,11 @@ func measureTool(c config, t tools, lvsha bool) (_ toolRun, err error) {
 		return toolRun{}, err
 	}
 	defer ns.Close()
-	exe, err := os.Executable()
+	srv, err := startServers(c, ns)
 	if err != nil {
 		return toolRun{}, err
 	}
-	srv := exec.Command(exe, "-role=serve", "-net=loopback", "-failing=0", "-targets", strconv.Itoa(c.targets),
-		"-addrs", strconv.Itoa(c.addrs), "-port", strconv.Itoa(c.basePort))
-	srv.Stderr = os.Stderr
-	toSrv, err := srv.StdinPipe()
-	if err != nil {
-		return toolRun{}, err
-	}
-	fromSrv, err := srv.StdoutPipe()
-	if err != nil {
-		return toolRun{}, err
-	}
-	if err := ns.Start(srv); err != nil {
-		return toolRun{}, fmt.Errorf("servers: %w", err)
-	}
-	defer func() { toSrv.Close(); _ = srv.Process.Kill(); _ = srv.Wait() }()
-	lines := bufio.NewScanner(fromSrv)
-	if !lines.Scan() || lines.Text() != "ready" {
-		return toolRun{}, fmt.Errorf("servers did not start: %q", lines.Text())
-	}
-	count := func() (uint64, error) {
-		fmt.Fprintln(toSrv, "count")
-		if !lines.Scan() {
-			return 0, fmt.Errorf("servers: no count: %v", lines.Err())
-		}
-		n, ok := strings.CutPrefix(lines.Text(), "served ")
-		if !ok {
-			return 0, fmt.Errorf("servers: %q", lines.Text())
-		}
-		return strconv.ParseUint(n, 10, 64)
-	}
+	defer srv.close()
 
 	dir, err := os.MkdirTemp("", "bhc-"+name)
 	if err != nil {
@@ -309,7 +291,7 @@ func measureTool(c config, t tools, lvsha bool) (_ toolRun, err error) {
 	for _, p := range pids0 {
 		r.cpuBy = append(r.cpuBy, -procCPU(p))
 	}
-	n0, err := count()
+	n0, err := srv.count()
 	if err != nil {
 		return toolRun{}, err
 	}
@@ -327,7 +309,7 @@ func measureTool(c config, t tools, lvsha bool) (_ toolRun, err error) {
 			r.rssBy[i] = max(r.rssBy[i], v)
 		}
 	}
-	n1, err := count()
+	n1, err := srv.count()
 	if err != nil {
 		return toolRun{}, err
 	}
@@ -371,6 +353,57 @@ func keepalivedConf(c config) string {
 	b.WriteString("}\n")
 	return b.String()
 }
+
+// servers is a -role=serve process: the HTTP servers of c.targets, which
+// count the requests they answer.
+type servers struct {
+	cmd   *exec.Cmd
+	in    io.WriteCloser
+	lines *bufio.Scanner
+}
+
+// startServers starts the servers in ns and waits until they listen.
+func startServers(c config, ns interface{ Start(*exec.Cmd) error }) (_ *servers, err error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, "-role=serve", "-net=loopback", "-failing=0", "-targets", strconv.Itoa(c.targets),
+		"-addrs", strconv.Itoa(c.addrs), "-port", strconv.Itoa(c.basePort))
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := ns.Start(cmd); err != nil {
+		return nil, fmt.Errorf("servers: %w", err)
+	}
+	s := &servers{cmd: cmd, in: in, lines: bufio.NewScanner(out)}
+	if !s.lines.Scan() || s.lines.Text() != "ready" {
+		s.close()
+		return nil, fmt.Errorf("servers did not start: %q", s.lines.Text())
+	}
+	return s, nil
+}
+
+// count returns the number of requests answered so far.
+func (s *servers) count() (uint64, error) {
+	fmt.Fprintln(s.in, "count")
+	if !s.lines.Scan() {
+		return 0, fmt.Errorf("servers: no count: %v", s.lines.Err())
+	}
+	n, ok := strings.CutPrefix(s.lines.Text(), "served ")
+	if !ok {
+		return 0, fmt.Errorf("servers: %q", s.lines.Text())
+	}
+	return strconv.ParseUint(n, 10, 64)
+}
+
+func (s *servers) close() { s.in.Close(); _ = s.cmd.Process.Kill(); _ = s.cmd.Wait() }
 
 // treePIDs returns pid and its descendants.
 func treePIDs(pid int) []int {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"net/netip"
 	"os"
@@ -36,20 +35,11 @@ type soakRun struct {
 }
 
 func runVRRPSoak(c config, lvshaBin string, dur, advert time.Duration) error {
-	lvshaBin, err := lvshaPath(lvshaBin)
+	t, cleanup, err := hostTools(lvshaBin)
 	if err != nil {
 		return err
 	}
-	tmp, err := os.MkdirTemp("", "benchhc-soak-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
-	so, err := buildFakeIPVS(tmp)
-	if err != nil {
-		return err
-	}
-	t := tools{lvsha: lvshaBin, keepalived: "/usr/sbin/keepalived", preload: so}
+	defer cleanup()
 	version := keepalivedVersion(t.keepalived)
 	var runs []soakRun
 	for _, lvsha := range []bool{true, false} {
@@ -106,37 +96,11 @@ func soakPair(c config, t tools, lvsha bool, dur, advert time.Duration) (_ soakR
 	if _, err := a.Run("ip", "link", "set", "lo", "up"); err != nil {
 		return soakRun{}, err
 	}
-	exe, err := os.Executable()
+	srv, err := startServers(c, a)
 	if err != nil {
 		return soakRun{}, err
 	}
-	srv := exec.Command(exe, "-role=serve", "-net=loopback", "-failing=0", "-targets", strconv.Itoa(c.targets),
-		"-addrs", strconv.Itoa(c.addrs), "-port", strconv.Itoa(c.basePort))
-	srv.Stderr = os.Stderr
-	toSrv, err := srv.StdinPipe()
-	if err != nil {
-		return soakRun{}, err
-	}
-	fromSrv, err := srv.StdoutPipe()
-	if err != nil {
-		return soakRun{}, err
-	}
-	if err := a.Start(srv); err != nil {
-		return soakRun{}, fmt.Errorf("servers: %w", err)
-	}
-	defer func() { toSrv.Close(); _ = srv.Process.Kill(); _ = srv.Wait() }()
-	lines := bufio.NewScanner(fromSrv)
-	if !lines.Scan() || lines.Text() != "ready" {
-		return soakRun{}, fmt.Errorf("servers did not start: %q", lines.Text())
-	}
-	count := func() uint64 {
-		fmt.Fprintln(toSrv, "count")
-		if !lines.Scan() {
-			return 0
-		}
-		n, _ := strconv.ParseUint(strings.TrimPrefix(lines.Text(), "served "), 10, 64)
-		return n
-	}
+	defer srv.close()
 
 	dir, err := os.MkdirTemp("", "bsk-"+name)
 	if err != nil {
@@ -233,9 +197,17 @@ func soakPair(c config, t tools, lvsha bool, dur, advert time.Duration) (_ soakR
 		return strings.Count(string(bs), marker)
 	}
 	var r soakRun
-	m0, n0, cpu0, t0 := masters(), count(), treeCPU(ca.Process.Pid), time.Now()
+	n0, err := srv.count()
+	if err != nil {
+		return r, err
+	}
+	m0, cpu0, t0 := masters(), treeCPU(ca.Process.Pid), time.Now()
 	time.Sleep(dur)
-	r.falseFailovers, r.served, r.aCPU, r.window = masters()-m0, count()-n0, treeCPU(ca.Process.Pid)-cpu0, time.Since(t0)
+	n1, err := srv.count()
+	if err != nil {
+		return r, err
+	}
+	r.falseFailovers, r.served, r.aCPU, r.window = masters()-m0, n1-n0, treeCPU(ca.Process.Pid)-cpu0, time.Since(t0)
 	if r.served == 0 {
 		return r, fmt.Errorf("%s: no checks reached the servers (logs in %s)", name, dir)
 	}

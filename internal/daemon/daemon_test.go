@@ -217,15 +217,7 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 	d := New(cfg, log, Options{Version: "test", Reload: reload, OpenIPVS: func() (lvs.Kernel, func(), error) {
 		return k, func() {}, nil
 	}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	ctx := runDaemon(t, d)
 
 	waitFor(t, "both real servers in IPVS", func() bool {
 		w := k.weights(t)
@@ -345,6 +337,22 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(dir, "lvsha.ipvs-owned")); err != nil || strings.TrimSpace(string(b)) != "tcp/10.99.0.1:80" {
 		t.Errorf("owned services state: %q %v", b, err)
 	}
+}
+
+// runDaemon runs d until the test ends, then stops it and checks that Run
+// returned no error.
+func runDaemon(t *testing.T, d *Daemon) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return ctx
 }
 
 func freePort(t *testing.T) string {
@@ -575,15 +583,7 @@ check = { initial_state = "down" }
 		OpenIPVS:       func() (lvs.Kernel, func(), error) { return k, func() {}, nil },
 		CheckerCommand: func() *exec.Cmd { return exec.Command("/nonexistent/lvsha", "checker") },
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	ctx := runDaemon(t, d)
 	waitFor(t, "IPVS programmed", func() bool {
 		w := k.weights(t)
 		return w["10.99.1.1:80"] == 1 && w["10.99.1.2:80"] == 0
@@ -617,15 +617,7 @@ address = "10.99.1.1:80"
 `)
 	k := &recKernel{k: lvs.NewFake()}
 	d := New(cfg, slog.New(slog.DiscardHandler), Options{OpenIPVS: func() (lvs.Kernel, func(), error) { return k, func() {}, nil }})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	ctx := runDaemon(t, d)
 	waitFor(t, "a checker", func() bool { return d.hc.Pid() != 0 })
 	pid := d.hc.Pid()
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {

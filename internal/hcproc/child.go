@@ -1,7 +1,6 @@
 package hcproc
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -11,12 +10,12 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/lvsha/lvsha/internal/logging"
+	"github.com/lvsha/lvsha/internal/sched"
 )
 
 // ChildArg is the hidden subcommand of lvsha that runs the checker
@@ -75,7 +74,8 @@ func Main(args []string, stderr io.Writer) int {
 	// whole group (Ctrl-C, systemd stopping the unit) must not make the
 	// checker exit on its own and look like a crash.
 	signal.Ignore(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	if err := normalScheduling(); err != nil {
+	// The daemon runs real-time, and a child inherits that.
+	if err := sched.SetAllThreads(unix.SCHED_NORMAL, 0); err != nil {
 		log.Warn("cannot leave the daemon's real-time scheduling; checks will cost more CPU", "err", err)
 	}
 	// One P: the checks are a single scheduling loop and an epoll
@@ -93,42 +93,4 @@ func Main(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-// normalScheduling puts every thread of this process under SCHED_NORMAL (SCHED_OTHER): the
-// daemon runs real-time and a child inherits that. Threads are created
-// from existing ones, so passes repeat until one finds nothing to change.
-func normalScheduling() error {
-	for range 10 {
-		tasks, err := os.ReadDir("/proc/self/task")
-		if err != nil {
-			return fmt.Errorf("scheduling: %w", err)
-		}
-		changed := false
-		for _, t := range tasks {
-			tid, err := strconv.Atoi(t.Name())
-			if err != nil {
-				continue
-			}
-			attr, err := unix.SchedGetAttr(tid, 0)
-			if err != nil {
-				if errors.Is(err, unix.ESRCH) {
-					continue
-				}
-				return fmt.Errorf("scheduling of thread %d: %w", tid, err)
-			}
-			if attr.Policy == unix.SCHED_NORMAL {
-				continue
-			}
-			changed = true
-			normal := &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
-			if err := unix.SchedSetAttr(tid, normal, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-				return fmt.Errorf("scheduling of thread %d: %w", tid, err)
-			}
-		}
-		if !changed {
-			return nil
-		}
-	}
-	return errors.New("scheduling: threads kept appearing under real-time")
 }
