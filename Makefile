@@ -19,7 +19,7 @@ build:
 # Installs what the tests need on a fresh Debian machine (root): packages, the
 # Go modules and the VM kernel (cached outside the repository).
 setup:
-	bash internal/scripts/setup.sh
+	bash internal/testenv/setup.sh
 
 # Every test: unit, namespace (root) and VM (real IPVS) tests. One package at
 # a time (-p 1): the VM runs under TCG emulation and the namespace tests time
@@ -39,23 +39,23 @@ lint:
 bench: bench-failover bench-healthcheck bench-ipvs
 
 bench-failover: setup build
-	$(GO) run ./internal/benchfailover -lvsha bin/lvsha
+	$(GO) run ./internal/scenarios/benchfailover -lvsha bin/lvsha
 
 # 10,000 targets on the checker alone, then the lvsha daemon against
 # keepalived's checker: here (keepalived with fakeipvs.so) and in the VM
 # (real IPVS, emulated CPUs); then VRRP at 10 ms adverts on a master doing
 # those checks (false failovers, beside keepalived).
 bench-healthcheck: setup build
-	$(GO) run ./internal/benchhc
-	$(GO) run ./internal/benchhc -anchor -lvsha bin/lvsha
-	$(GO) run ./internal/benchhc -vm -lvsha bin/lvsha
-	$(GO) run ./internal/benchhc -vrrp-soak 2m -lvsha bin/lvsha
+	$(GO) run ./internal/scenarios/benchhc
+	$(GO) run ./internal/scenarios/benchhc -anchor -lvsha bin/lvsha
+	$(GO) run ./internal/scenarios/benchhc -vm -lvsha bin/lvsha
+	$(GO) run ./internal/scenarios/benchhc -vrrp-soak 2m -lvsha bin/lvsha
 
 bench-ipvs: setup build
-	$(GO) run ./internal/benchipvs
+	$(GO) run ./internal/scenarios/benchipvs
 
 demo: setup build
-	$(GO) run ./internal/demo -lvsha bin/lvsha
+	$(GO) run ./internal/scenarios/demo -lvsha bin/lvsha
 
 clean:
 	rm -rf bin dist

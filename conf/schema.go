@@ -168,7 +168,7 @@ func defaultGlobal() Global {
 		IPVSRepairInterval: Duration(10e9),
 		// On by default, unlike keepalived: without it a busy director
 		// fails over falsely at short advert intervals (see
-		// internal/benchfailover/RESULTS.md).
+		// internal/scenarios/benchfailover/RESULTS.md).
 		RealtimePriority: 10,
 	}
 }

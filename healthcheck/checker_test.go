@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lvsha/lvsha/internal/testutil"
+	"github.com/lvsha/lvsha/internal/testenv/testutil"
 )
 
 // testTimeout is generous so that a loaded machine (make test runs all

@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lvsha/lvsha/internal/lab"
-	"github.com/lvsha/lvsha/internal/netns"
-	"github.com/lvsha/lvsha/internal/vm"
-	"github.com/lvsha/lvsha/internal/vm/vmtest"
+	"github.com/lvsha/lvsha/internal/testenv/lab"
+	"github.com/lvsha/lvsha/internal/testenv/netns"
+	"github.com/lvsha/lvsha/internal/testenv/vm"
+	"github.com/lvsha/lvsha/internal/testenv/vm/vmtest"
 )
 
 // TestIPVSInVM runs the TestKernel* tests below inside the QEMU VM: the

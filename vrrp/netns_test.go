@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lvsha/lvsha/internal/netns"
-	"github.com/lvsha/lvsha/internal/testutil"
+	"github.com/lvsha/lvsha/internal/testenv/netns"
+	"github.com/lvsha/lvsha/internal/testenv/testutil"
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ethernet"
 	"github.com/vishvananda/netlink"
@@ -35,9 +35,6 @@ const (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(rtChildEnv) != "" {
-		os.Exit(runRTChild())
-	}
 	if js := os.Getenv(childEnv); js != "" {
 		os.Exit(runChild(js, os.Getenv(childStatusEnv)))
 	}

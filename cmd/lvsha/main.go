@@ -11,14 +11,14 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 
 	"github.com/lvsha/lvsha/conf"
-	"github.com/lvsha/lvsha/internal/daemon"
-	"github.com/lvsha/lvsha/internal/hcproc"
+	"github.com/lvsha/lvsha/internal/director"
+	"github.com/lvsha/lvsha/internal/director/checker"
 	"github.com/lvsha/lvsha/internal/logging"
+	"github.com/lvsha/lvsha/internal/process"
 )
 
 // version is set at build time: -ldflags "-X main.version=$(git describe)".
@@ -68,8 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runRealserver(args[1:], stdout, stderr)
 		case "status":
 			return runStatus(args[1:], stdout, stderr)
-		case hcproc.ChildArg: // not in the usage: the daemon starts it
-			return hcproc.Main(args[1:], stderr)
+		case checker.ChildArg: // not in the usage: the daemon starts it
+			return checker.Main(args[1:], stderr, process.Checker)
 		}
 	}
 
@@ -118,15 +118,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	for _, w := range warnings {
 		log.Warn("config", "warning", w.Format(file))
 	}
-	// GOMAXPROCS stays the runtime's (one P per CPU): VRRP must never
-	// wait for a P. The health checks, the bulk of the work, run in a
-	// checker process of their own with one P (see hcproc).
-	// Heap headroom of half the live heap instead of all of it, unless
-	// GOGC says otherwise: the daemon allocates little once running (a
-	// collection every few seconds at 10,000 checks a second, 6 ms of CPU
-	// each), so the smaller heap costs next to nothing.
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(50)
+	rtPrio := cfg.Global.RealtimePriority
+	if err := process.Daemon(rtPrio); err != nil {
+		log.Warn("cannot switch to real-time scheduling; VRRP may fail over falsely when the CPUs are busy",
+			"priority", rtPrio, "err", err, "hint", "run as root, or with LimitRTPRIO= in the systemd unit")
+	} else if rtPrio > 0 {
+		log.Info("real-time scheduling", "policy", "SCHED_RR", "priority", rtPrio)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -135,7 +132,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	d := daemon.New(cfg, log, daemon.Options{Version: version, Reload: hup})
+	d := director.New(cfg, log, director.Options{Version: version, Reload: hup})
 	if err := d.Run(ctx); err != nil {
 		log.Error("lvsha stopped with an error", "err", err)
 		return exitFail

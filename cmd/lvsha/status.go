@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/lvsha/lvsha/conf"
-	"github.com/lvsha/lvsha/internal/daemon"
+	"github.com/lvsha/lvsha/internal/director/control"
 )
 
 func runStatus(args []string, stdout, stderr io.Writer) int {
@@ -29,10 +29,10 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := daemon.QueryStatus(ctx, socket)
+	st, err := control.QueryStatus(ctx, socket)
 	if err != nil {
 		fmt.Fprintf(stderr, "lvsha: %v\n", err)
-		var nr *daemon.ErrNotRunning
+		var nr *control.ErrNotRunning
 		if errors.As(err, &nr) {
 			return 3 // like systemctl status: not running
 		}
@@ -50,7 +50,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func printStatus(w io.Writer, st *daemon.Status) {
+func printStatus(w io.Writer, st *control.Status) {
 	fmt.Fprintf(w, "lvsha %s, config %s, up since %s\n", st.Version, st.Config, st.Started.Format(time.RFC3339))
 	if st.HealthError != "" {
 		fmt.Fprintf(w, "health checks: %s\n", st.HealthError)

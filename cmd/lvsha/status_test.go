@@ -6,17 +6,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lvsha/lvsha/internal/daemon"
+	"github.com/lvsha/lvsha/internal/director/control"
 )
 
 func TestPrintStatus(t *testing.T) {
-	st := &daemon.Status{
+	st := &control.Status{
 		Version: "v1", Config: "/etc/lvsha/lvsha.toml", Started: time.Unix(0, 0).UTC(),
-		Checker: &daemon.CheckerStatus{Pid: 4321, Restarts: 2},
-		VRRP: []daemon.VRRPStatus{{Name: "VI_1", Interface: "ens33", VRID: 51, State: "MASTER", Priority: 150,
+		Checker: &control.CheckerStatus{Pid: 4321, Restarts: 2},
+		VRRP: []control.VRRPStatus{{Name: "VI_1", Interface: "ens33", VRID: 51, State: "MASTER", Priority: 150,
 			Master: "192.168.94.132", Since: time.Unix(3600, 0).UTC(), LastCause: "master down timer expired"}},
-		Services: []daemon.ServiceStatus{{Key: "TCP 192.168.94.200:80", Scheduler: "rr", Forwarding: "dr", InKernel: true,
-			Reals: []daemon.RealStatus{
+		Services: []control.ServiceStatus{{Key: "TCP 192.168.94.200:80", Scheduler: "rr", Forwarding: "dr", InKernel: true,
+			Reals: []control.RealStatus{
 				{Address: "192.168.94.134:80", Weight: 1, KernelWeight: 1, ActiveConns: 3, InactiveConns: 12, Health: "up", LastResult: "ok", LastError: "connection refused"},
 				{Address: "192.168.94.135:80", Weight: 1, KernelWeight: 0, Health: "down", LastResult: "status 503", LastError: "status 503"},
 				{Address: "192.168.94.136:80", Weight: 2, KernelWeight: -1, Health: "unchecked"},

@@ -23,7 +23,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lvsha/lvsha/internal/testutil"
+	"github.com/lvsha/lvsha/internal/testenv/testutil"
 	"github.com/mdlayher/arp"
 )
 

@@ -1,0 +1,120 @@
+// Package control is the contract of the director's control socket: the
+// status document that `lvsha status --json` prints and the daemon serves
+// on GET /v1/status, and the client that asks for it. The CLI imports this,
+// never the daemon itself.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+)
+
+// StatusPath is where the daemon serves its Status on the control socket.
+const StatusPath = "/v1/status"
+
+// Status is what `lvsha status --json` prints: a stable document.
+type Status struct {
+	Version  string          `json:"version"`
+	Config   string          `json:"config"`
+	Started  time.Time       `json:"started"`
+	VRRP     []VRRPStatus    `json:"vrrp"`
+	Services []ServiceStatus `json:"services"`
+	// IPVSError says why the IPVS table could not be read or programmed.
+	IPVSError string `json:"ipvs_error,omitempty"`
+	// HealthError says why the checker process gave no details.
+	HealthError string `json:"health_error,omitempty"`
+	// Checker is the health checker process; absent when there is
+	// nothing to check, and so no such process.
+	Checker *CheckerStatus `json:"checker,omitempty"`
+}
+
+// CheckerStatus is the health checker process.
+type CheckerStatus struct {
+	Pid      int    `json:"pid"` // 0 while it is being restarted
+	Restarts uint64 `json:"restarts"`
+}
+
+// VRRPStatus is one VRRP instance.
+type VRRPStatus struct {
+	Name        string            `json:"name"`
+	Interface   string            `json:"interface"`
+	VRID        int               `json:"vrid"`
+	State       string            `json:"state"`
+	Priority    int               `json:"priority"`
+	Master      string            `json:"master,omitempty"`
+	Since       time.Time         `json:"since"`
+	LastCause   string            `json:"last_cause,omitempty"`
+	VIPs        []string          `json:"vips"`
+	AdvertsOut  uint64            `json:"adverts_sent"`
+	AdvertsIn   uint64            `json:"adverts_received"`
+	Transitions uint64            `json:"transitions"`
+	Dropped     map[string]uint64 `json:"dropped,omitempty"`
+}
+
+// ServiceStatus is one virtual service, like a block of `ipvsadm -ln`.
+type ServiceStatus struct {
+	Key        string       `json:"key"`
+	Scheduler  string       `json:"scheduler"`
+	Forwarding string       `json:"forwarding"`
+	InKernel   bool         `json:"in_kernel"`
+	QuorumLost bool         `json:"quorum_lost,omitempty"`
+	Reals      []RealStatus `json:"reals"`
+}
+
+// RealStatus is one real server of a service.
+type RealStatus struct {
+	Address        string    `json:"address"`
+	Weight         int       `json:"weight"`
+	KernelWeight   int       `json:"kernel_weight"`
+	ActiveConns    int       `json:"active_conns"`
+	InactiveConns  int       `json:"inactive_conns"`
+	Health         string    `json:"health"` // up, down, unchecked
+	LastError      string    `json:"last_error,omitempty"`
+	Checks         uint64    `json:"checks"`
+	LastResult     string    `json:"last_result,omitempty"` // "ok" or why the last check failed
+	LastCheck      time.Time `json:"last_check,omitzero"`
+	LastTransition time.Time `json:"last_transition,omitzero"`
+}
+
+// ErrNotRunning says no daemon answers on the control socket.
+type ErrNotRunning struct {
+	Socket string
+	Err    error
+}
+
+func (e *ErrNotRunning) Error() string {
+	return fmt.Sprintf("lvsha is not running (no answer on %s: %v)", e.Socket, e.Err)
+}
+
+func (e *ErrNotRunning) Unwrap() error { return e.Err }
+
+// QueryStatus asks the daemon behind socket for its status.
+func QueryStatus(ctx context.Context, socket string) (*Status, error) {
+	c := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://lvsha"+StatusPath, nil)
+	if err != nil {
+		return nil, fmt.Errorf("status request: %w", err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, &ErrNotRunning{Socket: socket, Err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status: daemon answered %s", resp.Status)
+	}
+	var st Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("status: decode answer: %w", err)
+	}
+	return &st, nil
+}

@@ -1,0 +1,323 @@
+// Package daemon wires lvsha's parts into the director daemon: VRRP
+// instances, health checks and the IPVS reconciler, the control socket that
+// `lvsha status` asks, and reload on SIGHUP.
+//
+// Both directors run health checks and program IPVS all the time, whatever
+// their VRRP state, so a takeover needs nothing but the VIPs to move.
+package director
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/lvsha/lvsha/conf"
+	"github.com/lvsha/lvsha/healthcheck"
+	"github.com/lvsha/lvsha/internal/director/checker"
+	"github.com/lvsha/lvsha/lvs"
+)
+
+// Options are the daemon's settings that do not come from the config file.
+type Options struct {
+	Version string
+	// Reload delivers a value for each reload request (SIGHUP).
+	Reload <-chan os.Signal
+	// OpenIPVS opens the IPVS table; nil means the kernel's in the current
+	// network namespace. Tests pass an in-memory one.
+	OpenIPVS func() (lvs.Kernel, func(), error)
+	// CheckerCommand starts the health checker process; nil means this
+	// binary as `lvsha checker` (checker.Command).
+	CheckerCommand func() *exec.Cmd
+}
+
+// Daemon is a running director.
+type Daemon struct {
+	log  *slog.Logger
+	opts Options
+
+	mu      sync.Mutex
+	cfg     *conf.Config
+	started time.Time
+	vrrp    map[string]*vrrpRunner // by instance name
+	health  map[string]bool        // by real server ID; absent = no check (up)
+	hc      *checker.Client        // set by New: status may ask it before Run starts it
+	ipvs    *ipvsPart
+	metrics *metrics
+}
+
+// New returns a daemon for a validated config.
+func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
+	cmd := opts.CheckerCommand
+	if cmd == nil {
+		cmd = checker.Command(cfg.Global.LogLevel, cfg.Global.LogFormat)
+	}
+	return &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{}, health: map[string]bool{},
+		hc: checker.NewClient(log, cmd)}
+}
+
+// Run starts every part, runs until ctx is done, then shuts down in order:
+// VRRP first (a master hands over at once with a priority-0 advert and
+// drops its VIPs), then health checks; IPVS is left programmed so a restart
+// or the other director loses no connection.
+func (d *Daemon) Run(ctx context.Context) error {
+	d.started = time.Now()
+	cfg := d.config()
+	d.log.Info("lvsha starting", "version", d.opts.Version, "config", cfg.File,
+		"vrrp_instances", len(cfg.VRRP), "virtual_services", len(cfg.Services))
+
+	ctl, err := d.listenControl(cfg.Global.ControlSocket)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: d.controlHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ctl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("control socket stopped", "err", err)
+		}
+	}()
+	defer func() {
+		_ = srv.Close()
+		_ = os.Remove(cfg.Global.ControlSocket)
+	}()
+
+	d.metrics = newMetrics(d)
+	if listen := cfg.Global.MetricsListen; listen != "" {
+		stopMetrics, err := d.serveMetrics(ctx, listen)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+	}
+
+	// Health checks first, so IPVS starts from their initial verdicts.
+	targets, err := healthTargets(cfg)
+	if err != nil {
+		return fmt.Errorf("health checks: %w", err)
+	}
+	hcCtx, hcStop := context.WithCancel(context.WithoutCancel(ctx))
+	if err := d.hc.Update(targets); err != nil {
+		hcStop()
+		return fmt.Errorf("health checks: %w", err)
+	}
+	d.resetHealth(targets)
+	hcDone := make(chan struct{})
+	go func() {
+		defer close(hcDone)
+		_ = d.hc.Run(hcCtx)
+	}()
+	defer func() {
+		hcStop()
+		<-hcDone
+	}()
+
+	d.ipvs, err = startIPVS(ctx, cfg, d.log, d.opts.OpenIPVS, d.metrics.observeApply)
+	if err != nil {
+		return err
+	}
+	defer d.ipvs.stop()
+	d.reconcile("start")
+	// READY means the table is programmed (or failed loudly and is being
+	// retried): a unit ordered after lvsha finds IPVS in place.
+	select {
+	case <-d.ipvs.first:
+	case <-ctx.Done():
+	}
+	if err := sdNotify("READY=1"); err != nil {
+		d.log.Warn("systemd notify", "err", err)
+	}
+	// Loading a big config is the daemon's one burst of garbage (10,000
+	// real servers: about a third of its heap); give it back now rather
+	// than carry it for as long as the runtime's scavenger takes.
+	debug.FreeOSMemory()
+
+	vctx := context.WithoutCancel(ctx) // stopped explicitly, in order
+	for _, in := range cfg.VRRP {
+		vc := vrrpConfig(in)
+		d.vrrp[in.Name] = startVRRP(vctx, vc, d.log)
+	}
+	defer d.stopVRRP()
+
+	for {
+		select {
+		case <-ctx.Done():
+			d.log.Info("lvsha stopping", "cause", context.Cause(ctx))
+			_ = sdNotify("STOPPING=1")
+			return nil
+		case <-d.opts.Reload:
+			_ = sdNotify("RELOADING=1")
+			d.reload(vctx)
+			_ = sdNotify("READY=1")
+			debug.FreeOSMemory()
+		case tr, ok := <-d.hc.Transitions():
+			if !ok {
+				return errors.New("health checks stopped")
+			}
+			d.onHealth(tr)
+		}
+	}
+}
+
+func (d *Daemon) stopVRRP() {
+	var wg sync.WaitGroup
+	for _, r := range d.vrrpRunners() {
+		wg.Go(r.stop)
+	}
+	wg.Wait()
+}
+
+func (d *Daemon) vrrpRunners() []*vrrpRunner {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]*vrrpRunner, 0, len(d.vrrp))
+	for _, r := range d.vrrp {
+		out = append(out, r)
+	}
+	return out
+}
+
+func (d *Daemon) config() *conf.Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg
+}
+
+// resetHealth makes the health map match the targets: kept targets keep
+// their verdict, new ones start in their initial state.
+func (d *Daemon) resetHealth(targets []checker.Target) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	next := make(map[string]bool, len(targets))
+	for _, t := range targets {
+		up, ok := d.health[t.ID]
+		if !ok {
+			up = t.Spec.InitialUp
+		}
+		next[t.ID] = up
+	}
+	d.health = next
+}
+
+func (d *Daemon) onHealth(tr healthcheck.Transition) {
+	d.mu.Lock()
+	_, known := d.health[tr.ID]
+	if known {
+		d.health[tr.ID] = tr.Up
+	}
+	d.mu.Unlock()
+	if !known {
+		return // a target removed by a reload
+	}
+	state := "DOWN"
+	if tr.Up {
+		state = "UP"
+	}
+	d.log.Info("real server "+state, "real_server", tr.ID, "reason", tr.Reason)
+	d.reconcile("health " + tr.ID + " " + state)
+}
+
+// reload reads the config file again. An invalid file, or one whose checks
+// cannot start, changes nothing. A valid one is applied as a difference:
+// unchanged VRRP instances keep running (a master stays master), unchanged
+// real servers keep their health state, IPVS gets only the changes.
+func (d *Daemon) reload(vctx context.Context) {
+	old := d.config()
+	cfg, warnings, err := conf.Load(old.File)
+	if err != nil {
+		var inv *conf.InvalidError
+		if errors.As(err, &inv) {
+			for _, dg := range inv.Diags {
+				d.log.Error("reload: config problem", "problem", dg.Format(old.File))
+			}
+		}
+		d.log.Error("reload rejected: keeping the running config", "config", old.File, "err", err)
+		return
+	}
+	for _, w := range warnings {
+		d.log.Warn("reload: config warning", "warning", w.Format(old.File))
+	}
+	if cfg.Global.ControlSocket != old.Global.ControlSocket || cfg.Global.MetricsListen != old.Global.MetricsListen {
+		d.log.Warn("reload: control_socket and metrics_listen changes need a restart; keeping the old ones")
+		cfg.Global.ControlSocket, cfg.Global.MetricsListen = old.Global.ControlSocket, old.Global.MetricsListen
+	}
+	targets, err := healthTargets(cfg)
+	if err == nil {
+		err = d.hc.Update(targets)
+	}
+	if err != nil {
+		d.log.Error("reload rejected: keeping the running config", "config", old.File, "err", err)
+		return
+	}
+	d.resetHealth(targets)
+	d.mu.Lock()
+	d.cfg = cfg
+	d.mu.Unlock()
+
+	d.reconcile("reload")
+	d.reloadVRRP(vctx, cfg)
+	d.log.Info("reload applied", "config", cfg.File)
+}
+
+func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
+	want := map[string]bool{}
+	for _, in := range cfg.VRRP {
+		want[in.Name] = true
+		vc := vrrpConfig(in)
+		d.mu.Lock()
+		cur := d.vrrp[in.Name]
+		d.mu.Unlock()
+		if cur != nil && sameVRRP(cur.cfg, vc) {
+			continue
+		}
+		if cur != nil {
+			d.log.Info("reload: vrrp instance changed; restarting it", "instance", in.Name)
+			cur.stop()
+		} else {
+			d.log.Info("reload: new vrrp instance", "instance", in.Name)
+		}
+		r := startVRRP(vctx, vc, d.log)
+		d.mu.Lock()
+		d.vrrp[in.Name] = r
+		d.mu.Unlock()
+	}
+	for _, r := range d.vrrpRunners() {
+		if !want[r.cfg.Name] {
+			d.log.Info("reload: vrrp instance removed; stopping it", "instance", r.cfg.Name)
+			r.stop()
+			d.mu.Lock()
+			delete(d.vrrp, r.cfg.Name)
+			d.mu.Unlock()
+		}
+	}
+}
+
+// listenControl opens the control socket, 0600 so only root can ask.
+func (d *Daemon) listenControl(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	// A socket left by a crashed run would make Listen fail; a live daemon
+	// answers on it, so refuse to steal it.
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("control socket %s: another lvsha is running", path)
+	}
+	_ = os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = l.Close()
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return l, nil
+}

@@ -1,0 +1,230 @@
+package director
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lvsha/lvsha/conf"
+	"github.com/lvsha/lvsha/lvs"
+)
+
+// ipvsPart feeds the IPVS reconciler loop. The daemon's main goroutine hands
+// it the newest desired table and never waits for the kernel; if IPVS cannot
+// be opened (module missing), it keeps retrying and says so in logs and
+// status, while VRRP and health checks go on.
+type ipvsPart struct {
+	log       *slog.Logger
+	interval  time.Duration
+	want      chan []lvs.Service // capacity 1: only the newest table matters
+	open      func() (lvs.Kernel, func(), error)
+	observe   func(rep lvs.Report, err error, repair bool)
+	statePath string
+	first     chan struct{} // closed when the first apply has been tried
+	firstOnce sync.Once
+	cancel    context.CancelFunc
+	done      chan struct{}
+
+	mu      sync.Mutex
+	loop    *lvs.Loop
+	lastErr string
+	applied int // Apply calls that succeeded
+}
+
+func startIPVS(ctx context.Context, cfg *conf.Config, log *slog.Logger, open func() (lvs.Kernel, func(), error),
+	observe func(rep lvs.Report, err error, repair bool)) (*ipvsPart, error) {
+	if open == nil {
+		open = func() (lvs.Kernel, func(), error) {
+			k, err := lvs.OpenIPVS("")
+			if err != nil {
+				return nil, nil, err
+			}
+			return k, k.Close, nil
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	p := &ipvsPart{
+		log:      log,
+		interval: cfg.Global.IPVSRepairInterval.D(),
+		want:     make(chan []lvs.Service, 1),
+		cancel:   cancel,
+		done:     make(chan struct{}),
+		open:     open,
+		observe:  observe,
+		// Which services are ours must survive a restart, or one removed
+		// from the config meanwhile would stay in the kernel for ever.
+		first:     make(chan struct{}),
+		statePath: strings.TrimSuffix(cfg.Global.ControlSocket, ".sock") + ".ipvs-owned",
+	}
+	go p.run(ctx)
+	return p, nil
+}
+
+func (p *ipvsPart) stop() {
+	p.cancel()
+	<-p.done
+}
+
+// set replaces the desired table; the applier picks up the newest.
+func (p *ipvsPart) set(desired []lvs.Service) {
+	select {
+	case <-p.want:
+	default:
+	}
+	p.want <- desired
+}
+
+func (p *ipvsPart) run(ctx context.Context) {
+	defer close(p.done)
+	var (
+		loop     *lvs.Loop
+		loopDone chan struct{}
+		pending  []lvs.Service
+		havePend bool
+		failures int
+		retry    <-chan time.Time
+	)
+	defer func() {
+		if loopDone != nil {
+			<-loopDone
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case d := <-p.want:
+			pending, havePend = d, true
+		case <-retry:
+			retry = nil
+		}
+		if !havePend || retry != nil {
+			continue
+		}
+		if loop == nil {
+			if len(pending) == 0 {
+				havePend = false // nothing to program: no need for IPVS at all
+				p.settled()
+				continue
+			}
+			k, closeK, err := p.open()
+			if err != nil {
+				p.fail("open IPVS", err, &failures, &retry)
+				p.settled()
+				continue
+			}
+			rec := lvs.NewReconciler(k, p.log)
+			if p.statePath != "" {
+				if err := rec.PersistOwned(p.statePath); err != nil {
+					p.log.Warn("ipvs: cannot load the services a previous run owned", "err", err)
+				}
+			}
+			loop = lvs.NewLoop(rec, p.interval, p.log)
+			loop.OnRepair = func(rep lvs.Report, err error) { p.observe(rep, err, true) }
+			loopDone = make(chan struct{})
+			go func() {
+				defer close(loopDone)
+				defer closeK()
+				_ = loop.Run(ctx)
+			}()
+			p.mu.Lock()
+			p.loop = loop
+			p.mu.Unlock()
+		}
+		rep, err := loop.Apply(ctx, pending)
+		p.observe(rep, err, false)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			p.fail("apply", err, &failures, &retry)
+			p.settled()
+			continue
+		}
+		havePend, failures = false, 0
+		p.settled()
+		p.mu.Lock()
+		p.lastErr = ""
+		p.applied++
+		p.mu.Unlock()
+	}
+}
+
+// settled marks the end of the first attempt to program the kernel, done or
+// failed, which is when the daemon tells systemd it is ready.
+func (p *ipvsPart) settled() {
+	p.firstOnce.Do(func() { close(p.first) })
+}
+
+func (p *ipvsPart) fail(what string, err error, failures *int, retry *<-chan time.Time) {
+	wait := backoff(*failures)
+	*failures++
+	p.log.Error("ipvs: "+what+" failed; retrying", "err", err, "retry_in", wait)
+	p.mu.Lock()
+	p.lastErr = what + ": " + err.Error()
+	p.mu.Unlock()
+	*retry = time.After(wait)
+}
+
+// snapshot reads the kernel table; ok is false when IPVS is not open.
+func (p *ipvsPart) snapshot(ctx context.Context) (lvs.Snapshot, string, bool) {
+	p.mu.Lock()
+	loop, lastErr := p.loop, p.lastErr
+	p.mu.Unlock()
+	if loop == nil {
+		return lvs.Snapshot{}, lastErr, false
+	}
+	s, err := loop.Snapshot(ctx)
+	if err != nil {
+		return s, err.Error(), false
+	}
+	return s, lastErr, true
+}
+
+// desiredServices combines the config with the health verdicts.
+func desiredServices(cfg *conf.Config, health map[string]bool) []lvs.Service {
+	out := make([]lvs.Service, 0, len(cfg.Services))
+	for i := range cfg.Services {
+		vs := &cfg.Services[i]
+		s := lvs.Service{
+			Key:         serviceKey(vs),
+			Scheduler:   vs.Scheduler,
+			Persistence: vs.Persistence.D(),
+			Quorum:      vs.Quorum,
+			Sorry:       vs.SorryAddr,
+		}
+		s.Forwarding, _ = lvs.ParseForwarding(vs.Forwarding) // validated by conf
+		if vs.OnFailure == "remove" {
+			s.OnFailure = lvs.Remove
+		}
+		for j := range vs.Reals {
+			rs := &vs.Reals[j]
+			up, checked := health[realID(vs, rs)]
+			s.Reals = append(s.Reals, lvs.Real{Addr: rs.Addr, Weight: rs.Weight, Up: up || !checked})
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func serviceKey(vs *conf.VirtualServer) lvs.Key {
+	if vs.FWMark != 0 {
+		return lvs.Key{FWMark: uint32(vs.FWMark)}
+	}
+	proto := lvs.TCP
+	if vs.Protocol == "udp" {
+		proto = lvs.UDP
+	}
+	return lvs.Key{Proto: proto, Addr: vs.Addr}
+}
+
+// reconcile hands IPVS the table the config and health now call for.
+func (d *Daemon) reconcile(reason string) {
+	d.mu.Lock()
+	desired := desiredServices(d.cfg, d.health)
+	d.mu.Unlock()
+	d.log.Debug("ipvs: reconcile", "reason", reason, "services", len(desired))
+	d.ipvs.set(desired)
+}

@@ -1,0 +1,223 @@
+package director
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/lvsha/lvsha/internal/director/checker"
+	"github.com/lvsha/lvsha/lvs"
+)
+
+// metrics are lvsha's Prometheus series. Counters that the parts keep
+// themselves (adverts, drops, checks and their durations, kept by the
+// checker process) are read at scrape time; the ones only the daemon sees
+// (IPVS operations) are counted here as they happen.
+type metrics struct {
+	reg *prometheus.Registry
+
+	ipvsRuns    prometheus.Counter
+	ipvsOps     *prometheus.CounterVec
+	ipvsErrors  prometheus.Counter
+	ipvsRepairs prometheus.Counter
+}
+
+func newMetrics(d *Daemon) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		ipvsRuns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lvsha_ipvs_reconcile_runs_total", Help: "IPVS reconciliations run (config, health or drift).",
+		}),
+		ipvsOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lvsha_ipvs_operations_total", Help: "Changes made to the IPVS table, by kind.",
+		}, []string{"op"}),
+		ipvsErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lvsha_ipvs_errors_total", Help: "IPVS reconciliations that failed.",
+		}),
+		ipvsRepairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lvsha_ipvs_drift_repairs_total", Help: "Changes made to repair drift of the IPVS table (someone else changed it).",
+		}),
+	}
+	m.reg.MustRegister(m.ipvsRuns, m.ipvsOps, m.ipvsErrors, m.ipvsRepairs,
+		&statusCollector{d: d}, &checkCollector{d: d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// observeApply counts one reconciliation.
+func (m *metrics) observeApply(rep lvs.Report, err error, repair bool) {
+	if m == nil {
+		return
+	}
+	m.ipvsRuns.Inc()
+	if err != nil {
+		m.ipvsErrors.Inc()
+	}
+	for _, op := range rep.Ops {
+		m.ipvsOps.WithLabelValues(op.Kind.String()).Inc()
+		if repair {
+			m.ipvsRepairs.Inc()
+		}
+	}
+}
+
+// checkCollector reads the checker process's statistics at scrape time.
+type checkCollector struct{ d *Daemon }
+
+var (
+	// One histogram per virtual service, not per real server: with
+	// 10,000 real servers that was 150,000 series and half the daemon's
+	// memory. A real server's own last check is in lvsha status.
+	descCheckTime = prometheus.NewDesc("lvsha_healthcheck_duration_seconds",
+		"Time a health check took, by virtual service (since the checker process started).", []string{"service"}, nil)
+	descCheckFails = prometheus.NewDesc("lvsha_healthcheck_failures_total",
+		"Failed health checks, by real server and reason (since the checker process started).", []string{"real_server", "reason"}, nil)
+	descCheckerRestarts = prometheus.NewDesc("lvsha_healthcheck_process_restarts_total",
+		"Times the health checker process was restarted after it died or stopped answering.", nil, nil)
+	descCheckerUp = prometheus.NewDesc("lvsha_healthcheck_process_up",
+		"1 if the health checker process answered this scrape (absent when there is nothing to check).", nil, nil)
+)
+
+func (c *checkCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descCheckTime, descCheckFails, descCheckerRestarts, descCheckerUp} {
+		ch <- d
+	}
+}
+
+func (c *checkCollector) Collect(ch chan<- prometheus.Metric) {
+	hc := c.d.hc
+	ch <- prometheus.MustNewConstMetric(descCheckerRestarts, prometheus.CounterValue, float64(hc.Restarts()))
+	if hc.Idle() {
+		return // nothing to check, so no checker process
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), checkerAnswerTimeout)
+	defer cancel()
+	st, err := hc.Stats(ctx)
+	if err != nil {
+		ch <- prometheus.MustNewConstMetric(descCheckerUp, prometheus.GaugeValue, 0)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descCheckerUp, prometheus.GaugeValue, 1)
+	for service, h := range st.Durations {
+		buckets := make(map[float64]uint64, len(checker.Buckets))
+		for i, le := range checker.Buckets {
+			if i < len(h.Counts) {
+				buckets[le] = h.Counts[i]
+			}
+		}
+		ch <- prometheus.MustNewConstHistogram(descCheckTime, h.Count, h.Sum, buckets, service)
+	}
+	for _, f := range st.Failures {
+		ch <- prometheus.MustNewConstMetric(descCheckFails, prometheus.CounterValue, float64(f.N), f.ID, f.Reason)
+	}
+}
+
+var (
+	descVRRPState = prometheus.NewDesc("lvsha_vrrp_state", "VRRP state of an instance: 1 for the current state.",
+		[]string{"instance", "state"}, nil)
+	descVRRPPrio = prometheus.NewDesc("lvsha_vrrp_priority", "Current VRRP priority (after tracked interfaces).",
+		[]string{"instance"}, nil)
+	descVRRPTrans = prometheus.NewDesc("lvsha_vrrp_transitions_total", "VRRP state transitions.",
+		[]string{"instance"}, nil)
+	descAdvSent = prometheus.NewDesc("lvsha_vrrp_adverts_sent_total", "VRRP adverts sent.",
+		[]string{"instance"}, nil)
+	descAdvRecv = prometheus.NewDesc("lvsha_vrrp_adverts_received_total", "Valid VRRP adverts received.",
+		[]string{"instance"}, nil)
+	descDropped = prometheus.NewDesc("lvsha_vrrp_dropped_total", "Received VRRP packets dropped, by reason.",
+		[]string{"instance", "reason"}, nil)
+	descRSUp = prometheus.NewDesc("lvsha_realserver_up", "Health of a real server: 1 up, 0 down.",
+		[]string{"service", "real_server"}, nil)
+	descChecks = prometheus.NewDesc("lvsha_healthcheck_checks_total", "Health checks run.",
+		[]string{"real_server"}, nil)
+	descWeight = prometheus.NewDesc("lvsha_ipvs_weight", "Weight of a real server in the kernel's IPVS table.",
+		[]string{"service", "real_server"}, nil)
+)
+
+var vrrpStates = []string{"INIT", "BACKUP", "MASTER", "FAULT", "FAILED"}
+
+// statusCollector turns the daemon's status into series at scrape time.
+type statusCollector struct{ d *Daemon }
+
+func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped, descRSUp, descChecks, descWeight} {
+		ch <- d
+	}
+}
+
+func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st := c.d.status(ctx)
+	for _, v := range st.VRRP {
+		for _, s := range vrrpStates {
+			val := 0.0
+			if s == v.State {
+				val = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descVRRPState, prometheus.GaugeValue, val, v.Name, s)
+		}
+		ch <- prometheus.MustNewConstMetric(descVRRPPrio, prometheus.GaugeValue, float64(v.Priority), v.Name)
+		ch <- prometheus.MustNewConstMetric(descVRRPTrans, prometheus.CounterValue, float64(v.Transitions), v.Name)
+		ch <- prometheus.MustNewConstMetric(descAdvSent, prometheus.CounterValue, float64(v.AdvertsOut), v.Name)
+		ch <- prometheus.MustNewConstMetric(descAdvRecv, prometheus.CounterValue, float64(v.AdvertsIn), v.Name)
+		for reason, n := range v.Dropped {
+			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), v.Name, reason)
+		}
+	}
+	for _, s := range st.Services {
+		for _, r := range s.Reals {
+			if r.Health != "unchecked" {
+				up := 0.0
+				if r.Health == "up" {
+					up = 1
+				}
+				ch <- prometheus.MustNewConstMetric(descRSUp, prometheus.GaugeValue, up, s.Key, r.Address)
+				ch <- prometheus.MustNewConstMetric(descChecks, prometheus.CounterValue, float64(r.Checks), s.Key+" -> "+r.Address)
+			}
+			if r.KernelWeight >= 0 {
+				ch <- prometheus.MustNewConstMetric(descWeight, prometheus.GaugeValue, float64(r.KernelWeight), s.Key, r.Address)
+			}
+		}
+	}
+}
+
+// metricsAddr puts a listen address without a host on loopback: metrics
+// are opt-in and stay local unless an address says otherwise.
+func metricsAddr(listen string) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", fmt.Errorf("metrics_listen %q: %w", listen, err)
+	}
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// serveMetrics serves /metrics until ctx is done.
+func (d *Daemon) serveMetrics(ctx context.Context, listen string) (func(), error) {
+	addr, err := metricsAddr(listen)
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("metrics listener stopped", "err", err)
+		}
+	}()
+	d.log.Info("metrics listening", "addr", l.Addr().String())
+	return func() { _ = srv.Close() }, nil
+}

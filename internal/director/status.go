@@ -1,0 +1,105 @@
+package director
+
+import (
+	"context"
+	"encoding/json"
+	"maps"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/lvsha/lvsha/healthcheck"
+	"github.com/lvsha/lvsha/internal/director/control"
+	"github.com/lvsha/lvsha/lvs"
+)
+
+// checkerAnswerTimeout bounds what status and metrics wait for the
+// checker process; it answers in milliseconds unless it is wedged.
+const checkerAnswerTimeout = 2 * time.Second
+
+func (d *Daemon) status(ctx context.Context) control.Status {
+	cfg := d.config()
+	st := control.Status{Version: d.opts.Version, Config: cfg.File, Started: d.started, VRRP: []control.VRRPStatus{}, Services: []control.ServiceStatus{}}
+	for _, in := range cfg.VRRP {
+		d.mu.Lock()
+		r := d.vrrp[in.Name]
+		d.mu.Unlock()
+		if r != nil {
+			st.VRRP = append(st.VRRP, r.status())
+		}
+	}
+	hs := map[string]healthcheck.TargetState{}
+	if !d.hc.Idle() {
+		st.Checker = &control.CheckerStatus{Pid: d.hc.Pid(), Restarts: d.hc.Restarts()}
+		// A wedged checker is replaced within seconds; status must not
+		// hang on it meanwhile.
+		sctx, cancel := context.WithTimeout(ctx, checkerAnswerTimeout)
+		snap, err := d.hc.Snapshot(sctx)
+		cancel()
+		if err != nil {
+			st.HealthError = err.Error()
+		}
+		for _, t := range snap {
+			hs[t.ID] = t
+		}
+	}
+	d.mu.Lock()
+	health := maps.Clone(d.health)
+	d.mu.Unlock()
+	var snap lvs.Snapshot
+	ipvsOK := false
+	if d.ipvs != nil {
+		snap, st.IPVSError, ipvsOK = d.ipvs.snapshot(ctx)
+	}
+	for i := range cfg.Services {
+		vs := &cfg.Services[i]
+		ss := control.ServiceStatus{Key: vs.Key(), Scheduler: vs.Scheduler, Forwarding: vs.Forwarding, Reals: []control.RealStatus{}}
+		ks, inKernel := snap.Find(serviceKey(vs))
+		ss.InKernel = ipvsOK && inKernel
+		ss.QuorumLost = inKernel && ks.QuorumLost
+		for j := range vs.Reals {
+			rs := &vs.Reals[j]
+			r := control.RealStatus{Address: rs.Addr.String(), Weight: rs.Weight, KernelWeight: -1, Health: "unchecked"}
+			if kd, ok := ks.Dest(rs.Addr); ok {
+				r.KernelWeight, r.ActiveConns, r.InactiveConns = kd.Weight, kd.ActiveConns, kd.InactConns
+			}
+			// Health is the daemon's verdict, the one IPVS follows; the
+			// checker process adds the details.
+			if up, ok := health[realID(vs, rs)]; ok {
+				r.Health = "down"
+				if up {
+					r.Health = "up"
+				}
+			}
+			if h, ok := hs[realID(vs, rs)]; ok {
+				r.LastError, r.LastTransition, r.LastCheck, r.Checks = h.LastError, h.LastChange, h.LastCheck, h.Checks
+				switch {
+				case h.LastCheck.IsZero():
+				case h.LastOK:
+					r.LastResult = "ok"
+				default:
+					r.LastResult = h.LastError
+				}
+			}
+			ss.Reals = append(ss.Reals, r)
+		}
+		st.Services = append(st.Services, ss)
+	}
+	return st
+}
+
+func (d *Daemon) controlHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+control.StatusPath, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(d.status(r.Context()))
+	})
+	// Go's profiles, for diagnosing CPU or memory on a live director:
+	// curl --unix-socket /run/lvsha/lvsha.sock http://lvsha/debug/pprof/heap
+	// Only on the control socket, which only root can open.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	return mux
+}

@@ -1,0 +1,99 @@
+package director
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/lvsha/lvsha/internal/director/control"
+	"github.com/lvsha/lvsha/vrrp"
+)
+
+// vrrpRunner runs one VRRP instance and restarts it when it fails (a socket
+// or netlink error), so one broken interface does not take the daemon down.
+type vrrpRunner struct {
+	cfg    vrrp.Config
+	log    *slog.Logger
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu   sync.Mutex
+	inst *vrrp.Instance
+	err  string // why the instance is not running, if it is not
+}
+
+func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger) *vrrpRunner {
+	ctx, cancel := context.WithCancel(ctx)
+	r := &vrrpRunner{cfg: cfg, log: log, cancel: cancel, done: make(chan struct{})}
+	go r.loop(ctx)
+	return r
+}
+
+func (r *vrrpRunner) loop(ctx context.Context) {
+	defer close(r.done)
+	for failures := 0; ; failures++ {
+		inst, err := vrrp.New(r.cfg, r.log)
+		if err == nil {
+			r.mu.Lock()
+			r.inst, r.err = inst, ""
+			r.mu.Unlock()
+			err = inst.Run(ctx)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = errors.New("stopped by itself")
+		}
+		wait := backoff(failures)
+		r.log.Error("vrrp instance failed; restarting", "instance", r.cfg.Name, "err", err, "retry_in", wait)
+		r.mu.Lock()
+		r.err = err.Error()
+		r.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// stop shuts the instance down cleanly (priority 0, VIPs removed) and waits.
+func (r *vrrpRunner) stop() {
+	r.cancel()
+	<-r.done
+}
+
+func (r *vrrpRunner) status() control.VRRPStatus {
+	r.mu.Lock()
+	inst, errText := r.inst, r.err
+	r.mu.Unlock()
+	st := control.VRRPStatus{Name: r.cfg.Name, Interface: r.cfg.Interface, VRID: int(r.cfg.VRID), State: "INIT", Priority: int(r.cfg.Priority)}
+	for _, p := range r.cfg.VIPs {
+		st.VIPs = append(st.VIPs, p.String())
+	}
+	if inst != nil {
+		s := inst.Status()
+		st.State = s.State.String()
+		st.Priority = int(s.Priority)
+		if s.Master.IsValid() {
+			st.Master = s.Master.String()
+		}
+		st.Since, st.LastCause = s.Since, s.Cause
+		st.AdvertsOut, st.AdvertsIn, st.Transitions = s.AdvertsSent, s.AdvertsReceived, s.Transitions
+		st.Dropped = s.Dropped
+	}
+	if errText != "" {
+		st.State, st.LastCause = "FAILED", errText
+	}
+	return st
+}
+
+// sameVRRP says whether a reload leaves an instance alone.
+func sameVRRP(a, b vrrp.Config) bool {
+	a.OnChange, b.OnChange = nil, nil
+	return reflect.DeepEqual(a, b)
+}
