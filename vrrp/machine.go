@@ -237,16 +237,31 @@ func (m *Machine) MasterAdverInterval() time.Duration { return m.masterAdverInte
 
 // SkewTime returns Skew_Time for the current priority and master interval.
 func (m *Machine) SkewTime() time.Duration {
-	p := time.Duration(256 - int(m.Priority()))
-	if m.cfg.Version == 2 {
-		return p * time.Second / 256
-	}
-	return p * m.masterAdverInterval / 256
+	return SkewTime(m.cfg.Version, m.Priority(), m.masterAdverInterval)
 }
 
-// MasterDownInterval returns 3 * Master_Adver_Interval + Skew_Time.
+// MasterDownInterval returns Master_Down_Interval for the current priority
+// and master interval.
 func (m *Machine) MasterDownInterval() time.Duration {
-	return 3*m.masterAdverInterval + m.SkewTime()
+	return MasterDownInterval(m.cfg.Version, m.Priority(), m.masterAdverInterval)
+}
+
+// SkewTime is Skew_Time for a router of the given VRRP version and priority
+// that follows a master advertising every masterAdverInterval:
+// (256 - Priority) * Master_Adver_Interval / 256 in VRRPv3 (RFC 9568 6.1),
+// (256 - Priority) / 256 seconds whatever the interval in VRRPv2 (RFC 3768).
+func SkewTime(version int, priority uint8, masterAdverInterval time.Duration) time.Duration {
+	p := time.Duration(256 - int(priority))
+	if version == 2 {
+		return p * time.Second / 256
+	}
+	return p * masterAdverInterval / 256
+}
+
+// MasterDownInterval is 3 * Master_Adver_Interval + Skew_Time: how long a
+// backup waits for a silent master before it takes over.
+func MasterDownInterval(version int, priority uint8, masterAdverInterval time.Duration) time.Duration {
+	return 3*masterAdverInterval + SkewTime(version, priority, masterAdverInterval)
 }
 
 // faultCause says why the instance must be in FAULT, or "" if it need not.

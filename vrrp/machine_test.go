@@ -98,6 +98,9 @@ func TestTimerFormulas(t *testing.T) {
 			t.Errorf("v%d prio %d int %v: skew %v md %v, want %v %v", tt.version, tt.prio, tt.interval,
 				m.SkewTime(), m.MasterDownInterval(), tt.skew, tt.md)
 		}
+		if s, md := SkewTime(tt.version, tt.prio, tt.interval), MasterDownInterval(tt.version, tt.prio, tt.interval); s != tt.skew || md != tt.md {
+			t.Errorf("v%d prio %d int %v: SkewTime %v MasterDownInterval %v, want %v %v", tt.version, tt.prio, tt.interval, s, md, tt.skew, tt.md)
+		}
 		if d := armed(t, acts, TimerMasterDown); d != tt.md || m.State() != Backup {
 			t.Errorf("v%d prio %d: start armed master-down %v in %v, want %v in BACKUP", tt.version, tt.prio, d, m.State(), tt.md)
 		}
