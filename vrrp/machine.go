@@ -66,18 +66,12 @@ func (k TimerKind) String() string {
 	return fmt.Sprintf("TimerKind(%d)", int(k))
 }
 
-// Event is an input to Machine.Step.
+// Event is an input to Machine.Step. Received adverts go to Machine.Receive,
+// which checks them first.
 type Event interface{ isEvent() }
 
 // Start starts the machine. LinkUp is the state of the instance's interface.
 type Start struct{ LinkUp bool }
-
-// AdvertReceived is a valid advert for this virtual router (the driver has
-// already checked TTL, checksum, VRID, authentication and interval).
-type AdvertReceived struct {
-	From   netip.Addr
-	Advert *Advert
-}
 
 // TimerFired reports that a timer armed with ArmTimer ran out.
 type TimerFired struct{ Timer TimerKind }
@@ -99,13 +93,12 @@ type TrackChanged struct {
 // Shutdown stops the machine: a master sends priority 0 and gives up its VIPs.
 type Shutdown struct{}
 
-func (Start) isEvent()          {}
-func (AdvertReceived) isEvent() {}
-func (TimerFired) isEvent()     {}
-func (LinkDown) isEvent()       {}
-func (LinkUp) isEvent()         {}
-func (TrackChanged) isEvent()   {}
-func (Shutdown) isEvent()       {}
+func (Start) isEvent()        {}
+func (TimerFired) isEvent()   {}
+func (LinkDown) isEvent()     {}
+func (LinkUp) isEvent()       {}
+func (TrackChanged) isEvent() {}
+func (Shutdown) isEvent()     {}
 
 // Action is an output of Machine.Step, to be carried out in order.
 type Action interface{ isAction() }
@@ -168,6 +161,12 @@ type MachineConfig struct {
 	GARPDelay   time.Duration // >0: a second GARP burst this long after takeover
 	GARPRefresh time.Duration // >0: a GARP burst this often while master
 	Track       []TrackInterface
+	// VIPs are the addresses our adverts carry.
+	VIPs []netip.Addr
+	// UnicastPeers, if any, are the only sources adverts are accepted from.
+	UnicastPeers []netip.Addr
+	// AuthPass is the VRRPv2 simple password sent and required ("": none).
+	AuthPass string
 }
 
 // Machine is the VRRP state machine of one virtual router, without I/O: Step
@@ -314,8 +313,6 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 			acts = append(acts, SendAdvert{m.Priority()}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval})
 		}
 		return acts
-	case AdvertReceived:
-		return m.advert(now, ev.From, ev.Advert)
 	case TimerFired:
 		return m.timer(now, ev.Timer)
 	case Shutdown:
