@@ -29,21 +29,24 @@ var update = flag.Bool("update", false, "rewrite the transcripts in testdata/*.t
 //
 //	node NAME [prio=N] [ip=A] [version=2|3] [interval=D] [preempt=BOOL]
 //	     [preempt-delay=D] [garp-delay=D] [garp-refresh=D] [track=IF:W,...]
-//	     [auth=PASS] [peers=A,...] [vips=A,...]    add a router (vrid 51)
+//	     [auth=PASS] [peers=A,...] [vips=A,...]    add a router: VRID 51, 10.0.0.N
+//	                                               for the Nth node, VIP 10.0.0.100
 //	start NAME [link=down]                         Start
 //	shutdown NAME                                  Shutdown
 //	link NAME up|down                              LinkUp / LinkDown
 //	track NAME IF up|down                          TrackChanged
-//	fire NAME TIMER                                a timer fires, armed or not
+//	fire NAME TIMER                                a timer fires, armed or not (left armed)
 //	inject NAME from=A [to=A] [ttl=N] [version=N] [vrid=N] [prio=N]
-//	       [interval=D] [auth=PASS] [addrs=A,...]  a packet from outside
+//	       [interval=D] [auth=PASS] [addrs=A,...]  a packet from outside, by default
+//	                                               a valid advert from 10.0.0.200,
+//	                                               priority 100
 //	cut NAME / join NAME                           take a node off the link / back
 //	reset                                          no nodes, the clock back at 0
 //	run D                                          let D pass, firing timers
 //	status [NAME...]                               the state of the nodes
 //
-// Adverts a node sends reach every other node on the link at once, in the
-// order they were sent; timers due at the same time fire in node order, then
+// Adverts a node sends reach the other nodes on the link (with peers, the
+// peers) at once, in the order they were sent; timers due at the same time fire in node order, then
 // in TimerKind order.
 func TestTranscript(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.txt")
