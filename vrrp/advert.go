@@ -7,10 +7,8 @@ import (
 	"net/netip"
 )
 
-// IP protocol number and multicast group of VRRP.
-const (
-	Protocol = 112
-)
+// Protocol is the IP protocol number of VRRP.
+const Protocol = 112
 
 // Group is the IPv4 multicast group VRRP adverts are sent to.
 var Group = netip.AddrFrom4([4]byte{224, 0, 0, 18})

@@ -7,16 +7,19 @@
 //   - advert.go: the advertisement codec (Marshal/Unmarshal with sentinel
 //     errors). Both VRRPv3 IPv4 checksum forms are accepted; the one sent is
 //     chosen with ChecksumMode (default: keepalived's, over a pseudo-header).
-//   - machine.go: Machine, the pure state machine (INIT, BACKUP, MASTER,
-//     FAULT). Step takes an Event and the current time and returns Actions;
-//     it has no sockets, goroutines or clock, so every RFC rule is a table
-//     or transcript test.
-//   - instance.go, kernel.go, notify.go: Instance, the driver. It turns
-//     socket reads, timers and netlink link events into events, carries out
-//     the actions (adverts on a raw IP socket, VIPs with netlink, gratuitous
-//     ARPs with mdlayher/arp, notify commands on their own goroutine), and
-//     reaches the kernel only through small interfaces that the unit tests
-//     fake under testing/synctest.
+//   - machine.go, receive.go: Machine, the pure state machine (INIT, BACKUP,
+//     MASTER, FAULT). Step takes an Event and the current time and returns
+//     Actions; Receive takes a packet as read from the socket, applies the
+//     receive checks (TTL, checksum, VRID, version, peer, authentication,
+//     interval) and acts on the advert or says why it was dropped. It has no
+//     sockets, goroutines or clock, so every RFC rule is a table test or a
+//     transcript (testdata/*.txt).
+//   - instance.go, driver.go, kernel.go, notify.go: Instance and its driver.
+//     The driver turns socket reads, timers and netlink link events into
+//     inputs of the machine, carries out the actions (adverts on a raw IP
+//     socket, VIPs with netlink, gratuitous ARPs with mdlayher/arp, notify
+//     commands on their own goroutine), and reaches the kernel only through
+//     small interfaces that the unit tests fake under testing/synctest.
 //
 // Beyond the RFC, three choices keep clients on the right node:
 //
@@ -26,6 +29,9 @@
 //     gratuitous ARP burst (keepalived does too), plus a second burst after
 //     the kernel's ARP locktime, which may have ignored the first one.
 //   - When the master-down timer fires while an advert waits unread in the
-//     socket (a busy host), the advert is read first. SetRealtime puts the
-//     process under SCHED_RR for hosts whose CPUs are busy.
+//     socket (a busy host), the advert is read first.
+//
+// The package sets no process settings: the daemon may run under SCHED_RR
+// for hosts whose CPUs are busy, but that is chosen and applied by the
+// program (lvsha's internal/process), not here.
 package vrrp

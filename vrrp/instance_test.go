@@ -18,7 +18,7 @@ import (
 // fakeKernel is an in-memory kernel for the driver loop.
 type fakeKernel struct {
 	mu     sync.Mutex
-	rx     chan rxPacket
+	rx     chan Packet
 	closed chan struct{}
 	once   sync.Once
 	sent   []sentAdvert
@@ -37,7 +37,7 @@ type sentAdvert struct {
 
 func newFakeKernel() *fakeKernel {
 	return &fakeKernel{
-		rx: make(chan rxPacket), closed: make(chan struct{}),
+		rx: make(chan Packet), closed: make(chan struct{}),
 		addrs:  map[netip.Prefix]bool{netip.MustParsePrefix("10.0.0.1/24"): true},
 		garps:  map[netip.Addr]int{},
 		up:     map[string]bool{"eth0": true, "eth1": true},
@@ -45,12 +45,13 @@ func newFakeKernel() *fakeKernel {
 	}
 }
 
-func (f *fakeKernel) ReadAdvert(b []byte) (int, rxInfo, error) {
+func (f *fakeKernel) ReadAdvert(b []byte) (Packet, error) {
 	select {
 	case p := <-f.rx:
-		return copy(b, p.b), p.info, nil
+		p.Payload = b[:copy(b, p.Payload)]
+		return p, nil
 	case <-f.closed:
-		return 0, rxInfo{}, net.ErrClosed
+		return Packet{}, net.ErrClosed
 	}
 }
 
@@ -160,13 +161,13 @@ func testInstance(t *testing.T, f *fakeKernel, mod func(*Config)) *Instance {
 }
 
 // packet encodes an advert as it would arrive from src.
-func packet(t *testing.T, a *Advert, src netip.Addr, ttl int) rxPacket {
+func packet(t *testing.T, a *Advert, src netip.Addr, ttl int) Packet {
 	t.Helper()
 	b, err := a.Marshal(ChecksumPseudoHeader, src, Group)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return rxPacket{b: b, info: rxInfo{Src: src, Dst: Group, TTL: ttl}}
+	return Packet{Src: src, Dst: Group, TTL: ttl, Payload: b}
 }
 
 func peerAdvert(prio uint8) *Advert {
@@ -249,7 +250,7 @@ func TestDriverDropsBadAdverts(t *testing.T) {
 		}
 		peer := netip.MustParseAddr("10.0.0.2")
 		high := peerAdvert(200)
-		bad := func(mod func(p *rxPacket)) rxPacket {
+		bad := func(mod func(p *Packet)) Packet {
 			p := packet(t, high, peer, 255)
 			mod(&p)
 			return p
@@ -258,10 +259,10 @@ func TestDriverDropsBadAdverts(t *testing.T) {
 		v2.Version, v2.AdvertInterval = 2, 1
 		otherVRID := *high
 		otherVRID.VRID = 52
-		cases := map[string]rxPacket{
+		cases := map[string]Packet{
 			"ttl":      packet(t, high, peer, 64),
-			"checksum": bad(func(p *rxPacket) { p.b[6] ^= 0xff }),
-			"length":   bad(func(p *rxPacket) { p.b = p.b[:len(p.b)-2] }),
+			"checksum": bad(func(p *Packet) { p.Payload[6] ^= 0xff }),
+			"length":   bad(func(p *Packet) { p.Payload = p.Payload[:len(p.Payload)-2] }),
 			"version":  packet(t, &v2, peer, 255),
 			"vrid":     packet(t, &otherVRID, peer, 255),
 			"own":      packet(t, high, netip.MustParseAddr("10.0.0.1"), 255),
@@ -306,12 +307,12 @@ func TestDriverV2AuthAndUnicast(t *testing.T) {
 		if len(ads) == 0 || ads[0].dst != peer || ads[0].src != src || ads[0].a.AuthType != AuthPassword || string(ads[0].a.AuthData[:]) != "secret12" || ads[0].a.AdvertInterval != 1 {
 			t.Fatalf("v2 unicast advert: %+v", ads)
 		}
-		mk := func(pass string, interval uint8, from netip.Addr) rxPacket {
+		mk := func(pass string, interval uint8, from netip.Addr) Packet {
 			a := &Advert{Version: 2, Type: 1, VRID: 51, Priority: 200, AdvertInterval: interval, AuthType: AuthPassword,
 				Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.100")}}
 			copy(a.AuthData[:], pass)
 			b, _ := a.Marshal(ChecksumMessage, from, src)
-			return rxPacket{b: b, info: rxInfo{Src: from, Dst: src, TTL: 255}}
+			return Packet{Src: from, Dst: src, TTL: 255, Payload: b}
 		}
 		f.rx <- mk("wrong", 1, peer)
 		f.rx <- mk("secret12", 2, peer)

@@ -19,15 +19,10 @@ import (
 // The driver reaches the kernel only through these small interfaces, so that
 // its loop can be tested with in-memory fakes under testing/synctest.
 
-// rxInfo is what the driver needs from the IP header of a received advert.
-type rxInfo struct {
-	Src, Dst netip.Addr
-	TTL      int
-}
-
 // packetConn sends and receives VRRP messages (IP payloads).
 type packetConn interface {
-	ReadAdvert(b []byte) (int, rxInfo, error)
+	// ReadAdvert reads one message into b; the Packet's payload is in b.
+	ReadAdvert(b []byte) (Packet, error)
 	WriteAdvert(b []byte, src, dst netip.Addr) error
 	// Pending reports whether a packet waits in the socket, not yet read.
 	Pending() bool
@@ -191,11 +186,11 @@ func openRawConn(ifi *net.Interface, multicast bool) (_ *rawConn, err error) {
 	return &rawConn{c: c, rc: rc}, nil
 }
 
-func (r *rawConn) ReadAdvert(b []byte) (int, rxInfo, error) {
+func (r *rawConn) ReadAdvert(b []byte) (Packet, error) {
 	for {
 		h, p, _, err := r.rc.ReadFrom(b)
 		if err != nil {
-			return 0, rxInfo{}, err
+			return Packet{}, err
 		}
 		if h == nil || h.Protocol != Protocol {
 			continue
@@ -205,7 +200,7 @@ func (r *rawConn) ReadAdvert(b []byte) (int, rxInfo, error) {
 		// The payload is at the start of b, after the header; move it to
 		// the front so callers see only the VRRP message.
 		n := copy(b, p)
-		return n, rxInfo{Src: src, Dst: dst, TTL: h.TTL}, nil
+		return Packet{Src: src, Dst: dst, TTL: h.TTL, Payload: b[:n]}, nil
 	}
 }
 

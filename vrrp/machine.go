@@ -66,18 +66,12 @@ func (k TimerKind) String() string {
 	return fmt.Sprintf("TimerKind(%d)", int(k))
 }
 
-// Event is an input to Machine.Step.
+// Event is an input to Machine.Step. Received adverts go to Machine.Receive,
+// which checks them first.
 type Event interface{ isEvent() }
 
 // Start starts the machine. LinkUp is the state of the instance's interface.
 type Start struct{ LinkUp bool }
-
-// AdvertReceived is a valid advert for this virtual router (the driver has
-// already checked TTL, checksum, VRID, authentication and interval).
-type AdvertReceived struct {
-	From   netip.Addr
-	Advert *Advert
-}
 
 // TimerFired reports that a timer armed with ArmTimer ran out.
 type TimerFired struct{ Timer TimerKind }
@@ -99,13 +93,12 @@ type TrackChanged struct {
 // Shutdown stops the machine: a master sends priority 0 and gives up its VIPs.
 type Shutdown struct{}
 
-func (Start) isEvent()          {}
-func (AdvertReceived) isEvent() {}
-func (TimerFired) isEvent()     {}
-func (LinkDown) isEvent()       {}
-func (LinkUp) isEvent()         {}
-func (TrackChanged) isEvent()   {}
-func (Shutdown) isEvent()       {}
+func (Start) isEvent()        {}
+func (TimerFired) isEvent()   {}
+func (LinkDown) isEvent()     {}
+func (LinkUp) isEvent()       {}
+func (TrackChanged) isEvent() {}
+func (Shutdown) isEvent()     {}
 
 // Action is an output of Machine.Step, to be carried out in order.
 type Action interface{ isAction() }
@@ -168,6 +161,12 @@ type MachineConfig struct {
 	GARPDelay   time.Duration // >0: a second GARP burst this long after takeover
 	GARPRefresh time.Duration // >0: a GARP burst this often while master
 	Track       []TrackInterface
+	// VIPs are the addresses our adverts carry.
+	VIPs []netip.Addr
+	// UnicastPeers, if any, are the only sources adverts are accepted from.
+	UnicastPeers []netip.Addr
+	// AuthPass is the VRRPv2 simple password sent and required ("": none).
+	AuthPass string
 }
 
 // Machine is the VRRP state machine of one virtual router, without I/O: Step
@@ -237,16 +236,31 @@ func (m *Machine) MasterAdverInterval() time.Duration { return m.masterAdverInte
 
 // SkewTime returns Skew_Time for the current priority and master interval.
 func (m *Machine) SkewTime() time.Duration {
-	p := time.Duration(256 - int(m.Priority()))
-	if m.cfg.Version == 2 {
-		return p * time.Second / 256
-	}
-	return p * m.masterAdverInterval / 256
+	return SkewTime(m.cfg.Version, m.Priority(), m.masterAdverInterval)
 }
 
-// MasterDownInterval returns 3 * Master_Adver_Interval + Skew_Time.
+// MasterDownInterval returns Master_Down_Interval for the current priority
+// and master interval.
 func (m *Machine) MasterDownInterval() time.Duration {
-	return 3*m.masterAdverInterval + m.SkewTime()
+	return MasterDownInterval(m.cfg.Version, m.Priority(), m.masterAdverInterval)
+}
+
+// SkewTime is Skew_Time for a router of the given VRRP version and priority
+// that follows a master advertising every masterAdverInterval:
+// (256 - Priority) * Master_Adver_Interval / 256 in VRRPv3 (RFC 9568 6.1),
+// (256 - Priority) / 256 seconds whatever the interval in VRRPv2 (RFC 3768).
+func SkewTime(version int, priority uint8, masterAdverInterval time.Duration) time.Duration {
+	p := time.Duration(256 - int(priority))
+	if version == 2 {
+		return p * time.Second / 256
+	}
+	return p * masterAdverInterval / 256
+}
+
+// MasterDownInterval is 3 * Master_Adver_Interval + Skew_Time: how long a
+// backup waits for a silent master before it takes over.
+func MasterDownInterval(version int, priority uint8, masterAdverInterval time.Duration) time.Duration {
+	return 3*masterAdverInterval + SkewTime(version, priority, masterAdverInterval)
 }
 
 // faultCause says why the instance must be in FAULT, or "" if it need not.
@@ -299,8 +313,6 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 			acts = append(acts, SendAdvert{m.Priority()}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval})
 		}
 		return acts
-	case AdvertReceived:
-		return m.advert(now, ev.From, ev.Advert)
 	case TimerFired:
 		return m.timer(now, ev.Timer)
 	case Shutdown:

@@ -1,11 +1,8 @@
 package vrrp
 
 import (
-	"fmt"
 	"net/netip"
 	"reflect"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 )
@@ -29,6 +26,27 @@ func adv(version, prio uint8, cs uint16) *Advert {
 		a.AdvertInterval = uint8(cs / 100)
 	}
 	return a
+}
+
+// rx is an advert as it arrives from a router on the link.
+func rx(t *testing.T, from netip.Addr, a *Advert) Packet {
+	t.Helper()
+	b, err := a.Marshal(ChecksumPseudoHeader, from, Group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Packet{Src: from, Dst: Group, TTL: 255, Payload: b}
+}
+
+// recv gives m an advert that passes the receive checks and returns the
+// actions it takes.
+func recv(t *testing.T, m *Machine, now time.Time, from netip.Addr, a *Advert) []Action {
+	t.Helper()
+	acts, drop := m.Receive(now, rx(t, from, a))
+	if drop != "" {
+		t.Fatalf("advert from %s dropped: %s", from, drop)
+	}
+	return acts
 }
 
 func started(t *testing.T, c MachineConfig) *Machine {
@@ -98,6 +116,9 @@ func TestTimerFormulas(t *testing.T) {
 			t.Errorf("v%d prio %d int %v: skew %v md %v, want %v %v", tt.version, tt.prio, tt.interval,
 				m.SkewTime(), m.MasterDownInterval(), tt.skew, tt.md)
 		}
+		if s, md := SkewTime(tt.version, tt.prio, tt.interval), MasterDownInterval(tt.version, tt.prio, tt.interval); s != tt.skew || md != tt.md {
+			t.Errorf("v%d prio %d int %v: SkewTime %v MasterDownInterval %v, want %v %v", tt.version, tt.prio, tt.interval, s, md, tt.skew, tt.md)
+		}
 		if d := armed(t, acts, TimerMasterDown); d != tt.md || m.State() != Backup {
 			t.Errorf("v%d prio %d: start armed master-down %v in %v, want %v in BACKUP", tt.version, tt.prio, d, m.State(), tt.md)
 		}
@@ -106,7 +127,7 @@ func TestTimerFormulas(t *testing.T) {
 
 func TestV3LearnsMasterInterval(t *testing.T) {
 	m := started(t, cfg3(100))
-	acts := m.Step(t0, AdvertReceived{ipB, adv(3, 150, 50)})
+	acts := recv(t, m, t0, ipB, adv(3, 150, 50))
 	want := 3*500*time.Millisecond + 156*500*time.Millisecond/256
 	if d := armed(t, acts, TimerMasterDown); d != want {
 		t.Errorf("master-down after 0.5s advert = %v, want %v", d, want)
@@ -114,36 +135,17 @@ func TestV3LearnsMasterInterval(t *testing.T) {
 	if m.MasterAdverInterval() != 500*time.Millisecond || m.Master() != ipB {
 		t.Errorf("learned %v from %v", m.MasterAdverInterval(), m.Master())
 	}
-	// v2 does not learn: the interval must match the configured one.
+	// v2 does not learn: an advert with another interval is dropped, and
+	// Skew_Time is in seconds whatever the interval.
 	c := cfg3(100)
 	c.Version = 2
 	m2 := started(t, c)
-	acts = m2.Step(t0, AdvertReceived{ipB, adv(2, 150, 300)})
+	if acts, drop := m2.Receive(t0, rx(t, ipB, adv(2, 150, 300))); drop != "interval" || acts != nil {
+		t.Errorf("v2 advert with a 3s interval to a 1s router: %v, dropped %q", acts, drop)
+	}
+	acts = recv(t, m2, t0, ipB, adv(2, 150, 100))
 	if d := armed(t, acts, TimerMasterDown); d != 3*time.Second+156*time.Second/256 {
 		t.Errorf("v2 master-down %v", d)
-	}
-}
-
-func TestBackupPriorityZero(t *testing.T) {
-	m := started(t, cfg3(100))
-	m.Step(t0, AdvertReceived{ipB, adv(3, 150, 100)})
-	acts := m.Step(t0.Add(time.Second), AdvertReceived{ipB, adv(3, 0, 100)})
-	if d := armed(t, acts, TimerMasterDown); d != m.SkewTime() {
-		t.Fatalf("priority 0: master-down %v, want skew %v", d, m.SkewTime())
-	}
-	acts = m.Step(t0.Add(2*time.Second), TimerFired{TimerMasterDown})
-	n, ok := find[Notify](acts)
-	if !ok || n.To != Master || n.Cause != "priority 0 from 10.0.0.2" {
-		t.Fatalf("after skew: %+v", acts)
-	}
-}
-
-func TestMasterPriorityZero(t *testing.T) {
-	m := master(t, cfg3(100))
-	acts := m.Step(t0.Add(6*time.Second), AdvertReceived{ipB, adv(3, 0, 100)})
-	want := []Action{SendAdvert{100}, ArmTimer{TimerAdvert, time.Second}}
-	if !reflect.DeepEqual(acts, want) || m.State() != Master {
-		t.Errorf("master got priority 0: %v, want %v", acts, want)
 	}
 }
 
@@ -168,45 +170,11 @@ func TestBackupPreempt(t *testing.T) {
 		c := cfg3(150)
 		c.Preempt = tt.preempt
 		m := started(t, c)
-		acts := m.Step(t0, AdvertReceived{ipB, adv(3, tt.theirs, 100)})
+		acts := recv(t, m, t0, ipB, adv(3, tt.theirs, 100))
 		_, got := find[ArmTimer](acts)
 		if got != tt.rearm || m.State() != Backup {
 			t.Errorf("preempt=%v own 150 theirs %d: re-armed %v (%v), want %v", tt.preempt, tt.theirs, got, acts, tt.rearm)
 		}
-	}
-}
-
-func TestPreemptDelay(t *testing.T) {
-	c := cfg3(150)
-	c.PreemptDelay = 5 * time.Second
-	m := started(t, c)
-	low := adv(3, 100, 100)
-	for _, tc := range []struct {
-		at    time.Duration
-		rearm bool
-	}{{0, true}, {time.Second, true}, {4900 * time.Millisecond, true}, {5 * time.Second, false}, {6 * time.Second, false}} {
-		acts := m.Step(t0.Add(tc.at), AdvertReceived{ipB, low})
-		if _, ok := find[ArmTimer](acts); ok != tc.rearm {
-			t.Errorf("at +%v: re-armed %v, want %v", tc.at, ok, tc.rearm)
-		}
-	}
-	acts := m.Step(t0.Add(9*time.Second), TimerFired{TimerMasterDown})
-	if n, ok := find[Notify](acts); !ok || n.To != Master {
-		t.Errorf("after preempt delay the timer must make us master: %v", acts)
-	}
-}
-
-func TestOwnerTakesOverAtOnce(t *testing.T) {
-	m := NewMachine(cfg3(255))
-	acts := m.Step(t0, Start{LinkUp: true})
-	want := []Action{StopTimer{TimerMasterDown}, SendAdvert{255}, AddVIPs{}, SendGARP{}, ArmTimer{TimerAdvert, time.Second}}
-	if m.State() != Master || !reflect.DeepEqual(acts[:len(want)], want) {
-		t.Errorf("owner start: %v %v", m.State(), acts)
-	}
-	// Lower-priority master seen: assert ourselves.
-	acts = m.Step(t0, AdvertReceived{ipB, adv(3, 254, 100)})
-	if _, ok := find[SendGARP](acts); !ok || m.State() != Master {
-		t.Errorf("owner vs 254: %v", acts)
 	}
 }
 
@@ -225,7 +193,7 @@ func TestMasterAnswers(t *testing.T) {
 	}
 	for _, tt := range tests {
 		m := master(t, cfg3(100))
-		acts := m.Step(t0.Add(10*time.Second), AdvertReceived{tt.from, adv(3, tt.theirs, 20)})
+		acts := recv(t, m, t0.Add(10*time.Second), tt.from, adv(3, tt.theirs, 20))
 		if tt.backup {
 			n, _ := find[Notify](acts)
 			_, rm := find[RemoveVIPs](acts)
@@ -249,278 +217,11 @@ func TestMasterAnswers(t *testing.T) {
 		}
 		// More lower adverts before it fires do not push it back.
 		want = want[:3]
-		if acts := m.Step(t0, AdvertReceived{tt.from, adv(3, tt.theirs, 20)}); !reflect.DeepEqual(acts, want) {
+		if acts := recv(t, m, t0, tt.from, adv(3, tt.theirs, 20)); !reflect.DeepEqual(acts, want) {
 			t.Errorf("%s again: %v, want %v", tt.name, acts, want)
 		}
 		if acts := m.Step(t0, TimerFired{TimerGARPHeal}); !reflect.DeepEqual(acts, []Action{SendGARP{}}) {
 			t.Errorf("%s heal timer: %v", tt.name, acts)
 		}
 	}
-}
-
-func TestMasterTimers(t *testing.T) {
-	c := cfg3(100)
-	c.GARPDelay, c.GARPRefresh = 5*time.Second, time.Minute
-	m := started(t, c)
-	acts := m.Step(t0.Add(4*time.Second), TimerFired{TimerMasterDown})
-	if armed(t, acts, TimerGARPDelay) != 5*time.Second || armed(t, acts, TimerGARPRefresh) != time.Minute {
-		t.Fatalf("takeover: %v", acts)
-	}
-	// Advert before GARP, VIPs before GARP.
-	idx := func(f func(Action) bool) int { return slices.IndexFunc(acts, f) }
-	ia := idx(func(a Action) bool { _, ok := a.(SendAdvert); return ok })
-	iv := idx(func(a Action) bool { _, ok := a.(AddVIPs); return ok })
-	ig := idx(func(a Action) bool { _, ok := a.(SendGARP); return ok })
-	if ia < 0 || iv < 0 || ig < 0 || ia > ig || iv > ig {
-		t.Errorf("order: %v", acts)
-	}
-	if got := m.Step(t0, TimerFired{TimerAdvert}); !reflect.DeepEqual(got, []Action{SendAdvert{100}, ArmTimer{TimerAdvert, time.Second}}) {
-		t.Errorf("advert timer: %v", got)
-	}
-	if got := m.Step(t0, TimerFired{TimerGARPDelay}); !reflect.DeepEqual(got, []Action{SendGARP{}}) {
-		t.Errorf("garp delay: %v", got)
-	}
-	if got := m.Step(t0, TimerFired{TimerGARPRefresh}); !reflect.DeepEqual(got, []Action{SendGARP{}, ArmTimer{TimerGARPRefresh, time.Minute}}) {
-		t.Errorf("garp refresh: %v", got)
-	}
-	// Stale timers of another state do nothing.
-	if got := m.Step(t0, TimerFired{TimerMasterDown}); got != nil {
-		t.Errorf("master-down in MASTER: %v", got)
-	}
-}
-
-func TestFaultAndRecovery(t *testing.T) {
-	m := master(t, cfg3(100))
-	acts := m.Step(t0.Add(10*time.Second), LinkDown{})
-	n, _ := find[Notify](acts)
-	if _, rm := find[RemoveVIPs](acts); !rm || m.State() != Fault || n.Cause != "link down" {
-		t.Fatalf("link down: %v", acts)
-	}
-	if _, ok := find[SendAdvert](acts); ok {
-		t.Errorf("fault must not advertise: %v", acts)
-	}
-	// Adverts and timers are ignored in FAULT.
-	if got := m.Step(t0, AdvertReceived{ipB, adv(3, 50, 100)}); got != nil {
-		t.Errorf("advert in FAULT: %v", got)
-	}
-	if got := m.Step(t0, TimerFired{TimerAdvert}); got != nil {
-		t.Errorf("timer in FAULT: %v", got)
-	}
-	acts = m.Step(t0.Add(11*time.Second), LinkUp{})
-	n, _ = find[Notify](acts)
-	if m.State() != Backup || n.Cause != "link up" || armed(t, acts, TimerMasterDown) != m.MasterDownInterval() {
-		t.Errorf("link up: %v", acts)
-	}
-	// Start with the link down: FAULT at once.
-	m = NewMachine(cfg3(100))
-	m.Step(t0, Start{LinkUp: false})
-	if m.State() != Fault {
-		t.Errorf("start with link down: %v", m.State())
-	}
-	// The owner goes straight back to MASTER.
-	m = master(t, cfg3(255))
-	m.Step(t0, LinkDown{})
-	m.Step(t0, LinkUp{})
-	if m.State() != Master {
-		t.Errorf("owner after link up: %v", m.State())
-	}
-}
-
-func TestTrackedInterfaces(t *testing.T) {
-	c := cfg3(150)
-	c.Track = []TrackInterface{{"eth1", -60}, {"eth2", 20}, {"eth3", 0}}
-	m := master(t, c)
-	if m.Priority() != 170 {
-		t.Fatalf("all up: priority %d, want 170", m.Priority())
-	}
-	acts := m.Step(t0, TrackChanged{"eth1", false})
-	if m.Priority() != 110 || !reflect.DeepEqual(acts, []Action{SendAdvert{110}, ArmTimer{TimerAdvert, time.Second}}) {
-		t.Errorf("eth1 down: prio %d %v", m.Priority(), acts)
-	}
-	m.Step(t0, TrackChanged{"eth2", false})
-	if m.Priority() != 90 {
-		t.Errorf("eth2 down too: %d", m.Priority())
-	}
-	// Now a peer at 100 beats us.
-	m.Step(t0, AdvertReceived{ipB, adv(3, 100, 100)})
-	if m.State() != Backup {
-		t.Errorf("priority 90 vs 100: %v", m.State())
-	}
-	// Weight 0 means FAULT.
-	acts = m.Step(t0, TrackChanged{"eth3", false})
-	if n, _ := find[Notify](acts); m.State() != Fault || n.Cause != "tracked interface eth3 down" {
-		t.Errorf("eth3 down: %v", acts)
-	}
-	acts = m.Step(t0, TrackChanged{"eth3", true})
-	if n, _ := find[Notify](acts); m.State() != Backup || n.Cause != "tracked interface eth3 up" {
-		t.Errorf("eth3 up: %v", acts)
-	}
-	// Unknown interfaces are ignored; priority stays within 1..254.
-	if m.Step(t0, TrackChanged{"eth9", false}) != nil {
-		t.Error("untracked interface changed something")
-	}
-	c = cfg3(30)
-	c.Track = []TrackInterface{{"eth1", -100}}
-	m = started(t, c)
-	m.Step(t0, TrackChanged{"eth1", false})
-	if m.Priority() != 1 {
-		t.Errorf("clamp: %d", m.Priority())
-	}
-}
-
-func TestShutdown(t *testing.T) {
-	m := master(t, cfg3(100))
-	acts := m.Step(t0.Add(time.Minute), Shutdown{})
-	if _, ok := acts[0].(SendAdvert); !ok || acts[0].(SendAdvert).Priority != 0 {
-		t.Fatalf("shutdown must first send priority 0: %v", acts)
-	}
-	if _, ok := acts[1].(RemoveVIPs); !ok {
-		t.Errorf("then remove VIPs: %v", acts)
-	}
-	if n, _ := find[Notify](acts); n.To != Init || m.State() != Init {
-		t.Errorf("shutdown: %v", acts)
-	}
-	// A backup just stops.
-	m = started(t, cfg3(100))
-	acts = m.Step(t0, Shutdown{})
-	if _, ok := find[SendAdvert](acts); ok {
-		t.Errorf("backup shutdown sent an advert: %v", acts)
-	}
-}
-
-// sim runs machines on a lossless zero-delay network with a virtual clock.
-type sim struct {
-	t      *testing.T
-	now    time.Time
-	ms     []*Machine
-	ips    []netip.Addr
-	down   []bool // node's link cut from the others
-	timers []map[TimerKind]time.Time
-	log    []string
-	vips   []bool
-}
-
-func newSim(t *testing.T, cfgs ...MachineConfig) *sim {
-	s := &sim{t: t, now: t0}
-	for _, c := range cfgs {
-		s.ms = append(s.ms, NewMachine(c))
-		s.ips = append(s.ips, c.PrimaryIP)
-		s.timers = append(s.timers, map[TimerKind]time.Time{})
-		s.down = append(s.down, false)
-		s.vips = append(s.vips, false)
-	}
-	return s
-}
-
-func (s *sim) step(i int, ev Event) {
-	queue := []struct {
-		i  int
-		ev Event
-	}{{i, ev}}
-	for len(queue) > 0 {
-		q := queue[0]
-		queue = queue[1:]
-		for _, a := range s.ms[q.i].Step(s.now, q.ev) {
-			switch a := a.(type) {
-			case ArmTimer:
-				s.timers[q.i][a.Timer] = s.now.Add(a.D)
-			case StopTimer:
-				delete(s.timers[q.i], a.Timer)
-			case AddVIPs:
-				s.vips[q.i] = true
-			case RemoveVIPs:
-				s.vips[q.i] = false
-			case Notify:
-				s.log = append(s.log, fmt.Sprintf("%v n%d %v->%v (%s)", s.now.Sub(t0), q.i, a.From, a.To, a.Cause))
-			case SendAdvert:
-				if s.down[q.i] {
-					continue
-				}
-				for j := range s.ms {
-					if j != q.i && !s.down[j] {
-						queue = append(queue, struct {
-							i  int
-							ev Event
-						}{j, AdvertReceived{s.ips[q.i], adv(3, a.Priority, 100)}})
-					}
-				}
-			}
-		}
-	}
-}
-
-// run advances the virtual clock to until, firing timers in order.
-func (s *sim) run(until time.Duration) {
-	end := t0.Add(until)
-	for {
-		bi, bk, bt := -1, TimerKind(0), end
-		for i, ts := range s.timers {
-			for k, at := range ts {
-				if !at.After(bt) && (bi < 0 || at.Before(bt)) {
-					bi, bk, bt = i, k, at
-				}
-			}
-		}
-		if bi < 0 {
-			s.now = end
-			return
-		}
-		s.now = bt
-		delete(s.timers[bi], bk)
-		s.step(bi, TimerFired{bk})
-	}
-}
-
-func (s *sim) masters() []int {
-	var out []int
-	for i, m := range s.ms {
-		if m.State() == Master {
-			out = append(out, i)
-		}
-	}
-	return out
-}
-
-func TestTranscriptPair(t *testing.T) {
-	a, b := cfg3(150), cfg3(100)
-	b.PrimaryIP = ipB
-	s := newSim(t, a, b)
-	s.step(0, Start{LinkUp: true})
-	s.step(1, Start{LinkUp: true})
-	s.run(10 * time.Second)
-	if !slices.Equal(s.masters(), []int{0}) || !s.vips[0] || s.vips[1] {
-		t.Fatalf("election: masters %v vips %v\n%s", s.masters(), s.vips, strings.Join(s.log, "\n"))
-	}
-	// Clean stop of the master: the backup takes over after Skew_Time.
-	s.step(0, Shutdown{})
-	stop := s.now
-	s.run(11 * time.Second)
-	if !slices.Equal(s.masters(), []int{1}) {
-		t.Fatalf("after shutdown: %v\n%s", s.masters(), strings.Join(s.log, "\n"))
-	}
-	if got, want := s.ms[1].Since().Sub(stop), s.ms[1].SkewTime(); got != want {
-		t.Errorf("takeover after clean stop took %v, want skew %v", got, want)
-	}
-	// The higher-priority node comes back and preempts.
-	s.step(0, Start{LinkUp: true})
-	s.run(20 * time.Second)
-	if !slices.Equal(s.masters(), []int{0}) || s.vips[1] {
-		t.Fatalf("preemption: %v\n%s", s.masters(), strings.Join(s.log, "\n"))
-	}
-	// Split brain: cut node 0 off; both masters; rejoin: exactly one.
-	s.down[0] = true
-	cut := s.now
-	s.run(30 * time.Second)
-	if len(s.masters()) != 2 {
-		t.Fatalf("split: %v", s.masters())
-	}
-	if got, want := s.ms[1].Since().Sub(cut), s.ms[1].MasterDownInterval(); got > want || got < want-time.Second {
-		t.Errorf("crash takeover after %v, master-down interval %v", got, want)
-	}
-	s.down[0] = false
-	s.run(40 * time.Second)
-	if !slices.Equal(s.masters(), []int{0}) || !s.vips[0] || s.vips[1] {
-		t.Fatalf("heal: %v\n%s", s.masters(), strings.Join(s.log, "\n"))
-	}
-	t.Log("\n" + strings.Join(s.log, "\n"))
 }

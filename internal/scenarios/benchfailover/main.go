@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/lvsha/lvsha/internal/testenv/netns"
+	"github.com/lvsha/lvsha/vrrp"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 )
@@ -133,7 +134,7 @@ func run() error {
 	fmt.Printf("\n|---|---|---|%s\n", strings.Repeat("---|", len(o.impls)))
 	for _, iv := range o.intervals {
 		for _, ev := range o.events {
-			floor := skew(prioB, iv)
+			floor := vrrp.SkewTime(3, prioB, iv)
 			if ev == "linkdown" {
 				floor += 3 * iv
 			}
@@ -182,15 +183,6 @@ func ms(d time.Duration) string {
 		return fmt.Sprintf("%.2f s", d.Seconds())
 	}
 	return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond))
-}
-
-// skew is VRRPv3's Skew_Time for a priority.
-func skew(prio int, interval time.Duration) time.Duration {
-	return time.Duration(256-prio) * interval / 256
-}
-
-func masterDown(prio int, interval time.Duration) time.Duration {
-	return 3*interval + skew(prio, interval)
 }
 
 // speaker is one director process.
@@ -330,9 +322,9 @@ func (o *options) newPair(ctx context.Context, prefix, impl string, interval tim
 	}
 	// Settled: a holds the VIP, b does not, for a few master-down
 	// intervals.
-	settle := max(3*masterDown(prioB, interval), 300*time.Millisecond)
+	settle := max(3*vrrp.MasterDownInterval(3, prioB, interval), 300*time.Millisecond)
 	var stableSince time.Time
-	ok := netns.WaitFor(15*time.Second+4*masterDown(prioB, interval), 5*time.Millisecond, func() bool {
+	ok := netns.WaitFor(15*time.Second+4*vrrp.MasterDownInterval(3, prioB, interval), 5*time.Millisecond, func() bool {
 		if ctx.Err() != nil {
 			return true
 		}
@@ -392,7 +384,7 @@ func (o *options) measure1(ctx context.Context, impl string, interval time.Durat
 		return 0, err
 	}
 	// Until b holds the VIP and the client has had 30 replies since.
-	limit := at.Add(4*masterDown(prioB, interval) + 5*time.Second)
+	limit := at.Add(4*vrrp.MasterDownInterval(3, prioB, interval) + 5*time.Second)
 	for {
 		if time.Now().After(limit) {
 			return 0, fmt.Errorf("%s: no takeover seen (logs in %s)", impl, dir)

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/lvsha/lvsha/vrrp"
 )
 
 // Tuning is how the scenario adapts packaging/examples/director*.toml to the
@@ -85,9 +87,8 @@ func WithRealServer(cfg, addr string) string {
 	return strings.TrimRight(cfg, "\n") + fmt.Sprintf("\n\n# added by the scenario before SIGHUP\n[[virtual_server.real_server]]\naddress = %q\nweight = 1\n", addr)
 }
 
-// MasterDownInterval is RFC 9568's 3 x Master_Adver_Interval + Skew_Time,
-// Skew_Time = (256 - priority) x interval / 256: how long a backup of that
-// priority waits for a silent master, the floor of a crash failover.
+// MasterDownInterval is how long a VRRPv3 backup of that priority waits for a
+// silent master (vrrp.MasterDownInterval), the floor of a crash failover.
 func MasterDownInterval(interval time.Duration, priority int) time.Duration {
-	return 3*interval + time.Duration(256-priority)*interval/256
+	return vrrp.MasterDownInterval(3, uint8(priority), interval)
 }

@@ -1,0 +1,394 @@
+package vrrp
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+)
+
+type timerEvent struct {
+	kind TimerKind
+	gen  uint64
+}
+
+// driver is the state of one Run.
+type driver struct {
+	in       *Instance
+	k        *kernel
+	m        *Machine
+	timers   [numTimers]*time.Timer
+	gens     [numTimers]uint64
+	fired    chan timerEvent
+	done     chan struct{}
+	notify   *notifier
+	garpStop context.CancelFunc
+	warned   map[string]bool
+	wg       sync.WaitGroup
+}
+
+// Run runs the instance until ctx is cancelled, then shuts it down cleanly:
+// a master sends a priority-0 advert and removes its VIPs. It returns nil
+// after a clean shutdown, or an error if it could not start.
+func (in *Instance) Run(ctx context.Context) error {
+	k, err := in.open()
+	if err != nil {
+		return fmt.Errorf("vrrp instance %q: %w", in.cfg.Name, err)
+	}
+	defer k.close()
+	cfg := &in.cfg
+
+	// VIPs of ours left by a crashed run would answer for an address
+	// another node may own now.
+	list, err := k.addrs.List()
+	if err != nil {
+		return fmt.Errorf("vrrp instance %q: %w", cfg.Name, err)
+	}
+	for _, p := range list {
+		if isVIP(p.Addr(), cfg.VIPs) && p.Addr() != k.primary {
+			in.log.Warn("vrrp: removing leftover VIP", "vip", p)
+			if err := k.addrs.Remove(p); err != nil {
+				return fmt.Errorf("vrrp instance %q: %w", cfg.Name, err)
+			}
+		}
+	}
+
+	d := &driver{
+		in:    in,
+		k:     k,
+		fired: make(chan timerEvent, 8),
+		done:  make(chan struct{}),
+		m: NewMachine(MachineConfig{
+			VRID: cfg.VRID, Priority: cfg.Priority, Version: cfg.Version,
+			AdvertInterval: cfg.AdvertInterval, Preempt: cfg.Preempt, PreemptDelay: cfg.PreemptDelay,
+			PrimaryIP: k.primary, GARPDelay: cfg.GARPDelay, GARPRefresh: cfg.GARPRefresh, Track: cfg.Track,
+			VIPs: vipAddrs(cfg.VIPs), UnicastPeers: cfg.UnicastPeers, AuthPass: cfg.AuthPass,
+		}),
+		warned: map[string]bool{},
+	}
+	wg := &d.wg
+	defer wg.Wait()
+	defer close(d.done)
+	defer d.stopTimers()
+
+	d.notify = newNotifier(in.log, cfg.NotifyTimeout)
+	notifyCtx, stopNotify := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopNotify()
+	wg.Go(func() { d.notify.run(notifyCtx) })
+	defer d.notify.close()
+
+	rx := make(chan Packet, 16)
+	wg.Go(func() { d.read(rx) })
+	// Closing the socket is what stops the reader.
+	defer k.conn.Close()
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	linkCh := make(chan linkState, 16)
+	names := []string{cfg.Interface}
+	for _, t := range cfg.Track {
+		names = append(names, t.Name)
+	}
+	wg.Go(func() { k.links.Watch(watchCtx, names, linkCh) })
+
+	for _, t := range cfg.Track {
+		up, err := k.links.Up(t.Name)
+		if err != nil {
+			in.log.Warn("vrrp: tracked interface", "interface", t.Name, "err", err)
+		}
+		d.step(TrackChanged{Name: t.Name, Up: up})
+	}
+	up, err := k.links.Up(cfg.Interface)
+	if err != nil {
+		return fmt.Errorf("vrrp instance %q: %w", cfg.Name, err)
+	}
+	in.log.Info("vrrp: starting", "interface", cfg.Interface, "vrid", cfg.VRID, "priority", cfg.Priority,
+		"version", cfg.Version, "advert_interval", cfg.AdvertInterval, "source", k.primary, "link_up", up)
+	d.step(Start{LinkUp: up})
+
+	for {
+		select {
+		case <-ctx.Done():
+			d.step(Shutdown{})
+			d.stopGARP()
+			// Give queued notify commands a short while to run.
+			d.notify.close()
+			grace := time.NewTimer(min(cfg.NotifyTimeout, 2*time.Second))
+			select {
+			case <-d.notify.finished:
+			case <-grace.C:
+				in.log.Warn("vrrp: notify commands still running at shutdown, stopping them")
+			}
+			grace.Stop()
+			in.log.Info("vrrp: stopped")
+			return nil
+		case p := <-rx:
+			d.receive(p)
+		case te := <-d.fired:
+			// An advert that is already waiting beats a timer that ran
+			// out at the same time (select picks at random): a busy
+			// host must not fail over while the master's advert sits
+			// in the queue.
+			d.drain(rx)
+			if te.kind == TimerMasterDown && te.gen == d.gens[te.kind] && d.k.conn.Pending() {
+				// The master's advert may be in the socket, not yet
+				// read: a host so busy that the reader has not run
+				// must not fail over because of it. Let the reader
+				// deliver it (bounded: a wedged reader cannot hold a
+				// takeover back for long).
+				wait := time.NewTimer(min(d.in.cfg.AdvertInterval, 50*time.Millisecond))
+				select {
+				case p := <-rx:
+					d.receive(p)
+					d.drain(rx)
+				case <-wait.C:
+				}
+				wait.Stop()
+			}
+			if te.gen == d.gens[te.kind] {
+				d.step(TimerFired{Timer: te.kind})
+			}
+		case ls := <-linkCh:
+			switch {
+			case ls.Name == cfg.Interface && ls.Up:
+				d.step(LinkUp{})
+			case ls.Name == cfg.Interface:
+				d.step(LinkDown{})
+			default:
+				d.step(TrackChanged(ls))
+			}
+		}
+	}
+}
+
+func vipAddrs(vips []netip.Prefix) []netip.Addr {
+	out := make([]netip.Addr, len(vips))
+	for i, v := range vips {
+		out[i] = v.Addr()
+	}
+	return out
+}
+
+// drain handles the packets already received.
+func (d *driver) drain(rx <-chan Packet) {
+	for {
+		select {
+		case p := <-rx:
+			d.receive(p)
+		default:
+			return
+		}
+	}
+}
+
+// read turns socket reads into packets for the loop until the socket closes.
+func (d *driver) read(out chan<- Packet) {
+	buf := make([]byte, 1500)
+	for {
+		p, err := d.k.conn.ReadAdvert(buf)
+		if err != nil {
+			select {
+			case <-d.done:
+				return
+			default:
+			}
+			if isClosed(err) {
+				return
+			}
+			d.in.log.Warn("vrrp: read", "err", err)
+			// Do not spin on an error that repeats.
+			select {
+			case <-d.done:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		p.Payload = bytes.Clone(p.Payload)
+		select {
+		case out <- p:
+		case <-d.done:
+			return
+		}
+	}
+}
+
+// receive feeds a packet to the machine, which acts on it or refuses it; a
+// refused one is counted and logged.
+func (d *driver) receive(p Packet) {
+	now := time.Now()
+	acts, reason := d.m.Receive(now, p)
+	if reason != "" {
+		d.in.count(func(s *Status) { s.Dropped[reason]++ })
+		// The first drop of each kind is worth a warning; repeats would
+		// flood the log.
+		lvl := slog.LevelDebug
+		if !d.warned[reason] {
+			d.warned[reason] = true
+			lvl = slog.LevelWarn
+		}
+		d.in.log.Log(context.Background(), lvl, "vrrp: dropped advert", "reason", reason, "from", p.Src, "ttl", p.TTL)
+		return
+	}
+	d.in.count(func(s *Status) { s.AdvertsReceived++ })
+	d.run(now, acts)
+}
+
+func (d *driver) step(ev Event) {
+	now := time.Now()
+	d.run(now, d.m.Step(now, ev))
+}
+
+// run carries out the machine's actions for an event at now.
+func (d *driver) run(now time.Time, acts []Action) {
+	for _, act := range acts {
+		start := time.Now()
+		d.do(now, act)
+		// Every action should take microseconds; a slow one delays adverts.
+		if took := time.Since(start); took > 20*time.Millisecond {
+			d.in.log.Warn("vrrp: slow action", "action", fmt.Sprintf("%T", act), "took", took)
+		}
+	}
+	d.in.count(func(s *Status) {
+		s.State, s.Priority, s.Master = d.m.State(), d.m.Priority(), d.m.Master()
+		s.Since, s.Cause = d.m.Since(), d.m.Cause()
+	})
+}
+
+func (d *driver) do(now time.Time, act Action) {
+	cfg := &d.in.cfg
+	switch a := act.(type) {
+	case SendAdvert:
+		d.sendAdvert(a.Priority)
+	case ArmTimer:
+		d.arm(a.Timer, a.D)
+	case StopTimer:
+		if t := d.timers[a.Timer]; t != nil {
+			t.Stop()
+		}
+		d.gens[a.Timer]++
+	case AddVIPs:
+		for _, v := range cfg.VIPs {
+			if err := d.k.addrs.Add(v); err != nil {
+				d.in.log.Error("vrrp: add VIP", "err", err)
+			}
+		}
+	case RemoveVIPs:
+		d.stopGARP()
+		for _, v := range cfg.VIPs {
+			if v.Addr() == d.k.primary {
+				continue // an owner's VIP is its own address
+			}
+			if err := d.k.addrs.Remove(v); err != nil {
+				d.in.log.Error("vrrp: remove VIP", "err", err)
+			}
+		}
+	case SendGARP:
+		d.sendGARP()
+	case Notify:
+		d.in.count(func(s *Status) { s.Transitions++ })
+		d.in.log.Info("vrrp: transition", "from", a.From.String(), "to", a.To.String(), "priority", a.Priority, "cause", a.Cause)
+		if len(cfg.Notify) > 0 {
+			argv := append(append([]string(nil), cfg.Notify...), cfg.Name, a.To.String(), strconv.Itoa(int(a.Priority)))
+			d.notify.enqueue(argv)
+		}
+		if cfg.OnChange != nil {
+			cfg.OnChange(Change{Instance: cfg.Name, From: a.From, To: a.To, Priority: a.Priority, Cause: a.Cause, At: now})
+		}
+	}
+}
+
+func (d *driver) arm(k TimerKind, dur time.Duration) {
+	if t := d.timers[k]; t != nil {
+		t.Stop()
+	}
+	d.gens[k]++
+	ev := timerEvent{k, d.gens[k]}
+	d.timers[k] = time.AfterFunc(dur, func() {
+		select {
+		case d.fired <- ev:
+		case <-d.done:
+		}
+	})
+}
+
+func (d *driver) stopTimers() {
+	for k, t := range d.timers {
+		if t != nil {
+			t.Stop()
+		}
+		d.gens[k]++
+	}
+}
+
+func (d *driver) sendAdvert(prio uint8) {
+	cfg := &d.in.cfg
+	dsts := cfg.UnicastPeers
+	if len(dsts) == 0 {
+		dsts = []netip.Addr{Group}
+	}
+	a := d.m.Advert(prio)
+	for _, dst := range dsts {
+		b, err := a.Marshal(cfg.ChecksumMode, d.k.primary, dst)
+		if err != nil {
+			d.in.log.Error("vrrp: encode advert", "err", err)
+			return
+		}
+		if err := d.k.conn.WriteAdvert(b, d.k.primary, dst); err != nil {
+			// A link going down shows up here first; the link event
+			// will move us to FAULT.
+			d.in.log.Debug("vrrp: send advert", "err", err)
+			continue
+		}
+		d.in.count(func(s *Status) { s.AdvertsSent++ })
+	}
+}
+
+// sendGARP sends a burst: the first round at once (right after the advert),
+// the rest, if spaced by GARPInterval, from a goroutine that a later burst or
+// leaving MASTER cancels.
+func (d *driver) sendGARP() {
+	cfg := &d.in.cfg
+	d.stopGARP()
+	round := func() {
+		for _, v := range cfg.VIPs {
+			if err := d.k.garp.GARP(v.Addr()); err != nil {
+				d.in.log.Debug("vrrp: gratuitous arp", "err", err)
+			}
+		}
+	}
+	if cfg.GARPInterval <= 0 {
+		for range cfg.GARPRepeat {
+			round()
+		}
+		return
+	}
+	round()
+	ctx, cancel := context.WithCancel(context.Background())
+	d.garpStop = cancel
+	d.wg.Go(func() {
+		t := time.NewTicker(cfg.GARPInterval)
+		defer t.Stop()
+		for range cfg.GARPRepeat - 1 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.done:
+				return
+			case <-t.C:
+				round()
+			}
+		}
+	})
+}
+
+func (d *driver) stopGARP() {
+	if d.garpStop != nil {
+		d.garpStop()
+		d.garpStop = nil
+	}
+}
