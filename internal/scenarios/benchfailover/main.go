@@ -82,7 +82,7 @@ func run() error {
 	flag.DurationVar(&o.probe, "probe", 10*time.Millisecond, "client probe interval")
 	flag.DurationVar(&o.soak, "soak", 10*time.Minute, "busy-CPU soak duration at -soak-interval adverts (0 = skip)")
 	flag.DurationVar(&o.soakIntvl, "soak-interval", 10*time.Millisecond, "advert interval of the soak")
-	flag.IntVar(&o.rt, "rt", 0, "run every director under SCHED_RR at this priority (chrt -r; what vrrp.SetRealtime does); 0 = normal scheduling")
+	flag.IntVar(&o.rt, "rt", 0, "run every director under SCHED_RR at this priority (chrt -r; what process.SetRealtime does); 0 = normal scheduling")
 	verbose := flag.Bool("v", false, "log progress")
 	keep := flag.Bool("keep", false, "keep the work directory (configs and director logs)")
 	flag.Parse()
