@@ -136,6 +136,34 @@ func TestBatching(t *testing.T) {
 	}
 }
 
+// A batch also ends when its messages pass 48 KiB, so the kernel's acks fit
+// the receive buffer. Changes that big never come from the reconciler (it
+// validates scheduler names), so this writes through the kernel directly.
+func TestBatchByteLimit(t *testing.T) {
+	f, k := lvstest.New(t)
+	const n = 100
+	cs := make([]lvs.Change, n)
+	for i := range cs {
+		key := lvs.Key{Proto: lvs.TCP, Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, 0, byte(i)}), 80)}
+		cs[i] = lvs.Change{Kind: lvs.OpNewService, Service: lvs.KService{Key: key, Scheduler: strings.Repeat("x", 1000)}}
+	}
+	errs := k.Write(cs)
+	for i, err := range errs {
+		if !errors.Is(err, syscall.ENOENT) { // no such scheduler
+			t.Fatalf("change %d: %v", i, err)
+		}
+	}
+	sends, total := f.Sends(), 0
+	for _, s := range sends {
+		total += s
+	}
+	// 1,092 bytes a message: 45 of them are still under 48 KiB, so one
+	// more goes in, and the batch is full.
+	if total != n || !slices.Equal(sends, []int{46, 46, 8}) {
+		t.Fatalf("requests per sendmsg %v", sends)
+	}
+}
+
 func TestInvalidDesiredChangesNothing(t *testing.T) {
 	bad := []func(*lvs.Service){
 		func(s *lvs.Service) { s.Scheduler = "roundrobin" },
