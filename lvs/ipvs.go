@@ -14,7 +14,7 @@ import (
 // socket. Like the handles under it, it must be used by one goroutine at a
 // time.
 type IPVS struct {
-	Reader
+	r     Reader
 	w     *genlWriter
 	close func()
 }
@@ -51,7 +51,7 @@ func NewIPVS(r Reader, sock Socket) (*IPVS, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &IPVS{Reader: r, w: w}, nil
+	return &IPVS{r: r, w: w}, nil
 }
 
 // Close releases the netlink sockets OpenIPVS opened.
@@ -60,6 +60,12 @@ func (k *IPVS) Close() {
 		k.close()
 	}
 }
+
+// Services implements Kernel.
+func (k *IPVS) Services() ([]KService, error) { return k.r.Services() }
+
+// Destinations implements Kernel.
+func (k *IPVS) Destinations(key Key) ([]KDest, error) { return k.r.Destinations(key) }
 
 // Write implements Kernel: up to BatchMax changes per system call instead
 // of one round trip each.
