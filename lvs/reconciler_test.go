@@ -164,6 +164,38 @@ func TestBatchByteLimit(t *testing.T) {
 	}
 }
 
+// Lost acks leave the outcome unknown: each unacked change is reported
+// failed, and the reconciler re-reads the kernel to find out.
+func TestLostAcks(t *testing.T) {
+	f, k := lvstest.New(t)
+	f.LoseAcks(true)
+	errs := k.Write([]lvs.Change{{Kind: lvs.OpNewService, Service: lvs.KService{Key: tcp80, Scheduler: "rr"}},
+		{Kind: lvs.OpNewDest, Service: lvs.KService{Key: tcp80}, Dest: lvs.KDest{Addr: web1, Weight: 1}}})
+	for i, err := range errs {
+		if !errors.Is(err, syscall.EAGAIN) || !strings.Contains(err.Error(), "netlink ack") {
+			t.Errorf("change %d: %v", i, err)
+		}
+	}
+	drift(t, f, lvs.Change{Kind: lvs.OpDelService, Service: lvs.KService{Key: tcp80}})
+
+	r := lvs.NewReconciler(k, nil)
+	f.Reset()
+	rep, err := r.Apply([]lvs.Service{seed()})
+	// The changes were made: the re-read finds nothing left to do.
+	if err != nil || len(rep.Ops) != 0 || rep.Reads != 3 || !slices.Equal(f.Sends(), []int{3}) {
+		t.Fatalf("apply with lost acks: %v %v, sends %v", rep, err, f.Sends())
+	}
+	f.LoseAcks(false)
+	want := "tcp/192.168.94.200:80 rr t=0: 192.168.94.134:80/1/dr 192.168.94.135:80/1/dr"
+	if got := f.Dump(); got != want {
+		t.Fatalf("table %q, want %q", got, want)
+	}
+	f.Reset()
+	if rep := mustApply(t, r, seed()); len(rep.Ops) != 0 || len(f.Calls()) != 0 {
+		t.Fatalf("the cache was not rebuilt: %v, calls %v", rep, f.Calls())
+	}
+}
+
 func TestInvalidDesiredChangesNothing(t *testing.T) {
 	bad := []func(*lvs.Service){
 		func(s *lvs.Service) { s.Scheduler = "roundrobin" },

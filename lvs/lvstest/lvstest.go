@@ -38,6 +38,7 @@ type Table struct {
 	sends   []int
 	replies [][]byte
 	fail    func(call string) error
+	noAcks  bool
 }
 
 // Entry is one virtual service of the table with its real servers.
@@ -65,6 +66,15 @@ func (t *Table) SetFail(f func(call string) error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.fail = f
+}
+
+// LoseAcks makes the table apply later write requests but answer none of
+// them, as when acks are lost (the receive buffer overflowed): the writer
+// cannot know what happened.
+func (t *Table) LoseAcks(lose bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.noAcks = lose
 }
 
 // Calls returns every read and every write request the table received, in
@@ -355,6 +365,9 @@ func (t *Table) request(m []byte) {
 		err = syscall.ENOENT
 	default:
 		err = t.ipvs(m[nlmsgHdrLen], attrs(m[nlmsgHdrLen+4:]))
+		if t.noAcks {
+			return
+		}
 	}
 	// The kernel always acks an error; a success only when asked.
 	if err != nil || flags&nlmFAck != 0 {
