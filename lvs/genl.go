@@ -11,42 +11,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Change is one write to the kernel's IPVS table, for Batcher.
+// Change is one write to the kernel's IPVS table (see Kernel.Write).
 type Change struct {
 	Kind    OpKind
 	Service KService // only the Key for destination changes and deletes
 	Dest    KDest    // destination changes; only Addr for deletes
 }
 
-// Batcher is an optional Kernel extension: Write sends many changes in as
-// few system calls as possible, in order, and returns one error per change
-// (nil for success). A failed change does not stop the ones after it.
-type Batcher interface {
-	Write([]Change) []error
-}
-
-// writeEach is Batcher.Write for a kernel without batching.
-func writeEach(k Kernel, cs []Change) []error {
-	errs := make([]error, len(cs))
-	for i, c := range cs {
-		switch c.Kind {
-		case OpNewService:
-			errs[i] = k.NewService(c.Service)
-		case OpUpdateService:
-			errs[i] = k.UpdateService(c.Service)
-		case OpDelService:
-			errs[i] = k.DelService(c.Service.Key)
-		case OpNewDest:
-			errs[i] = k.NewDestination(c.Service.Key, c.Dest)
-		case OpUpdateDest:
-			errs[i] = k.UpdateDestination(c.Service.Key, c.Dest)
-		case OpDelDest:
-			errs[i] = k.DelDestination(c.Service.Key, c.Dest.Addr)
-		default:
-			errs[i] = fmt.Errorf("unknown change %v", c.Kind)
-		}
-	}
-	return errs
+// Socket is a generic netlink socket: Send writes one datagram (here many
+// requests), Receive reads one datagram into b. OpenIPVS uses a real one;
+// lvstest fakes it so that tests run the encoder and batching below.
+type Socket interface {
+	Send(b []byte) error
+	Receive(b []byte) (int, error)
 }
 
 // IPVS generic netlink constants (include/uapi/linux/ip_vs.h).
@@ -70,6 +47,9 @@ const (
 	ipvsSvcAttrFlags     = 7
 	ipvsSvcAttrTimeout   = 8
 	ipvsSvcAttrNetmask   = 9
+
+	// flagPersistent is the service flag for persistence (IP_VS_SVC_F_PERSISTENT).
+	flagPersistent = 0x1
 
 	ipvsDestAttrAddr      = 1
 	ipvsDestAttrPort      = 2
@@ -95,15 +75,30 @@ const (
 // per sendmsg. moby/ipvs makes one round trip (and a 64 KiB buffer) per
 // change; programming 10,000 real servers that way is most of the cost.
 type genlWriter struct {
-	sock   *nl.NetlinkSocket
-	fd     int
+	sock   Socket
 	family uint16
 	seq    uint32
 	out    []byte
 	in     []byte
 }
 
-func newGenlWriter(nsPath string) (*genlWriter, error) {
+func newGenlWriter(sock Socket) (*genlWriter, error) {
+	w := &genlWriter{sock: sock, in: make([]byte, 64<<10)}
+	if err := w.resolveFamily(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// fdSocket is the real Socket.
+type fdSocket struct {
+	sock *nl.NetlinkSocket
+	fd   int
+}
+
+// openSocket opens a generic netlink socket in the network namespace at
+// nsPath ("" for the caller's), set up for batches of acked requests.
+func openSocket(nsPath string) (*fdSocket, error) {
 	ns := netns.None()
 	if nsPath != "" {
 		var err error
@@ -116,25 +111,30 @@ func newGenlWriter(nsPath string) (*genlWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generic netlink socket: %w", err)
 	}
-	w := &genlWriter{sock: sock, fd: sock.GetFd(), in: make([]byte, 64<<10)}
+	s := &fdSocket{sock: sock, fd: sock.GetFd()}
 	// Error acks carry only the failed request's header, not all of it.
-	_ = unix.SetsockoptInt(w.fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
+	_ = unix.SetsockoptInt(s.fd, unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
 	// Room for a whole batch of acks; FORCE needs CAP_NET_ADMIN, which
 	// programming IPVS needs anyway.
-	_ = unix.SetsockoptInt(w.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
+	_ = unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
 	tv := unix.Timeval{Sec: 10}
-	if err := unix.SetsockoptTimeval(w.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+	if err := unix.SetsockoptTimeval(s.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		sock.Close()
 		return nil, fmt.Errorf("generic netlink socket: %w", err)
 	}
-	if err := w.resolveFamily(); err != nil {
-		sock.Close()
-		return nil, err
-	}
-	return w, nil
+	return s, nil
 }
 
-func (w *genlWriter) close() { w.sock.Close() }
+func (s *fdSocket) Send(b []byte) error {
+	return unix.Sendto(s.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+}
+
+func (s *fdSocket) Receive(b []byte) (int, error) {
+	n, _, err := unix.Recvfrom(s.fd, b, 0)
+	return n, err
+}
+
+func (s *fdSocket) close() { s.sock.Close() }
 
 func putU16(b []byte, v uint16) []byte { return binary.NativeEndian.AppendUint16(b, v) }
 func putU32(b []byte, v uint32) []byte { return binary.NativeEndian.AppendUint32(b, v) }
@@ -175,13 +175,9 @@ func (w *genlWriter) message(b []byte, family uint16, cmd uint8, fill func([]byt
 	return b, w.seq
 }
 
-func (w *genlWriter) send(b []byte) error {
-	return unix.Sendto(w.fd, b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-}
-
 // recv reads one datagram and calls f for each message in it.
 func (w *genlWriter) recv(f func(typ uint16, seq uint32, data []byte)) error {
-	n, _, err := unix.Recvfrom(w.fd, w.in, 0)
+	n, err := w.sock.Receive(w.in)
 	if err != nil {
 		return err
 	}
@@ -212,7 +208,7 @@ func (w *genlWriter) resolveFamily() error {
 	b, seq := w.message(w.out[:0], genlCtrlID, genlCtrlCmdGetFamily, func(b []byte) []byte {
 		return attr(b, genlCtrlAttrFamilyNam, []byte("IPVS\x00"))
 	})
-	if err := w.send(b); err != nil {
+	if err := w.sock.Send(b); err != nil {
 		return fmt.Errorf("resolve IPVS family: %w", err)
 	}
 	var ferr error
@@ -338,7 +334,7 @@ func (w *genlWriter) write(cs []Change) []error {
 				pending++
 			}
 		}
-		if err := w.send(b); err != nil {
+		if err := w.sock.Send(b); err != nil {
 			for i := start; i < end; i++ {
 				if errs[i] == nil {
 					errs[i] = fmt.Errorf("netlink send: %w", err)

@@ -9,12 +9,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// IPVS is the real Kernel: the IPVS table of one network namespace through
-// moby/ipvs (generic netlink). Like the handle under it, it must be used by
-// one goroutine at a time.
+// IPVS is the real Kernel: the IPVS table of one network namespace, read
+// through moby/ipvs and written in batches over lvsha's own generic netlink
+// socket. Like the handles under it, it must be used by one goroutine at a
+// time.
 type IPVS struct {
-	h *ipvs.Handle
-	w *genlWriter // batched writes (see Write)
+	r     Reader
+	w     *genlWriter
+	close func()
 }
 
 // OpenIPVS opens the IPVS table of the network namespace at nsPath (e.g.
@@ -24,22 +26,49 @@ func OpenIPVS(nsPath string) (*IPVS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lvs: open ipvs (is the ip_vs module loaded?): %w", err)
 	}
-	w, err := newGenlWriter(nsPath)
+	sock, err := openSocket(nsPath)
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("lvs: open ipvs: %w", err)
 	}
-	return &IPVS{h: h, w: w}, nil
+	k, err := NewIPVS(mobyReader{h}, sock)
+	if err != nil {
+		h.Close()
+		sock.close()
+		return nil, fmt.Errorf("lvs: open ipvs: %w", err)
+	}
+	k.close = func() { h.Close(); sock.close() }
+	return k, nil
 }
 
-// Close releases the netlink sockets.
+// NewIPVS returns the kernel that reads the table through r and writes to
+// it over sock, a generic netlink socket on which it first looks up the
+// IPVS family. OpenIPVS passes moby/ipvs and a real socket; lvstest passes
+// its in-memory table, which decodes what this encodes. The caller keeps
+// r and sock and closes them.
+func NewIPVS(r Reader, sock Socket) (*IPVS, error) {
+	w, err := newGenlWriter(sock)
+	if err != nil {
+		return nil, err
+	}
+	return &IPVS{r: r, w: w}, nil
+}
+
+// Close releases the netlink sockets OpenIPVS opened.
 func (k *IPVS) Close() {
-	k.h.Close()
-	k.w.close()
+	if k.close != nil {
+		k.close()
+	}
 }
 
-// Write implements Batcher: up to 128 changes per system call instead of
-// one round trip each.
+// Services implements Kernel.
+func (k *IPVS) Services() ([]KService, error) { return k.r.Services() }
+
+// Destinations implements Kernel.
+func (k *IPVS) Destinations(key Key) ([]KDest, error) { return k.r.Destinations(key) }
+
+// Write implements Kernel: up to BatchMax changes per system call instead
+// of one round trip each.
 func (k *IPVS) Write(cs []Change) []error { return k.w.write(cs) }
 
 func family(a netip.Addr) uint16 {
@@ -49,35 +78,26 @@ func family(a netip.Addr) uint16 {
 	return unix.AF_INET6
 }
 
-func toIPVSService(s KService) *ipvs.Service {
-	svc := &ipvs.Service{
-		AddressFamily: unix.AF_INET,
-		Netmask:       0xFFFFFFFF,
-		SchedName:     s.Scheduler,
+// ipvsKey is the moby/ipvs form of a service key, to list its real servers.
+func ipvsKey(k Key) *ipvs.Service {
+	svc := &ipvs.Service{AddressFamily: unix.AF_INET, Netmask: 0xFFFFFFFF}
+	if k.FWMark != 0 {
+		svc.FWMark = k.FWMark
+		return svc
 	}
-	if s.Key.FWMark != 0 {
-		svc.FWMark = s.Key.FWMark
-	} else {
-		a := s.Key.Addr.Addr()
-		svc.AddressFamily = family(a)
-		if a.Is6() {
-			svc.Netmask = 128
-		}
-		svc.Address = net.IP(a.AsSlice())
-		svc.Port = s.Key.Addr.Port()
-		svc.Protocol = unix.IPPROTO_TCP
-		if s.Key.Proto == UDP {
-			svc.Protocol = unix.IPPROTO_UDP
-		}
+	a := k.Addr.Addr()
+	svc.AddressFamily = family(a)
+	if a.Is6() {
+		svc.Netmask = 128
 	}
-	if s.Timeout > 0 {
-		svc.Flags = flagPersistent
-		svc.Timeout = s.Timeout
+	svc.Address = net.IP(a.AsSlice())
+	svc.Port = k.Addr.Port()
+	svc.Protocol = unix.IPPROTO_TCP
+	if k.Proto == UDP {
+		svc.Protocol = unix.IPPROTO_UDP
 	}
 	return svc
 }
-
-func keyOf(k Key) *ipvs.Service { return toIPVSService(KService{Key: k}) }
 
 func fromIPVSService(s *ipvs.Service) (KService, bool) {
 	ks := KService{Scheduler: s.SchedName, Stats: Stats{
@@ -110,22 +130,12 @@ func fromIPVSService(s *ipvs.Service) (KService, bool) {
 // Kernel forwarding values (IP_VS_CONN_F_*) for each Forwarding.
 var fwdFlags = [...]uint32{DR: ipvs.ConnectionFlagDirectRoute, NAT: ipvs.ConnectionFlagMasq, Tunnel: ipvs.ConnectionFlagTunnel}
 
-func toIPVSDest(d KDest) *ipvs.Destination {
-	a := d.Addr.Addr()
-	return &ipvs.Destination{
-		AddressFamily: family(a),
-		Address:       net.IP(a.AsSlice()),
-		Port:          d.Addr.Port(),
-		Weight:        d.Weight,
-		// moby/ipvs writes every field on update: the forwarding flag must
-		// be passed each time or a DR destination silently becomes NAT.
-		ConnectionFlags: fwdFlags[d.Forwarding],
-	}
-}
+// mobyReader is the real Reader.
+type mobyReader struct{ h *ipvs.Handle }
 
-// Services implements Kernel. Services of protocols lvsha does not manage
+// Services implements Reader. Services of protocols lvsha does not manage
 // (SCTP) are left out.
-func (k *IPVS) Services() ([]KService, error) {
+func (k mobyReader) Services() ([]KService, error) {
 	svcs, err := k.h.GetServices()
 	if err != nil {
 		return nil, err
@@ -139,9 +149,9 @@ func (k *IPVS) Services() ([]KService, error) {
 	return out, nil
 }
 
-// Destinations implements Kernel.
-func (k *IPVS) Destinations(key Key) ([]KDest, error) {
-	ds, err := k.h.GetDestinations(keyOf(key))
+// Destinations implements Reader.
+func (k mobyReader) Destinations(key Key) ([]KDest, error) {
+	ds, err := k.h.GetDestinations(ipvsKey(key))
 	if err != nil {
 		return nil, err
 	}
@@ -174,45 +184,19 @@ func (k *IPVS) Destinations(key Key) ([]KDest, error) {
 	return out, nil
 }
 
-// NewService implements Kernel.
-func (k *IPVS) NewService(s KService) error { return k.h.NewService(toIPVSService(s)) }
-
-// UpdateService implements Kernel.
-func (k *IPVS) UpdateService(s KService) error { return k.h.UpdateService(toIPVSService(s)) }
-
-// DelService implements Kernel.
-func (k *IPVS) DelService(key Key) error { return k.h.DelService(keyOf(key)) }
-
-// NewDestination implements Kernel.
-func (k *IPVS) NewDestination(key Key, d KDest) error {
-	return k.h.NewDestination(keyOf(key), toIPVSDest(d))
-}
-
-// UpdateDestination implements Kernel.
-func (k *IPVS) UpdateDestination(key Key, d KDest) error {
-	return k.h.UpdateDestination(keyOf(key), toIPVSDest(d))
-}
-
-// DelDestination implements Kernel.
-func (k *IPVS) DelDestination(key Key, a netip.AddrPort) error {
-	return k.h.DelDestination(keyOf(key), toIPVSDest(KDest{Addr: a}))
-}
-
-// Counting wraps a Kernel and counts its calls: each is one netlink request
-// (Batches counts the Write calls, whose changes count as Writes).
+// Counting wraps a Kernel and counts its calls: Reads are list requests,
+// Writes the changes written (each one netlink request) and Batches the
+// Write calls.
 type Counting struct {
 	Kernel
 	Reads, Writes, Batches int
 }
 
-// Write implements Batcher, batching if the wrapped kernel does.
+// Write implements Kernel.
 func (c *Counting) Write(cs []Change) []error {
 	c.Writes += len(cs)
 	c.Batches++
-	if b, ok := c.Kernel.(Batcher); ok {
-		return b.Write(cs)
-	}
-	return writeEach(c.Kernel, cs)
+	return c.Kernel.Write(cs)
 }
 
 // Services implements Kernel.
@@ -222,31 +206,4 @@ func (c *Counting) Services() ([]KService, error) { c.Reads++; return c.Kernel.S
 func (c *Counting) Destinations(k Key) ([]KDest, error) {
 	c.Reads++
 	return c.Kernel.Destinations(k)
-}
-
-// NewService implements Kernel.
-func (c *Counting) NewService(s KService) error { c.Writes++; return c.Kernel.NewService(s) }
-
-// UpdateService implements Kernel.
-func (c *Counting) UpdateService(s KService) error { c.Writes++; return c.Kernel.UpdateService(s) }
-
-// DelService implements Kernel.
-func (c *Counting) DelService(k Key) error { c.Writes++; return c.Kernel.DelService(k) }
-
-// NewDestination implements Kernel.
-func (c *Counting) NewDestination(k Key, d KDest) error {
-	c.Writes++
-	return c.Kernel.NewDestination(k, d)
-}
-
-// UpdateDestination implements Kernel.
-func (c *Counting) UpdateDestination(k Key, d KDest) error {
-	c.Writes++
-	return c.Kernel.UpdateDestination(k, d)
-}
-
-// DelDestination implements Kernel.
-func (c *Counting) DelDestination(k Key, a netip.AddrPort) error {
-	c.Writes++
-	return c.Kernel.DelDestination(k, a)
 }

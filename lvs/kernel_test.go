@@ -1,4 +1,4 @@
-package lvs
+package lvs_test
 
 import (
 	"errors"
@@ -17,10 +17,11 @@ import (
 	"github.com/lvsha/lvsha/internal/testenv/netns"
 	"github.com/lvsha/lvsha/internal/testenv/vm"
 	"github.com/lvsha/lvsha/internal/testenv/vm/vmtest"
+	"github.com/lvsha/lvsha/lvs"
 )
 
 // TestIPVSInVM runs the TestKernel* tests below inside the QEMU VM: the
-// build machines' own kernel has no IPVS.
+// build machines' own kernel has no lvs.IPVS.
 func TestIPVSInVM(t *testing.T) {
 	vmtest.Run(t, "^TestKernel", vm.Options{Timeout: 4 * time.Minute})
 }
@@ -32,18 +33,18 @@ func needVM(t *testing.T) {
 	}
 }
 
-// freshIPVS returns two handles on the IPVS table of a new namespace: one
+// freshIPVS returns two handles on the lvs.IPVS table of a new namespace: one
 // for the reconciler, one to read back and to play "someone else".
-func freshIPVS(t *testing.T, name string) (*IPVS, *IPVS) {
+func freshIPVS(t *testing.T, name string) (*lvs.IPVS, *lvs.IPVS) {
 	t.Helper()
 	ns, err := netns.New(netns.UniquePrefix("lvk") + name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Close() })
-	var ks [2]*IPVS
+	var ks [2]*lvs.IPVS
 	for i := range ks {
-		if ks[i], err = OpenIPVS(ns.Path()); err != nil {
+		if ks[i], err = lvs.OpenIPVS(ns.Path()); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(ks[i].Close)
@@ -51,8 +52,18 @@ func freshIPVS(t *testing.T, name string) (*IPVS, *IPVS) {
 	return ks[0], ks[1]
 }
 
-// dumpKernel renders a real table like dump renders the fake's.
-func dumpKernel(t *testing.T, k Kernel) string {
+// write makes changes as "someone else" and fails the test if one fails.
+func write(t *testing.T, k lvs.Kernel, cs ...lvs.Change) {
+	t.Helper()
+	for i, err := range k.Write(cs) {
+		if err != nil {
+			t.Fatalf("%v: %v", cs[i], err)
+		}
+	}
+}
+
+// dumpKernel renders a real table like lvstest.Table.Dump renders the fake's.
+func dumpKernel(t *testing.T, k lvs.Kernel) string {
 	t.Helper()
 	svcs, err := k.Services()
 	if err != nil {
@@ -64,7 +75,7 @@ func dumpKernel(t *testing.T, k Kernel) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		slices.SortFunc(ds, func(a, b KDest) int { return a.Addr.Compare(b.Addr) })
+		slices.SortFunc(ds, func(a, b lvs.KDest) int { return a.Addr.Compare(b.Addr) })
 		l := fmt.Sprintf("%v %s t=%d:", s.Key, s.Scheduler, s.Timeout)
 		for _, d := range ds {
 			l += fmt.Sprintf(" %v/%d/%v", d.Addr, d.Weight, d.Forwarding)
@@ -78,8 +89,8 @@ func dumpKernel(t *testing.T, k Kernel) string {
 func TestKernelReconcile(t *testing.T) {
 	needVM(t)
 	k, other := freshIPVS(t, "rec")
-	c := &Counting{Kernel: k}
-	r := NewReconciler(c, nil)
+	c := &lvs.Counting{Kernel: k}
+	r := lvs.NewReconciler(c, nil)
 	check := func(want string) {
 		t.Helper()
 		lines := strings.Split(want, "\n")
@@ -89,7 +100,7 @@ func TestKernelReconcile(t *testing.T) {
 			t.Fatalf("kernel table:\n%s\nwant:\n%s", got, want)
 		}
 	}
-	step := func(name string, wantWrites int, svcs ...Service) {
+	step := func(name string, wantWrites int, svcs ...lvs.Service) {
 		t.Helper()
 		w := c.Writes
 		rep, err := r.Apply(svcs)
@@ -102,21 +113,18 @@ func TestKernelReconcile(t *testing.T) {
 	}
 
 	// A foreign service, made by someone else: never touched.
-	foreign := Key{Proto: TCP, Addr: netip.MustParseAddrPort("10.0.0.1:443")}
-	if err := other.NewService(KService{Key: foreign, Scheduler: "wlc"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := other.NewDestination(foreign, KDest{Addr: netip.MustParseAddrPort("10.0.0.2:443"), Weight: 7, Forwarding: NAT}); err != nil {
-		t.Fatal(err)
-	}
+	foreign := lvs.Key{Proto: lvs.TCP, Addr: netip.MustParseAddrPort("10.0.0.1:443")}
+	write(t, other,
+		lvs.Change{Kind: lvs.OpNewService, Service: lvs.KService{Key: foreign, Scheduler: "wlc"}},
+		lvs.Change{Kind: lvs.OpNewDest, Service: lvs.KService{Key: foreign}, Dest: lvs.KDest{Addr: netip.MustParseAddrPort("10.0.0.2:443"), Weight: 7, Forwarding: lvs.NAT}})
 	foreignLine := "tcp/10.0.0.1:443 wlc t=0: 10.0.0.2:443/7/nat"
 
 	s := seed()
 	udp := seed()
-	udp.Key = Key{Proto: UDP, Addr: netip.MustParseAddrPort("192.168.94.200:53")}
+	udp.Key = lvs.Key{Proto: lvs.UDP, Addr: netip.MustParseAddrPort("192.168.94.200:53")}
 	udp.Persistence = 300 * time.Second
-	udp.Forwarding = Tunnel
-	fwm := Service{Key: Key{FWMark: 7}, Scheduler: "wlc", Forwarding: NAT, Reals: []Real{{Addr: web1, Weight: 2, Up: true}}}
+	udp.Forwarding = lvs.Tunnel
+	fwm := lvs.Service{Key: lvs.Key{FWMark: 7}, Scheduler: "wlc", Forwarding: lvs.NAT, Reals: []lvs.Real{{Addr: web1, Weight: 2, Up: true}}}
 	step("create from empty", 8, s, udp, fwm)
 	rest := foreignLine + "\nfwmark/7 wlc t=0: 192.168.94.134:80/2/nat\n" +
 		"udp/192.168.94.200:53 rr t=300: 192.168.94.134:80/1/tun 192.168.94.135:80/1/tun"
@@ -124,7 +132,7 @@ func TestKernelReconcile(t *testing.T) {
 
 	s.Reals[1].Weight = 5
 	step("weight change", 1, s, udp, fwm)
-	// Still DR after the update: the moby/ipvs forwarding pitfall.
+	// Still lvs.DR after the update: the moby/ipvs forwarding pitfall.
 	check("tcp/192.168.94.200:80 rr t=0: 192.168.94.134:80/1/dr 192.168.94.135:80/5/dr\n" + rest)
 
 	s.Reals[0].Up = false
@@ -133,7 +141,7 @@ func TestKernelReconcile(t *testing.T) {
 	s.Reals[0].Up = true
 	step("up", 1, s, udp, fwm)
 
-	s.OnFailure = Remove
+	s.OnFailure = lvs.Remove
 	s.Reals[0].Up = false
 	step("down (remove)", 1, s, udp, fwm)
 	check("tcp/192.168.94.200:80 rr t=0: 192.168.94.135:80/5/dr\n" + rest)
@@ -154,13 +162,10 @@ func TestKernelReconcile(t *testing.T) {
 	want := "tcp/192.168.94.200:80 sh t=0: 192.168.94.135:80/5/dr\n" + rest
 	check(want)
 
-	// Drift: `ipvsadm -D` of one of ours and a real server flipped to NAT.
-	if err := other.DelService(s.Key); err != nil {
-		t.Fatal(err)
-	}
-	if err := other.UpdateDestination(udp.Key, KDest{Addr: web2, Weight: 1, Forwarding: NAT}); err != nil {
-		t.Fatal(err)
-	}
+	// Drift: `ipvsadm -D` of one of ours and a real server flipped to lvs.NAT.
+	write(t, other,
+		lvs.Change{Kind: lvs.OpDelService, Service: lvs.KService{Key: s.Key}},
+		lvs.Change{Kind: lvs.OpUpdateDest, Service: lvs.KService{Key: udp.Key}, Dest: lvs.KDest{Addr: web2, Weight: 1, Forwarding: lvs.NAT}})
 	rep, err := r.Repair()
 	if err != nil {
 		t.Fatal(err)
@@ -182,10 +187,10 @@ func TestKernelReconcile(t *testing.T) {
 func TestKernelEveryScheduler(t *testing.T) {
 	needVM(t)
 	k, other := freshIPVS(t, "sch")
-	r := NewReconciler(k, nil)
-	for i, name := range Schedulers {
-		svc := Service{Key: Key{FWMark: uint32(100 + i)}, Scheduler: name, Reals: []Real{{Addr: web1, Weight: 1, Up: true}}}
-		_, err := r.Apply([]Service{svc})
+	r := lvs.NewReconciler(k, nil)
+	for i, name := range lvs.Schedulers {
+		svc := lvs.Service{Key: lvs.Key{FWMark: uint32(100 + i)}, Scheduler: name, Reals: []lvs.Real{{Addr: web1, Weight: 1, Up: true}}}
+		_, err := r.Apply([]lvs.Service{svc})
 		// twos arrived in Linux 6.7; the VM runs Debian bookworm's 6.1.
 		if name == "twos" {
 			t.Logf("twos on this kernel: %v", err)
@@ -210,15 +215,15 @@ func TestKernelDR(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer seed80.Close()
-	k, err := OpenIPVS(seed80.Director1.Path())
+	k, err := lvs.OpenIPVS(seed80.Director1.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer k.Close()
-	r := NewReconciler(k, nil)
-	svc := Service{Key: Key{Proto: TCP, Addr: netip.AddrPortFrom(lab.VIP, 80)}, Scheduler: "rr", Forwarding: DR,
-		Reals: []Real{{Addr: netip.AddrPortFrom(lab.Web1.Addr(), 80), Weight: 1, Up: true}, {Addr: netip.AddrPortFrom(lab.Web2.Addr(), 80), Weight: 1, Up: true}}}
-	if _, err := r.Apply([]Service{svc}); err != nil {
+	r := lvs.NewReconciler(k, nil)
+	svc := lvs.Service{Key: lvs.Key{Proto: lvs.TCP, Addr: netip.AddrPortFrom(lab.VIP, 80)}, Scheduler: "rr", Forwarding: lvs.DR,
+		Reals: []lvs.Real{{Addr: netip.AddrPortFrom(lab.Web1.Addr(), 80), Weight: 1, Up: true}, {Addr: netip.AddrPortFrom(lab.Web2.Addr(), 80), Weight: 1, Up: true}}}
+	if _, err := r.Apply([]lvs.Service{svc}); err != nil {
 		t.Fatal(err)
 	}
 	url := "http://" + svc.Key.Addr.String() + "/"
@@ -259,7 +264,7 @@ func TestKernelDR(t *testing.T) {
 
 	// True DR: the director saw the requests but no reply went through it.
 	// Counters lag up to ~2 s: wait for the requests to show.
-	var snap Snapshot
+	var snap lvs.Snapshot
 	ok := netns.WaitFor(10*time.Second, 200*time.Millisecond, func() bool {
 		snap, err = r.Snapshot()
 		if err != nil {
@@ -273,7 +278,7 @@ func TestKernelDR(t *testing.T) {
 		t.Fatalf("director counters never showed the traffic: %+v", s.Stats)
 	}
 	if s.Stats.PacketsOut != 0 || s.Stats.BytesOut != 0 {
-		t.Fatalf("replies went through the director (not DR): %+v", s.Stats)
+		t.Fatalf("replies went through the director (not lvs.DR): %+v", s.Stats)
 	}
 	t.Logf("director stats: %+v", s.Stats)
 
@@ -283,7 +288,7 @@ func TestKernelDR(t *testing.T) {
 	var reused bool
 	first := get(ka, &reused)
 	svc.Reals[0].Weight = 3
-	if _, err := r.Apply([]Service{svc}); err != nil {
+	if _, err := r.Apply([]lvs.Service{svc}); err != nil {
 		t.Fatal(err)
 	}
 	if b := get(ka, &reused); b != first || !reused {
@@ -294,7 +299,7 @@ func TestKernelDR(t *testing.T) {
 		serving = 1
 	}
 	svc.Reals[serving].Up = false // inhibit: weight 0, existing connections stay
-	if _, err := r.Apply([]Service{svc}); err != nil {
+	if _, err := r.Apply([]lvs.Service{svc}); err != nil {
 		t.Fatal(err)
 	}
 	snap, _ = r.Snapshot()
@@ -316,15 +321,15 @@ func TestKernelDR(t *testing.T) {
 func TestKernelIPv6(t *testing.T) {
 	needVM(t)
 	k, other := freshIPVS(t, "v6")
-	r := NewReconciler(k, nil)
-	s := Service{Key: Key{Proto: TCP, Addr: netip.MustParseAddrPort("[2001:db8::100]:80")}, Scheduler: "wrr", Forwarding: DR,
+	r := lvs.NewReconciler(k, nil)
+	s := lvs.Service{Key: lvs.Key{Proto: lvs.TCP, Addr: netip.MustParseAddrPort("[2001:db8::100]:80")}, Scheduler: "wrr", Forwarding: lvs.DR,
 		Persistence: time.Minute,
-		Reals:       []Real{{Addr: netip.MustParseAddrPort("[2001:db8::1]:80"), Weight: 2, Up: true}, {Addr: netip.MustParseAddrPort("[2001:db8::2]:80"), Weight: 1, Up: true}}}
-	if _, err := r.Apply([]Service{s}); err != nil {
+		Reals:       []lvs.Real{{Addr: netip.MustParseAddrPort("[2001:db8::1]:80"), Weight: 2, Up: true}, {Addr: netip.MustParseAddrPort("[2001:db8::2]:80"), Weight: 1, Up: true}}}
+	if _, err := r.Apply([]lvs.Service{s}); err != nil {
 		t.Fatal(err)
 	}
 	s.Reals[1].Weight = 4
-	rep, err := r.Apply([]Service{s})
+	rep, err := r.Apply([]lvs.Service{s})
 	if err != nil || len(rep.Ops) != 1 {
 		t.Fatalf("weight change: %v %v", rep, err)
 	}
@@ -339,12 +344,12 @@ func TestKernelIPv6(t *testing.T) {
 func TestKernelBatchErrors(t *testing.T) {
 	needVM(t)
 	k, other := freshIPVS(t, "bat")
-	missing := Key{Proto: TCP, Addr: netip.MustParseAddrPort("10.9.9.9:80")}
-	errs := k.Write([]Change{
-		{Kind: OpNewService, Service: KService{Key: tcp80, Scheduler: "rr"}},
-		{Kind: OpNewDest, Service: KService{Key: missing}, Dest: KDest{Addr: web1, Weight: 1}},
-		{Kind: OpNewService, Service: KService{Key: tcp80, Scheduler: "rr"}},
-		{Kind: OpNewDest, Service: KService{Key: tcp80}, Dest: KDest{Addr: web2, Weight: 3, Forwarding: Tunnel}},
+	missing := lvs.Key{Proto: lvs.TCP, Addr: netip.MustParseAddrPort("10.9.9.9:80")}
+	errs := k.Write([]lvs.Change{
+		{Kind: lvs.OpNewService, Service: lvs.KService{Key: tcp80, Scheduler: "rr"}},
+		{Kind: lvs.OpNewDest, Service: lvs.KService{Key: missing}, Dest: lvs.KDest{Addr: web1, Weight: 1}},
+		{Kind: lvs.OpNewService, Service: lvs.KService{Key: tcp80, Scheduler: "rr"}},
+		{Kind: lvs.OpNewDest, Service: lvs.KService{Key: tcp80}, Dest: lvs.KDest{Addr: web2, Weight: 3, Forwarding: lvs.Tunnel}},
 	})
 	if errs[0] != nil || errs[1] == nil || !errors.Is(errs[2], syscall.EEXIST) || errs[3] != nil {
 		t.Fatalf("errors %v", errs)

@@ -3,7 +3,6 @@ package lvs
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -151,42 +150,4 @@ func (s SnapService) Dest(a netip.AddrPort) (KDest, bool) {
 		}
 	}
 	return KDest{}, false
-}
-
-var fwdNames = map[Forwarding]string{DR: "Route", NAT: "Masq", Tunnel: "Tunnel"}
-
-// Format writes the table in `ipvsadm -ln`'s layout, with lvsha's own
-// flags (foreign services, quorum lost) after the scheduler.
-func (s Snapshot) Format(w io.Writer) error {
-	var b strings.Builder
-	b.WriteString("Prot LocalAddress:Port Scheduler Flags\n")
-	b.WriteString("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n")
-	for _, svc := range s.Services {
-		line := []string{}
-		if svc.Key.FWMark != 0 {
-			line = append(line, fmt.Sprintf("FWM  %d", svc.Key.FWMark))
-		} else {
-			line = append(line, fmt.Sprintf("%-4s %s", strings.ToUpper(svc.Key.Proto.String()), svc.Key.Addr))
-		}
-		line = append(line, svc.Scheduler)
-		if svc.Timeout > 0 {
-			line = append(line, fmt.Sprintf("persistent %d", svc.Timeout))
-		}
-		if !svc.Owned {
-			line = append(line, "foreign")
-		}
-		if svc.QuorumLost {
-			line = append(line, "quorum-lost")
-		}
-		b.WriteString(strings.Join(line, " ") + "\n")
-		for _, d := range svc.Dests {
-			fwd, ok := fwdNames[d.Forwarding]
-			if !ok {
-				fwd = "Local"
-			}
-			fmt.Fprintf(&b, "  -> %-28s %-7s %-6d %-10d %d\n", d.Addr, fwd, d.Weight, d.ActiveConns, d.InactConns)
-		}
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
 }

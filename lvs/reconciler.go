@@ -137,9 +137,6 @@ func (r *Reconciler) Repair() (Report, error) {
 	return rep, err
 }
 
-// Owned reports whether the reconciler owns the service.
-func (r *Reconciler) Owned(k Key) bool { return r.owned[k] }
-
 // target computes what the kernel should hold for s.
 // The returned slice is ds's storage, reused across services.
 func target(s *Service, ds []KDest) (KService, []KDest, bool) {
@@ -208,8 +205,8 @@ type planned struct {
 	ch Change
 }
 
-// sync plans every change against the cache, sends them (in batches when
-// the kernel supports it), then updates the cache with what succeeded.
+// sync plans every change against the cache, writes them in one Write,
+// then updates the cache with what succeeded.
 func (r *Reconciler) sync(rep *Report) error {
 	defer r.saveOwned()
 	if r.cache == nil {
@@ -247,12 +244,7 @@ func (r *Reconciler) sync(rep *Report) error {
 	for i := range plan {
 		changes[i] = plan[i].ch
 	}
-	var results []error
-	if b, ok := r.k.(Batcher); ok {
-		results = b.Write(changes)
-	} else {
-		results = writeEach(r.k, changes)
-	}
+	results := r.k.Write(changes)
 	var errs []error
 	for i, p := range plan {
 		if err := results[i]; err != nil {

@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/lvsha/lvsha/lvs/atomicfile"
 )
 
 // ParseKey parses the form Key.String produces: tcp/VIP:PORT, udp/VIP:PORT
@@ -52,8 +53,9 @@ func (r *Reconciler) OwnedKeys() []Key {
 	return keys
 }
 
-// PersistOwned keeps the set of owned services in a file (e.g.
-// /run/lvsha/ipvs-owned), loading what a previous run left there. Without
+// PersistOwned keeps the set of owned services in a file (the daemon's is
+// next to its control socket, /run/lvsha/lvsha.ipvs-owned by default),
+// loading what a previous run left there. Without
 // it, a service removed from the config while lvsha was stopped would stay
 // in the kernel for ever, since a new process would not know it was ours.
 // Write failures later are logged, not fatal.
@@ -92,20 +94,9 @@ func (r *Reconciler) saveOwned() {
 	if cur == r.savedOwned {
 		return
 	}
-	if err := writeAtomic(r.statePath, []byte(cur+"\n")); err != nil {
+	if err := atomicfile.Write(r.statePath, []byte(cur+"\n"), 0o644); err != nil {
 		r.log.Error("ipvs: cannot save owned services", "file", r.statePath, "err", err)
 		return
 	}
 	r.savedOwned = cur
-}
-
-func writeAtomic(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

@@ -6,9 +6,10 @@
 // anything else in the table is never touched. A Loop owns the reconciler
 // in one goroutine and periodically repairs drift (someone ran ipvsadm -C).
 //
-// The kernel sits behind the Kernel interface: IPVS for real (moby/ipvs for
-// reads; writes go in batches over lvsha's own generic netlink socket, see
-// Batcher), Fake in unit tests.
+// The kernel sits behind the Kernel interface: read the table, write a list
+// of changes. IPVS is the real one (moby/ipvs for reads; writes go in
+// batches over lvsha's own generic netlink socket). Unit tests use lvstest,
+// which fakes that socket, so they run the same encoding and batching.
 package lvs
 
 import (
@@ -172,9 +173,6 @@ func (s *Service) validate(seen map[netip.AddrPort]bool) error {
 	return nil
 }
 
-// Persistent is the IPVS service flag for persistence (IP_VS_SVC_F_PERSISTENT).
-const flagPersistent = 0x1
-
 // KService is a virtual service as the kernel holds it.
 type KService struct {
 	Key       Key
@@ -201,15 +199,19 @@ type Stats struct {
 	BytesIn, BytesOut     uint64
 }
 
-// Kernel is the IPVS table of one network namespace. Each method is one
-// netlink request. Implementations need not be safe for concurrent use.
-type Kernel interface {
+// Reader reads the IPVS table of one network namespace; each call is one
+// netlink request.
+type Reader interface {
 	Services() ([]KService, error)
 	Destinations(Key) ([]KDest, error)
-	NewService(KService) error
-	UpdateService(KService) error
-	DelService(Key) error
-	NewDestination(Key, KDest) error
-	UpdateDestination(Key, KDest) error
-	DelDestination(Key, netip.AddrPort) error
+}
+
+// Kernel is the IPVS table of one network namespace. Implementations need
+// not be safe for concurrent use.
+type Kernel interface {
+	Reader
+	// Write makes the changes in order, in as few system calls as it can,
+	// and returns one error per change (nil for success). A failed change
+	// does not stop the ones after it.
+	Write([]Change) []error
 }

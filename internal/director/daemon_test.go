@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,93 +21,43 @@ import (
 
 	"github.com/lvsha/lvsha/conf"
 	"github.com/lvsha/lvsha/lvs"
+	"github.com/lvsha/lvsha/lvs/lvstest"
 )
 
-// recKernel serialises access to the fake kernel (the test reads it while
-// the daemon's loop writes) and records every call.
-type recKernel struct {
-	mu    sync.Mutex
-	k     *lvs.Fake
-	calls []string
+// fakeIPVS is production's IPVS kernel over lvstest's in-memory table:
+// the daemon's loop writes through the real encoder and batching while the
+// test reads the table (which is safe for concurrent use).
+type fakeIPVS struct {
+	lvs.Kernel
+	table *lvstest.Table
 }
 
-func (r *recKernel) rec(c string) { r.calls = append(r.calls, c) }
-
-func (r *recKernel) Services() ([]lvs.KService, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.k.Services()
+func newFakeIPVS(t *testing.T) *fakeIPVS {
+	f, k := lvstest.New(t)
+	return &fakeIPVS{Kernel: k, table: f}
 }
 
-func (r *recKernel) Destinations(k lvs.Key) ([]lvs.KDest, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.k.Destinations(k)
-}
-
-func (r *recKernel) NewService(s lvs.KService) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.rec("NewService " + s.Key.String())
-	return r.k.NewService(s)
-}
-
-func (r *recKernel) UpdateService(s lvs.KService) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.rec("UpdateService " + s.Key.String())
-	return r.k.UpdateService(s)
-}
-
-func (r *recKernel) DelService(k lvs.Key) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.rec("DelService " + k.String())
-	return r.k.DelService(k)
-}
-
-func (r *recKernel) NewDestination(k lvs.Key, d lvs.KDest) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.rec("NewDestination " + d.Addr.String())
-	return r.k.NewDestination(k, d)
-}
-
-func (r *recKernel) UpdateDestination(k lvs.Key, d lvs.KDest) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.rec(fmt.Sprintf("UpdateDestination %s weight %d", d.Addr, d.Weight))
-	return r.k.UpdateDestination(k, d)
-}
-
-func (r *recKernel) DelDestination(k lvs.Key, a netip.AddrPort) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.rec("DelDestination " + a.String())
-	return r.k.DelDestination(k, a)
-}
-
-func (r *recKernel) takeCalls() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	c := r.calls
-	r.calls = nil
-	return c
+// takeWrites returns the write requests the kernel received since the last
+// call (reads, such as a periodic repair's, left out).
+func (k *fakeIPVS) takeWrites() []string {
+	var w []string
+	for _, c := range k.table.Calls() {
+		if !strings.HasPrefix(c, "Services") && !strings.HasPrefix(c, "Destinations") {
+			w = append(w, c)
+		}
+	}
+	k.table.Reset()
+	return w
 }
 
 // weights returns the kernel weight of each destination of the one service.
-func (r *recKernel) weights(t *testing.T) map[string]int {
-	t.Helper()
-	svcs, err := r.Services()
-	if err != nil || len(svcs) != 1 {
+func (k *fakeIPVS) weights() map[string]int {
+	es := k.table.Entries()
+	if len(es) != 1 {
 		return nil
 	}
-	ds, err := r.Destinations(svcs[0].Key)
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]int{}
-	for _, d := range ds {
+	for _, d := range es[0].Dests {
 		out[d.Addr.String()] = d.Weight
 	}
 	return out
@@ -212,7 +161,7 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &recKernel{k: lvs.NewFake()}
+	k := newFakeIPVS(t)
 	reload := make(chan os.Signal, 1)
 	var logs syncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
@@ -222,12 +171,12 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 	ctx := runDaemon(t, d)
 
 	waitFor(t, "both real servers in IPVS", func() bool {
-		w := k.weights(t)
+		w := k.weights()
 		return w[a.addr] == 1 && w[b.addr] == 5
 	})
 
 	b.stop()
-	waitFor(t, "b inhibited (weight 0)", func() bool { return k.weights(t)[b.addr] == 0 })
+	waitFor(t, "b inhibited (weight 0)", func() bool { return k.weights()[b.addr] == 0 })
 	st, err := control.QueryStatus(ctx, sock)
 	if err != nil {
 		t.Fatal(err)
@@ -298,7 +247,7 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 	}
 	b.start(t)
 	waitFor(t, "a new checker", func() bool { p := d.hc.Pid(); return p != 0 && p != old })
-	waitFor(t, "b back at weight 5", func() bool { return k.weights(t)[b.addr] == 5 })
+	waitFor(t, "b back at weight 5", func() bool { return k.weights()[b.addr] == 5 })
 	body = scrape(t, metricsAddr)
 	for _, want := range []string{"lvsha_healthcheck_process_restarts_total 1", "lvsha_healthcheck_process_up 1"} {
 		if !strings.Contains(body, want) {
@@ -313,7 +262,7 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 	}
 
 	// Invalid config: nothing changes.
-	k.takeCalls()
+	k.takeWrites()
 	if err := os.WriteFile(file, []byte("[global]\nlog_level = \"loud\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -327,12 +276,12 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 	c := startWeb(t, "127.0.0.1:0")
 	write(fmt.Sprintf("\n[[virtual_server.real_server]]\naddress = %q\nweight = 2\n", c.addr))
 	reload <- syscall.SIGHUP
-	waitFor(t, "c added", func() bool { return k.weights(t)[c.addr] == 2 })
+	waitFor(t, "c added", func() bool { return k.weights()[c.addr] == 2 })
 	waitFor(t, "reload applied", func() bool { return strings.Count(logs.String(), "reload applied") == 1 })
-	if calls := k.takeCalls(); len(calls) != 1 || calls[0] != "NewDestination "+c.addr {
+	if calls := k.takeWrites(); len(calls) != 1 || calls[0] != "NewDestination tcp/10.99.0.1:80 "+c.addr+" weight=2 nat" {
 		t.Errorf("reload adding one real server made calls %q, want exactly one NewDestination", calls)
 	}
-	if w := k.weights(t); w[a.addr] != 1 || w[b.addr] != 5 {
+	if w := k.weights(); w[a.addr] != 1 || w[b.addr] != 5 {
 		t.Errorf("unchanged real servers changed: %v", w)
 	}
 	// The services it owns are remembered for the next run.
@@ -517,16 +466,19 @@ func TestSystemdNotify(t *testing.T) {
 	}
 }
 
-// blockingKernel holds the first NewService until released.
+// blockingKernel holds the first write until released.
 type blockingKernel struct {
-	*recKernel
+	*fakeIPVS
 	entered, release chan struct{}
+	once             sync.Once
 }
 
-func (b *blockingKernel) NewService(s lvs.KService) error {
-	close(b.entered)
-	<-b.release
-	return b.recKernel.NewService(s)
+func (b *blockingKernel) Write(cs []lvs.Change) []error {
+	b.once.Do(func() {
+		close(b.entered)
+		<-b.release
+	})
+	return b.fakeIPVS.Write(cs)
 }
 
 // TestReadyAfterFirstReconcile: systemd hears READY=1 only once the IPVS
@@ -534,7 +486,7 @@ func (b *blockingKernel) NewService(s lvs.KService) error {
 func TestReadyAfterFirstReconcile(t *testing.T) {
 	conn := listenNotify(t)
 	cfg := testConfig(t, "[[virtual_server]]\naddress = \"10.99.0.1:80\"\n[[virtual_server.real_server]]\naddress = \"10.99.1.1:80\"\n")
-	k := &blockingKernel{recKernel: &recKernel{k: lvs.NewFake()}, entered: make(chan struct{}), release: make(chan struct{})}
+	k := &blockingKernel{fakeIPVS: newFakeIPVS(t), entered: make(chan struct{}), release: make(chan struct{})}
 	d := New(cfg, slog.New(slog.DiscardHandler), Options{OpenIPVS: func() (lvs.Kernel, func(), error) { return k, func() {}, nil }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -559,7 +511,7 @@ func TestReadyAfterFirstReconcile(t *testing.T) {
 	if err != nil || string(buf[:n]) != "READY=1" {
 		t.Fatalf("after the reconcile: %q %v", buf[:n], err)
 	}
-	if w := k.weights(t); w["10.99.1.1:80"] != 1 {
+	if w := k.weights(); w["10.99.1.1:80"] != 1 {
 		t.Errorf("table not programmed when READY was sent: %v", w)
 	}
 }
@@ -579,7 +531,7 @@ address = "10.99.1.1:80"
 address = "10.99.1.2:80"
 check = { initial_state = "down" }
 `)
-	k := &recKernel{k: lvs.NewFake()}
+	k := newFakeIPVS(t)
 	var logs syncBuffer
 	d := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)), Options{
 		OpenIPVS:       func() (lvs.Kernel, func(), error) { return k, func() {}, nil },
@@ -587,7 +539,7 @@ check = { initial_state = "down" }
 	})
 	ctx := runDaemon(t, d)
 	waitFor(t, "IPVS programmed", func() bool {
-		w := k.weights(t)
+		w := k.weights()
 		return w["10.99.1.1:80"] == 1 && w["10.99.1.2:80"] == 0
 	})
 	waitFor(t, "the failed start logged", func() bool {
@@ -617,7 +569,7 @@ type = "tcp"
 [[virtual_server.real_server]]
 address = "10.99.1.1:80"
 `)
-	k := &recKernel{k: lvs.NewFake()}
+	k := newFakeIPVS(t)
 	d := New(cfg, slog.New(slog.DiscardHandler), Options{OpenIPVS: func() (lvs.Kernel, func(), error) { return k, func() {}, nil }})
 	ctx := runDaemon(t, d)
 	waitFor(t, "a checker", func() bool { return d.hc.Pid() != 0 })

@@ -53,9 +53,9 @@ func startIPVS(ctx context.Context, cfg *conf.Config, log *slog.Logger, open fun
 		done:     make(chan struct{}),
 		open:     open,
 		observe:  observe,
+		first:    make(chan struct{}),
 		// Which services are ours must survive a restart, or one removed
 		// from the config meanwhile would stay in the kernel for ever.
-		first:     make(chan struct{}),
 		statePath: strings.TrimSuffix(cfg.Global.ControlSocket, ".sock") + ".ipvs-owned",
 	}
 	go p.run(ctx)

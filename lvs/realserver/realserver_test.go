@@ -1,4 +1,4 @@
-package realserver
+package realserver_test
 
 import (
 	"context"
@@ -13,6 +13,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/lvsha/lvsha/lvs/realserver"
+	"github.com/lvsha/lvsha/lvs/realserver/rstest"
 )
 
 var (
@@ -20,32 +23,32 @@ var (
 	vip2 = netip.MustParseAddr("192.168.94.201")
 )
 
-func testCfg() Config { return Config{VIPs: []netip.Addr{vip1, vip2}, Interface: "ens33"} }
+func testCfg() realserver.Config {
+	return realserver.Config{VIPs: []netip.Addr{vip1, vip2}, Interface: "ens33"}
+}
 
-func testOpts(t *testing.T, k Kernel) Options {
-	return Options{StateDir: t.TempDir(), Kernel: k, Logger: slog.New(slog.DiscardHandler)}
+func testOpts(t *testing.T, k realserver.Kernel) realserver.Options {
+	return realserver.Options{StateDir: t.TempDir(), Kernel: k, Logger: slog.New(slog.DiscardHandler)}
 }
 
 // snapshot is the whole observable state of a fake host plus the state file.
 type snapshot struct {
-	addrs   []Addr
+	addrs   []realserver.Addr
 	sysctls map[string]string
 	state   string // file content, "" if absent
 }
 
-func snap(t *testing.T, f *Fake, o Options) snapshot {
+func snap(t *testing.T, f *rstest.Host, o realserver.Options) snapshot {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(o.StateDir, StateFile))
+	b, err := os.ReadFile(filepath.Join(o.StateDir, realserver.StateFile))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	a := slices.Clone(f.addrs)
-	slices.SortFunc(a, func(x, y Addr) int {
+	a := slices.Clone(f.Addresses)
+	slices.SortFunc(a, func(x, y realserver.Addr) int {
 		return strings.Compare(x.Interface+x.Prefix.String(), y.Interface+y.Prefix.String())
 	})
-	return snapshot{addrs: a, sysctls: maps.Clone(f.sysctls), state: string(b)}
+	return snapshot{addrs: a, sysctls: maps.Clone(f.Sysctls), state: string(b)}
 }
 
 func equalSnap(a, b snapshot) bool {
@@ -53,15 +56,15 @@ func equalSnap(a, b snapshot) bool {
 }
 
 func TestUpConfiguresHost(t *testing.T) {
-	f := NewFake("ens33")
+	f := rstest.New("ens33")
 	o := testOpts(t, f)
-	if err := Up(context.Background(), testCfg(), o); err != nil {
+	if err := realserver.Up(context.Background(), testCfg(), o); err != nil {
 		t.Fatal(err)
 	}
 	for _, v := range []netip.Addr{vip1, vip2} {
-		want := Addr{Interface: "lo", Prefix: netip.PrefixFrom(v, 32), HostScope: true}
-		if !slices.Contains(f.addrs, want) {
-			t.Errorf("missing %+v in %+v", want, f.addrs)
+		want := realserver.Addr{Interface: "lo", Prefix: netip.PrefixFrom(v, 32), HostScope: true}
+		if !slices.Contains(f.Addresses, want) {
+			t.Errorf("missing %+v in %+v", want, f.Addresses)
 		}
 	}
 	for key, want := range map[string]string{
@@ -72,7 +75,7 @@ func TestUpConfiguresHost(t *testing.T) {
 		"net/ipv4/conf/default/arp_ignore": "0", // not ours to change
 		"net/ipv4/conf/lo/arp_ignore":      "0",
 	} {
-		if got := f.sysctls[key]; got != want {
+		if got := f.Sysctls[key]; got != want {
 			t.Errorf("%s = %s, want %s", key, got, want)
 		}
 	}
@@ -89,7 +92,7 @@ func TestUpConfiguresHost(t *testing.T) {
 	if lastWrite > firstAdd {
 		t.Errorf("a VIP was added before the sysctls were set: %q", f.Ops)
 	}
-	st, _, err := readState(filepath.Join(o.StateDir, StateFile))
+	st, _, err := realserver.ReadState(filepath.Join(o.StateDir, realserver.StateFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,23 +102,23 @@ func TestUpConfiguresHost(t *testing.T) {
 	if !slices.Equal(st.VIPs, []netip.Addr{vip1, vip2}) {
 		t.Errorf("state VIPs = %v", st.VIPs)
 	}
-	ps, err := Status(context.Background(), testCfg(), o)
+	ps, err := realserver.Status(context.Background(), testCfg(), o)
 	if err != nil || len(ps) != 0 {
 		t.Errorf("status after up = %q, %v; want no problems", ps, err)
 	}
 }
 
 func TestUpIsIdempotentAndKeepsOriginals(t *testing.T) {
-	f := NewFake("ens33")
-	f.sysctls["net/ipv4/conf/all/arp_announce"] = "1"
+	f := rstest.New("ens33")
+	f.Sysctls["net/ipv4/conf/all/arp_announce"] = "1"
 	o := testOpts(t, f)
 	ctx := context.Background()
-	if err := Up(ctx, testCfg(), o); err != nil {
+	if err := realserver.Up(ctx, testCfg(), o); err != nil {
 		t.Fatal(err)
 	}
 	before := snap(t, f, o)
 	f.Ops = nil
-	if err := Up(ctx, testCfg(), o); err != nil {
+	if err := realserver.Up(ctx, testCfg(), o); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.Ops) != 0 {
@@ -130,19 +133,19 @@ func TestUpIsIdempotentAndKeepsOriginals(t *testing.T) {
 }
 
 func TestUpAddsToExistingState(t *testing.T) {
-	// A second Up with another interface and VIP adds their originals and
+	// A second realserver.Up with another interface and VIP adds their originals and
 	// keeps the first ones.
-	f := NewFake("ens33", "ens34")
+	f := rstest.New("ens33", "ens34")
 	o := testOpts(t, f)
 	ctx := context.Background()
-	if err := Up(ctx, Config{VIPs: []netip.Addr{vip1}, Interface: "ens33"}, o); err != nil {
+	if err := realserver.Up(ctx, realserver.Config{VIPs: []netip.Addr{vip1}, Interface: "ens33"}, o); err != nil {
 		t.Fatal(err)
 	}
-	f.sysctls["net/ipv4/conf/ens34/arp_announce"] = "1"
-	if err := Up(ctx, Config{VIPs: []netip.Addr{vip2}, Interface: "ens34"}, o); err != nil {
+	f.Sysctls["net/ipv4/conf/ens34/arp_announce"] = "1"
+	if err := realserver.Up(ctx, realserver.Config{VIPs: []netip.Addr{vip2}, Interface: "ens34"}, o); err != nil {
 		t.Fatal(err)
 	}
-	st, _, err := readState(filepath.Join(o.StateDir, StateFile))
+	st, _, err := realserver.ReadState(filepath.Join(o.StateDir, realserver.StateFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,96 +160,96 @@ func TestUpAddsToExistingState(t *testing.T) {
 }
 
 func TestUpKeepsStricterArpIgnore(t *testing.T) {
-	f := NewFake("ens33")
-	f.sysctls["net/ipv4/conf/all/arp_ignore"] = "8"
-	f.sysctls["net/ipv4/conf/ens33/arp_ignore"] = "2"
+	f := rstest.New("ens33")
+	f.Sysctls["net/ipv4/conf/all/arp_ignore"] = "8"
+	f.Sysctls["net/ipv4/conf/ens33/arp_ignore"] = "2"
 	o := testOpts(t, f)
-	if err := Up(context.Background(), testCfg(), o); err != nil {
+	if err := realserver.Up(context.Background(), testCfg(), o); err != nil {
 		t.Fatal(err)
 	}
-	if f.sysctls["net/ipv4/conf/all/arp_ignore"] != "8" || f.sysctls["net/ipv4/conf/ens33/arp_ignore"] != "2" {
-		t.Errorf("up lowered a stricter arp_ignore: %v", f.sysctls)
+	if f.Sysctls["net/ipv4/conf/all/arp_ignore"] != "8" || f.Sysctls["net/ipv4/conf/ens33/arp_ignore"] != "2" {
+		t.Errorf("up lowered a stricter arp_ignore: %v", f.Sysctls)
 	}
-	if ps, err := Status(context.Background(), testCfg(), o); err != nil || len(ps) != 0 {
+	if ps, err := realserver.Status(context.Background(), testCfg(), o); err != nil || len(ps) != 0 {
 		t.Errorf("status = %q, %v", ps, err)
 	}
 }
 
 func TestUpRescopesGlobalVIP(t *testing.T) {
-	f := NewFake("ens33")
-	global := Addr{Interface: "lo", Prefix: netip.PrefixFrom(vip1, 32)}
-	f.addrs = []Addr{global}
+	f := rstest.New("ens33")
+	global := realserver.Addr{Interface: "lo", Prefix: netip.PrefixFrom(vip1, 32)}
+	f.Addresses = []realserver.Addr{global}
 	o := testOpts(t, f)
-	if err := Up(context.Background(), testCfg(), o); err != nil {
+	if err := realserver.Up(context.Background(), testCfg(), o); err != nil {
 		t.Fatal(err)
 	}
-	if slices.Contains(f.addrs, global) || !slices.Contains(f.addrs, vipAddr(vip1)) {
-		t.Errorf("addrs = %+v, want %s on lo with host scope only", f.addrs, vip1)
+	if slices.Contains(f.Addresses, global) || !slices.Contains(f.Addresses, realserver.VIPAddr(vip1)) {
+		t.Errorf("addrs = %+v, want %s on lo with host scope only", f.Addresses, vip1)
 	}
 }
 
 func TestDownRestoresExactly(t *testing.T) {
-	f := NewFake("ens33")
-	f.sysctls["net/ipv4/conf/all/arp_announce"] = "1"
-	f.sysctls["net/ipv4/conf/ens33/arp_ignore"] = "4"
-	other := Addr{Interface: "ens33", Prefix: netip.MustParsePrefix("192.168.94.134/24")}
-	f.addrs = []Addr{other}
+	f := rstest.New("ens33")
+	f.Sysctls["net/ipv4/conf/all/arp_announce"] = "1"
+	f.Sysctls["net/ipv4/conf/ens33/arp_ignore"] = "4"
+	other := realserver.Addr{Interface: "ens33", Prefix: netip.MustParsePrefix("192.168.94.134/24")}
+	f.Addresses = []realserver.Addr{other}
 	o := testOpts(t, f)
 	before := snap(t, f, o)
 	ctx := context.Background()
-	if err := Up(ctx, testCfg(), o); err != nil {
+	if err := realserver.Up(ctx, testCfg(), o); err != nil {
 		t.Fatal(err)
 	}
-	if err := Down(ctx, testCfg(), o); err != nil {
+	if err := realserver.Down(ctx, testCfg(), o); err != nil {
 		t.Fatal(err)
 	}
 	if after := snap(t, f, o); !equalSnap(before, after) {
 		t.Errorf("down did not restore the host:\nbefore %+v\nafter  %+v", before, after)
 	}
-	// Down again: nothing to remove, no state: says so.
-	if err := Down(ctx, testCfg(), o); !errors.Is(err, ErrNoState) {
-		t.Errorf("second down = %v, want ErrNoState", err)
+	// realserver.Down again: nothing to remove, no state: says so.
+	if err := realserver.Down(ctx, testCfg(), o); !errors.Is(err, realserver.ErrNoState) {
+		t.Errorf("second down = %v, want realserver.ErrNoState", err)
 	}
 }
 
 func TestDownUsesRecordedVIPs(t *testing.T) {
-	f := NewFake("ens33")
+	f := rstest.New("ens33")
 	o := testOpts(t, f)
 	ctx := context.Background()
-	if err := Up(ctx, testCfg(), o); err != nil {
+	if err := realserver.Up(ctx, testCfg(), o); err != nil {
 		t.Fatal(err)
 	}
-	// Down with a config that no longer lists the VIPs still removes them.
-	if err := Down(ctx, Config{}, o); err != nil {
+	// realserver.Down with a config that no longer lists the VIPs still removes them.
+	if err := realserver.Down(ctx, realserver.Config{}, o); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.addrs) != 0 {
-		t.Errorf("addrs after down = %+v", f.addrs)
+	if len(f.Addresses) != 0 {
+		t.Errorf("addrs after down = %+v", f.Addresses)
 	}
 }
 
 func TestDownWithoutState(t *testing.T) {
-	f := NewFake("ens33")
-	f.addrs = []Addr{vipAddr(vip1)}
-	f.sysctls["net/ipv4/conf/all/arp_ignore"] = "1"
+	f := rstest.New("ens33")
+	f.Addresses = []realserver.Addr{realserver.VIPAddr(vip1)}
+	f.Sysctls["net/ipv4/conf/all/arp_ignore"] = "1"
 	o := testOpts(t, f)
-	err := Down(context.Background(), testCfg(), o)
-	if !errors.Is(err, ErrNoState) {
-		t.Fatalf("down = %v, want ErrNoState", err)
+	err := realserver.Down(context.Background(), testCfg(), o)
+	if !errors.Is(err, realserver.ErrNoState) {
+		t.Fatalf("down = %v, want realserver.ErrNoState", err)
 	}
-	if len(f.addrs) != 0 {
-		t.Errorf("VIP not removed: %+v", f.addrs)
+	if len(f.Addresses) != 0 {
+		t.Errorf("VIP not removed: %+v", f.Addresses)
 	}
-	if f.sysctls["net/ipv4/conf/all/arp_ignore"] != "1" {
+	if f.Sysctls["net/ipv4/conf/all/arp_ignore"] != "1" {
 		t.Error("down without state changed a sysctl")
 	}
 }
 
 func TestDownKeepsStateWhenRestoreFails(t *testing.T) {
-	f := NewFake("ens33")
+	f := rstest.New("ens33")
 	o := testOpts(t, f)
 	ctx := context.Background()
-	if err := Up(ctx, testCfg(), o); err != nil {
+	if err := realserver.Up(ctx, testCfg(), o); err != nil {
 		t.Fatal(err)
 	}
 	boom := errors.New("boom")
@@ -256,36 +259,36 @@ func TestDownKeepsStateWhenRestoreFails(t *testing.T) {
 		}
 		return nil
 	}
-	err := Down(ctx, testCfg(), o)
+	err := realserver.Down(ctx, testCfg(), o)
 	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "restore net.ipv4.conf.all.arp_ignore=0") {
 		t.Fatalf("down = %v, want the restore failure", err)
 	}
-	if _, err := os.Stat(filepath.Join(o.StateDir, StateFile)); err != nil {
+	if _, err := os.Stat(filepath.Join(o.StateDir, realserver.StateFile)); err != nil {
 		t.Fatalf("state file gone after a failed restore: %v", err)
 	}
 	// The other keys were restored anyway.
-	if f.sysctls["net/ipv4/conf/ens33/arp_announce"] != "0" {
+	if f.Sysctls["net/ipv4/conf/ens33/arp_announce"] != "0" {
 		t.Error("down stopped at the first failure")
 	}
 	f.Fail = nil
-	if err := Down(ctx, testCfg(), o); err != nil {
+	if err := realserver.Down(ctx, testCfg(), o); err != nil {
 		t.Fatalf("retry down = %v", err)
 	}
-	if f.sysctls["net/ipv4/conf/all/arp_ignore"] != "0" {
+	if f.Sysctls["net/ipv4/conf/all/arp_ignore"] != "0" {
 		t.Error("retry did not restore")
 	}
 }
 
-// TestUpFailureUndoes fails every mutating step of a successful Up in turn
+// TestUpFailureUndoes fails every mutating step of a successful realserver.Up in turn
 // and checks that the host and the state file end as they began.
 func TestUpFailureUndoes(t *testing.T) {
-	setups := map[string]func(f *Fake, dir string){
-		"fresh": func(*Fake, string) {},
-		"partly configured": func(f *Fake, dir string) {
-			f.addrs = []Addr{vipAddr(vip1), {Interface: "lo", Prefix: netip.PrefixFrom(vip2, 32)}}
-			f.sysctls["net/ipv4/conf/all/arp_ignore"] = "1"
-			f.sysctls["net/ipv4/conf/ens33/arp_announce"] = "1"
-			if err := writeState(filepath.Join(dir, StateFile), &state{
+	setups := map[string]func(f *rstest.Host, dir string){
+		"fresh": func(*rstest.Host, string) {},
+		"partly configured": func(f *rstest.Host, dir string) {
+			f.Addresses = []realserver.Addr{realserver.VIPAddr(vip1), {Interface: "lo", Prefix: netip.PrefixFrom(vip2, 32)}}
+			f.Sysctls["net/ipv4/conf/all/arp_ignore"] = "1"
+			f.Sysctls["net/ipv4/conf/ens33/arp_announce"] = "1"
+			if err := realserver.WriteState(filepath.Join(dir, realserver.StateFile), &realserver.State{
 				VIPs: []netip.Addr{vip1}, Sysctls: map[string]string{"net/ipv4/conf/all/arp_ignore": "0"},
 			}); err != nil {
 				t.Fatal(err)
@@ -293,10 +296,10 @@ func TestUpFailureUndoes(t *testing.T) {
 		},
 	}
 	for name, setup := range setups {
-		probe := NewFake("ens33")
+		probe := rstest.New("ens33")
 		dir := t.TempDir()
 		setup(probe, dir)
-		if err := Up(context.Background(), testCfg(), Options{StateDir: dir, Kernel: probe, Logger: slog.New(slog.DiscardHandler)}); err != nil {
+		if err := realserver.Up(context.Background(), testCfg(), realserver.Options{StateDir: dir, Kernel: probe, Logger: slog.New(slog.DiscardHandler)}); err != nil {
 			t.Fatal(err)
 		}
 		if len(probe.Ops) == 0 {
@@ -304,7 +307,7 @@ func TestUpFailureUndoes(t *testing.T) {
 		}
 		for _, failOp := range probe.Ops {
 			t.Run(name+"/"+failOp, func(t *testing.T) {
-				f := NewFake("ens33")
+				f := rstest.New("ens33")
 				o := testOpts(t, f)
 				setup(f, o.StateDir)
 				before := snap(t, f, o)
@@ -315,7 +318,7 @@ func TestUpFailureUndoes(t *testing.T) {
 					}
 					return nil
 				}
-				err := Up(context.Background(), testCfg(), o)
+				err := realserver.Up(context.Background(), testCfg(), o)
 				if !errors.Is(err, boom) {
 					t.Fatalf("up = %v, want boom", err)
 				}
@@ -341,19 +344,19 @@ func TestUpFailsBeforeChanging(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		ctx      context.Context
-		cfg      Config
+		cfg      realserver.Config
 		stateDir string
 		fail     string
 		want     string
 	}{
-		{name: "unknown interface", cfg: Config{VIPs: []netip.Addr{vip1}, Interface: "eth9"}, want: "interface eth9 not found"},
+		{name: "unknown interface", cfg: realserver.Config{VIPs: []netip.Addr{vip1}, Interface: "eth9"}, want: "interface eth9 not found"},
 		{name: "state dir unusable", stateDir: filepath.Join(blocker, "sub"), want: "state"},
 		{name: "cancelled", ctx: cancelled, want: "context canceled"},
 		{name: "list fails", fail: "list", want: "list addresses"},
 		{name: "read fails", fail: "read net/ipv4/conf/all/arp_announce", want: "read net.ipv4.conf.all.arp_announce"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := NewFake("ens33")
+			f := rstest.New("ens33")
 			f.Fail = func(op string) error {
 				if op == tc.fail {
 					return errors.New("boom")
@@ -372,14 +375,14 @@ func TestUpFailsBeforeChanging(t *testing.T) {
 			if cfg.Interface == "" {
 				cfg = testCfg()
 			}
-			err := Up(c, cfg, o)
+			err := realserver.Up(c, cfg, o)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("up = %v, want an error with %q", err, tc.want)
 			}
 			if len(f.Ops) != 0 {
 				t.Errorf("host changed: %q", f.Ops)
 			}
-			if _, err := os.Stat(filepath.Join(o.StateDir, StateFile)); err == nil {
+			if _, err := os.Stat(filepath.Join(o.StateDir, realserver.StateFile)); err == nil {
 				t.Error("state file left behind")
 			}
 		})
@@ -387,43 +390,43 @@ func TestUpFailsBeforeChanging(t *testing.T) {
 }
 
 func TestStatusListsEachProblem(t *testing.T) {
-	ok := func(f *Fake) {
-		f.addrs = []Addr{vipAddr(vip1), vipAddr(vip2), {Interface: "ens33", Prefix: netip.MustParsePrefix("192.168.94.134/24")}}
+	ok := func(f *rstest.Host) {
+		f.Addresses = []realserver.Addr{realserver.VIPAddr(vip1), realserver.VIPAddr(vip2), {Interface: "ens33", Prefix: netip.MustParsePrefix("192.168.94.134/24")}}
 		for _, i := range []string{"all", "ens33"} {
-			f.sysctls[confKey(i, "arp_ignore")] = "1"
-			f.sysctls[confKey(i, "arp_announce")] = "2"
+			f.Sysctls[rstest.ConfKey(i, "arp_ignore")] = "1"
+			f.Sysctls[rstest.ConfKey(i, "arp_announce")] = "2"
 		}
 	}
 	for _, tc := range []struct {
 		name   string
-		cfg    Config
-		break_ func(f *Fake)
-		want   []Problem
+		cfg    realserver.Config
+		break_ func(f *rstest.Host)
+		want   []realserver.Problem
 	}{
-		{name: "healthy", break_: func(*Fake) {}},
-		{name: "missing VIP", break_: func(f *Fake) {
-			f.addrs = slices.DeleteFunc(f.addrs, func(a Addr) bool { return a.Prefix.Addr() == vip2 })
-		}, want: []Problem{"VIP 192.168.94.201 missing on lo"}},
-		{name: "wrong prefix", break_: func(f *Fake) {
-			f.addrs[0].Prefix = netip.PrefixFrom(vip1, 24)
-		}, want: []Problem{"VIP 192.168.94.200 on lo is /24, want /32"}},
-		{name: "global scope", break_: func(f *Fake) { f.addrs[0].HostScope = false },
-			want: []Problem{"VIP 192.168.94.200 on lo has scope global, want host"}},
-		{name: "also elsewhere", break_: func(f *Fake) {
-			f.addrs = append(f.addrs, Addr{Interface: "ens33", Prefix: netip.PrefixFrom(vip1, 32)})
-		}, want: []Problem{"VIP 192.168.94.200 also on ens33"}},
-		{name: "sysctls", break_: func(f *Fake) {
-			f.sysctls["net/ipv4/conf/ens33/arp_ignore"] = "0"
-			f.sysctls["net/ipv4/conf/all/arp_ignore"] = "4" // reserved: the kernel replies
-			f.sysctls["net/ipv4/conf/all/arp_announce"] = "3"
-		}, want: []Problem{
+		{name: "healthy", break_: func(*rstest.Host) {}},
+		{name: "missing VIP", break_: func(f *rstest.Host) {
+			f.Addresses = slices.DeleteFunc(f.Addresses, func(a realserver.Addr) bool { return a.Prefix.Addr() == vip2 })
+		}, want: []realserver.Problem{"VIP 192.168.94.201 missing on lo"}},
+		{name: "wrong prefix", break_: func(f *rstest.Host) {
+			f.Addresses[0].Prefix = netip.PrefixFrom(vip1, 24)
+		}, want: []realserver.Problem{"VIP 192.168.94.200 on lo is /24, want /32"}},
+		{name: "global scope", break_: func(f *rstest.Host) { f.Addresses[0].HostScope = false },
+			want: []realserver.Problem{"VIP 192.168.94.200 on lo has scope global, want host"}},
+		{name: "also elsewhere", break_: func(f *rstest.Host) {
+			f.Addresses = append(f.Addresses, realserver.Addr{Interface: "ens33", Prefix: netip.PrefixFrom(vip1, 32)})
+		}, want: []realserver.Problem{"VIP 192.168.94.200 also on ens33"}},
+		{name: "sysctls", break_: func(f *rstest.Host) {
+			f.Sysctls["net/ipv4/conf/ens33/arp_ignore"] = "0"
+			f.Sysctls["net/ipv4/conf/all/arp_ignore"] = "4" // reserved: the kernel replies
+			f.Sysctls["net/ipv4/conf/all/arp_announce"] = "3"
+		}, want: []realserver.Problem{
 			"net.ipv4.conf.all.arp_ignore is 4, want 1",
 			"net.ipv4.conf.all.arp_announce is 3, want 2",
 			"net.ipv4.conf.ens33.arp_ignore is 0, want 1",
 		}},
-		{name: "no interface", cfg: Config{VIPs: []netip.Addr{vip1, vip2}, Interface: "eth9"}, break_: func(*Fake) {},
-			want: []Problem{"interface eth9 not found"}},
-		{name: "nothing done", break_: func(f *Fake) { *f = *NewFake("ens33") }, want: []Problem{
+		{name: "no interface", cfg: realserver.Config{VIPs: []netip.Addr{vip1, vip2}, Interface: "eth9"}, break_: func(*rstest.Host) {},
+			want: []realserver.Problem{"interface eth9 not found"}},
+		{name: "nothing done", break_: func(f *rstest.Host) { *f = *rstest.New("ens33") }, want: []realserver.Problem{
 			"VIP 192.168.94.200 missing on lo",
 			"VIP 192.168.94.201 missing on lo",
 			"net.ipv4.conf.all.arp_ignore is 0, want 1",
@@ -433,14 +436,14 @@ func TestStatusListsEachProblem(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := NewFake("ens33")
+			f := rstest.New("ens33")
 			ok(f)
 			tc.break_(f)
 			cfg := tc.cfg
 			if cfg.Interface == "" {
 				cfg = testCfg()
 			}
-			got, err := Status(context.Background(), cfg, testOpts(t, f))
+			got, err := realserver.Status(context.Background(), cfg, testOpts(t, f))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -452,36 +455,36 @@ func TestStatusListsEachProblem(t *testing.T) {
 }
 
 func TestStatusReadFailure(t *testing.T) {
-	f := NewFake("ens33")
+	f := rstest.New("ens33")
 	f.Fail = func(op string) error {
 		if op == "list" {
 			return errors.New("boom")
 		}
 		return nil
 	}
-	if _, err := Status(context.Background(), testCfg(), testOpts(t, f)); err == nil {
+	if _, err := realserver.Status(context.Background(), testCfg(), testOpts(t, f)); err == nil {
 		t.Error("status hid a failure to read the host")
 	}
 }
 
 func TestValidate(t *testing.T) {
 	for _, tc := range []struct {
-		cfg  Config
+		cfg  realserver.Config
 		want string // "" = valid
 	}{
 		{testCfg(), ""},
-		{Config{VIPs: []netip.Addr{netip.MustParseAddr("::ffff:192.168.94.200")}, Interface: "eth0.100"}, ""},
-		{Config{Interface: "ens33"}, "no VIP"},
-		{Config{VIPs: []netip.Addr{vip1}}, "no interface"},
-		{Config{VIPs: []netip.Addr{vip1}, Interface: "lo"}, "client-facing"},
-		{Config{VIPs: []netip.Addr{vip1}, Interface: "all"}, "client-facing"},
-		{Config{VIPs: []netip.Addr{vip1}, Interface: "../x"}, "not a valid interface name"},
-		{Config{VIPs: []netip.Addr{vip1}, Interface: "averyveryverylongname"}, "not a valid interface name"},
-		{Config{VIPs: []netip.Addr{netip.MustParseAddr("2001:db8::1")}, Interface: "ens33"}, "only IPv4"},
-		{Config{VIPs: []netip.Addr{{}}, Interface: "ens33"}, "only IPv4"},
-		{Config{VIPs: []netip.Addr{netip.MustParseAddr("127.0.0.2")}, Interface: "ens33"}, "not a unicast"},
-		{Config{VIPs: []netip.Addr{netip.MustParseAddr("0.0.0.0")}, Interface: "ens33"}, "not a unicast"},
-		{Config{VIPs: []netip.Addr{netip.MustParseAddr("224.0.0.18")}, Interface: "ens33"}, "not a unicast"},
+		{realserver.Config{VIPs: []netip.Addr{netip.MustParseAddr("::ffff:192.168.94.200")}, Interface: "eth0.100"}, ""},
+		{realserver.Config{Interface: "ens33"}, "no VIP"},
+		{realserver.Config{VIPs: []netip.Addr{vip1}}, "no interface"},
+		{realserver.Config{VIPs: []netip.Addr{vip1}, Interface: "lo"}, "client-facing"},
+		{realserver.Config{VIPs: []netip.Addr{vip1}, Interface: "all"}, "client-facing"},
+		{realserver.Config{VIPs: []netip.Addr{vip1}, Interface: "../x"}, "not a valid interface name"},
+		{realserver.Config{VIPs: []netip.Addr{vip1}, Interface: "averyveryverylongname"}, "not a valid interface name"},
+		{realserver.Config{VIPs: []netip.Addr{netip.MustParseAddr("2001:db8::1")}, Interface: "ens33"}, "only IPv4"},
+		{realserver.Config{VIPs: []netip.Addr{{}}, Interface: "ens33"}, "only IPv4"},
+		{realserver.Config{VIPs: []netip.Addr{netip.MustParseAddr("127.0.0.2")}, Interface: "ens33"}, "not a unicast"},
+		{realserver.Config{VIPs: []netip.Addr{netip.MustParseAddr("0.0.0.0")}, Interface: "ens33"}, "not a unicast"},
+		{realserver.Config{VIPs: []netip.Addr{netip.MustParseAddr("224.0.0.18")}, Interface: "ens33"}, "not a unicast"},
 	} {
 		t.Run(fmt.Sprintf("%v/%s", tc.cfg.VIPs, tc.cfg.Interface), func(t *testing.T) {
 			err := tc.cfg.Validate()
@@ -499,7 +502,7 @@ func TestValidate(t *testing.T) {
 }
 
 func TestDisplayKey(t *testing.T) {
-	if got := displayKey("net/ipv4/conf/eth0.100/arp_ignore"); got != "net.ipv4.conf.eth0/100.arp_ignore" {
+	if got := realserver.DisplayKey("net/ipv4/conf/eth0.100/arp_ignore"); got != "net.ipv4.conf.eth0/100.arp_ignore" {
 		t.Errorf("displayKey = %s", got)
 	}
 }
@@ -509,7 +512,7 @@ func TestDisplayKey(t *testing.T) {
 // values from before any of them; without the state lock one read-modify-
 // write of the file overwrites another.
 func TestConcurrentUpsLoseNothing(t *testing.T) {
-	f := NewFake("ens33")
+	f := rstest.New("ens33")
 	// Yield on every operation to widen the window in which unlocked Ups
 	// would interleave.
 	f.Fail = func(string) error { runtime.Gosched(); return nil }
@@ -520,14 +523,16 @@ func TestConcurrentUpsLoseNothing(t *testing.T) {
 	for i := range n {
 		v := netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)})
 		want = append(want, v)
-		go func() { errs <- Up(context.Background(), Config{VIPs: []netip.Addr{v}, Interface: "ens33"}, o) }()
+		go func() {
+			errs <- realserver.Up(context.Background(), realserver.Config{VIPs: []netip.Addr{v}, Interface: "ens33"}, o)
+		}()
 	}
 	for range n {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
-	st, _, err := readState(filepath.Join(o.StateDir, StateFile))
+	st, _, err := realserver.ReadState(filepath.Join(o.StateDir, realserver.StateFile))
 	if err != nil {
 		t.Fatal(err)
 	}

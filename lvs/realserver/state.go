@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lvsha/lvsha/lvs/atomicfile"
 )
 
 // StateFile is the name of the state file inside Options.StateDir.
@@ -40,43 +42,12 @@ func readState(path string) (*state, []byte, error) {
 	return &s, b, nil
 }
 
-// writeFileAtomic replaces path with b so a crash leaves the old or the new
-// file, never a torn one.
-func writeFileAtomic(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	_, werr := tmp.Write(b)
-	if werr == nil {
-		werr = tmp.Sync()
-	}
-	cerr := tmp.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
-		return err
-	}
-	return nil
-}
-
 func writeState(path string, s *state) error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, append(b, '\n'))
+	return atomicfile.Write(path, append(b, '\n'), 0o644)
 }
 
 // restoreFile puts back the bytes a file had (nil: it did not exist).
@@ -87,7 +58,7 @@ func restoreFile(path string, old []byte) error {
 		}
 		return nil
 	}
-	return writeFileAtomic(path, old)
+	return atomicfile.Write(path, old, 0o644)
 }
 
 // lockState takes an exclusive lock next to the state file so two Up or Down

@@ -14,6 +14,7 @@ import (
 
 	"github.com/lvsha/lvsha/internal/director/control"
 	"github.com/lvsha/lvsha/internal/testenv/netns"
+	"github.com/lvsha/lvsha/lvs/atomicfile"
 )
 
 // director is one `lvsha -f FILE` daemon running in a director namespace.
@@ -44,12 +45,8 @@ func newDirector(name string, node *netns.Node, lvsha, dir string) *director {
 // writeConfig replaces the config file atomically (a reload must never see
 // half a file).
 func (d *director) writeConfig(text string) error {
-	tmp := d.config + ".new"
-	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
-		return fmt.Errorf("%s: write config: %w", d.name, err)
-	}
-	if err := os.Rename(tmp, d.config); err != nil {
-		return fmt.Errorf("%s: write config: %w", d.name, err)
+	if err := atomicfile.Write(d.config, []byte(text), 0o644); err != nil {
+		return fmt.Errorf("%s: config: %w", d.name, err)
 	}
 	return nil
 }
