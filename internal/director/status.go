@@ -53,8 +53,8 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 	}
 	for i := range cfg.Services {
 		vs := &cfg.Services[i]
-		ss := control.ServiceStatus{Key: vs.Key(), Scheduler: vs.Scheduler, Forwarding: vs.Forwarding, Reals: []control.RealStatus{}}
-		ks, inKernel := snap.Find(serviceKey(vs))
+		ss := control.ServiceStatus{Key: vs.ID, Scheduler: vs.Scheduler, Forwarding: vs.Forwarding, Reals: []control.RealStatus{}}
+		ks, inKernel := snap.Find(vs.IPVS.Key)
 		ss.InKernel = ipvsOK && inKernel
 		ss.QuorumLost = inKernel && ks.QuorumLost
 		for j := range vs.Reals {
@@ -65,13 +65,13 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 			}
 			// Health is the daemon's verdict, the one IPVS follows; the
 			// checker process adds the details.
-			if up, ok := health[realID(vs, rs)]; ok {
+			if up, ok := health[rs.ID]; ok {
 				r.Health = "down"
 				if up {
 					r.Health = "up"
 				}
 			}
-			if h, ok := hs[realID(vs, rs)]; ok {
+			if h, ok := hs[rs.ID]; ok {
 				r.LastError, r.LastTransition, r.LastCheck, r.Checks = h.LastError, h.LastChange, h.LastCheck, h.Checks
 				switch {
 				case h.LastCheck.IsZero():
