@@ -146,8 +146,8 @@ address = "10.0.1.3:80"
 		t.Errorf("IPVS service wrong: %s %+v", vs.ID, svc)
 	}
 	r0, r1, r2 := vs.Reals[0], vs.Reals[1], vs.Reals[2]
-	if r0.ID != "TCP 10.0.0.1:80 -> 10.0.1.1:80" || r0.Addr.String() != "10.0.1.1:80" {
-		t.Errorf("real 0: %s %v", r0.ID, r0.Addr)
+	if r0.ID != "TCP 10.0.0.1:80 -> 10.0.1.1:80" || svc.Reals[0].Addr.String() != "10.0.1.1:80" {
+		t.Errorf("real 0: %s %v", r0.ID, svc.Reals[0].Addr)
 	}
 	want := &healthcheck.Spec{Type: healthcheck.TypeHTTP, Path: "/health", Method: "GET", Status: []healthcheck.StatusRange{{Lo: 200, Hi: 299}},
 		MaxBody: 64 << 10, Interval: 5 * time.Second, Timeout: 3 * time.Second, Rise: 1, Fall: 2, InitialUp: true}

@@ -120,9 +120,9 @@ type RealServer struct {
 	CheckOverride *rawTable `toml:"check"`
 
 	// ID names the real server of its service: RealServerID(service ID,
-	// address), stable across reloads.
-	ID   string         `toml:"-"`
-	Addr netip.AddrPort `toml:"-"`
+	// address), stable across reloads. Its parsed address and weight are
+	// the service's IPVS.Reals entry of the same index.
+	ID string `toml:"-"`
 	// Spec is the effective check (service check + override), nil = none:
 	// the real server is always up, as in keepalived without a checker.
 	// Without an override it is the service's Spec, shared (10,000 copies

@@ -298,12 +298,13 @@ func (v *validator) service(p string, vs *VirtualServer) {
 	for j := range vs.Reals {
 		rp := fmt.Sprintf("%s.real_server[%d]", p, j)
 		rs := &vs.Reals[j]
+		var addr netip.AddrPort
 		if rs.Address == "" {
 			v.errf(rp+".address", "required but missing")
 		} else if ap, err := parseAddrPort4(rs.Address); err != nil {
 			v.errf(rp+".address", "%v", err)
 		} else {
-			rs.Addr = ap
+			addr = ap
 			if prev, ok := seen[ap]; ok {
 				v.errf(rp+".address", "real server %s is already listed as %s", ap, prev)
 			}
@@ -313,11 +314,11 @@ func (v *validator) service(p string, vs *VirtualServer) {
 					ap.Port(), svc.Key.Addr.Port(), svc.Key.Addr.Port())
 			}
 		}
-		rs.ID = RealServerID(vs.ID, rs.Addr.String())
+		rs.ID = RealServerID(vs.ID, addr.String())
 		if rs.Weight < 0 || rs.Weight > 65535 {
 			v.errf(rp+".weight", "%d is outside 0-65535", rs.Weight)
 		}
-		svc.Reals[j] = lvs.Real{Addr: rs.Addr, Weight: rs.Weight}
+		svc.Reals[j] = lvs.Real{Addr: addr, Weight: rs.Weight}
 		// A check that is only inherited was validated with the service; an
 		// override reports only the problems it brings.
 		rs.Spec = spec

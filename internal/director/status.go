@@ -59,8 +59,9 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 		ss.QuorumLost = inKernel && ks.QuorumLost
 		for j := range vs.Reals {
 			rs := &vs.Reals[j]
-			r := control.RealStatus{Address: rs.Addr.String(), Weight: rs.Weight, KernelWeight: -1, Health: "unchecked"}
-			if kd, ok := ks.Dest(rs.Addr); ok {
+			addr := vs.IPVS.Reals[j].Addr
+			r := control.RealStatus{Address: addr.String(), Weight: rs.Weight, KernelWeight: -1, Health: "unchecked"}
+			if kd, ok := ks.Dest(addr); ok {
 				r.KernelWeight, r.ActiveConns, r.InactiveConns = kd.Weight, kd.ActiveConns, kd.InactConns
 			}
 			// Health is the daemon's verdict, the one IPVS follows; the

@@ -17,7 +17,7 @@ func healthTargets(cfg *conf.Config) []checker.Target {
 		for j := range vs.Reals {
 			rs := &vs.Reals[j]
 			if rs.Spec != nil {
-				out = append(out, checker.Target{ID: rs.ID, Addr: rs.Addr, Spec: rs.Spec, Group: vs.ID})
+				out = append(out, checker.Target{ID: rs.ID, Addr: vs.IPVS.Reals[j].Addr, Spec: rs.Spec, Group: vs.ID})
 			}
 		}
 	}
