@@ -172,11 +172,16 @@ func TestAllowedZeros(t *testing.T) {
 	const head = `
 [global]
 realtime_priority = 0
+metrics_listen = ""
 [[vrrp_instance]]
 name = "VI_1"
 interface = "eth0"
 virtual_router_id = 51
 virtual_ipaddress = ["10.0.0.1/24"]
+unicast_src_ip = ""
+unicast_peer = []
+auth_pass = ""
+notify = []
 preempt_delay = "0s"
 garp_master_delay = "0s"
 garp_master_refresh = "0s"
@@ -186,15 +191,25 @@ track_interface = [{ name = "eth1", weight = 0 }]
 address = "10.0.0.1:80"
 persistence_timeout = "0s"
 quorum = 0
+sorry_server = ""
 [virtual_server.check]
 type = "http"
 port = 0
+host = ""
+body_regex = ""
+tls_server_name = ""
 [[virtual_server.real_server]]
 address = "10.0.1.1:80"
 weight = 0
 [[virtual_server]]
 fwmark = 0
 address = "10.0.0.1:81"
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth0"
+virtual_router_id = 52
+virtual_ipaddress = ["10.0.0.2/24"]
+preempt = false
 `
 	cfg, _, err := Parse("t.toml", []byte(head))
 	if err != nil {
@@ -217,6 +232,15 @@ address = "10.0.0.1:81"
 		{"weight 0: in IPVS with weight 0", svc.Reals[0].Weight == 0},
 		{"check port 0: the real server's port", spec.Port == 0},
 		{"fwmark 0: an address service", cfg.Services[1].IPVS.Key.FWMark == 0 && cfg.Services[1].ID == "TCP 10.0.0.1:81"},
+		{"metrics_listen \"\": no metrics", cfg.Global.MetricsListen == ""},
+		{"no unicast_src_ip or unicast_peer: multicast", !rt.UnicastSrc.IsValid() && len(rt.UnicastPeers) == 0},
+		{"auth_pass \"\": no authentication", rt.AuthPass == ""},
+		{"notify []: no command", len(rt.Notify) == 0},
+		{"preempt false: no preemption", !cfg.VRRP[1].Runtime.Preempt},
+		{"sorry_server \"\": none", !svc.Sorry.IsValid()},
+		{"host \"\": the target's address", spec.Host == ""},
+		{"body_regex \"\": no body match", spec.BodyRegex == nil},
+		{"tls_server_name \"\": host or address", spec.TLSServerName == ""},
 	} {
 		if !c.ok {
 			t.Errorf("%s: not so (vrrp %+v, ipvs %+v, check %+v)", c.key, rt, svc, spec)
