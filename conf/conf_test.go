@@ -3,11 +3,16 @@ package conf
 import (
 	"errors"
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lvsha/lvsha/healthcheck"
+	"github.com/lvsha/lvsha/lvs"
+	"github.com/lvsha/lvsha/vrrp"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files of testdata/bad")
@@ -121,25 +126,201 @@ address = "10.0.1.3:80"
 	if in.Priority != 100 || in.Version != 3 || !in.Preempt || in.AdvertInterval.D() != time.Second || in.GARPRepeat != 5 {
 		t.Errorf("vrrp defaults wrong: %+v", in)
 	}
-	if got := in.VIPPrefixes[1].String(); got != "10.0.0.2/32" {
+	rt := in.Runtime
+	if rt.Name != "VI_1" || rt.Interface != "eth0" || rt.VRID != 51 || rt.Priority != 100 || rt.Version != 3 || !rt.Preempt ||
+		rt.AdvertInterval != time.Second || rt.GARPRepeat != 5 || rt.GARPDelay != 5*time.Second || rt.NotifyTimeout != 10*time.Second ||
+		rt.ChecksumMode != vrrp.ChecksumPseudoHeader {
+		t.Errorf("vrrp runtime config wrong: %+v", rt)
+	}
+	if got := rt.VIPs[1].String(); got != "10.0.0.2/32" {
 		t.Errorf("bare VIP parsed as %s, want /32", got)
 	}
 	vs := cfg.Services[0]
 	if vs.Scheduler != "wlc" || vs.Forwarding != "dr" || vs.OnFailure != "inhibit" || vs.Protocol != "tcp" {
 		t.Errorf("service defaults wrong: %+v", vs)
 	}
-	r0, r1 := vs.Reals[0], vs.Reals[1]
-	if r0.Weight != 1 || r0.Check == nil || r0.Check.Path != "/health" || r0.Check.Fall != 2 {
-		t.Errorf("real 0 should inherit the service check: %+v %+v", r0, r0.Check)
+	svc := vs.IPVS
+	if vs.ID != "TCP 10.0.0.1:80" || svc.Key != (lvs.Key{Proto: lvs.TCP, Addr: netip.MustParseAddrPort("10.0.0.1:80")}) ||
+		svc.Scheduler != "wlc" || svc.Forwarding != lvs.DR || svc.OnFailure != lvs.Inhibit || svc.Quorum != 1 || len(svc.Reals) != 3 ||
+		svc.Reals[1] != (lvs.Real{Addr: netip.MustParseAddrPort("10.0.1.2:80"), Weight: 3}) {
+		t.Errorf("IPVS service wrong: %s %+v", vs.ID, svc)
 	}
-	if r1.Weight != 3 || r1.Check.Path != "/other" || r1.Check.Fall != 5 || r1.Check.Type != "http" || r1.Check.Interval.D() != 5*time.Second {
-		t.Errorf("real 1 override not merged onto the service check: %+v", r1.Check)
+	r0, r1, r2 := vs.Reals[0], vs.Reals[1], vs.Reals[2]
+	if r0.ID != "TCP 10.0.0.1:80 -> 10.0.1.1:80" || svc.Reals[0].Addr.String() != "10.0.1.1:80" {
+		t.Errorf("real 0: %s %v", r0.ID, svc.Reals[0].Addr)
 	}
-	if vs.Check.Path != "/health" || vs.Check.Fall != 2 {
+	want := &healthcheck.Spec{Type: healthcheck.TypeHTTP, Path: "/health", Method: "GET", Status: []healthcheck.StatusRange{{Lo: 200, Hi: 299}},
+		MaxBody: 64 << 10, Interval: 5 * time.Second, Timeout: 3 * time.Second, Rise: 1, Fall: 2, InitialUp: true}
+	if r0.Spec == nil || r0.Spec.Key() != want.Key() {
+		t.Errorf("real 0 should have the service check with its defaults:\n%s\nwant\n%s", r0.Spec.Key(), want.Key())
+	}
+	if r2.Spec != r0.Spec {
+		t.Error("real servers without an override do not share the service's Spec")
+	}
+	want.Path, want.Fall = "/other", 5
+	if r1.Weight != 3 || r1.Spec == r0.Spec || r1.Spec.Key() != want.Key() {
+		t.Errorf("real 1 override not merged onto the service check: %+v", r1.Spec)
+	}
+	if vs.Check.Path != "/health" || vs.Check.Fall != 2 || r0.Spec.Path != "/health" {
 		t.Errorf("override leaked into the service check: %+v", vs.Check)
 	}
-	if r0.Addr.String() != "10.0.1.1:80" || vs.Addr.String() != "10.0.0.1:80" {
-		t.Errorf("addresses not parsed: %v %v", r0.Addr, vs.Addr)
+}
+
+// TestAllowedZeros: every key whose zero is accepted has the documented
+// effect in the runtime value (0 = off, none, or the real server's own).
+func TestAllowedZeros(t *testing.T) {
+	const head = `
+[global]
+realtime_priority = 0
+metrics_listen = ""
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["10.0.0.1/24"]
+unicast_src_ip = ""
+unicast_peer = []
+auth_pass = ""
+notify = []
+preempt_delay = "0s"
+garp_master_delay = "0s"
+garp_master_refresh = "0s"
+garp_interval = "0s"
+track_interface = [{ name = "eth1", weight = 0 }]
+[[virtual_server]]
+address = "10.0.0.1:80"
+persistence_timeout = "0s"
+quorum = 0
+sorry_server = ""
+[virtual_server.check]
+type = "http"
+port = 0
+host = ""
+body_regex = ""
+tls_server_name = ""
+[[virtual_server.real_server]]
+address = "10.0.1.1:80"
+weight = 0
+[[virtual_server]]
+fwmark = 0
+address = "10.0.0.1:81"
+[[vrrp_instance]]
+name = "VI_2"
+interface = "eth0"
+virtual_router_id = 52
+virtual_ipaddress = ["10.0.0.2/24"]
+preempt = false
+`
+	cfg, _, err := Parse("t.toml", []byte(head))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, svc := cfg.VRRP[0].Runtime, cfg.Services[0].IPVS
+	spec := cfg.Services[0].Reals[0].Spec
+	for _, c := range []struct {
+		key string
+		ok  bool
+	}{
+		{"realtime_priority 0: normal scheduling", cfg.Global.RealtimePriority == 0},
+		{"preempt_delay 0: preempt at once", rt.PreemptDelay == 0 && rt.Preempt},
+		{"garp_master_delay 0: no second burst", rt.GARPDelay == 0},
+		{"garp_master_refresh 0: no refresh", rt.GARPRefresh == 0},
+		{"garp_interval 0: a burst at once", rt.GARPInterval == 0 && rt.GARPRepeat == 5},
+		{"track weight 0: FAULT while down", len(rt.Track) == 1 && rt.Track[0] == vrrp.TrackInterface{Name: "eth1", Weight: 0}},
+		{"persistence_timeout 0: not persistent", svc.Persistence == 0},
+		{"quorum 0: no quorum", svc.Quorum == 0},
+		{"weight 0: in IPVS with weight 0", svc.Reals[0].Weight == 0},
+		{"check port 0: the real server's port", spec.Port == 0},
+		{"fwmark 0: an address service", cfg.Services[1].IPVS.Key.FWMark == 0 && cfg.Services[1].ID == "TCP 10.0.0.1:81"},
+		{"metrics_listen \"\": no metrics", cfg.Global.MetricsListen == ""},
+		{"no unicast_src_ip or unicast_peer: multicast", !rt.UnicastSrc.IsValid() && len(rt.UnicastPeers) == 0},
+		{"auth_pass \"\": no authentication", rt.AuthPass == ""},
+		{"notify []: no command", len(rt.Notify) == 0},
+		{"preempt false: no preemption", !cfg.VRRP[1].Runtime.Preempt},
+		{"sorry_server \"\": none", !svc.Sorry.IsValid()},
+		{"host \"\": the target's address", spec.Host == ""},
+		{"body_regex \"\": no body match", spec.BodyRegex == nil},
+		{"tls_server_name \"\": host or address", spec.TLSServerName == ""},
+	} {
+		if !c.ok {
+			t.Errorf("%s: not so (vrrp %+v, ipvs %+v, check %+v)", c.key, rt, svc, spec)
+		}
+	}
+
+	// Zeros that would mean nothing are refused, not turned into a default.
+	for key, src := range map[string]string{
+		"garp_master_repeat": "[[vrrp_instance]]\nname = \"v\"\ninterface = \"e\"\nvirtual_router_id = 1\nvirtual_ipaddress = [\"10.0.0.1\"]\ngarp_master_repeat = 0\n",
+		"max_body":           "[[virtual_server]]\naddress = \"10.0.0.1:80\"\n[virtual_server.check]\ntype = \"http\"\nmax_body = 0\n",
+		"status":             "[[virtual_server]]\naddress = \"10.0.0.1:80\"\n[virtual_server.check]\ntype = \"http\"\nstatus = []\n",
+		"rise":               "[[virtual_server]]\naddress = \"10.0.0.1:80\"\n[virtual_server.check]\ntype = \"tcp\"\nrise = 0\n",
+		"fall":               "[[virtual_server]]\naddress = \"10.0.0.1:80\"\n[virtual_server.check]\ntype = \"tcp\"\nfall = 0\n",
+		"interval":           "[[virtual_server]]\naddress = \"10.0.0.1:80\"\n[virtual_server.check]\ntype = \"tcp\"\ninterval = \"0s\"\n",
+	} {
+		_, _, err := Parse("t.toml", []byte(src))
+		var inv *InvalidError
+		if !errors.As(err, &inv) || !strings.Contains(err.Error(), "."+key+": ") {
+			t.Errorf("%s = 0 accepted or not reported on its key: %v", key, err)
+		}
+	}
+}
+
+// TestHeaderInjection: a path or host that would break the request line
+// is refused with its key.
+func TestHeaderInjection(t *testing.T) {
+	for key, val := range map[string]string{"path": `"/a b"`, "host": `"a\r\nX-Injected: 1"`} {
+		src := "[[virtual_server]]\naddress = \"10.0.0.1:80\"\n[virtual_server.check]\ntype = \"http\"\n" + key + " = " + val + "\n"
+		if _, _, err := Parse("t.toml", []byte(src)); err == nil || !strings.Contains(err.Error(), "check."+key+": ") {
+			t.Errorf("%s = %s: %v", key, val, err)
+		}
+	}
+}
+
+// TestRuntimeEnums: each name of an enumerated key becomes its value.
+func TestRuntimeEnums(t *testing.T) {
+	src := `
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["10.0.0.1/24"]
+checksum = "rfc"
+[[virtual_server]]
+fwmark = 5
+protocol = "udp"
+forwarding = "tun"
+on_failure = "remove"
+[virtual_server.check]
+type = "exec"
+argv = ["/bin/true"]
+initial_state = "down"
+[[virtual_server.real_server]]
+address = "10.0.1.1:53"
+[[virtual_server]]
+address = "10.0.0.1:53"
+protocol = "udp"
+forwarding = "nat"
+[virtual_server.check]
+type = "https"
+[[virtual_server.real_server]]
+address = "10.0.1.1:53"
+`
+	cfg, _, err := Parse("t.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s0, s1 := cfg.Services[0], cfg.Services[1]
+	if cfg.VRRP[0].Runtime.ChecksumMode != vrrp.ChecksumMessage {
+		t.Error("checksum rfc")
+	}
+	if s0.ID != "FWM 5" || s0.IPVS.Key != (lvs.Key{FWMark: 5}) || s0.IPVS.Forwarding != lvs.Tunnel || s0.IPVS.OnFailure != lvs.Remove {
+		t.Errorf("service 0: %s %+v", s0.ID, s0.IPVS)
+	}
+	if sp := s0.Reals[0].Spec; sp.Type != healthcheck.TypeExec || sp.InitialUp {
+		t.Errorf("service 0 check: %+v", sp)
+	}
+	if s1.ID != "UDP 10.0.0.1:53" || s1.IPVS.Key.Proto != lvs.UDP || s1.IPVS.Forwarding != lvs.NAT || s1.Reals[0].Spec.Type != healthcheck.TypeHTTPS ||
+		!s1.Reals[0].Spec.InitialUp || s1.Reals[0].ID != "UDP 10.0.0.1:53 -> 10.0.1.1:53" {
+		t.Errorf("service 1: %s %+v %+v", s1.ID, s1.IPVS, s1.Reals[0].Spec)
 	}
 }
 

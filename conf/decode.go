@@ -7,8 +7,9 @@ import (
 	"reflect"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
+
+	"github.com/lvsha/lvsha/healthcheck"
 )
 
 // decoder fills config structs from the generic map that toml parsed, so that
@@ -29,6 +30,12 @@ var (
 	tomlDecoderType     = reflect.TypeFor[tomlDecoder]()
 )
 
+// typeDecoders decode types of other packages that accept more than one
+// TOML type.
+var typeDecoders = map[reflect.Type]func(v any, rv reflect.Value) error{
+	reflect.TypeFor[healthcheck.StatusRange](): decodeStatusRange,
+}
+
 func (d *decoder) errorf(path, format string, args ...any) {
 	*d.diags = append(*d.diags, Diag{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
@@ -36,6 +43,12 @@ func (d *decoder) errorf(path, format string, args ...any) {
 // decode stores v into rv (addressable). Only keys present in v are set, so
 // defaults put into rv beforehand survive.
 func (d *decoder) decode(path string, v any, rv reflect.Value) {
+	if dec, ok := typeDecoders[rv.Type()]; ok && rv.CanAddr() {
+		if err := dec(v, rv); err != nil {
+			d.errorf(path, "%v", err)
+		}
+		return
+	}
 	if rv.CanAddr() {
 		if pv := rv.Addr(); pv.Type().Implements(tomlDecoderType) {
 			if err := pv.Interface().(tomlDecoder).decodeTOML(v); err != nil {
@@ -243,38 +256,17 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 
 func (d Duration) String() string { return time.Duration(d).String() }
 
-// StatusRange is an inclusive range of HTTP status codes.
-type StatusRange struct{ Lo, Hi int }
-
-func (r StatusRange) String() string {
-	if r.Lo == r.Hi {
-		return strconv.Itoa(r.Lo)
-	}
-	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
-}
-
-// decodeTOML accepts 200 or "200" or "200-299".
-func (r *StatusRange) decodeTOML(v any) error {
+// decodeStatusRange accepts 200 or "200" or "200-299" into a
+// healthcheck.StatusRange, which owns the form and the limits.
+func decodeStatusRange(v any, rv reflect.Value) error {
+	var text string
 	switch x := v.(type) {
 	case int64:
-		r.Lo, r.Hi = int(x), int(x)
+		text = strconv.FormatInt(x, 10)
 	case string:
-		lo, hi, isRange := strings.Cut(x, "-")
-		a, err1 := strconv.Atoi(strings.TrimSpace(lo))
-		b := a
-		var err2 error
-		if isRange {
-			b, err2 = strconv.Atoi(strings.TrimSpace(hi))
-		}
-		if err1 != nil || err2 != nil {
-			return fmt.Errorf("%q is not a status code or range (write 200 or \"200-299\")", x)
-		}
-		r.Lo, r.Hi = a, b
+		text = x
 	default:
 		return fmt.Errorf("want a status code or a \"lo-hi\" range, got %s", tomlType(v))
 	}
-	if r.Lo < 100 || r.Hi > 599 || r.Lo > r.Hi {
-		return fmt.Errorf("status range %s is outside 100-599 or reversed", r)
-	}
-	return nil
+	return rv.Addr().Interface().(*healthcheck.StatusRange).UnmarshalText([]byte(text))
 }

@@ -101,17 +101,17 @@ func Parse(file string, src []byte) (*Config, []Diag, error) {
 		vs := &cfg.Services[i]
 		for j := range vs.Reals {
 			rs := &vs.Reals[j]
-			rs.Check = vs.Check
+			rs.check = vs.Check
 			if rs.CheckOverride != nil && vs.Check != nil {
 				c := *vs.Check
-				rs.Check = &c
+				rs.check = &c
 			}
 			if rs.CheckOverride != nil {
-				if rs.Check == nil {
+				if rs.check == nil {
 					c := defaultCheck()
-					rs.Check = &c
+					rs.check = &c
 				}
-				dec.decodeStruct(fmt.Sprintf("virtual_server[%d].real_server[%d].check", i, j), rs.CheckOverride.m, reflect.ValueOf(rs.Check).Elem())
+				dec.decodeStruct(fmt.Sprintf("virtual_server[%d].real_server[%d].check", i, j), rs.CheckOverride.m, reflect.ValueOf(rs.check).Elem())
 			}
 		}
 	}
@@ -162,20 +162,12 @@ func (c *Config) Summary() string {
 			in.Name, in.VRID, in.Interface, in.Priority, in.Version, in.AdvertInterval, strings.Join(in.VIPs, " "))
 	}
 	for _, vs := range c.Services {
-		fmt.Fprintf(&b, "  service %s: %s %s, %d real server(s)\n", vs.Key(), vs.Scheduler, vs.Forwarding, len(vs.Reals))
+		fmt.Fprintf(&b, "  service %s: %s %s, %d real server(s)\n", vs.ID, vs.Scheduler, vs.Forwarding, len(vs.Reals))
 	}
 	if rs := c.Realserver; rs != nil {
 		fmt.Fprintf(&b, "  realserver: VIPs %s on lo, ARP suppressed on %s\n", strings.Join(rs.VIPs, " "), rs.Interface)
 	}
 	return b.String()
-}
-
-// Key names a virtual service the way ipvsadm does: "TCP 10.0.0.1:80" or "FWM 5".
-func (vs *VirtualServer) Key() string {
-	if vs.FWMark != 0 {
-		return fmt.Sprintf("FWM %d", vs.FWMark)
-	}
-	return strings.ToUpper(vs.Protocol) + " " + vs.Address
 }
 
 func underAny(path string, decodeErrs []Diag) bool {

@@ -1,18 +1,27 @@
 // Package conf is lvsha's configuration: the TOML schema with its defaults,
 // loading with every problem reported at once by file, line, column and key
-// path, the semantic validation behind `lvsha -t`, and the difference between
-// two configs that a reload applies.
+// path, and the semantic validation behind `lvsha -t`. It is the one step
+// that turns the file into the values the libraries take (vrrp.Config,
+// healthcheck.Spec, lvs.Service): they apply no defaults and check no
+// config rules of their own.
 package conf
 
 import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"strings"
+	"time"
+
+	"github.com/lvsha/lvsha/healthcheck"
+	"github.com/lvsha/lvsha/lvs"
+	"github.com/lvsha/lvsha/vrrp"
 )
 
 // Config is one lvsha.toml. The toml-tagged fields are what the file says
 // (after defaults); the `toml:"-"` fields are filled by validation with the
-// parsed forms, so users of a valid Config never parse strings again.
+// parsed forms and the runtime values, so users of a valid Config never
+// parse strings again.
 type Config struct {
 	Global     Global          `toml:"global"`
 	VRRP       []VRRPInstance  `toml:"vrrp_instance"`
@@ -65,9 +74,8 @@ type VRRPInstance struct {
 	Track        []TrackInterface `toml:"track_interface"`
 	Notify       []string         `toml:"notify"`
 
-	VIPPrefixes    []netip.Prefix `toml:"-"`
-	UnicastSrcAddr netip.Addr     `toml:"-"`
-	PeerAddrs      []netip.Addr   `toml:"-"`
+	// Runtime is the instance as vrrp.New takes it.
+	Runtime vrrp.Config `toml:"-"`
 }
 
 // TrackInterface lowers (or raises) the priority by Weight while the
@@ -94,8 +102,13 @@ type VirtualServer struct {
 	Check     *Check       `toml:"check"`
 	Reals     []RealServer `toml:"real_server"`
 
-	Addr      netip.AddrPort `toml:"-"` // zero for a fwmark service
-	SorryAddr netip.AddrPort `toml:"-"` // zero when none
+	// ID names the service in status, metrics, logs and the checker's
+	// statistics, the way ipvsadm does: "TCP 10.0.0.1:80" or "FWM 5".
+	ID string `toml:"-"`
+	// IPVS is the service as the IPVS reconciler takes it, Reals[i] being
+	// Reals[i] of the file with its configured weight; the daemon sets
+	// each one's Up from its health verdict.
+	IPVS lvs.Service `toml:"-"`
 }
 
 // RealServer is one backend of a virtual service.
@@ -106,32 +119,50 @@ type RealServer struct {
 	// override the service's check key by key.
 	CheckOverride *rawTable `toml:"check"`
 
-	Addr netip.AddrPort `toml:"-"`
-	// Check is the effective check (service check + override), nil = none:
+	// ID names the real server of its service: RealServerID(service ID,
+	// address), stable across reloads. Its parsed address and weight are
+	// the service's IPVS.Reals entry of the same index.
+	ID string `toml:"-"`
+	// Spec is the effective check (service check + override), nil = none:
 	// the real server is always up, as in keepalived without a checker.
-	// Without an override it is the service's own Check, shared: read-only.
-	Check *Check `toml:"-"`
+	// Without an override it is the service's Spec, shared (10,000 copies
+	// would cost megabytes): read-only.
+	Spec *healthcheck.Spec `toml:"-"`
+
+	check *Check // the effective check as the file says it
+}
+
+// RealServerID names a real server of a service: "TCP 10.0.0.1:80 ->
+// 10.0.1.1:80". Health transitions, status and metrics use it.
+func RealServerID(serviceID, realAddr string) string { return serviceID + " -> " + realAddr }
+
+// serviceID is VirtualServer.ID for a service key.
+func serviceID(k lvs.Key) string {
+	if k.FWMark != 0 {
+		return fmt.Sprintf("FWM %d", k.FWMark)
+	}
+	return strings.ToUpper(k.Proto.String()) + " " + k.Addr.String()
 }
 
 // Check is a health check.
 type Check struct {
-	Type          string        `toml:"type"` // http, https, tcp, exec
-	Path          string        `toml:"path"`
-	Method        string        `toml:"method"`
-	Host          string        `toml:"host"`
-	Status        []StatusRange `toml:"status"`
-	BodyRegex     string        `toml:"body_regex"`
-	MaxBody       int           `toml:"max_body"`
-	TLSServerName string        `toml:"tls_server_name"`
-	TLSSkipVerify bool          `toml:"tls_skip_verify"`
-	TLSCAFile     string        `toml:"tls_ca_file"`
-	Port          int           `toml:"port"`
-	Argv          []string      `toml:"argv"`
-	Interval      Duration      `toml:"interval"`
-	Timeout       Duration      `toml:"timeout"`
-	Rise          int           `toml:"rise"`
-	Fall          int           `toml:"fall"`
-	InitialState  string        `toml:"initial_state"` // up (keepalived's default) or down (keepalived's alpha)
+	Type          string                    `toml:"type"` // http, https, tcp, exec
+	Path          string                    `toml:"path"`
+	Method        string                    `toml:"method"`
+	Host          string                    `toml:"host"`
+	Status        []healthcheck.StatusRange `toml:"status"`
+	BodyRegex     string                    `toml:"body_regex"`
+	MaxBody       int                       `toml:"max_body"`
+	TLSServerName string                    `toml:"tls_server_name"`
+	TLSSkipVerify bool                      `toml:"tls_skip_verify"`
+	TLSCAFile     string                    `toml:"tls_ca_file"`
+	Port          int                       `toml:"port"`
+	Argv          []string                  `toml:"argv"`
+	Interval      Duration                  `toml:"interval"`
+	Timeout       Duration                  `toml:"timeout"`
+	Rise          int                       `toml:"rise"`
+	Fall          int                       `toml:"fall"`
+	InitialState  string                    `toml:"initial_state"` // up (keepalived's default) or down (keepalived's alpha)
 }
 
 // Realserver is the setup of an LVS-DR real server (`lvsha realserver`).
@@ -158,6 +189,8 @@ func (r *rawTable) decodeTOML(v any) error {
 const (
 	DefaultConfigFile    = "/etc/lvsha/lvsha.toml"
 	DefaultControlSocket = "/run/lvsha/lvsha.sock"
+	// notifyTimeout bounds a notify command; it is not a key of the file.
+	notifyTimeout = 10 * time.Second
 )
 
 func defaultGlobal() Global {
@@ -207,7 +240,7 @@ func defaultCheck() Check {
 	return Check{
 		Method:  "GET",
 		Path:    "/",
-		Status:  []StatusRange{{200, 299}},
+		Status:  []healthcheck.StatusRange{{Lo: 200, Hi: 299}},
 		MaxBody: 64 << 10,
 		// keepalived's delay_loop defaults to 60 s, which leaves a dead server
 		// in rotation for a minute; 5 s is what most keepalived configs set.
@@ -230,3 +263,37 @@ var elemDefaults = map[reflect.Type]func(reflect.Value){
 	reflect.TypeFor[RealServer]():    func(v reflect.Value) { v.Set(reflect.ValueOf(defaultReal())) },
 	reflect.TypeFor[Check]():         func(v reflect.Value) { v.Set(reflect.ValueOf(defaultCheck())) },
 }
+
+// choice is a key whose value is one of a few names, each standing for a
+// runtime value.
+type choice[T any] []struct {
+	name string
+	val  T
+}
+
+func (c choice[T]) lookup(s string) (T, bool) {
+	for _, e := range c {
+		if e.name == s {
+			return e.val, true
+		}
+	}
+	var zero T
+	return zero, false
+}
+
+// names lists the accepted names for a message: "tcp, udp".
+func (c choice[T]) names() string {
+	n := make([]string, len(c))
+	for i, e := range c {
+		n[i] = e.name
+	}
+	return strings.Join(n, ", ")
+}
+
+var (
+	protocols     = choice[lvs.Proto]{{"tcp", lvs.TCP}, {"udp", lvs.UDP}}
+	forwardings   = choice[lvs.Forwarding]{{"dr", lvs.DR}, {"nat", lvs.NAT}, {"tun", lvs.Tunnel}}
+	onFailures    = choice[lvs.OnFailure]{{"inhibit", lvs.Inhibit}, {"remove", lvs.Remove}}
+	checksumModes = choice[vrrp.ChecksumMode]{{"keepalived", vrrp.ChecksumPseudoHeader}, {"rfc", vrrp.ChecksumMessage}}
+	initialStates = choice[bool]{{"up", true}, {"down", false}}
+)

@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lvsha/lvsha/healthcheck"
 	"github.com/lvsha/lvsha/lvs"
+	"github.com/lvsha/lvsha/vrrp"
 )
 
 type validator struct {
@@ -61,14 +63,13 @@ func (v *validator) run() {
 		p := fmt.Sprintf("virtual_server[%d]", i)
 		vs := &v.cfg.Services[i]
 		v.service(p, vs)
-		if vs.Address == "" && vs.FWMark == 0 {
+		if vs.ID == "" {
 			continue
 		}
-		k := vs.Key()
-		if prev, ok := seenSvc[k]; ok {
-			v.errf(p+keyField(vs), "service %s is already declared by %s", k, prev)
+		if prev, ok := seenSvc[vs.ID]; ok {
+			v.errf(p+keyField(vs), "service %s is already declared by %s", vs.ID, prev)
 		} else {
-			seenSvc[k] = p
+			seenSvc[vs.ID] = p
 		}
 	}
 	if rs := v.cfg.Realserver; rs != nil {
@@ -108,6 +109,13 @@ func (v *validator) global() {
 }
 
 func (v *validator) vrrp(p string, in *VRRPInstance) {
+	rt := &in.Runtime
+	*rt = vrrp.Config{
+		Name: in.Name, Interface: in.Interface, VRID: uint8(in.VRID), Priority: uint8(in.Priority),
+		AdvertInterval: in.AdvertInterval.D(), Version: in.Version, Preempt: in.Preempt, PreemptDelay: in.PreemptDelay.D(),
+		AuthPass: in.AuthPass, GARPRepeat: in.GARPRepeat, GARPDelay: in.GARPDelay.D(), GARPRefresh: in.GARPRefresh.D(),
+		GARPInterval: in.GARPInterval.D(), Notify: in.Notify, NotifyTimeout: notifyTimeout,
+	}
 	if in.Name == "" {
 		v.errf(p+".name", "required but missing")
 	}
@@ -131,10 +139,10 @@ func (v *validator) vrrp(p string, in *VRRPInstance) {
 		if in.AuthPass != "" {
 			v.errf(p+".auth_pass", "authentication exists only in VRRPv2 (set version = 2 or remove auth_pass)")
 		}
-		switch in.Checksum {
-		case "keepalived", "rfc":
-		default:
-			v.errf(p+".checksum", "%q is not one of keepalived, rfc", in.Checksum)
+		if m, ok := checksumModes.lookup(in.Checksum); ok {
+			rt.ChecksumMode = m
+		} else {
+			v.errf(p+".checksum", "%q is not one of %s", in.Checksum, checksumModes.names())
 		}
 	case 2:
 		if iv < time.Second || iv > 255*time.Second || iv%time.Second != 0 {
@@ -155,7 +163,6 @@ func (v *validator) vrrp(p string, in *VRRPInstance) {
 	if len(in.VIPs) == 0 {
 		v.errf(p+".virtual_ipaddress", "required but missing (at least one VIP)")
 	}
-	in.VIPPrefixes = nil
 	seen := map[netip.Addr]bool{}
 	for j, s := range in.VIPs {
 		pp := fmt.Sprintf("%s.virtual_ipaddress[%d]", p, j)
@@ -168,29 +175,30 @@ func (v *validator) vrrp(p string, in *VRRPInstance) {
 			v.errf(pp, "VIP %s is listed twice", pfx.Addr())
 		}
 		seen[pfx.Addr()] = true
-		in.VIPPrefixes = append(in.VIPPrefixes, pfx)
+		rt.VIPs = append(rt.VIPs, pfx)
 	}
 	if in.UnicastSrc != "" {
 		a, err := parseAddr4(in.UnicastSrc)
 		if err != nil {
 			v.errf(p+".unicast_src_ip", "%v", err)
 		}
-		in.UnicastSrcAddr = a
+		rt.UnicastSrc = a
 	}
-	in.PeerAddrs = nil
 	for j, s := range in.UnicastPeers {
 		a, err := parseAddr4(s)
 		if err != nil {
 			v.errf(fmt.Sprintf("%s.unicast_peer[%d]", p, j), "%v", err)
 			continue
 		}
-		in.PeerAddrs = append(in.PeerAddrs, a)
+		rt.UnicastPeers = append(rt.UnicastPeers, a)
 	}
 	if in.UnicastSrc != "" && len(in.UnicastPeers) == 0 {
 		v.errf(p+".unicast_src_ip", "unicast_src_ip without unicast_peer: adverts would still go to multicast")
 	}
-	if in.GARPRepeat < 0 || in.GARPRepeat > 100 {
-		v.errf(p+".garp_master_repeat", "%d is outside 0-100", in.GARPRepeat)
+	// keepalived refuses 0 too (and sends 1): a takeover must announce the
+	// VIPs' new MAC.
+	if in.GARPRepeat < 1 || in.GARPRepeat > 100 {
+		v.errf(p+".garp_master_repeat", "%d is outside 1-100", in.GARPRepeat)
 	}
 	for _, d := range []struct {
 		key string
@@ -211,11 +219,12 @@ func (v *validator) vrrp(p string, in *VRRPInstance) {
 		if t.Weight < -254 || t.Weight > 254 {
 			v.errf(tp+".weight", "%d is outside -254..254 (0 = FAULT while down)", t.Weight)
 		}
+		rt.Track = append(rt.Track, vrrp.TrackInterface{Name: t.Name, Weight: t.Weight})
 	}
 	if len(in.Notify) > 0 && !filepath.IsAbs(in.Notify[0]) {
 		v.errf(p+".notify[0]", "%q is not an absolute path (notify runs without a shell or PATH search)", in.Notify[0])
 	}
-	if in.Priority == 255 && len(in.VIPPrefixes) > 0 {
+	if in.Priority == 255 && len(rt.VIPs) > 0 {
 		// The owner is expected to hold the addresses for real; say so, as
 		// keepalived's docs do, since it changes failover behaviour.
 		v.warnf(p+".priority", "priority 255 makes this node the address owner: it takes over at once whenever it is up")
@@ -223,6 +232,13 @@ func (v *validator) vrrp(p string, in *VRRPInstance) {
 }
 
 func (v *validator) service(p string, vs *VirtualServer) {
+	svc := &vs.IPVS
+	*svc = lvs.Service{Scheduler: vs.Scheduler, Persistence: vs.Persistence.D(), Quorum: vs.Quorum}
+	vs.ID = ""
+	proto, protoOK := protocols.lookup(vs.Protocol)
+	if !protoOK {
+		v.errf(p+".protocol", "%q is not one of %s", vs.Protocol, protocols.names())
+	}
 	switch {
 	case vs.Address != "" && vs.FWMark != 0:
 		v.errf(p, "set either address or fwmark, not both")
@@ -232,25 +248,25 @@ func (v *validator) service(p string, vs *VirtualServer) {
 		ap, err := parseAddrPort4(vs.Address)
 		if err != nil {
 			v.errf(p+".address", "%v", err)
+		} else if protoOK {
+			svc.Key = lvs.Key{Proto: proto, Addr: ap}
+			vs.ID = serviceID(svc.Key)
 		}
-		vs.Addr = ap
 	case vs.FWMark < 0:
 		v.errf(p+".fwmark", "%d is negative", vs.FWMark)
-	}
-	switch vs.Protocol {
-	case "tcp", "udp":
 	default:
-		v.errf(p+".protocol", "%q is not one of tcp, udp", vs.Protocol)
+		svc.Key = lvs.Key{FWMark: uint32(vs.FWMark)}
+		vs.ID = serviceID(svc.Key)
 	}
 	if !slices.Contains(lvs.Schedulers, vs.Scheduler) {
 		v.errf(p+".scheduler", "unknown scheduler %q (one of %s)", vs.Scheduler, strings.Join(lvs.Schedulers, " "))
 	} else if vs.Scheduler == "twos" {
 		v.warnf(p+".scheduler", "twos needs Linux 6.7 or later (Debian bookworm's 6.1 refuses the service)")
 	}
-	switch vs.Forwarding {
-	case "dr", "nat", "tun":
-	default:
-		v.errf(p+".forwarding", "unknown forwarding method %q (one of dr, nat, tun)", vs.Forwarding)
+	if f, ok := forwardings.lookup(vs.Forwarding); ok {
+		svc.Forwarding = f
+	} else {
+		v.errf(p+".forwarding", "unknown forwarding method %q (one of %s)", vs.Forwarding, forwardings.names())
 	}
 	if vs.Persistence < 0 || vs.Persistence.D()%time.Second != 0 {
 		v.errf(p+".persistence_timeout", "%s is not a whole, non-negative number of seconds", vs.Persistence)
@@ -263,50 +279,58 @@ func (v *validator) service(p string, vs *VirtualServer) {
 		if err != nil {
 			v.errf(p+".sorry_server", "%v", err)
 		}
-		vs.SorryAddr = ap
+		svc.Sorry = ap
 	}
-	switch vs.OnFailure {
-	case "inhibit", "remove":
-	default:
-		v.errf(p+".on_failure", "%q is not one of inhibit, remove", vs.OnFailure)
+	if f, ok := onFailures.lookup(vs.OnFailure); ok {
+		svc.OnFailure = f
+	} else {
+		v.errf(p+".on_failure", "%q is not one of %s", vs.OnFailure, onFailures.names())
 	}
+	var spec *healthcheck.Spec
 	if vs.Check != nil {
-		v.check(p+".check", vs.Check)
+		spec = v.check(p+".check", vs.Check)
 	}
 	if len(vs.Reals) == 0 {
 		v.warnf(p+".real_server", "none declared: the service will have no destination")
 	}
+	svc.Reals = make([]lvs.Real, len(vs.Reals))
 	seen := map[netip.AddrPort]string{}
 	for j := range vs.Reals {
 		rp := fmt.Sprintf("%s.real_server[%d]", p, j)
 		rs := &vs.Reals[j]
+		var addr netip.AddrPort
 		if rs.Address == "" {
 			v.errf(rp+".address", "required but missing")
 		} else if ap, err := parseAddrPort4(rs.Address); err != nil {
 			v.errf(rp+".address", "%v", err)
 		} else {
-			rs.Addr = ap
+			addr = ap
 			if prev, ok := seen[ap]; ok {
 				v.errf(rp+".address", "real server %s is already listed as %s", ap, prev)
 			}
 			seen[ap] = rp
-			if vs.Forwarding == "dr" && vs.Addr.IsValid() && ap.Port() != vs.Addr.Port() {
+			if svc.Forwarding == lvs.DR && svc.Key.Addr.IsValid() && ap.Port() != svc.Key.Addr.Port() {
 				v.warnf(rp+".address", "port %d differs from the service's %d: direct routing cannot change ports, packets arrive on %d",
-					ap.Port(), vs.Addr.Port(), vs.Addr.Port())
+					ap.Port(), svc.Key.Addr.Port(), svc.Key.Addr.Port())
 			}
 		}
+		rs.ID = RealServerID(vs.ID, addr.String())
 		if rs.Weight < 0 || rs.Weight > 65535 {
 			v.errf(rp+".weight", "%d is outside 0-65535", rs.Weight)
 		}
+		svc.Reals[j] = lvs.Real{Addr: addr, Weight: rs.Weight}
 		// A check that is only inherited was validated with the service; an
 		// override reports only the problems it brings.
-		if rs.CheckOverride != nil && rs.Check != nil {
-			v.overrideCheck(p+".check", rp+".check", vs.Check, rs.Check)
+		rs.Spec = spec
+		if rs.CheckOverride != nil && rs.check != nil {
+			rs.Spec = v.overrideCheck(p+".check", rp+".check", vs.Check, rs.check)
 		}
 	}
 }
 
-func (v *validator) overrideCheck(base, p string, inherited, c *Check) {
+// overrideCheck validates a real server's own check c and returns its spec;
+// of its problems, those the inherited check has too were reported already.
+func (v *validator) overrideCheck(base, p string, inherited, c *Check) *healthcheck.Spec {
 	had := map[string]bool{}
 	if inherited != nil {
 		bv := validator{cfg: v.cfg}
@@ -316,34 +340,51 @@ func (v *validator) overrideCheck(base, p string, inherited, c *Check) {
 		}
 	}
 	ov := validator{cfg: v.cfg}
-	ov.check(p, c)
+	spec := ov.check(p, c)
 	for _, d := range ov.diags {
 		if !had[strings.TrimPrefix(d.Path, p)+"\x00"+d.Msg] {
 			v.diags = append(v.diags, d)
 		}
 	}
+	return spec
 }
 
-func (v *validator) check(p string, c *Check) {
-	switch c.Type {
-	case "http", "https", "tcp", "exec":
-	case "":
-		v.errf(p+".type", "required but missing (http, https, tcp or exec)")
-	default:
-		v.errf(p+".type", "unknown check type %q (one of http, https, tcp, exec)", c.Type)
+// check validates c and returns it as the healthcheck package takes it.
+func (v *validator) check(p string, c *Check) *healthcheck.Spec {
+	s := &healthcheck.Spec{
+		Path: c.Path, Method: c.Method, Host: c.Host, Status: c.Status, MaxBody: int64(c.MaxBody),
+		TLSServerName: c.TLSServerName, TLSSkipVerify: c.TLSSkipVerify, TLSCAFile: c.TLSCAFile,
+		Port: uint16(c.Port), Argv: c.Argv, Interval: c.Interval.D(), Timeout: c.Timeout.D(), Rise: c.Rise, Fall: c.Fall,
 	}
-	web := c.Type == "http" || c.Type == "https"
+	if c.Type == "" {
+		v.errf(p+".type", "required but missing (http, https, tcp or exec)")
+	} else if t, err := healthcheck.ParseCheckType(c.Type); err != nil {
+		v.errf(p+".type", "%v", err)
+	} else {
+		s.Type = t
+	}
+	web := s.Type == healthcheck.TypeHTTP || s.Type == healthcheck.TypeHTTPS
 	if web {
 		if !strings.HasPrefix(c.Path, "/") {
 			v.errf(p+".path", "%q does not start with /", c.Path)
+		} else if strings.ContainsAny(c.Path, " \t\r\n") {
+			v.errf(p+".path", "%q contains a space or line break (write it URL-encoded)", c.Path)
+		}
+		if strings.ContainsAny(c.Host, " \t\r\n") {
+			v.errf(p+".host", "%q contains a space or line break", c.Host)
 		}
 		if c.Method != "GET" && c.Method != "HEAD" {
 			v.errf(p+".method", "%q is not GET or HEAD", c.Method)
 		}
+		if len(c.Status) == 0 {
+			v.errf(p+".status", "empty: at least one status code or range")
+		}
 		if c.BodyRegex != "" {
-			if _, err := regexp.Compile(c.BodyRegex); err != nil {
+			re, err := regexp.Compile(c.BodyRegex)
+			if err != nil {
 				v.errf(p+".body_regex", "%v", err)
 			}
+			s.BodyRegex = re
 			if c.Method == "HEAD" {
 				v.errf(p+".body_regex", "a HEAD response has no body to match")
 			}
@@ -352,7 +393,7 @@ func (v *validator) check(p string, c *Check) {
 			v.errf(p+".max_body", "%d is outside 1-16777216 bytes", c.MaxBody)
 		}
 	}
-	if c.Type != "https" {
+	if s.Type != healthcheck.TypeHTTPS {
 		if c.TLSServerName != "" {
 			v.errf(p+".tls_server_name", "applies only to type = \"https\"")
 		}
@@ -371,7 +412,7 @@ func (v *validator) check(p string, c *Check) {
 			v.errf(p+".tls_skip_verify", "skipping verification makes tls_ca_file pointless; set one or the other")
 		}
 	}
-	if c.Type == "exec" {
+	if s.Type == healthcheck.TypeExec {
 		if len(c.Argv) == 0 {
 			v.errf(p+".argv", "required for type = \"exec\"")
 		} else if !filepath.IsAbs(c.Argv[0]) {
@@ -397,11 +438,12 @@ func (v *validator) check(p string, c *Check) {
 	if c.Fall < 1 || c.Fall > 100 {
 		v.errf(p+".fall", "%d is outside 1-100", c.Fall)
 	}
-	switch c.InitialState {
-	case "up", "down":
-	default:
+	if up, ok := initialStates.lookup(c.InitialState); ok {
+		s.InitialUp = up
+	} else {
 		v.errf(p+".initial_state", "%q is not up or down", c.InitialState)
 	}
+	return s
 }
 
 func (v *validator) realserver(p string, rs *Realserver) {
@@ -427,7 +469,7 @@ func (v *validator) realserver(p string, rs *Realserver) {
 func (v *validator) vipsHeld() {
 	held := map[netip.Addr]bool{}
 	for _, in := range v.cfg.VRRP {
-		for _, p := range in.VIPPrefixes {
+		for _, p := range in.Runtime.VIPs {
 			held[p.Addr()] = true
 		}
 	}
@@ -437,8 +479,8 @@ func (v *validator) vipsHeld() {
 		}
 	}
 	for i, vs := range v.cfg.Services {
-		if vs.Addr.IsValid() && !held[vs.Addr.Addr()] {
-			v.warnf(fmt.Sprintf("virtual_server[%d].address", i), "VIP %s is not held by any vrrp_instance or realserver section", vs.Addr.Addr())
+		if a := vs.IPVS.Key.Addr; a.IsValid() && !held[a.Addr()] {
+			v.warnf(fmt.Sprintf("virtual_server[%d].address", i), "VIP %s is not held by any vrrp_instance or realserver section", a.Addr())
 		}
 	}
 }

@@ -26,13 +26,9 @@ type CheckerFunc func(ctx context.Context, target netip.AddrPort) error
 // Check calls f.
 func (f CheckerFunc) Check(ctx context.Context, target netip.AddrPort) error { return f(ctx, target) }
 
-// NewChecker builds the checker a Spec describes. Defaults are applied first;
-// an invalid spec or an unreadable CA file is an error.
+// NewChecker builds the checker a valid Spec describes (Manager.Update
+// validates them); an unreadable CA file is an error.
 func NewChecker(s Spec) (Checker, error) {
-	s = s.WithDefaults()
-	if err := s.Validate(); err != nil {
-		return nil, err
-	}
 	switch s.Type {
 	case TypeHTTP, TypeHTTPS:
 		return newHTTPChecker(s)
@@ -41,7 +37,7 @@ func NewChecker(s Spec) (Checker, error) {
 	case TypeExec:
 		return &execChecker{argv: s.Argv, port: s.Port}, nil
 	}
-	return nil, fmt.Errorf("check type %q: unknown", s.Type)
+	return nil, fmt.Errorf("check type %v: unknown", s.Type)
 }
 
 // StatusError is an HTTP status outside the expected list.

@@ -51,7 +51,7 @@ func check(t *testing.T, spec Spec, target netip.AddrPort) error {
 
 func checkWithin(t *testing.T, spec Spec, target netip.AddrPort, timeout time.Duration) error {
 	t.Helper()
-	c, err := NewChecker(spec)
+	c, err := NewChecker(complete(spec))
 	if err != nil {
 		t.Fatalf("NewChecker: %v", err)
 	}
@@ -181,7 +181,7 @@ func TestHTTPStatus(t *testing.T) {
 		t.Run(tc.path+"_"+tc.status, func(t *testing.T) {
 			spec := Spec{Type: TypeHTTP, Path: tc.path}
 			if tc.status != "" {
-				r, err := ParseStatusRanges(tc.status)
+				r, err := parseRanges(tc.status)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -520,7 +520,7 @@ func TestIPv6Loopback(t *testing.T) {
 // a longer timeout (and the loop already waits for the later deadline).
 func TestReactorEarliestDeadline(t *testing.T) {
 	target := rawServer(t, func(c net.Conn) { io.Copy(io.Discard, c) })
-	c, err := NewChecker(Spec{Type: TypeHTTP}.WithDefaults())
+	c, err := NewChecker(complete(Spec{Type: TypeHTTP}))
 	if err != nil {
 		t.Fatal(err)
 	}

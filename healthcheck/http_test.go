@@ -16,7 +16,7 @@ import (
 func parse(t testing.TB, spec Spec, raw string) error {
 	t.Helper()
 	spec.Type = TypeHTTP
-	c, err := newHTTPChecker(spec.WithDefaults())
+	c, err := newHTTPChecker(complete(spec))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -168,13 +168,12 @@ func (m *Manager) Update(targets []Target) error {
 	return nil
 }
 
-// normalize applies the spec defaults and validates the set.
+// normalize validates the set.
 func normalize(targets []Target) ([]Target, error) {
 	var errs []error
 	seen := make(map[string]bool, len(targets))
 	norm := make([]Target, len(targets))
 	for i, t := range targets {
-		t.Spec = t.Spec.WithDefaults()
 		if seen[t.ID] {
 			errs = append(errs, fmt.Errorf("target %s: duplicate id", t.ID))
 		}
@@ -525,20 +524,20 @@ func (r *runner) applyUpdate() {
 		spec    *Spec
 		checker Checker
 	}
-	cache := make(map[string]shared)
+	cache := make(map[SpecKey]shared)
 	for _, e := range r.m.entries {
-		cache[specKey(*e.spec)] = shared{e.spec, e.checker}
+		cache[e.spec.Key()] = shared{e.spec, e.checker}
 	}
 	var added []*entry
 	for _, t := range desired {
 		if old := r.m.entries[t.ID]; old != nil {
-			if old.addr == t.Addr && old.spec.Equal(t.Spec) {
+			if old.addr == t.Addr && old.spec.Key() == t.Spec.Key() {
 				keep[t.ID] = true
 				continue
 			}
 			replaced[t.ID] = true
 		}
-		key := specKey(t.Spec)
+		key := t.Spec.Key()
 		sh, ok := cache[key]
 		if !ok {
 			spec := t.Spec

@@ -371,7 +371,7 @@ func TestManagerUpdateKeepsState(t *testing.T) {
 		if c.count(rs(1)) != n1 || len(m.Snapshot()) != 1 {
 			t.Errorf("removed target still checked: %d -> %d, %d in snapshot", n1, c.count(rs(1)), len(m.Snapshot()))
 		}
-		if err := m.Update([]Target{{ID: "bad", Spec: Spec{Type: "icmp"}}}); err == nil {
+		if err := m.Update([]Target{{ID: "bad", Spec: Spec{}}}); err == nil {
 			t.Error("invalid spec accepted")
 		}
 		if len(m.Snapshot()) != 1 {
@@ -432,7 +432,7 @@ func TestManagerRealHTTP(t *testing.T) {
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	spec := Spec{Type: TypeHTTP, Interval: 20 * time.Millisecond, Timeout: 10 * time.Second, Rise: 2, Fall: 3, InitialUp: true}
+	spec := complete(Spec{Type: TypeHTTP, Interval: 20 * time.Millisecond, Timeout: 10 * time.Second, Rise: 2, Fall: 3, InitialUp: true})
 	refused := refusedAddr(t)
 	if err := m.Update([]Target{
 		{ID: "web", Addr: addrOf(t, srv.URL), Spec: spec},
@@ -476,9 +476,12 @@ func TestManagerRealHTTP(t *testing.T) {
 // check's timeout; so does stopping Run. http runs on the reactor, https in
 // a goroutine.
 func TestManagerRemoveCancelsProbe(t *testing.T) {
-	for _, tc := range []struct{ typ, how string }{{TypeHTTP, "update"}, {TypeHTTP, "stop"}, {TypeHTTPS, "update"}, {TypeHTTPS, "stop"}} {
+	for _, tc := range []struct {
+		typ CheckType
+		how string
+	}{{TypeHTTP, "update"}, {TypeHTTP, "stop"}, {TypeHTTPS, "update"}, {TypeHTTPS, "stop"}} {
 		how := tc.how
-		t.Run(tc.typ+"_"+how, func(t *testing.T) {
+		t.Run(tc.typ.String()+"_"+how, func(t *testing.T) {
 			accepted := make(chan struct{}, 10)
 			closed := make(chan struct{}, 10)
 			target := rawServer(t, func(c net.Conn) {
@@ -492,7 +495,7 @@ func TestManagerRemoveCancelsProbe(t *testing.T) {
 			go func() { m.Run(ctx); close(done) }()
 			defer func() { cancel(); <-done }()
 			// Checks never overlap: the hung first check is the only one.
-			spec := Spec{Type: tc.typ, Interval: 50 * time.Millisecond, Timeout: time.Hour, InitialUp: true}
+			spec := complete(Spec{Type: tc.typ, Interval: 50 * time.Millisecond, Timeout: time.Hour, InitialUp: true})
 			if err := m.Update([]Target{{ID: "hung", Addr: target, Spec: spec}}); err != nil {
 				t.Fatal(err)
 			}

@@ -1,38 +1,62 @@
 // Package healthcheck probes LVS real servers (http, https, tcp, exec) on a
 // schedule and turns the results into UP/DOWN transitions with rise/fall
-// hysteresis. The daemon feeds it the configured real servers with
-// Manager.Update and applies Manager.Transitions to IPVS weights.
+// hysteresis. Its user (lvsha's checker process) feeds it the configured
+// real servers with Manager.Update and reads Manager.Transitions.
 package healthcheck
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 )
 
+// CheckType is how a real server is probed. The zero value is no type (an
+// invalid Spec).
+type CheckType uint8
+
 // Check types.
 const (
-	TypeHTTP  = "http"
-	TypeHTTPS = "https"
-	TypeTCP   = "tcp"
-	TypeExec  = "exec"
+	TypeHTTP CheckType = iota + 1
+	TypeHTTPS
+	TypeTCP
+	TypeExec
 )
 
-// Defaults applied by Spec.WithDefaults.
-const (
-	DefaultMaxBody  = 64 << 10
-	DefaultInterval = 5 * time.Second
-	DefaultTimeout  = 3 * time.Second
-	DefaultRise     = 1
-	DefaultFall     = 1
-)
+var checkTypeNames = [...]string{TypeHTTP: "http", TypeHTTPS: "https", TypeTCP: "tcp", TypeExec: "exec"}
+
+func (t CheckType) String() string {
+	if t > 0 && int(t) < len(checkTypeNames) {
+		return checkTypeNames[t]
+	}
+	return fmt.Sprintf("CheckType(%d)", uint8(t))
+}
+
+// ParseCheckType returns the type named s (http, https, tcp, exec).
+func ParseCheckType(s string) (CheckType, error) {
+	for t, name := range checkTypeNames {
+		if name != "" && name == s {
+			return CheckType(t), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown check type %q (one of http, https, tcp, exec)", s)
+}
+
+// MarshalText writes the type's name.
+func (t CheckType) MarshalText() ([]byte, error) { return []byte(t.String()), nil }
+
+// UnmarshalText reads a type's name.
+func (t *CheckType) UnmarshalText(b []byte) error {
+	v, err := ParseCheckType(string(b))
+	*t = v
+	return err
+}
 
 // StatusRange is an inclusive range of HTTP status codes; a single code has
-// Lo == Hi.
+// Lo == Hi. Its text form is "200" or "200-299".
 type StatusRange struct{ Lo, Hi int }
 
 func (r StatusRange) String() string {
@@ -42,126 +66,96 @@ func (r StatusRange) String() string {
 	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
 }
 
-// ParseStatusRanges parses "200,204,300-399" (spaces allowed).
-func ParseStatusRanges(s string) ([]StatusRange, error) {
-	var out []StatusRange
-	for part := range strings.SplitSeq(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		lo, hi, isRange := strings.Cut(part, "-")
-		l, err := parseStatus(lo)
-		if err != nil {
-			return nil, fmt.Errorf("status %q: %w", part, err)
-		}
-		h := l
-		if isRange {
-			if h, err = parseStatus(hi); err != nil {
-				return nil, fmt.Errorf("status %q: %w", part, err)
-			}
-			if h < l {
-				return nil, fmt.Errorf("status %q: range is reversed", part)
-			}
-		}
-		out = append(out, StatusRange{l, h})
+// check is the one limit on a range: the codes HTTP defines, in order.
+func (r StatusRange) check() error {
+	if r.Lo < 100 || r.Hi > 599 || r.Lo > r.Hi {
+		return fmt.Errorf("status range %s is outside 100-599 or reversed", r)
 	}
-	if len(out) == 0 {
-		return nil, errors.New("no status codes")
-	}
-	return out, nil
+	return nil
 }
 
-func parseStatus(s string) (int, error) {
-	n, err := strconv.Atoi(strings.TrimSpace(s))
-	if err != nil || n < 100 || n > 999 {
-		return 0, fmt.Errorf("%q is not an HTTP status code (100-999)", s)
+// MarshalText writes the range as "200" or "200-299".
+func (r StatusRange) MarshalText() ([]byte, error) { return []byte(r.String()), nil }
+
+// UnmarshalText reads "200" or "200-299" (spaces allowed) within 100-599.
+func (r *StatusRange) UnmarshalText(b []byte) error {
+	s := string(b)
+	lo, hi, isRange := strings.Cut(s, "-")
+	a, err1 := strconv.Atoi(strings.TrimSpace(lo))
+	z := a
+	var err2 error
+	if isRange {
+		z, err2 = strconv.Atoi(strings.TrimSpace(hi))
 	}
-	return n, nil
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("%q is not a status code or range (write 200 or \"200-299\")", s)
+	}
+	r.Lo, r.Hi = a, z
+	return r.check()
 }
 
-// Spec says how to check one real server. The zero values of most fields
-// mean "default" (see WithDefaults); InitialUp cannot, so the config layer
-// must set it explicitly (keepalived's default, without alpha, is UP).
+// Spec says how to check one real server. Every field is taken as it is:
+// the configuration (lvsha's conf package) sets the defaults and checks its
+// rules; Validate checks only what the checkers rely on.
+//
+// A Spec encodes itself as JSON (the daemon sends it to its checker
+// process), BodyRegex as its source text; Key derives from that encoding,
+// so a new field needs only its json tag.
 type Spec struct {
-	Type string // http, https, tcp, exec
+	Type CheckType `json:"type"`
 
 	// http/https
-	Path   string        // default "/"
-	Method string        // GET (default) or HEAD
-	Host   string        // Host header; default the target's address
-	Status []StatusRange // default 200-299; a 3xx is judged here (redirects are not followed)
+	Path   string        `json:"path,omitempty"`
+	Method string        `json:"method,omitempty"` // GET or HEAD
+	Host   string        `json:"host,omitempty"`   // Host header; "" = the target's address
+	Status []StatusRange `json:"status,omitempty"` // a 3xx is judged here (redirects are not followed)
 	// BodyRegex, if set, must match within the first MaxBody bytes of the body.
-	BodyRegex *regexp.Regexp
-	MaxBody   int64 // bytes of body read at most; default 64 KiB
+	BodyRegex *regexp.Regexp `json:"body_regex,omitempty"`
+	MaxBody   int64          `json:"max_body,omitempty"` // bytes of body read at most
 
 	// https
-	TLSServerName string // SNI and the name verified; default Host, else the address
-	TLSSkipVerify bool
-	TLSCAFile     string // PEM bundle trusted instead of the system roots
+	TLSServerName string `json:"tls_server_name,omitempty"` // SNI and the name verified; "" = Host, else the address
+	TLSSkipVerify bool   `json:"tls_skip_verify,omitempty"`
+	TLSCAFile     string `json:"tls_ca_file,omitempty"` // PEM bundle trusted instead of the system roots
 
 	// Port overrides the real server's port for the probe; 0 = the real
 	// server's own port.
-	Port uint16
+	Port uint16 `json:"port,omitempty"`
 
 	// exec: argv[0] is run without a shell, LVSHA_RS_ADDR and LVSHA_RS_PORT
 	// in its environment.
-	Argv []string
+	Argv []string `json:"argv,omitempty"`
 
-	Interval, Timeout time.Duration
-	Rise, Fall        int
-	InitialUp         bool
+	Interval  time.Duration `json:"interval"`
+	Timeout   time.Duration `json:"timeout"`
+	Rise      int           `json:"rise"`
+	Fall      int           `json:"fall"`
+	InitialUp bool          `json:"initial_up"`
 }
 
-// WithDefaults returns s with its zero fields set to the defaults.
-func (s Spec) WithDefaults() Spec {
-	if s.Path == "" {
-		s.Path = "/"
-	}
-	if s.Method == "" {
-		s.Method = "GET"
-	}
-	if len(s.Status) == 0 {
-		s.Status = []StatusRange{{200, 299}}
-	}
-	if s.MaxBody == 0 {
-		s.MaxBody = DefaultMaxBody
-	}
-	if s.Interval == 0 {
-		s.Interval = DefaultInterval
-	}
-	if s.Timeout == 0 {
-		s.Timeout = DefaultTimeout
-	}
-	if s.Rise == 0 {
-		s.Rise = DefaultRise
-	}
-	if s.Fall == 0 {
-		s.Fall = DefaultFall
-	}
-	return s
-}
-
-// Validate reports the first thing that makes s unusable (after defaults).
-func (s Spec) Validate() error {
+// Validate reports the first thing that makes s unusable by a checker or
+// the scheduler. Limits and which keys go with which type are the
+// configuration's rules, not checked here.
+func (s *Spec) Validate() error {
 	switch s.Type {
 	case TypeHTTP, TypeHTTPS:
-		if s.Method != "GET" && s.Method != "HEAD" {
-			return fmt.Errorf("method %q: want GET or HEAD", s.Method)
+		if s.Method == "" || !strings.HasPrefix(s.Path, "/") {
+			return fmt.Errorf("method %q and path %q: want both, the path starting with /", s.Method, s.Path)
 		}
-		if !strings.HasPrefix(s.Path, "/") {
-			return fmt.Errorf("path %q: must start with /", s.Path)
+		// They are written into the request line and headers as they are.
+		if strings.ContainsAny(s.Method+s.Path+s.Host, " \r\n") {
+			return errors.New("method, path and host must not contain spaces or line breaks")
 		}
-		if strings.ContainsAny(s.Path, " \r\n") || strings.ContainsAny(s.Host, " \r\n") {
-			return errors.New("path and host must not contain spaces or line breaks")
+		if len(s.Status) == 0 {
+			return errors.New("no status codes")
+		}
+		for _, r := range s.Status {
+			if err := r.check(); err != nil {
+				return err
+			}
 		}
 		if s.MaxBody < 0 {
 			return fmt.Errorf("max body %d: must not be negative", s.MaxBody)
-		}
-		for _, r := range s.Status {
-			if r.Lo < 100 || r.Hi > 999 || r.Hi < r.Lo {
-				return fmt.Errorf("status range %v: invalid", r)
-			}
 		}
 	case TypeTCP:
 	case TypeExec:
@@ -169,7 +163,7 @@ func (s Spec) Validate() error {
 			return errors.New("exec check needs a command")
 		}
 	default:
-		return fmt.Errorf("check type %q: want http, https, tcp or exec", s.Type)
+		return fmt.Errorf("check type %v: want http, https, tcp or exec", s.Type)
 	}
 	if s.Interval <= 0 || s.Timeout <= 0 {
 		return errors.New("interval and timeout must be positive")
@@ -180,62 +174,26 @@ func (s Spec) Validate() error {
 	return nil
 }
 
-// Equal reports whether two specs describe the same check; a reload keeps the
-// state of targets whose spec is Equal. Regexps compare by their source.
-func (s Spec) Equal(o Spec) bool {
-	re := func(r *regexp.Regexp) string {
-		if r == nil {
-			return "\x00nil"
-		}
-		return r.String()
+// SpecKey is equal for two Specs exactly when they describe the same check
+// (regular expressions compare by their source).
+type SpecKey string
+
+// Key returns s's key: a reload keeps the state of targets whose address
+// and key are unchanged, and targets with equal keys share one checker.
+func (s *Spec) Key() SpecKey {
+	b, err := json.Marshal(s)
+	if err != nil {
+		// Nothing in a Spec can fail to encode (no channels, no floats).
+		return SpecKey("\x00" + err.Error())
 	}
-	return s.Type == o.Type && s.Path == o.Path && s.Method == o.Method && s.Host == o.Host &&
-		slices.Equal(s.Status, o.Status) && re(s.BodyRegex) == re(o.BodyRegex) &&
-		s.MaxBody == o.MaxBody && s.TLSServerName == o.TLSServerName &&
-		s.TLSSkipVerify == o.TLSSkipVerify && s.TLSCAFile == o.TLSCAFile && s.Port == o.Port &&
-		slices.Equal(s.Argv, o.Argv) && s.Interval == o.Interval && s.Timeout == o.Timeout &&
-		s.Rise == o.Rise && s.Fall == o.Fall && s.InitialUp == o.InitialUp
+	return SpecKey(b)
 }
 
-func (s Spec) statusOK(code int) bool {
+func (s *Spec) statusOK(code int) bool {
 	for _, r := range s.Status {
 		if code >= r.Lo && code <= r.Hi {
 			return true
 		}
 	}
 	return false
-}
-
-// specKey is a string equal for two specs exactly when Spec.Equal holds.
-func specKey(s Spec) string {
-	var b strings.Builder
-	field := func(v string) { b.WriteString(strconv.Quote(v)); b.WriteByte(0) }
-	field(s.Type)
-	field(s.Path)
-	field(s.Method)
-	field(s.Host)
-	for _, r := range s.Status {
-		field(r.String())
-	}
-	field("")
-	if s.BodyRegex != nil {
-		field(s.BodyRegex.String())
-	} else {
-		b.WriteString("\x00nil")
-	}
-	field(strconv.FormatInt(s.MaxBody, 10))
-	field(s.TLSServerName)
-	field(strconv.FormatBool(s.TLSSkipVerify))
-	field(s.TLSCAFile)
-	field(strconv.Itoa(int(s.Port)))
-	for _, a := range s.Argv {
-		field(a)
-	}
-	field("")
-	field(s.Interval.String())
-	field(s.Timeout.String())
-	field(strconv.Itoa(s.Rise))
-	field(strconv.Itoa(s.Fall))
-	field(strconv.FormatBool(s.InitialUp))
-	return b.String()
 }

@@ -296,9 +296,6 @@ func (d *driver) do(now time.Time, act Action) {
 			argv := append(append([]string(nil), cfg.Notify...), cfg.Name, a.To.String(), strconv.Itoa(int(a.Priority)))
 			d.notify.enqueue(argv)
 		}
-		if cfg.OnChange != nil {
-			cfg.OnChange(Change{Instance: cfg.Name, From: a.From, To: a.To, Priority: a.Priority, Cause: a.Cause, At: now})
-		}
 	}
 }
 

@@ -10,17 +10,18 @@ import (
 	"time"
 )
 
-// Config is one virtual router instance.
+// Config is one virtual router instance. Every field is taken as it is:
+// lvsha's conf package sets the defaults and checks the config's rules; New
+// checks only what the protocol and the driver need.
 type Config struct {
 	Name           string
 	Interface      string
 	VRID           uint8 // 1..255
 	Priority       uint8 // 1..255; 255 = address owner
 	AdvertInterval time.Duration
-	Version        int // 3 (default) or 2
+	Version        int // 2 or 3
 	// Preempt lets a higher-priority backup take over from a lower-priority
-	// master. Its zero value is false; the configuration layer defaults it
-	// to true as keepalived does.
+	// master.
 	Preempt      bool
 	PreemptDelay time.Duration
 	VIPs         []netip.Prefix
@@ -30,10 +31,10 @@ type Config struct {
 	// AuthPass is the VRRPv2 simple password (at most 8 bytes).
 	AuthPass     string
 	ChecksumMode ChecksumMode
-	// GARPRepeat is the number of gratuitous ARPs per VIP in one burst
-	// (0 means 5, keepalived's default); GARPInterval is the pause between
-	// two of them; GARPDelay (>0) sends a second burst that long after
-	// taking over; GARPRefresh (>0) sends a burst that often while master.
+	// GARPRepeat (at least 1) is the number of gratuitous ARPs per VIP in
+	// one burst; GARPInterval is the pause between two of them; GARPDelay
+	// (>0) sends a second burst that long after taking over; GARPRefresh
+	// (>0) sends a burst that often while master.
 	GARPRepeat   int
 	GARPDelay    time.Duration
 	GARPRefresh  time.Duration
@@ -41,20 +42,10 @@ type Config struct {
 	Track        []TrackInterface
 	// Notify is a command run on every state change, without a shell, with
 	// the instance name, new state and priority appended to its arguments.
+	// NotifyTimeout (>0) bounds each run, and the wait for queued ones at
+	// shutdown (at most 2s of it).
 	Notify        []string
-	NotifyTimeout time.Duration // 0 means 10s
-	// OnChange, if set, is called from the instance's loop on every state
-	// change; it must not block.
-	OnChange func(Change) `json:"-"`
-}
-
-// Change is a state transition of an instance.
-type Change struct {
-	Instance string
-	From, To State
-	Priority uint8
-	Cause    string
-	At       time.Time
+	NotifyTimeout time.Duration
 }
 
 // Status is a snapshot of an instance.
@@ -89,18 +80,6 @@ func New(cfg Config, log *slog.Logger) (*Instance, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	if cfg.Version == 0 {
-		cfg.Version = 3
-	}
-	if cfg.AdvertInterval == 0 {
-		cfg.AdvertInterval = time.Second
-	}
-	if cfg.GARPRepeat == 0 {
-		cfg.GARPRepeat = 5
-	}
-	if cfg.NotifyTimeout == 0 {
-		cfg.NotifyTimeout = 10 * time.Second
-	}
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("vrrp instance %q: %w", cfg.Name, err)
 	}
@@ -130,8 +109,10 @@ func (c *Config) validate() error {
 		return errors.New("auth_pass needs version 2 (VRRPv3 has no authentication)")
 	case c.UnicastSrc.IsValid() && !c.UnicastSrc.Is4():
 		return fmt.Errorf("unicast_src_ip %s is not IPv4", c.UnicastSrc)
-	case c.GARPRepeat < 0:
-		return errors.New("garp_master_repeat must not be negative")
+	case c.GARPRepeat < 1:
+		return errors.New("garp_master_repeat must be at least 1")
+	case c.NotifyTimeout <= 0:
+		return errors.New("notify timeout must be positive")
 	}
 	if c.Version == 3 {
 		if c.AdvertInterval < 10*time.Millisecond || c.AdvertInterval > 4095*10*time.Millisecond || c.AdvertInterval%(10*time.Millisecond) != 0 {

@@ -141,8 +141,8 @@ func (f *fakeKernel) adverts() []sentAdvert {
 
 func testInstance(t *testing.T, f *fakeKernel, mod func(*Config)) *Instance {
 	t.Helper()
-	cfg := Config{Name: "vi1", Interface: "eth0", VRID: 51, Priority: 100, AdvertInterval: time.Second,
-		Preempt: true, VIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.100/24"), netip.MustParsePrefix("10.0.0.101/24")}}
+	cfg := Config{Name: "vi1", Interface: "eth0", VRID: 51, Priority: 100, AdvertInterval: time.Second, Version: 3,
+		GARPRepeat: 5, NotifyTimeout: 10 * time.Second, Preempt: true, VIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.100/24"), netip.MustParsePrefix("10.0.0.101/24")}}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -158,6 +158,36 @@ func testInstance(t *testing.T, f *fakeKernel, mod func(*Config)) *Instance {
 		return k, nil
 	}
 	return in
+}
+
+// transitionLog records the states an instance logs transitions to.
+type transitionLog struct {
+	mu  sync.Mutex
+	seq []string
+}
+
+func (l *transitionLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *transitionLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *transitionLog) WithGroup(string) slog.Handler            { return l }
+func (l *transitionLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "vrrp: transition" {
+		return nil
+	}
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "to" {
+			l.mu.Lock()
+			l.seq = append(l.seq, a.Value.String())
+			l.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+
+func (l *transitionLog) states() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.seq...)
 }
 
 // packet encodes an advert as it would arrive from src.
@@ -180,8 +210,9 @@ func TestDriverElectionAndShutdown(t *testing.T) {
 		f := newFakeKernel()
 		// A VIP left by a crashed run must go at start.
 		f.addrs[netip.MustParsePrefix("10.0.0.100/24")] = true
-		var changes []Change
-		in := testInstance(t, f, func(c *Config) { c.OnChange = func(ch Change) { changes = append(changes, ch) } })
+		in := testInstance(t, f, nil)
+		changes := &transitionLog{}
+		in.log = slog.New(changes)
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error)
 		start := time.Now()
@@ -223,11 +254,7 @@ func TestDriverElectionAndShutdown(t *testing.T) {
 		if f.has("10.0.0.100/24") || !f.has("10.0.0.1/24") {
 			t.Errorf("after shutdown addrs = %v", f.addrs)
 		}
-		var seq []string
-		for _, c := range changes {
-			seq = append(seq, c.To.String())
-		}
-		if strings.Join(seq, ",") != "BACKUP,MASTER,INIT" {
+		if seq := changes.states(); strings.Join(seq, ",") != "BACKUP,MASTER,INIT" {
 			t.Errorf("changes %v", seq)
 		}
 		if st := in.Status(); st.AdvertsSent != 7 || st.Transitions != 3 {
@@ -446,22 +473,27 @@ func TestNotifyHangDoesNotBlock(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	ok := Config{Name: "x", Interface: "eth0", VRID: 1, Priority: 100, VIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}}
+	ok := Config{Name: "x", Interface: "eth0", VRID: 1, Priority: 100, Version: 3, AdvertInterval: time.Second,
+		GARPRepeat: 5, NotifyTimeout: 10 * time.Second, VIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}}
 	if _, err := New(ok, nil); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
 	bad := map[string]func(c *Config){
-		"no interface":  func(c *Config) { c.Interface = "" },
-		"vrid 0":        func(c *Config) { c.VRID = 0 },
-		"priority 0":    func(c *Config) { c.Priority = 0 },
-		"version 4":     func(c *Config) { c.Version = 4 },
-		"no vips":       func(c *Config) { c.VIPs = nil },
-		"long password": func(c *Config) { c.Version, c.AuthPass = 2, "123456789" },
-		"v3 password":   func(c *Config) { c.AuthPass = "x" },
-		"v3 5ms":        func(c *Config) { c.AdvertInterval = 5 * time.Millisecond },
-		"v3 41s":        func(c *Config) { c.AdvertInterval = 41 * time.Second },
-		"v2 1.5s":       func(c *Config) { c.Version, c.AdvertInterval = 2, 1500*time.Millisecond },
-		"ipv6 vip":      func(c *Config) { c.VIPs = []netip.Prefix{netip.MustParsePrefix("::1/128")} },
+		"no interface":      func(c *Config) { c.Interface = "" },
+		"vrid 0":            func(c *Config) { c.VRID = 0 },
+		"priority 0":        func(c *Config) { c.Priority = 0 },
+		"version 4":         func(c *Config) { c.Version = 4 },
+		"no vips":           func(c *Config) { c.VIPs = nil },
+		"long password":     func(c *Config) { c.Version, c.AuthPass = 2, "123456789" },
+		"v3 password":       func(c *Config) { c.AuthPass = "x" },
+		"v3 5ms":            func(c *Config) { c.AdvertInterval = 5 * time.Millisecond },
+		"v3 41s":            func(c *Config) { c.AdvertInterval = 41 * time.Second },
+		"v2 1.5s":           func(c *Config) { c.Version, c.AdvertInterval = 2, 1500*time.Millisecond },
+		"ipv6 vip":          func(c *Config) { c.VIPs = []netip.Prefix{netip.MustParsePrefix("::1/128")} },
+		"no version":        func(c *Config) { c.Version = 0 },
+		"no interval":       func(c *Config) { c.AdvertInterval = 0 },
+		"garp repeat 0":     func(c *Config) { c.GARPRepeat = 0 },
+		"no notify timeout": func(c *Config) { c.NotifyTimeout = 0 },
 	}
 	for name, mod := range bad {
 		c := ok

@@ -324,7 +324,7 @@ func newPair(t *testing.T) *pair {
 
 func labConfig(name string, prio uint8) Config {
 	return Config{Name: name, Interface: "eth0", VRID: 51, Priority: prio, Version: 3,
-		AdvertInterval: 100 * time.Millisecond, Preempt: true, VIPs: []netip.Prefix{labVIP}}
+		AdvertInterval: 100 * time.Millisecond, GARPRepeat: 5, NotifyTimeout: 10 * time.Second, Preempt: true, VIPs: []netip.Prefix{labVIP}}
 }
 
 // clientSees pings the VIP from the client (filling its ARP cache) and

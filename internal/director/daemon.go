@@ -99,10 +99,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 
 	// Health checks first, so IPVS starts from their initial verdicts.
-	targets, err := healthTargets(cfg)
-	if err != nil {
-		return fmt.Errorf("health checks: %w", err)
-	}
+	targets := healthTargets(cfg)
 	hcCtx, hcStop := context.WithCancel(context.WithoutCancel(ctx))
 	if err := d.hc.Update(targets); err != nil {
 		hcStop()
@@ -141,8 +138,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	vctx := context.WithoutCancel(ctx) // stopped explicitly, in order
 	for _, in := range cfg.VRRP {
-		vc := vrrpConfig(in)
-		d.vrrp[in.Name] = startVRRP(vctx, vc, d.log)
+		d.vrrp[in.Name] = startVRRP(vctx, in.Runtime, d.log)
 	}
 	defer d.stopVRRP()
 
@@ -248,11 +244,8 @@ func (d *Daemon) reload(vctx context.Context) {
 		d.log.Warn("reload: control_socket and metrics_listen changes need a restart; keeping the old ones")
 		cfg.Global.ControlSocket, cfg.Global.MetricsListen = old.Global.ControlSocket, old.Global.MetricsListen
 	}
-	targets, err := healthTargets(cfg)
-	if err == nil {
-		err = d.hc.Update(targets)
-	}
-	if err != nil {
+	targets := healthTargets(cfg)
+	if err := d.hc.Update(targets); err != nil {
 		d.log.Error("reload rejected: keeping the running config", "config", old.File, "err", err)
 		return
 	}
@@ -270,7 +263,7 @@ func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
 	want := map[string]bool{}
 	for _, in := range cfg.VRRP {
 		want[in.Name] = true
-		vc := vrrpConfig(in)
+		vc := in.Runtime
 		d.mu.Lock()
 		cur := d.vrrp[in.Name]
 		d.mu.Unlock()

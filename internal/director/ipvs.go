@@ -183,41 +183,22 @@ func (p *ipvsPart) snapshot(ctx context.Context) (lvs.Snapshot, string, bool) {
 	return s, lastErr, true
 }
 
-// desiredServices combines the config with the health verdicts.
+// desiredServices combines the config's IPVS services with the health
+// verdicts.
 func desiredServices(cfg *conf.Config, health map[string]bool) []lvs.Service {
 	out := make([]lvs.Service, 0, len(cfg.Services))
 	for i := range cfg.Services {
 		vs := &cfg.Services[i]
-		s := lvs.Service{
-			Key:         serviceKey(vs),
-			Scheduler:   vs.Scheduler,
-			Persistence: vs.Persistence.D(),
-			Quorum:      vs.Quorum,
-			Sorry:       vs.SorryAddr,
-		}
-		s.Forwarding, _ = lvs.ParseForwarding(vs.Forwarding) // validated by conf
-		if vs.OnFailure == "remove" {
-			s.OnFailure = lvs.Remove
-		}
-		for j := range vs.Reals {
-			rs := &vs.Reals[j]
-			up, checked := health[realID(vs, rs)]
-			s.Reals = append(s.Reals, lvs.Real{Addr: rs.Addr, Weight: rs.Weight, Up: up || !checked})
+		s := vs.IPVS
+		s.Reals = make([]lvs.Real, len(vs.IPVS.Reals))
+		for j, r := range vs.IPVS.Reals {
+			up, checked := health[vs.Reals[j].ID]
+			r.Up = up || !checked
+			s.Reals[j] = r
 		}
 		out = append(out, s)
 	}
 	return out
-}
-
-func serviceKey(vs *conf.VirtualServer) lvs.Key {
-	if vs.FWMark != 0 {
-		return lvs.Key{FWMark: uint32(vs.FWMark)}
-	}
-	proto := lvs.TCP
-	if vs.Protocol == "udp" {
-		proto = lvs.UDP
-	}
-	return lvs.Key{Proto: proto, Addr: vs.Addr}
 }
 
 // reconcile hands IPVS the table the config and health now call for.

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/lvsha/lvsha/conf"
 	"github.com/lvsha/lvsha/internal/director/checker"
 	"github.com/lvsha/lvsha/lvs"
 )
@@ -178,7 +179,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 					up = 1
 				}
 				ch <- prometheus.MustNewConstMetric(descRSUp, prometheus.GaugeValue, up, s.Key, r.Address)
-				ch <- prometheus.MustNewConstMetric(descChecks, prometheus.CounterValue, float64(r.Checks), s.Key+" -> "+r.Address)
+				ch <- prometheus.MustNewConstMetric(descChecks, prometheus.CounterValue, float64(r.Checks), conf.RealServerID(s.Key, r.Address))
 			}
 			if r.KernelWeight >= 0 {
 				ch <- prometheus.MustNewConstMetric(descWeight, prometheus.GaugeValue, float64(r.KernelWeight), s.Key, r.Address)

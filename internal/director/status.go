@@ -53,25 +53,26 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 	}
 	for i := range cfg.Services {
 		vs := &cfg.Services[i]
-		ss := control.ServiceStatus{Key: vs.Key(), Scheduler: vs.Scheduler, Forwarding: vs.Forwarding, Reals: []control.RealStatus{}}
-		ks, inKernel := snap.Find(serviceKey(vs))
+		ss := control.ServiceStatus{Key: vs.ID, Scheduler: vs.Scheduler, Forwarding: vs.Forwarding, Reals: []control.RealStatus{}}
+		ks, inKernel := snap.Find(vs.IPVS.Key)
 		ss.InKernel = ipvsOK && inKernel
 		ss.QuorumLost = inKernel && ks.QuorumLost
 		for j := range vs.Reals {
 			rs := &vs.Reals[j]
-			r := control.RealStatus{Address: rs.Addr.String(), Weight: rs.Weight, KernelWeight: -1, Health: "unchecked"}
-			if kd, ok := ks.Dest(rs.Addr); ok {
+			addr := vs.IPVS.Reals[j].Addr
+			r := control.RealStatus{Address: addr.String(), Weight: rs.Weight, KernelWeight: -1, Health: "unchecked"}
+			if kd, ok := ks.Dest(addr); ok {
 				r.KernelWeight, r.ActiveConns, r.InactiveConns = kd.Weight, kd.ActiveConns, kd.InactConns
 			}
 			// Health is the daemon's verdict, the one IPVS follows; the
 			// checker process adds the details.
-			if up, ok := health[realID(vs, rs)]; ok {
+			if up, ok := health[rs.ID]; ok {
 				r.Health = "down"
 				if up {
 					r.Health = "up"
 				}
 			}
-			if h, ok := hs[realID(vs, rs)]; ok {
+			if h, ok := hs[rs.ID]; ok {
 				r.LastError, r.LastTransition, r.LastCheck, r.Checks = h.LastError, h.LastChange, h.LastCheck, h.Checks
 				switch {
 				case h.LastCheck.IsZero():

@@ -94,6 +94,5 @@ func (r *vrrpRunner) status() control.VRRPStatus {
 
 // sameVRRP says whether a reload leaves an instance alone.
 func sameVRRP(a, b vrrp.Config) bool {
-	a.OnChange, b.OnChange = nil, nil
 	return reflect.DeepEqual(a, b)
 }

@@ -98,12 +98,10 @@ func (c *Client) Pid() int {
 }
 
 // Update replaces the set of targets, as healthcheck.Manager.Update does.
-// An invalid set is refused here and changes nothing. A valid one is
-// handed to the child, or kept for the next child if none is running.
+// The set is handed to the child, or kept for the next child if none is
+// running. The child's Manager checks it (the config was validated before):
+// a set it refuses changes nothing.
 func (c *Client) Update(targets []Target) error {
-	if err := validate(targets); err != nil {
-		return err
-	}
 	c.updMu.Lock()
 	defer c.updMu.Unlock()
 	c.mu.Lock()
@@ -284,7 +282,8 @@ func (c *Client) start() (*child, error) {
 		err = errors.New(reply.Err)
 	}
 	if err != nil {
-		// Update validated these targets, so this is a broken child.
+		// The config these targets come from was validated, so this
+		// is a broken child.
 		_ = c.stopChild(ch, true)
 		return nil, fmt.Errorf("checker process: initial targets: %w", err)
 	}

@@ -74,8 +74,8 @@ func (w *web) addr() netip.AddrPort { return netip.MustParseAddrPort(w.Listener.
 
 func target(id string, w *web, initialUp bool) Target {
 	return Target{ID: id, Addr: w.addr(), Group: "svc", Spec: &healthcheck.Spec{
-		Type: healthcheck.TypeHTTP, Interval: 50 * time.Millisecond, Timeout: time.Second,
-		Rise: 1, Fall: 1, InitialUp: initialUp,
+		Type: healthcheck.TypeHTTP, Method: "GET", Path: "/", Status: []healthcheck.StatusRange{{Lo: 200, Hi: 299}}, MaxBody: 64 << 10,
+		Interval: 50 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 1, InitialUp: initialUp,
 	}}
 }
 
@@ -208,9 +208,9 @@ func TestChildChecksAndReports(t *testing.T) {
 		t.Errorf("failures %+v", st.Failures)
 	}
 
-	// An invalid set is refused before it reaches the child: nothing changes.
+	// An invalid set is refused by the child: nothing changes.
 	bad := target("c", a, true)
-	bad.Spec.Method = "POST"
+	bad.Spec.Interval = 0
 	if err := c.Update([]Target{target("a", a, false), bad}); err == nil || !strings.Contains(err.Error(), "target c") {
 		t.Errorf("invalid update: %v", err)
 	}

@@ -1,4 +1,4 @@
-// Package hcproc runs lvsha's health checks in a child process of the same
+// Package checker runs lvsha's health checks in a child process of the same
 // binary, as keepalived runs its checkers apart from VRRP.
 //
 // The director's own process runs VRRP at real-time priority. Health checks
@@ -10,14 +10,12 @@
 // Client (parent side) starts the child, restarts it if it dies or stops
 // answering, and carries the targets to it, and transitions, state and
 // statistics back. Serve (child side) runs a healthcheck.Manager. They speak
-// newline-delimited JSON over a socket pair.
+// JSON over a socket pair, each message framed by its length (frame.go).
 package checker
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"time"
 
 	"github.com/lvsha/lvsha/healthcheck"
@@ -39,9 +37,9 @@ type request struct {
 	Op string `json:"op"` // update, snapshot, stats, ping
 	// update: each distinct spec and group once, the targets refer to
 	// them by index.
-	Specs   []wireSpec   `json:"specs,omitempty"`
-	Groups  []string     `json:"groups,omitempty"`
-	Targets []wireTarget `json:"targets,omitempty"`
+	Specs   []*healthcheck.Spec `json:"specs,omitempty"`
+	Groups  []string            `json:"groups,omitempty"`
+	Targets []wireTarget        `json:"targets,omitempty"`
 }
 
 // message goes from the child to the parent: a reply to request Reply, or
@@ -67,27 +65,6 @@ type wireTarget struct {
 	Resume *wireResume    `json:"resume,omitempty"`
 }
 
-// wireSpec is healthcheck.Spec with its regular expression as text.
-type wireSpec struct {
-	Type          string                    `json:"type"`
-	Path          string                    `json:"path,omitempty"`
-	Method        string                    `json:"method,omitempty"`
-	Host          string                    `json:"host,omitempty"`
-	Status        []healthcheck.StatusRange `json:"status,omitempty"`
-	BodyRegex     *string                   `json:"body_regex,omitempty"`
-	MaxBody       int64                     `json:"max_body,omitempty"`
-	TLSServerName string                    `json:"tls_server_name,omitempty"`
-	TLSSkipVerify bool                      `json:"tls_skip_verify,omitempty"`
-	TLSCAFile     string                    `json:"tls_ca_file,omitempty"`
-	Port          uint16                    `json:"port,omitempty"`
-	Argv          []string                  `json:"argv,omitempty"`
-	Interval      time.Duration             `json:"interval"`
-	Timeout       time.Duration             `json:"timeout"`
-	Rise          int                       `json:"rise"`
-	Fall          int                       `json:"fall"`
-	InitialUp     bool                      `json:"initial_up"`
-}
-
 // encodeUpdate builds an update request, each distinct Spec sent once;
 // resume, if not nil, gives each target's starting state.
 func encodeUpdate(targets []Target, resume func(id string) healthcheck.Resume) request {
@@ -99,7 +76,7 @@ func encodeUpdate(targets []Target, resume func(id string) healthcheck.Resume) r
 		if !ok {
 			si = len(req.Specs)
 			index[t.Spec] = si
-			req.Specs = append(req.Specs, specToWire(t.Spec))
+			req.Specs = append(req.Specs, t.Spec)
 		}
 		gi, ok := groups[t.Group]
 		if !ok {
@@ -116,89 +93,26 @@ func encodeUpdate(targets []Target, resume func(id string) healthcheck.Resume) r
 	return req
 }
 
-func specToWire(s *healthcheck.Spec) wireSpec {
-	ws := wireSpec{
-		Type: s.Type, Path: s.Path, Method: s.Method, Host: s.Host, Status: s.Status, MaxBody: s.MaxBody,
-		TLSServerName: s.TLSServerName, TLSSkipVerify: s.TLSSkipVerify, TLSCAFile: s.TLSCAFile, Port: s.Port,
-		Argv: s.Argv, Interval: s.Interval, Timeout: s.Timeout, Rise: s.Rise, Fall: s.Fall, InitialUp: s.InitialUp,
-	}
-	if s.BodyRegex != nil {
-		re := s.BodyRegex.String()
-		ws.BodyRegex = &re
-	}
-	return ws
-}
-
-func specFromWire(s wireSpec) (healthcheck.Spec, error) {
-	spec := healthcheck.Spec{
-		Type: s.Type, Path: s.Path, Method: s.Method, Host: s.Host, Status: s.Status, MaxBody: s.MaxBody,
-		TLSServerName: s.TLSServerName, TLSSkipVerify: s.TLSSkipVerify, TLSCAFile: s.TLSCAFile, Port: s.Port,
-		Argv: s.Argv, Interval: s.Interval, Timeout: s.Timeout, Rise: s.Rise, Fall: s.Fall, InitialUp: s.InitialUp,
-	}
-	if s.BodyRegex != nil {
-		re, err := regexp.Compile(*s.BodyRegex)
-		if err != nil {
-			return spec, fmt.Errorf("body regex: %w", err)
-		}
-		spec.BodyRegex = re
-	}
-	return spec, nil
-}
-
 // decodeUpdate turns an update request back into Manager targets and
 // their groups by ID.
 func decodeUpdate(req request) ([]healthcheck.Target, map[string]string, error) {
-	specs := make([]healthcheck.Spec, len(req.Specs))
-	for i, ws := range req.Specs {
-		s, err := specFromWire(ws)
-		if err != nil {
-			return nil, nil, fmt.Errorf("spec %d: %w", i, err)
-		}
-		specs[i] = s
-	}
+	specs := req.Specs
 	ts := make([]healthcheck.Target, len(req.Targets))
 	group := make(map[string]string, len(req.Targets))
 	for i, wt := range req.Targets {
-		if wt.Spec < 0 || wt.Spec >= len(specs) {
+		if wt.Spec < 0 || wt.Spec >= len(specs) || specs[wt.Spec] == nil {
 			return nil, nil, fmt.Errorf("target %s: spec %d of %d", wt.ID, wt.Spec, len(specs))
 		}
 		if wt.Group < 0 || wt.Group >= len(req.Groups) {
 			return nil, nil, fmt.Errorf("target %s: group %d of %d", wt.ID, wt.Group, len(req.Groups))
 		}
-		ts[i] = healthcheck.Target{ID: wt.ID, Addr: wt.Addr, Spec: specs[wt.Spec]}
+		ts[i] = healthcheck.Target{ID: wt.ID, Addr: wt.Addr, Spec: *specs[wt.Spec]}
 		if r := wt.Resume; r != nil {
 			ts[i].Resume = &healthcheck.Resume{Up: r.Up, Since: r.Since}
 		}
 		group[wt.ID] = req.Groups[wt.Group]
 	}
 	return ts, group, nil
-}
-
-// validate refuses what the child's Manager would: each distinct spec is
-// checked once, and IDs must be unique.
-func validate(targets []Target) error {
-	var errs []error
-	checked := map[*healthcheck.Spec]error{}
-	seen := make(map[string]bool, len(targets))
-	for _, t := range targets {
-		if t.Spec == nil {
-			errs = append(errs, fmt.Errorf("target %s: no check", t.ID))
-			continue
-		}
-		err, ok := checked[t.Spec]
-		if !ok {
-			err = t.Spec.WithDefaults().Validate()
-			checked[t.Spec] = err
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("target %s: %w", t.ID, err))
-		}
-		if seen[t.ID] {
-			errs = append(errs, fmt.Errorf("target %s: duplicate id", t.ID))
-		}
-		seen[t.ID] = true
-	}
-	return errors.Join(errs...)
 }
 
 // Buckets are the upper bounds, in seconds, of the check duration

@@ -2,6 +2,7 @@ package checker
 
 import (
 	"encoding/json"
+	"net"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -14,7 +15,7 @@ import (
 // TestUpdateRoundTrip: an update survives JSON with each shared spec sent
 // once, its regular expression and the resume states intact.
 func TestUpdateRoundTrip(t *testing.T) {
-	web := &healthcheck.Spec{Type: healthcheck.TypeHTTP, Path: "/health", Host: "example.org",
+	web := &healthcheck.Spec{Type: healthcheck.TypeHTTP, Path: "/health", Method: "GET", Host: "example.org",
 		Status: []healthcheck.StatusRange{{Lo: 200, Hi: 204}}, BodyRegex: regexp.MustCompile(`^ok\b`),
 		Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3, InitialUp: true}
 	cmd := &healthcheck.Spec{Type: healthcheck.TypeExec, Argv: []string{"/bin/check", "--fast"},
@@ -46,7 +47,7 @@ func TestUpdateRoundTrip(t *testing.T) {
 	}
 	for i, got := range ts {
 		want := in[i]
-		if got.ID != want.ID || got.Addr != want.Addr || !got.Spec.Equal(*want.Spec) || groups[got.ID] != want.Group {
+		if got.ID != want.ID || got.Addr != want.Addr || got.Spec.Key() != want.Spec.Key() || groups[got.ID] != want.Group {
 			t.Errorf("target %d: %+v (group %q), want %+v", i, got, groups[got.ID], want)
 		}
 		if got.Resume == nil || got.Resume.Up != (want.ID == "b") || !got.Resume.Since.Equal(since) {
@@ -75,15 +76,36 @@ func TestUpdateRoundTrip(t *testing.T) {
 	}
 }
 
-func TestValidate(t *testing.T) {
-	ok := &healthcheck.Spec{Type: healthcheck.TypeTCP}
-	bad := &healthcheck.Spec{Type: "icmp"}
+// TestChildRefusesInvalidUpdate: the checker process refuses a set with a
+// duplicate ID or an unusable spec, naming each target, and keeps none.
+func TestChildRefusesInvalidUpdate(t *testing.T) {
+	parent, child := net.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- Serve(child, nil) }()
+	ok := &healthcheck.Spec{Type: healthcheck.TypeTCP, Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1}
+	bad := &healthcheck.Spec{Type: healthcheck.TypeTCP, Interval: time.Second, Rise: 1, Fall: 1} // no timeout
 	a := netip.MustParseAddrPort("10.0.0.1:80")
-	if err := validate([]Target{{ID: "a", Addr: a, Spec: ok}, {ID: "b", Addr: a, Spec: ok}}); err != nil {
-		t.Errorf("valid set refused: %v", err)
+	req := encodeUpdate([]Target{{ID: "a", Addr: a, Spec: ok}, {ID: "a", Addr: a, Spec: ok}, {ID: "x", Addr: a, Spec: bad}}, nil)
+	req.ID = 1
+	if err := writeFrame(parent, req); err != nil {
+		t.Fatal(err)
 	}
-	err := validate([]Target{{ID: "a", Addr: a, Spec: ok}, {ID: "a", Addr: a, Spec: ok}, {ID: "x", Addr: a, Spec: bad}})
-	if err == nil || !strings.Contains(err.Error(), "target a: duplicate id") || !strings.Contains(err.Error(), `target x: check type "icmp"`) {
-		t.Errorf("invalid set: %v", err)
+	fr := newFrameReader(parent)
+	var reply message
+	if err := fr.read(&reply); err != nil {
+		t.Fatal(err)
+	}
+	if reply.Reply != 1 || !strings.Contains(reply.Err, "target a: duplicate id") || !strings.Contains(reply.Err, "target x: interval and timeout") {
+		t.Errorf("invalid set: %+v", reply)
+	}
+	if err := writeFrame(parent, request{ID: 2, Op: "snapshot"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fr.read(&reply); err != nil || reply.Reply != 2 || len(reply.Snapshot) != 0 {
+		t.Errorf("after a refused update: %+v %v", reply, err)
+	}
+	_ = parent.Close()
+	if err := <-done; err != nil {
+		t.Errorf("Serve: %v", err)
 	}
 }

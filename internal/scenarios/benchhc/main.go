@@ -196,8 +196,13 @@ func runBench(c config, cpuprofile string, netHTTP bool) error {
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	m := healthcheck.NewManager(log, healthcheck.WithMaxInFlight(c.maxInFlight))
-	spec := healthcheck.Spec{Type: c.checkType, Path: "/", Interval: c.interval, Timeout: c.timeout,
-		Rise: c.rise, Fall: c.fall, InitialUp: true}
+	typ, err := healthcheck.ParseCheckType(c.checkType)
+	if err != nil {
+		return err
+	}
+	// lvsha's config defaults for an http check.
+	spec := healthcheck.Spec{Type: typ, Path: "/", Method: "GET", Status: []healthcheck.StatusRange{{Lo: 200, Hi: 299}}, MaxBody: 64 << 10,
+		Interval: c.interval, Timeout: c.timeout, Rise: c.rise, Fall: c.fall, InitialUp: true}
 	targets := make([]healthcheck.Target, c.targets)
 	for i := range targets {
 		targets[i] = healthcheck.Target{ID: strconv.Itoa(i), Addr: c.addr(i), Spec: spec}

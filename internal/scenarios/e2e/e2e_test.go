@@ -95,7 +95,7 @@ func TestDeriveConfig(t *testing.T) {
 			t.Errorf("%s: check %+v", name, vs.Check)
 		}
 		var reals []string
-		for _, r := range vs.Reals {
+		for _, r := range vs.IPVS.Reals {
 			reals = append(reals, r.Addr.String())
 		}
 		if got := strings.Join(reals, " "); got != "192.168.94.134:80 192.168.94.135:80 192.168.94.136:80" {
