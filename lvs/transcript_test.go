@@ -284,7 +284,7 @@ func parseServices(t *testing.T, lines []string) []lvs.Service {
 			var err error
 			switch name {
 			case "dr", "nat", "tun":
-				s.Forwarding, err = lvs.ParseForwarding(name)
+				s.Forwarding, err = parseForwarding(name)
 			case "persistence":
 				s.Persistence, err = time.ParseDuration(val)
 			case "quorum":
@@ -364,10 +364,20 @@ func driftLine(f *lvstest.Table, l string) error {
 			if c.Dest.Weight, err = strconv.Atoi(fields[3]); err != nil {
 				return err
 			}
-			if c.Dest.Forwarding, err = lvs.ParseForwarding(fields[4]); err != nil {
+			if c.Dest.Forwarding, err = parseForwarding(fields[4]); err != nil {
 				return err
 			}
 		}
 	}
 	return f.Drift(c)
+}
+
+// parseForwarding reads a forwarding method as its String prints it.
+func parseForwarding(s string) (lvs.Forwarding, error) {
+	for _, f := range []lvs.Forwarding{lvs.DR, lvs.NAT, lvs.Tunnel} {
+		if f.String() == s {
+			return f, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown forwarding %q", s)
 }

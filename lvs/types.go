@@ -92,19 +92,6 @@ func (f Forwarding) String() string {
 	return fmt.Sprintf("forwarding(%d)", uint8(f))
 }
 
-// ParseForwarding accepts the config names dr, nat and tun.
-func ParseForwarding(s string) (Forwarding, error) {
-	switch s {
-	case "dr", "":
-		return DR, nil
-	case "nat":
-		return NAT, nil
-	case "tun":
-		return Tunnel, nil
-	}
-	return 0, fmt.Errorf("unknown forwarding %q (dr, nat, tun)", s)
-}
-
 // OnFailure says what happens to a real server that is down. The zero
 // value, Inhibit, keeps it with weight 0 so established and persistent
 // connections drain; Remove deletes it from the table.
