@@ -16,38 +16,11 @@ import (
 	"time"
 )
 
-func TestHysteresis(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		up         bool
-		rise, fall int
-		results    string // s = success, f = failure
-		changes    string // state after each result that changed it: U or D, else .
-	}{
-		{"down after fall", true, 2, 3, "fff", "..D"},
-		{"reset by a success", true, 2, 3, "ffsff", "....."},
-		{"up after rise", false, 2, 3, "ss", ".U"},
-		{"flapping within rise/fall", true, 2, 2, "fsfsfsfs", "........"},
-		{"flapping while down", false, 2, 2, "sfsfsf", "......"},
-		{"fall 1 rise 1", true, 1, 1, "fsfs", "DUDU"},
-		{"down then up", true, 2, 2, "ffss", ".D.U"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			up, streak := tc.up, 0
-			got := ""
-			for _, r := range tc.results {
-				if hysteresis(&up, &streak, r == 's', tc.rise, tc.fall) {
-					got += map[bool]string{true: "U", false: "D"}[up]
-				} else {
-					got += "."
-				}
-			}
-			if got != tc.changes {
-				t.Errorf("%s: got %s, want %s", tc.results, got, tc.changes)
-			}
-		})
-	}
-}
+// The synctest tests in this file run the Manager with a fake checker on
+// fake time. A fake is not a prober, so these checks run the goroutine
+// path, the one production's exec and https checks take (fakeSpec says
+// exec); reactor_test.go runs plain http and tcp checks against loopback
+// servers on the reactor, as production does.
 
 // scripted is a fake checker: per target a function of the check number.
 type scripted struct {
@@ -98,15 +71,19 @@ func target(i int, spec Spec) Target {
 }
 
 func fakeSpec(rise, fall int) Spec {
-	return Spec{Type: TypeTCP, Interval: time.Second, Timeout: 500 * time.Millisecond, Rise: rise, Fall: fall, InitialUp: true}
+	return Spec{Type: TypeExec, Argv: []string{"fake"}, Interval: time.Second, Timeout: 500 * time.Millisecond, Rise: rise, Fall: fall, InitialUp: true}
+}
+
+// withChecker makes the Manager check every target with c.
+func withChecker(c Checker) Option {
+	return func(m *Manager) { m.newChecker = func(Spec) (Checker, error) { return c, nil } }
 }
 
 // startManager runs a Manager with a fake checker inside the synctest bubble
 // and returns a function that stops it.
 func startManager(t *testing.T, c Checker, opts ...Option) (*Manager, func()) {
 	t.Helper()
-	opts = append(opts, WithCheckerFactory(func(Spec) (Checker, error) { return c, nil }))
-	m := NewManager(nil, opts...)
+	m := NewManager(nil, append(opts, withChecker(c))...)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
