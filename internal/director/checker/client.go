@@ -54,7 +54,11 @@ type Client struct {
 	updMu   sync.Mutex // serialises updates, including the one a new child gets
 	mu      sync.Mutex
 	desired []Target
-	verdict map[string]healthcheck.Resume // by target ID: the last state the child reported, and since when
+	// verdict is each target's UP/DOWN verdict in this process, by ID: its
+	// initial state, then the last state the child reported, and since
+	// when. The Client owns it: a restarted child resumes from it, and the
+	// daemon reads it (Verdicts) for IPVS weights and status.
+	verdict map[string]healthcheck.Resume
 	child   *child
 
 	qmu    sync.Mutex
@@ -95,6 +99,28 @@ func (c *Client) Pid() int {
 		return 0
 	}
 	return c.child.cmd.Process.Pid
+}
+
+// Verdicts returns the verdict of every target by ID: true for UP, false
+// for DOWN. A target is UP or DOWN from its Update on (its initial state
+// until the child reports otherwise); an ID that is not a target is absent.
+func (c *Client) Verdicts() map[string]bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]bool, len(c.verdict))
+	for id, v := range c.verdict {
+		out[id] = v.Up
+	}
+	return out
+}
+
+// Verdict returns one target's verdict; known is false if id is not a
+// target (any more).
+func (c *Client) Verdict(id string) (up, known bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, known := c.verdict[id]
+	return v.Up, known
 }
 
 // Update replaces the set of targets, as healthcheck.Manager.Update does.

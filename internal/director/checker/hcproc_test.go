@@ -254,6 +254,9 @@ func TestRestartKeepsVerdicts(t *testing.T) {
 	if down.ID != "b" || down.Up {
 		t.Fatalf("transition %+v, want b DOWN", down)
 	}
+	if up, known := c.Verdict("b"); up || !known {
+		t.Fatalf("verdict of b %v (known %v), want DOWN", up, known)
+	}
 	old := c.Pid()
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -418,4 +421,43 @@ func TestNoTargetsNoProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPid(t, c, pid)
+}
+
+// TestVerdicts: the Client's verdicts, the ones the daemon follows, start
+// in each target's initial state, follow the child's transitions, survive
+// an update for the targets it keeps, and know nothing of removed ones.
+func TestVerdicts(t *testing.T) {
+	c := NewClient(nil, nil) // no child is started: Update keeps the targets for one
+	spec := func(up bool) *healthcheck.Spec {
+		return &healthcheck.Spec{Type: healthcheck.TypeTCP, Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1, InitialUp: up}
+	}
+	addr := netip.MustParseAddrPort("127.0.0.1:1")
+	if err := c.Update([]Target{{ID: "a", Addr: addr, Spec: spec(true)}, {ID: "b", Addr: addr, Spec: spec(false)}}); err != nil {
+		t.Fatal(err)
+	}
+	want := func(w map[string]bool) {
+		t.Helper()
+		got := c.Verdicts()
+		if fmt.Sprint(got) != fmt.Sprint(w) {
+			t.Fatalf("Verdicts() = %v, want %v", got, w)
+		}
+		for id, up := range w {
+			if gotUp, known := c.Verdict(id); gotUp != up || !known {
+				t.Fatalf("Verdict(%s) = %v, %v", id, gotUp, known)
+			}
+		}
+	}
+	want(map[string]bool{"a": true, "b": false})
+	c.transition(healthcheck.Transition{ID: "a", Up: false, Reason: "status 503"})
+	want(map[string]bool{"a": false, "b": false})
+	// a kept (with its verdict), b removed, c new.
+	if err := c.Update([]Target{{ID: "a", Addr: addr, Spec: spec(true)}, {ID: "c", Addr: addr, Spec: spec(true)}}); err != nil {
+		t.Fatal(err)
+	}
+	want(map[string]bool{"a": false, "c": true})
+	c.transition(healthcheck.Transition{ID: "b", Up: true}) // late, from before the update
+	want(map[string]bool{"a": false, "c": true})
+	if _, known := c.Verdict("b"); known {
+		t.Error("removed target b still has a verdict")
+	}
 }
