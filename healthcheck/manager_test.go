@@ -4,13 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -389,107 +384,6 @@ func TestManagerSlowReader(t *testing.T) {
 		default:
 		}
 	})
-}
-
-// TestManagerRealHTTP drives the Manager against a real server on loopback
-// that starts answering 503: DOWN after fall checks with the reason.
-func TestManagerRealHTTP(t *testing.T) {
-	var failing atomic.Bool
-	var hits, hitsWhenFailing atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hits.Add(1)
-		if failing.Load() {
-			hitsWhenFailing.Add(1)
-			w.WriteHeader(503)
-		}
-	}))
-	defer srv.Close()
-	m := NewManager(nil)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { m.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	spec := Spec{Type: TypeHTTP, Interval: 20 * time.Millisecond, Timeout: 10 * time.Second, Rise: 2, Fall: 3, InitialUp: true}
-	refused := refusedAddr(t)
-	if err := m.Update([]Target{
-		{ID: "web", Addr: addrOf(t, srv.URL), Spec: spec},
-		{ID: "gone", Addr: refused, Spec: spec},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]string{"gone": "connection refused", "web": "status 503"}
-	deadline := time.After(10 * time.Second)
-	for hits.Load() < 3 { // UP and answering first
-		select {
-		case tr := <-m.Transitions():
-			if tr.ID != "gone" || tr.Reason != want["gone"] {
-				t.Fatalf("transition %+v", tr)
-			}
-			delete(want, "gone")
-		case <-deadline:
-			t.Fatal("no checks")
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	failing.Store(true)
-	for len(want) > 0 {
-		select {
-		case tr := <-m.Transitions():
-			if tr.Up || tr.Reason != want[tr.ID] {
-				t.Fatalf("transition %+v", tr)
-			}
-			if tr.ID == "web" && hitsWhenFailing.Load() < 3 {
-				t.Errorf("DOWN after %d failed checks, want fall=3", hitsWhenFailing.Load())
-			}
-			delete(want, tr.ID)
-		case <-deadline:
-			t.Fatalf("no transitions for %v", want)
-		}
-	}
-}
-
-// TestManagerRemoveCancelsProbe: removing a target whose server hangs ends
-// its probe at once (the server sees the connection closed), not at the
-// check's timeout; so does stopping Run. http runs on the reactor, https in
-// a goroutine.
-func TestManagerRemoveCancelsProbe(t *testing.T) {
-	for _, tc := range []struct{ typ, how string }{{TypeHTTP, "update"}, {TypeHTTP, "stop"}, {TypeHTTPS, "update"}, {TypeHTTPS, "stop"}} {
-		how := tc.how
-		t.Run(tc.typ+"_"+how, func(t *testing.T) {
-			accepted := make(chan struct{}, 10)
-			closed := make(chan struct{}, 10)
-			target := rawServer(t, func(c net.Conn) {
-				accepted <- struct{}{}
-				io.Copy(io.Discard, c) // never answer; returns when the checker closes
-				closed <- struct{}{}
-			})
-			m := NewManager(nil)
-			ctx, cancel := context.WithCancel(t.Context())
-			done := make(chan struct{})
-			go func() { m.Run(ctx); close(done) }()
-			defer func() { cancel(); <-done }()
-			// Checks never overlap: the hung first check is the only one.
-			spec := Spec{Type: tc.typ, Interval: 50 * time.Millisecond, Timeout: time.Hour, InitialUp: true}
-			if err := m.Update([]Target{{ID: "hung", Addr: target, Spec: spec}}); err != nil {
-				t.Fatal(err)
-			}
-			wait := func(ch chan struct{}, what string) {
-				select {
-				case <-ch:
-				case <-time.After(30 * time.Second):
-					t.Fatalf("%s: not within 30s (the check's timeout is an hour)", what)
-				}
-			}
-			wait(accepted, "probe")
-			if how == "update" {
-				_ = m.Update(nil)
-			} else {
-				cancel()
-				<-done
-			}
-			wait(closed, "probe cancelled")
-		})
-	}
 }
 
 func TestManagerObserver(t *testing.T) {
