@@ -129,7 +129,8 @@ func NewManager(log *slog.Logger, opts ...Option) *Manager {
 }
 
 // Transitions returns the stream of state changes. It is closed when Run
-// returns. New targets start in Spec.InitialUp without a transition. A
+// returns. New targets start in Spec.InitialUp (or their Resume state)
+// without a transition. A
 // target whose spec or address changes (same ID) restarts in Spec.InitialUp;
 // if that differs from the state last delivered for its ID, a transition
 // with Reason "check changed" says so, so that a reader that follows
@@ -138,10 +139,12 @@ func (m *Manager) Transitions() <-chan Transition { return m.out }
 
 // Update replaces the set of targets (a reload). Targets whose ID, address
 // and Spec are unchanged keep their state and schedule; new ones start
-// (after a random offset within their interval) in Spec.InitialUp; gone
-// ones stop, a running check of theirs is cancelled. If any spec is invalid
-// (or its CA file unreadable) nothing changes and the error says which.
-// Update never blocks; it may be called before Run.
+// (after a random offset within their interval) in Spec.InitialUp or their
+// Resume state; gone ones stop, a running check of theirs is cancelled. If
+// any spec is invalid nothing changes and the error says which; a check
+// that cannot be set up all the same (an unreadable CA file) is logged and
+// fails every time with that reason. Update never blocks; it may be called
+// before Run.
 func (m *Manager) Update(targets []Target) error {
 	norm, err := normalize(targets)
 	if err != nil {

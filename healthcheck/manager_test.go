@@ -14,7 +14,7 @@ import (
 // The synctest tests in this file run the Manager with a fake checker on
 // fake time. A fake is not a prober, so these checks run the goroutine
 // path, the one production's exec and https checks take (fakeSpec says
-// exec); reactor_test.go runs plain http and tcp checks against loopback
+// exec); reactor_manager_test.go runs plain http and tcp checks against loopback
 // servers on the reactor, as production does.
 
 // scripted is a fake checker: per target a function of the check number.
