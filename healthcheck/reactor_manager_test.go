@@ -146,8 +146,10 @@ func waitSnapshot(t *testing.T, m *Manager, ids ...string) map[string]TargetStat
 
 const reactorInterval = 50 * time.Millisecond
 
+// httpSpec is a complete spec (no field left to a default).
 func httpSpec(rise, fall int) Spec {
-	return Spec{Type: TypeHTTP, Interval: reactorInterval, Timeout: testTimeout, Rise: rise, Fall: fall, InitialUp: true}
+	return Spec{Type: TypeHTTP, Path: "/", Method: "GET", Status: []StatusRange{{200, 299}}, MaxBody: 64 << 10,
+		Interval: reactorInterval, Timeout: testTimeout, Rise: rise, Fall: fall, InitialUp: true}
 }
 
 // TestReactorRiseFall: DOWN after fall failed checks, UP after rise good

@@ -10,8 +10,10 @@ import (
 // schedule is the Manager's pure core: it decides which checks start when
 // and what their results make of each target's state. It has no
 // goroutines, sockets or clock (every method is given the time), so each
-// rule below is tested with plain values; manager.go drives it and runs
-// the checks.
+// rule below is tested with plain values. The Manager's Run (runner.go)
+// drives it: it starts the checks Due returns, on the reactor or in
+// goroutines, feeds their results to Result and delivers the transitions
+// Outgoing hands out (see outbox).
 //
 // The rules:
 //   - A new target's first check is due at a random offset within its
