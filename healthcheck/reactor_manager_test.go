@@ -6,11 +6,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/lvsha/lvsha/healthcheck/hctest"
 )
 
 // The tests in this file run the Manager as production runs plain http and
@@ -18,72 +19,6 @@ import (
 // servers, in real time (the reactor waits in the runtime's network
 // poller, which synctest's fake clock does not drive). The exact timing
 // rules are the schedule's and tested there (schedule_test.go).
-
-// answer is what a scriptedServer does with one probe.
-type answer int
-
-const (
-	answerOK    answer = iota // 200
-	answer503                 // 503
-	answerHang                // never answers; keeps the connection until the checker closes it
-	answerClose               // closes the connection without answering
-)
-
-// scriptedServer is a loopback HTTP server whose answer to each connection
-// is a function of its number (0 for the first). It records when each
-// connection arrived.
-type scriptedServer struct {
-	addr    netip.AddrPort
-	mu      sync.Mutex
-	arrived []time.Time
-}
-
-func newScriptedServer(t *testing.T, script func(n int) answer) *scriptedServer {
-	t.Helper()
-	s := &scriptedServer{}
-	s.addr = rawServer(t, func(c net.Conn) {
-		s.mu.Lock()
-		n := len(s.arrived)
-		s.arrived = append(s.arrived, time.Now())
-		s.mu.Unlock()
-		if _, err := readRequest(c); err != nil {
-			return
-		}
-		switch script(n) {
-		case answerOK:
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-		case answer503:
-			io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-		case answerHang:
-			io.Copy(io.Discard, c)
-		case answerClose:
-		}
-	})
-	return s
-}
-
-func always(a answer) func(int) answer { return func(int) answer { return a } }
-
-// before counts the connections that arrived before at: the checks started
-// before a transition at at (a target's checks never overlap, and the next
-// one starts after the result that made the transition).
-func (s *scriptedServer) before(at time.Time) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, a := range s.arrived {
-		if a.Before(at) {
-			n++
-		}
-	}
-	return n
-}
-
-func (s *scriptedServer) count() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.arrived)
-}
 
 // runManager runs a Manager with the production checkers until the test
 // ends. Make the servers first: cleanups run in reverse, so the Manager
@@ -156,11 +91,11 @@ func httpSpec(rise, fall int) Spec {
 // ones, with their reasons, the snapshot and the observer's account.
 func TestReactorRiseFall(t *testing.T) {
 	// Checks 0-1 pass, 2-4 fail (503), then pass again.
-	srv := newScriptedServer(t, func(n int) answer {
+	srv := hctest.NewServer(t, func(n int) hctest.Answer {
 		if n >= 2 && n <= 4 {
-			return answer503
+			return hctest.Unavailable
 		}
-		return answerOK
+		return hctest.OK
 	})
 	var mu sync.Mutex
 	var observed []string
@@ -173,14 +108,14 @@ func TestReactorRiseFall(t *testing.T) {
 		observed = append(observed, reason)
 	}))
 	start := time.Now()
-	if err := m.Update([]Target{{ID: "web", Addr: srv.addr, Spec: httpSpec(2, 3)}}); err != nil {
+	if err := m.Update([]Target{{ID: "web", Addr: srv.Addr, Spec: httpSpec(2, 3)}}); err != nil {
 		t.Fatal(err)
 	}
 	tr := nextTransition(t, m)
-	if tr.ID != "web" || tr.Up || tr.Reason != "status 503" || tr.Addr != srv.addr {
+	if tr.ID != "web" || tr.Up || tr.Reason != "status 503" || tr.Addr != srv.Addr {
 		t.Fatalf("transition %+v", tr)
 	}
-	if n := srv.before(tr.At); n != 5 {
+	if n := srv.Before(tr.At); n != 5 {
 		t.Errorf("DOWN after %d checks, want 5 (2 ok + fall 3)", n)
 	}
 	// The fifth check starts four intervals after the first.
@@ -191,7 +126,7 @@ func TestReactorRiseFall(t *testing.T) {
 	if tr.ID != "web" || !tr.Up || tr.Reason != "ok" {
 		t.Fatalf("transition %+v", tr)
 	}
-	if n := srv.before(tr.At); n != 7 {
+	if n := srv.Before(tr.At); n != 7 {
 		t.Errorf("UP after %d checks, want 7 (rise 2)", n)
 	}
 	s := m.Snapshot()[0]
@@ -215,18 +150,18 @@ func TestReactorRiseFall(t *testing.T) {
 // TestReactorFailures: each way a server fails gives its reason; a hung
 // server holds only its own check, the others keep their cadence.
 func TestReactorFailures(t *testing.T) {
-	hang := newScriptedServer(t, always(answerHang))
-	closed := newScriptedServer(t, always(answerClose))
-	ok := newScriptedServer(t, always(answerOK))
+	hang := hctest.NewServer(t, hctest.Always(hctest.Hang))
+	closed := hctest.NewServer(t, hctest.Always(hctest.Close))
+	ok := hctest.NewServer(t, hctest.Always(hctest.OK))
 	listening := rawServer(t, func(net.Conn) {})
 	m := runManager(t)
 	hungSpec := httpSpec(1, 1)
 	hungSpec.Timeout = 200 * time.Millisecond
 	tcp := Spec{Type: TypeTCP, Interval: reactorInterval, Timeout: testTimeout, Rise: 1, Fall: 1, InitialUp: true}
 	if err := m.Update([]Target{
-		{ID: "hang", Addr: hang.addr, Spec: hungSpec},
-		{ID: "closed", Addr: closed.addr, Spec: httpSpec(1, 1)},
-		{ID: "ok", Addr: ok.addr, Spec: httpSpec(1, 1)},
+		{ID: "hang", Addr: hang.Addr, Spec: hungSpec},
+		{ID: "closed", Addr: closed.Addr, Spec: httpSpec(1, 1)},
+		{ID: "ok", Addr: ok.Addr, Spec: httpSpec(1, 1)},
 		{ID: "refused", Addr: refusedAddr(t), Spec: tcp},
 		{ID: "tcp-ok", Addr: listening, Spec: tcp},
 	}); err != nil {
@@ -246,13 +181,13 @@ func TestReactorFailures(t *testing.T) {
 	}
 	// One check per interval at most (a check starts an interval after
 	// the last one started, or later), and about that many.
-	n0, t0 := ok.count(), time.Now()
+	n0, t0 := ok.Count(), time.Now()
 	noTransition(t, m, 20*reactorInterval)
-	n, el := ok.count()-n0, time.Since(t0)
+	n, el := ok.Count()-n0, time.Since(t0)
 	if most := int(el/reactorInterval) + 1; n > most || n < most/3 {
 		t.Errorf("ok server checked %d times in %v, want about %d", n, el, most)
 	}
-	if h := hang.count(); h < 2 || h > int(time.Since(t0)/(200*time.Millisecond))+3 {
+	if h := hang.Count(); h < 2 || h > int(time.Since(t0)/(200*time.Millisecond))+3 {
 		t.Errorf("hung server checked %d times", h)
 	}
 }
@@ -260,10 +195,10 @@ func TestReactorFailures(t *testing.T) {
 // TestReactorUpdate: a reload keeps unchanged targets' state, restarts
 // changed ones, starts new ones, and stops checking removed ones.
 func TestReactorUpdate(t *testing.T) {
-	down1, down2, up := newScriptedServer(t, always(answer503)), newScriptedServer(t, always(answer503)), newScriptedServer(t, always(answerOK))
+	down1, down2, up := hctest.NewServer(t, hctest.Always(hctest.Unavailable)), hctest.NewServer(t, hctest.Always(hctest.Unavailable)), hctest.NewServer(t, hctest.Always(hctest.OK))
 	m := runManager(t)
 	spec := httpSpec(1, 2)
-	if err := m.Update([]Target{{ID: "rs1", Addr: down1.addr, Spec: spec}, {ID: "rs2", Addr: down2.addr, Spec: spec}}); err != nil {
+	if err := m.Update([]Target{{ID: "rs1", Addr: down1.Addr, Spec: spec}, {ID: "rs2", Addr: down2.Addr, Spec: spec}}); err != nil {
 		t.Fatal(err)
 	}
 	for range 2 {
@@ -276,7 +211,7 @@ func TestReactorUpdate(t *testing.T) {
 	other := spec
 	other.Fall = 5
 	other.Interval = 10 * time.Hour
-	if err := m.Update([]Target{{ID: "rs1", Addr: down1.addr, Spec: spec}, {ID: "rs2", Addr: down2.addr, Spec: other}, {ID: "rs3", Addr: up.addr, Spec: spec}}); err != nil {
+	if err := m.Update([]Target{{ID: "rs1", Addr: down1.Addr, Spec: spec}, {ID: "rs2", Addr: down2.Addr, Spec: other}, {ID: "rs3", Addr: up.Addr, Spec: spec}}); err != nil {
 		t.Fatal(err)
 	}
 	after := waitSnapshot(t, m, "rs1", "rs2", "rs3")
@@ -294,16 +229,16 @@ func TestReactorUpdate(t *testing.T) {
 		t.Errorf("transition %+v, want rs2 UP: check changed", tr)
 	}
 	// Removal stops checking (a probe on its way may still arrive).
-	if err := m.Update([]Target{{ID: "rs3", Addr: up.addr, Spec: spec}}); err != nil {
+	if err := m.Update([]Target{{ID: "rs3", Addr: up.Addr, Spec: spec}}); err != nil {
 		t.Fatal(err)
 	}
 	waitSnapshot(t, m, "rs3")
-	n1 := down1.count()
+	n1 := down1.Count()
 	time.Sleep(4 * reactorInterval)
-	n2 := down1.count()
+	n2 := down1.Count()
 	time.Sleep(4 * reactorInterval)
-	if n2 > n1+1 || down1.count() != n2 {
-		t.Errorf("removed target still checked: %d, %d, %d connections", n1, n2, down1.count())
+	if n2 > n1+1 || down1.Count() != n2 {
+		t.Errorf("removed target still checked: %d, %d, %d connections", n1, n2, down1.Count())
 	}
 	if err := m.Update([]Target{{ID: "bad", Spec: Spec{Type: "icmp"}}}); err == nil {
 		t.Error("invalid spec accepted")
@@ -317,17 +252,17 @@ func TestReactorUpdate(t *testing.T) {
 // TestReactorInitialAndResume: a target starts in Spec.InitialUp, or in
 // its Resume state when new; a known target ignores Resume.
 func TestReactorInitialAndResume(t *testing.T) {
-	srv1, srv2 := newScriptedServer(t, always(answerOK)), newScriptedServer(t, always(answerOK))
+	srv1, srv2 := hctest.NewServer(t, hctest.Always(hctest.OK)), hctest.NewServer(t, hctest.Always(hctest.OK))
 	m := runManager(t)
 	initialDown := httpSpec(3, 1)
 	initialDown.InitialUp = false
-	resumed := Target{ID: "rs2", Addr: srv2.addr, Spec: httpSpec(2, 1), Resume: &Resume{Up: false, Since: time.Now().Add(-time.Hour)}}
-	if err := m.Update([]Target{{ID: "rs1", Addr: srv1.addr, Spec: initialDown}, resumed}); err != nil {
+	resumed := Target{ID: "rs2", Addr: srv2.Addr, Spec: httpSpec(2, 1), Resume: &Resume{Up: false, Since: time.Now().Add(-time.Hour)}}
+	if err := m.Update([]Target{{ID: "rs1", Addr: srv1.Addr, Spec: initialDown}, resumed}); err != nil {
 		t.Fatal(err)
 	}
 	// Both start DOWN and come UP after rise good checks.
 	wantChecks := map[string]struct {
-		srv *scriptedServer
+		srv *hctest.Server
 		n   int
 	}{"rs1": {srv1, 3}, "rs2": {srv2, 2}}
 	for range 2 {
@@ -336,13 +271,13 @@ func TestReactorInitialAndResume(t *testing.T) {
 		if !ok || !tr.Up {
 			t.Fatalf("transition %+v", tr)
 		}
-		if n := w.srv.before(tr.At); n != w.n {
+		if n := w.srv.Before(tr.At); n != w.n {
 			t.Errorf("%s UP after %d checks, want %d", tr.ID, n, w.n)
 		}
 		delete(wantChecks, tr.ID)
 	}
 	// Already known: its Resume is no reason to restart it.
-	if err := m.Update([]Target{{ID: "rs1", Addr: srv1.addr, Spec: initialDown}, resumed}); err != nil {
+	if err := m.Update([]Target{{ID: "rs1", Addr: srv1.Addr, Spec: initialDown}, resumed}); err != nil {
 		t.Fatal(err)
 	}
 	noTransition(t, m, 4*reactorInterval)
@@ -356,9 +291,9 @@ func TestReactorInitialAndResume(t *testing.T) {
 // TestReactorMaxInFlight: with two slots and six hung servers, at most two
 // probes run at once, and the queue gives every server its turn.
 func TestReactorMaxInFlight(t *testing.T) {
-	var srvs []*scriptedServer
+	var srvs []*hctest.Server
 	for range 6 {
-		srvs = append(srvs, newScriptedServer(t, always(answerHang)))
+		srvs = append(srvs, hctest.NewServer(t, hctest.Always(hctest.Hang)))
 	}
 	m := runManager(t, WithMaxInFlight(2))
 	const timeout = 300 * time.Millisecond
@@ -366,7 +301,7 @@ func TestReactorMaxInFlight(t *testing.T) {
 	spec.Timeout = timeout
 	var ts []Target
 	for i, s := range srvs {
-		ts = append(ts, Target{ID: string(rune('a' + i)), Addr: s.addr, Spec: spec})
+		ts = append(ts, Target{ID: string(rune('a' + i)), Addr: s.Addr, Spec: spec})
 	}
 	start := time.Now()
 	if err := m.Update(ts); err != nil {
@@ -378,7 +313,7 @@ func TestReactorMaxInFlight(t *testing.T) {
 	el := time.Since(start)
 	total := 0
 	for i, s := range srvs {
-		n := s.count()
+		n := s.Count()
 		total += n
 		if n < 1 {
 			t.Errorf("server %d never checked", i)

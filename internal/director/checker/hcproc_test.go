@@ -6,15 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lvsha/lvsha/healthcheck"
+	"github.com/lvsha/lvsha/healthcheck/hctest"
 )
 
 // TestMain makes this test binary a checker process when started as one
@@ -53,27 +51,17 @@ func fakeDaemon() int {
 	return 1
 }
 
-// web is a loopback HTTP server answering with a status code that the
-// test changes.
-type web struct {
-	*httptest.Server
-	code atomic.Int32
+// newWeb is a loopback HTTP server answering 200 or 503, as the test
+// changes it.
+func newWeb(t *testing.T, code int) *hctest.Server {
+	if code == 200 {
+		return hctest.NewServer(t, hctest.Always(hctest.OK))
+	}
+	return hctest.NewServer(t, hctest.Always(hctest.Unavailable))
 }
 
-func newWeb(t *testing.T, code int) *web {
-	w := &web{}
-	w.code.Store(int32(code))
-	w.Server = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
-		rw.WriteHeader(int(w.code.Load()))
-	}))
-	t.Cleanup(w.Close)
-	return w
-}
-
-func (w *web) addr() netip.AddrPort { return netip.MustParseAddrPort(w.Listener.Addr().String()) }
-
-func target(id string, w *web, initialUp bool) Target {
-	return Target{ID: id, Addr: w.addr(), Group: "svc", Spec: &healthcheck.Spec{
+func target(id string, w *hctest.Server, initialUp bool) Target {
+	return Target{ID: id, Addr: w.Addr, Group: "svc", Spec: &healthcheck.Spec{
 		Type: healthcheck.TypeHTTP, Interval: 50 * time.Millisecond, Timeout: time.Second,
 		Rise: 1, Fall: 1, InitialUp: initialUp,
 	}}
@@ -179,7 +167,7 @@ func TestChildChecksAndReports(t *testing.T) {
 		tr := next(t, c)
 		got[tr.ID] = tr
 	}
-	if tr := got["a"]; !tr.Up || tr.Reason != "ok" || tr.Addr != a.addr() {
+	if tr := got["a"]; !tr.Up || tr.Reason != "ok" || tr.Addr != a.Addr {
 		t.Errorf("a: %+v, want UP ok", tr)
 	}
 	if tr := got["b"]; tr.Up || tr.Reason != "status 503" {
@@ -280,7 +268,7 @@ func TestRestartKeepsVerdicts(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	b.code.Store(200)
+	b.Set(hctest.OK)
 	if tr := next(t, c); tr.ID != "b" || !tr.Up {
 		t.Errorf("transition %+v, want b UP (recovered)", tr)
 	}
