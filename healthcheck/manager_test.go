@@ -475,3 +475,43 @@ func TestManagerResume(t *testing.T) {
 		}
 	})
 }
+
+// TestManagerSharesCheckers: targets with the same check share one
+// Checker, made once; a check that comes back after its last target went
+// is set up anew.
+func TestManagerSharesCheckers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newScripted(func(context.Context, netip.AddrPort, int) error { return nil })
+		var made []Spec
+		m := NewManager(nil)
+		m.newChecker = func(s Spec) (Checker, error) {
+			made = append(made, s)
+			return c, nil
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { m.Run(ctx); close(done) }()
+		defer func() { cancel(); <-done }()
+		a, b := fakeSpec(1, 1), fakeSpec(2, 2)
+		update := func(ts ...Target) {
+			t.Helper()
+			if err := m.Update(ts); err != nil {
+				t.Fatal(err)
+			}
+			synctest.Wait()
+		}
+		update(target(1, a), target(2, b), target(3, a))
+		if len(made) != 2 {
+			t.Fatalf("%d checkers made for 2 checks", len(made))
+		}
+		update(target(1, a), target(2, b), target(3, a), target(4, b))
+		if len(made) != 2 {
+			t.Fatalf("a new target with a known check made a checker (%d)", len(made))
+		}
+		update(target(1, a), target(3, a)) // b's last targets go
+		update(target(1, a), target(3, a), target(2, b))
+		if len(made) != 3 || made[2].Rise != 2 {
+			t.Fatalf("checkers made: %+v, want b's again", made)
+		}
+	})
+}
