@@ -87,7 +87,7 @@ func TestRunStops(t *testing.T) {
 			cancelled = errors.Is(ctx.Err(), context.Canceled)
 			return ctx.Err()
 		})
-		m := NewManager(nil, WithCheckerFactory(func(Spec) (Checker, error) { return c, nil }))
+		m := NewManager(nil, withChecker(c))
 		spec := fakeSpec(1, 1)
 		spec.Timeout = time.Hour
 		m.Update([]Target{target(1, spec)})

@@ -4,50 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 )
 
-func TestHysteresis(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		up         bool
-		rise, fall int
-		results    string // s = success, f = failure
-		changes    string // state after each result that changed it: U or D, else .
-	}{
-		{"down after fall", true, 2, 3, "fff", "..D"},
-		{"reset by a success", true, 2, 3, "ffsff", "....."},
-		{"up after rise", false, 2, 3, "ss", ".U"},
-		{"flapping within rise/fall", true, 2, 2, "fsfsfsfs", "........"},
-		{"flapping while down", false, 2, 2, "sfsfsf", "......"},
-		{"fall 1 rise 1", true, 1, 1, "fsfs", "DUDU"},
-		{"down then up", true, 2, 2, "ffss", ".D.U"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			up, streak := tc.up, 0
-			got := ""
-			for _, r := range tc.results {
-				if hysteresis(&up, &streak, r == 's', tc.rise, tc.fall) {
-					got += map[bool]string{true: "U", false: "D"}[up]
-				} else {
-					got += "."
-				}
-			}
-			if got != tc.changes {
-				t.Errorf("%s: got %s, want %s", tc.results, got, tc.changes)
-			}
-		})
-	}
-}
+// The synctest tests in this file run the Manager with a fake checker on
+// fake time. A fake is not a prober, so these checks run the goroutine
+// path, the one production's exec and https checks take (fakeSpec says
+// exec); reactor_manager_test.go runs plain http and tcp checks against loopback
+// servers on the reactor, as production does.
 
 // scripted is a fake checker: per target a function of the check number.
 type scripted struct {
@@ -98,15 +66,19 @@ func target(i int, spec Spec) Target {
 }
 
 func fakeSpec(rise, fall int) Spec {
-	return Spec{Type: TypeTCP, Interval: time.Second, Timeout: 500 * time.Millisecond, Rise: rise, Fall: fall, InitialUp: true}
+	return Spec{Type: TypeExec, Argv: []string{"fake"}, Interval: time.Second, Timeout: 500 * time.Millisecond, Rise: rise, Fall: fall, InitialUp: true}
+}
+
+// withChecker makes the Manager check every target with c.
+func withChecker(c Checker) Option {
+	return func(m *Manager) { m.newChecker = func(Spec) (Checker, error) { return c, nil } }
 }
 
 // startManager runs a Manager with a fake checker inside the synctest bubble
 // and returns a function that stops it.
 func startManager(t *testing.T, c Checker, opts ...Option) (*Manager, func()) {
 	t.Helper()
-	opts = append(opts, WithCheckerFactory(func(Spec) (Checker, error) { return c, nil }))
-	m := NewManager(nil, opts...)
+	m := NewManager(nil, append(opts, withChecker(c))...)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
@@ -414,110 +386,6 @@ func TestManagerSlowReader(t *testing.T) {
 	})
 }
 
-// TestManagerRealHTTP drives the Manager against a real server on loopback
-// that starts answering 503: DOWN after fall checks with the reason.
-func TestManagerRealHTTP(t *testing.T) {
-	var failing atomic.Bool
-	var hits, hitsWhenFailing atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hits.Add(1)
-		if failing.Load() {
-			hitsWhenFailing.Add(1)
-			w.WriteHeader(503)
-		}
-	}))
-	defer srv.Close()
-	m := NewManager(nil)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { m.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	spec := complete(Spec{Type: TypeHTTP, Interval: 20 * time.Millisecond, Timeout: 10 * time.Second, Rise: 2, Fall: 3, InitialUp: true})
-	refused := refusedAddr(t)
-	if err := m.Update([]Target{
-		{ID: "web", Addr: addrOf(t, srv.URL), Spec: spec},
-		{ID: "gone", Addr: refused, Spec: spec},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]string{"gone": "connection refused", "web": "status 503"}
-	deadline := time.After(10 * time.Second)
-	for hits.Load() < 3 { // UP and answering first
-		select {
-		case tr := <-m.Transitions():
-			if tr.ID != "gone" || tr.Reason != want["gone"] {
-				t.Fatalf("transition %+v", tr)
-			}
-			delete(want, "gone")
-		case <-deadline:
-			t.Fatal("no checks")
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	failing.Store(true)
-	for len(want) > 0 {
-		select {
-		case tr := <-m.Transitions():
-			if tr.Up || tr.Reason != want[tr.ID] {
-				t.Fatalf("transition %+v", tr)
-			}
-			if tr.ID == "web" && hitsWhenFailing.Load() < 3 {
-				t.Errorf("DOWN after %d failed checks, want fall=3", hitsWhenFailing.Load())
-			}
-			delete(want, tr.ID)
-		case <-deadline:
-			t.Fatalf("no transitions for %v", want)
-		}
-	}
-}
-
-// TestManagerRemoveCancelsProbe: removing a target whose server hangs ends
-// its probe at once (the server sees the connection closed), not at the
-// check's timeout; so does stopping Run. http runs on the reactor, https in
-// a goroutine.
-func TestManagerRemoveCancelsProbe(t *testing.T) {
-	for _, tc := range []struct {
-		typ CheckType
-		how string
-	}{{TypeHTTP, "update"}, {TypeHTTP, "stop"}, {TypeHTTPS, "update"}, {TypeHTTPS, "stop"}} {
-		how := tc.how
-		t.Run(tc.typ.String()+"_"+how, func(t *testing.T) {
-			accepted := make(chan struct{}, 10)
-			closed := make(chan struct{}, 10)
-			target := rawServer(t, func(c net.Conn) {
-				accepted <- struct{}{}
-				io.Copy(io.Discard, c) // never answer; returns when the checker closes
-				closed <- struct{}{}
-			})
-			m := NewManager(nil)
-			ctx, cancel := context.WithCancel(t.Context())
-			done := make(chan struct{})
-			go func() { m.Run(ctx); close(done) }()
-			defer func() { cancel(); <-done }()
-			// Checks never overlap: the hung first check is the only one.
-			spec := complete(Spec{Type: tc.typ, Interval: 50 * time.Millisecond, Timeout: time.Hour, InitialUp: true})
-			if err := m.Update([]Target{{ID: "hung", Addr: target, Spec: spec}}); err != nil {
-				t.Fatal(err)
-			}
-			wait := func(ch chan struct{}, what string) {
-				select {
-				case <-ch:
-				case <-time.After(30 * time.Second):
-					t.Fatalf("%s: not within 30s (the check's timeout is an hour)", what)
-				}
-			}
-			wait(accepted, "probe")
-			if how == "update" {
-				_ = m.Update(nil)
-			} else {
-				cancel()
-				<-done
-			}
-			wait(closed, "probe cancelled")
-		})
-	}
-}
-
 func TestManagerObserver(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		// Check n takes n*10ms; odd checks fail with 503.
@@ -604,6 +472,46 @@ func TestManagerResume(t *testing.T) {
 		}
 		if s := state(m, "rs2"); !s.Up {
 			t.Errorf("resumed UP target starts %+v", s)
+		}
+	})
+}
+
+// TestManagerSharesCheckers: targets with the same check share one
+// Checker, made once; a check that comes back after its last target went
+// is set up anew.
+func TestManagerSharesCheckers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newScripted(func(context.Context, netip.AddrPort, int) error { return nil })
+		var made []Spec
+		m := NewManager(nil)
+		m.newChecker = func(s Spec) (Checker, error) {
+			made = append(made, s)
+			return c, nil
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { m.Run(ctx); close(done) }()
+		defer func() { cancel(); <-done }()
+		a, b := fakeSpec(1, 1), fakeSpec(2, 2)
+		update := func(ts ...Target) {
+			t.Helper()
+			if err := m.Update(ts); err != nil {
+				t.Fatal(err)
+			}
+			synctest.Wait()
+		}
+		update(target(1, a), target(2, b), target(3, a))
+		if len(made) != 2 {
+			t.Fatalf("%d checkers made for 2 checks", len(made))
+		}
+		update(target(1, a), target(2, b), target(3, a), target(4, b))
+		if len(made) != 2 {
+			t.Fatalf("a new target with a known check made a checker (%d)", len(made))
+		}
+		update(target(1, a), target(3, a)) // b's last targets go
+		update(target(1, a), target(3, a), target(2, b))
+		if len(made) != 3 || made[2].Rise != 2 {
+			t.Fatalf("checkers made: %+v, want b's again", made)
 		}
 	})
 }

@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The reactor runs plain http and tcp probes without a goroutine each: the
-// Manager opens the non-blocking socket and registers it with one epoll
+// The reactor runs plain http and tcp probes without a goroutine each: its
+// start opens the non-blocking socket and registers it with one epoll
 // instance; a single goroutine waits on it, writes the request, collects the
 // response and judges it with the same parser as httpChecker.Check. Against
 // a goroutine per probe on Go's poller this saves the per-probe goroutine,

@@ -48,8 +48,10 @@ type Daemon struct {
 	cfg     *conf.Config
 	started time.Time
 	vrrp    map[string]*vrrpRunner // by instance name
-	health  map[string]bool        // by real server ID; absent = no check (up)
-	hc      *checker.Client        // set by New: status may ask it before Run starts it
+	// hc owns the real servers' health verdicts (hc.Verdicts, by real
+	// server ID; absent = no check, so up); set by New: status may ask
+	// it before Run starts it.
+	hc      *checker.Client
 	ipvs    *ipvsPart
 	metrics *metrics
 }
@@ -60,7 +62,7 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 	if cmd == nil {
 		cmd = checker.Command(cfg.Global.LogLevel, cfg.Global.LogFormat)
 	}
-	return &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{}, health: map[string]bool{},
+	return &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{},
 		hc: checker.NewClient(log, cmd)}
 }
 
@@ -105,7 +107,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 		hcStop()
 		return fmt.Errorf("health checks: %w", err)
 	}
-	d.resetHealth(targets)
 	hcDone := make(chan struct{})
 	go func() {
 		defer close(hcDone)
@@ -186,30 +187,8 @@ func (d *Daemon) config() *conf.Config {
 	return d.cfg
 }
 
-// resetHealth makes the health map match the targets: kept targets keep
-// their verdict, new ones start in their initial state.
-func (d *Daemon) resetHealth(targets []checker.Target) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	next := make(map[string]bool, len(targets))
-	for _, t := range targets {
-		up, ok := d.health[t.ID]
-		if !ok {
-			up = t.Spec.InitialUp
-		}
-		next[t.ID] = up
-	}
-	d.health = next
-}
-
 func (d *Daemon) onHealth(tr healthcheck.Transition) {
-	d.mu.Lock()
-	_, known := d.health[tr.ID]
-	if known {
-		d.health[tr.ID] = tr.Up
-	}
-	d.mu.Unlock()
-	if !known {
+	if _, known := d.hc.Verdict(tr.ID); !known {
 		return // a target removed by a reload
 	}
 	state := "DOWN"
@@ -249,7 +228,6 @@ func (d *Daemon) reload(vctx context.Context) {
 		d.log.Error("reload rejected: keeping the running config", "config", old.File, "err", err)
 		return
 	}
-	d.resetHealth(targets)
 	d.mu.Lock()
 	d.cfg = cfg
 	d.mu.Unlock()

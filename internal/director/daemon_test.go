@@ -20,6 +20,7 @@ import (
 	"github.com/lvsha/lvsha/internal/director/control"
 
 	"github.com/lvsha/lvsha/conf"
+	"github.com/lvsha/lvsha/internal/director/checker"
 	"github.com/lvsha/lvsha/lvs"
 	"github.com/lvsha/lvsha/lvs/lvstest"
 )
@@ -359,9 +360,12 @@ address = "10.0.1.3:53"
 	if len(targets) != 2 || targets[1].Spec.InitialUp || !targets[0].Spec.InitialUp {
 		t.Fatalf("targets: %+v", targets)
 	}
-	d := &Daemon{health: map[string]bool{}}
-	d.resetHealth(targets)
-	got := desiredServices(cfg, d.health)
+	hc := checker.NewClient(nil, nil) // never started: Update keeps the targets
+	if err := hc.Update(targets); err != nil {
+		t.Fatal(err)
+	}
+	health := hc.Verdicts()
+	got := desiredServices(cfg, health)
 	if len(got) != 2 {
 		t.Fatalf("services: %+v", got)
 	}
@@ -374,8 +378,8 @@ address = "10.0.1.3:53"
 		t.Errorf("fwmark service (unchecked real server is up): %+v", s1)
 	}
 	// A health transition flips exactly that real server.
-	d.health[targets[1].ID] = true
-	if got := desiredServices(cfg, d.health); !got[0].Reals[1].Up {
+	health[targets[1].ID] = true
+	if got := desiredServices(cfg, health); !got[0].Reals[1].Up {
 		t.Errorf("health up not applied")
 	}
 }

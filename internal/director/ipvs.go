@@ -203,8 +203,9 @@ func desiredServices(cfg *conf.Config, health map[string]bool) []lvs.Service {
 
 // reconcile hands IPVS the table the config and health now call for.
 func (d *Daemon) reconcile(reason string) {
+	health := d.hc.Verdicts()
 	d.mu.Lock()
-	desired := desiredServices(d.cfg, d.health)
+	desired := desiredServices(d.cfg, health)
 	d.mu.Unlock()
 	d.log.Debug("ipvs: reconcile", "reason", reason, "services", len(desired))
 	d.ipvs.set(desired)

@@ -3,7 +3,6 @@ package director
 import (
 	"context"
 	"encoding/json"
-	"maps"
 	"net/http"
 	"net/http/pprof"
 	"time"
@@ -43,9 +42,7 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 			hs[t.ID] = t
 		}
 	}
-	d.mu.Lock()
-	health := maps.Clone(d.health)
-	d.mu.Unlock()
+	health := d.hc.Verdicts()
 	var snap lvs.Snapshot
 	ipvsOK := false
 	if d.ipvs != nil {
@@ -64,8 +61,8 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 			if kd, ok := ks.Dest(addr); ok {
 				r.KernelWeight, r.ActiveConns, r.InactiveConns = kd.Weight, kd.ActiveConns, kd.InactConns
 			}
-			// Health is the daemon's verdict, the one IPVS follows; the
-			// checker process adds the details.
+			// Health is the verdict IPVS follows (the checker client's);
+			// the checker process adds the details.
 			if up, ok := health[rs.ID]; ok {
 				r.Health = "down"
 				if up {

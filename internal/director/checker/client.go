@@ -54,7 +54,11 @@ type Client struct {
 	updMu   sync.Mutex // serialises updates, including the one a new child gets
 	mu      sync.Mutex
 	desired []Target
-	verdict map[string]healthcheck.Resume // by target ID: the last state the child reported, and since when
+	// verdict is each target's UP/DOWN verdict in this process, by ID: its
+	// initial state, then the last state the child reported, and since
+	// when. The Client owns it: a restarted child resumes from it, and the
+	// daemon reads it (Verdicts) for IPVS weights and status.
+	verdict map[string]healthcheck.Resume
 	child   *child
 
 	qmu    sync.Mutex
@@ -443,58 +447,5 @@ func (c *Client) callChild(ctx context.Context, ch *child, req request) (message
 		return message{}, ErrNoChild
 	case <-ctx.Done():
 		return message{}, fmt.Errorf("checker process: %s: %w", req.Op, ctx.Err())
-	}
-}
-
-// transition records a state change and queues it for Transitions.
-func (c *Client) transition(tr healthcheck.Transition) {
-	c.mu.Lock()
-	_, known := c.verdict[tr.ID]
-	if known {
-		c.verdict[tr.ID] = healthcheck.Resume{Up: tr.Up, Since: tr.At}
-	}
-	c.mu.Unlock()
-	if !known {
-		return // removed by an update since
-	}
-	c.qmu.Lock()
-	if _, ok := c.queued[tr.ID]; !ok {
-		c.queue = append(c.queue, tr.ID)
-	}
-	c.queued[tr.ID] = tr
-	c.qmu.Unlock()
-	select {
-	case c.kick <- struct{}{}:
-	default:
-	}
-}
-
-// forward delivers queued transitions to Transitions. The reader never
-// waits for the daemon, so a daemon busy in Update (which waits for the
-// reader) cannot deadlock with it.
-func (c *Client) forward(ctx context.Context) {
-	for {
-		c.qmu.Lock()
-		var tr healthcheck.Transition
-		have := len(c.queue) > 0
-		if have {
-			tr = c.queued[c.queue[0]]
-			delete(c.queued, c.queue[0])
-			c.queue = c.queue[1:]
-		}
-		c.qmu.Unlock()
-		if !have {
-			select {
-			case <-c.kick:
-				continue
-			case <-ctx.Done():
-				return
-			}
-		}
-		select {
-		case c.out <- tr:
-		case <-ctx.Done():
-			return
-		}
 	}
 }

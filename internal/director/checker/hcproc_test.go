@@ -6,15 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lvsha/lvsha/healthcheck"
+	"github.com/lvsha/lvsha/healthcheck/hctest"
 )
 
 // TestMain makes this test binary a checker process when started as one
@@ -53,29 +51,20 @@ func fakeDaemon() int {
 	return 1
 }
 
-// web is a loopback HTTP server answering with a status code that the
-// test changes.
-type web struct {
-	*httptest.Server
-	code atomic.Int32
+// newWeb is a loopback HTTP server answering 200 or 503, as the test
+// changes it.
+func newWeb(t *testing.T, code int) *hctest.Server {
+	if code == 200 {
+		return hctest.NewServer(t, hctest.Always(hctest.OK))
+	}
+	return hctest.NewServer(t, hctest.Always(hctest.Unavailable))
 }
 
-func newWeb(t *testing.T, code int) *web {
-	w := &web{}
-	w.code.Store(int32(code))
-	w.Server = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) {
-		rw.WriteHeader(int(w.code.Load()))
-	}))
-	t.Cleanup(w.Close)
-	return w
-}
-
-func (w *web) addr() netip.AddrPort { return netip.MustParseAddrPort(w.Listener.Addr().String()) }
-
-func target(id string, w *web, initialUp bool) Target {
-	return Target{ID: id, Addr: w.addr(), Group: "svc", Spec: &healthcheck.Spec{
+func target(id string, w *hctest.Server, initialUp bool) Target {
+	return Target{ID: id, Addr: w.Addr, Group: "svc", Spec: &healthcheck.Spec{
 		Type: healthcheck.TypeHTTP, Method: "GET", Path: "/", Status: []healthcheck.StatusRange{{Lo: 200, Hi: 299}}, MaxBody: 64 << 10,
-		Interval: 50 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 1, InitialUp: initialUp,
+		Interval: 50 * time.Millisecond, Timeout: time.Second,
+		Rise: 1, Fall: 1, InitialUp: initialUp,
 	}}
 }
 
@@ -179,7 +168,7 @@ func TestChildChecksAndReports(t *testing.T) {
 		tr := next(t, c)
 		got[tr.ID] = tr
 	}
-	if tr := got["a"]; !tr.Up || tr.Reason != "ok" || tr.Addr != a.addr() {
+	if tr := got["a"]; !tr.Up || tr.Reason != "ok" || tr.Addr != a.Addr {
 		t.Errorf("a: %+v, want UP ok", tr)
 	}
 	if tr := got["b"]; tr.Up || tr.Reason != "status 503" {
@@ -254,6 +243,9 @@ func TestRestartKeepsVerdicts(t *testing.T) {
 	if down.ID != "b" || down.Up {
 		t.Fatalf("transition %+v, want b DOWN", down)
 	}
+	if up, known := c.Verdict("b"); up || !known {
+		t.Fatalf("verdict of b %v (known %v), want DOWN", up, known)
+	}
 	old := c.Pid()
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -277,7 +269,7 @@ func TestRestartKeepsVerdicts(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	b.code.Store(200)
+	b.Set(hctest.OK)
 	if tr := next(t, c); tr.ID != "b" || !tr.Up {
 		t.Errorf("transition %+v, want b UP (recovered)", tr)
 	}
@@ -418,4 +410,43 @@ func TestNoTargetsNoProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPid(t, c, pid)
+}
+
+// TestVerdicts: the Client's verdicts, the ones the daemon follows, start
+// in each target's initial state, follow the child's transitions, survive
+// an update for the targets it keeps, and know nothing of removed ones.
+func TestVerdicts(t *testing.T) {
+	c := NewClient(nil, nil) // no child is started: Update keeps the targets for one
+	spec := func(up bool) *healthcheck.Spec {
+		return &healthcheck.Spec{Type: healthcheck.TypeTCP, Interval: time.Second, Timeout: time.Second, Rise: 1, Fall: 1, InitialUp: up}
+	}
+	addr := netip.MustParseAddrPort("127.0.0.1:1")
+	if err := c.Update([]Target{{ID: "a", Addr: addr, Spec: spec(true)}, {ID: "b", Addr: addr, Spec: spec(false)}}); err != nil {
+		t.Fatal(err)
+	}
+	want := func(w map[string]bool) {
+		t.Helper()
+		got := c.Verdicts()
+		if fmt.Sprint(got) != fmt.Sprint(w) {
+			t.Fatalf("Verdicts() = %v, want %v", got, w)
+		}
+		for id, up := range w {
+			if gotUp, known := c.Verdict(id); gotUp != up || !known {
+				t.Fatalf("Verdict(%s) = %v, %v", id, gotUp, known)
+			}
+		}
+	}
+	want(map[string]bool{"a": true, "b": false})
+	c.transition(healthcheck.Transition{ID: "a", Up: false, Reason: "status 503"})
+	want(map[string]bool{"a": false, "b": false})
+	// a kept (with its verdict), b removed, c new.
+	if err := c.Update([]Target{{ID: "a", Addr: addr, Spec: spec(true)}, {ID: "c", Addr: addr, Spec: spec(true)}}); err != nil {
+		t.Fatal(err)
+	}
+	want(map[string]bool{"a": false, "c": true})
+	c.transition(healthcheck.Transition{ID: "b", Up: true}) // late, from before the update
+	want(map[string]bool{"a": false, "c": true})
+	if _, known := c.Verdict("b"); known {
+		t.Error("removed target b still has a verdict")
+	}
 }
