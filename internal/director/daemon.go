@@ -1,4 +1,4 @@
-// Package daemon wires lvsha's parts into the director daemon: VRRP
+// Package director wires lvsha's parts into the director daemon: VRRP
 // instances, health checks and the IPVS reconciler, the control socket that
 // `lvsha status` asks, and reload on SIGHUP.
 //
