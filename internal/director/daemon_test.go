@@ -579,6 +579,9 @@ address = "10.99.1.1:80"
 		t.Fatal(err)
 	}
 	defer syscall.Kill(pid, syscall.SIGCONT)
+	// SIGSTOP takes effect once the child's threads have handled it;
+	// until then the child may still answer.
+	waitFor(t, "the checker stopped", func() bool { return stopped(pid) })
 	qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer qcancel()
 	st, err := control.QueryStatus(qctx, cfg.Global.ControlSocket)
@@ -588,4 +591,26 @@ address = "10.99.1.1:80"
 	if !strings.Contains(st.HealthError, "deadline exceeded") || st.Services[0].Reals[0].Health != "up" {
 		t.Errorf("status: health_error %q, real server %+v", st.HealthError, st.Services[0].Reals[0])
 	}
+}
+
+// stopped reports whether every thread of process pid is stopped (state T
+// in /proc/PID/task/TID/stat).
+func stopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			return false
+		}
+		// The command name in parentheses may contain spaces: the state
+		// follows its closing parenthesis.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
