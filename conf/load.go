@@ -154,7 +154,7 @@ func (c *Config) Summary() string {
 	}
 	fmt.Fprintf(&b, "%d vrrp instance(s), %d virtual service(s), %d real server(s)", len(c.VRRP), len(c.Services), reals)
 	if c.Realserver != nil {
-		fmt.Fprintf(&b, ", realserver with %d VIP(s) on lo", len(c.Realserver.VIPAddrs))
+		fmt.Fprintf(&b, ", realserver with %d VIP(s) on lo", len(c.Realserver.Runtime.VIPs))
 	}
 	b.WriteString("\n")
 	for _, in := range c.VRRP {

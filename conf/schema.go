@@ -8,13 +8,13 @@ package conf
 
 import (
 	"fmt"
-	"net/netip"
 	"reflect"
 	"strings"
 	"time"
 
 	"github.com/lvsha/lvsha/healthcheck"
 	"github.com/lvsha/lvsha/lvs"
+	"github.com/lvsha/lvsha/lvs/realserver"
 	"github.com/lvsha/lvsha/vrrp"
 )
 
@@ -170,7 +170,9 @@ type Realserver struct {
 	Interface string   `toml:"interface"`
 	VIPs      []string `toml:"vips"`
 
-	VIPAddrs []netip.Addr `toml:"-"`
+	// Runtime is what `lvsha realserver` takes, checked by its own
+	// Validate (the same rules as its --vip/--interface flags).
+	Runtime realserver.Config `toml:"-"`
 }
 
 // rawTable keeps a TOML table undecoded until its base is known.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lvsha/lvsha/lvs/realserver"
 	"github.com/lvsha/lvsha/vrrp"
 )
 
@@ -233,14 +234,23 @@ func (v *validator) realserver(p string, rs *Realserver) {
 	if len(rs.VIPs) == 0 {
 		v.errf(p+".vips", "required but missing (at least one VIP)")
 	}
-	rs.VIPAddrs = nil
+	rs.Runtime = realserver.Config{Interface: rs.Interface}
+	ok := rs.Interface != "" && len(rs.VIPs) > 0
 	for j, s := range rs.VIPs {
 		a, err := parseAddr4(strings.TrimSuffix(s, "/32"))
 		if err != nil {
 			v.errf(fmt.Sprintf("%s.vips[%d]", p, j), "%v", err)
+			ok = false
 			continue
 		}
-		rs.VIPAddrs = append(rs.VIPAddrs, a)
+		rs.Runtime.VIPs = append(rs.Runtime.VIPs, a)
+	}
+	// The rest (which interface, which addresses) is realserver's rule,
+	// so that -t and `lvsha realserver up` never disagree.
+	if ok {
+		if err := rs.Runtime.Validate(); err != nil {
+			v.errf(p, "%v", err)
+		}
 	}
 }
 
@@ -254,7 +264,7 @@ func (v *validator) vipsHeld() {
 		}
 	}
 	if rs := v.cfg.Realserver; rs != nil {
-		for _, a := range rs.VIPAddrs {
+		for _, a := range rs.Runtime.VIPs {
 			held[a] = true
 		}
 	}

@@ -70,7 +70,7 @@ func runRealserver(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "lvsha: %s has no [realserver] section\n", file)
 			return exitFail
 		}
-		cfg = realserver.Config{VIPs: c.Realserver.VIPAddrs, Interface: c.Realserver.Interface}
+		cfg = c.Realserver.Runtime
 	case len(vipFlags) > 0 && iface != "":
 		for _, s := range vipFlags {
 			a, err := netip.ParseAddr(strings.TrimSuffix(s, "/32"))
