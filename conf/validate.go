@@ -124,14 +124,13 @@ func (v *validator) vrrp(p string, in *VRRPInstance) {
 	if in.Priority < 1 || in.Priority > 255 {
 		v.errf(p+".priority", "%d is outside 1-255 (255 = address owner; 0 is reserved for a master that resigns)", in.Priority)
 	}
-	iv := in.AdvertInterval.D()
+	if in.Version == 2 || in.Version == 3 {
+		if err := vrrp.CheckAdvertInterval(in.Version, in.AdvertInterval.D()); err != nil {
+			v.errf(p+".advert_interval", "%v", err)
+		}
+	}
 	switch in.Version {
 	case 3:
-		if iv < 10*time.Millisecond || iv > 40950*time.Millisecond {
-			v.errf(p+".advert_interval", "%s is outside 10ms-40.95s (VRRPv3)", iv)
-		} else if iv%(10*time.Millisecond) != 0 {
-			v.errf(p+".advert_interval", "%s is not a multiple of 10ms (VRRPv3 counts in centiseconds)", iv)
-		}
 		if in.AuthPass != "" {
 			v.errf(p+".auth_pass", "authentication exists only in VRRPv2 (set version = 2 or remove auth_pass)")
 		}
@@ -141,11 +140,8 @@ func (v *validator) vrrp(p string, in *VRRPInstance) {
 			v.errf(p+".checksum", "%q is not one of %s", in.Checksum, checksumModes.names())
 		}
 	case 2:
-		if iv < time.Second || iv > 255*time.Second || iv%time.Second != 0 {
-			v.errf(p+".advert_interval", "%s is not a whole number of seconds from 1s to 255s (VRRPv2)", iv)
-		}
-		if len(in.AuthPass) > 8 {
-			v.errf(p+".auth_pass", "password is %d characters; VRRPv2 carries at most 8", len(in.AuthPass))
+		if len(in.AuthPass) > vrrp.MaxAuthPass {
+			v.errf(p+".auth_pass", "password is %d characters; VRRPv2 carries at most %d", len(in.AuthPass), vrrp.MaxAuthPass)
 		}
 		if in.Checksum != "keepalived" {
 			v.errf(p+".checksum", "checksum form applies only to VRRPv3")

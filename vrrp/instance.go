@@ -103,8 +103,8 @@ func (c *Config) validate() error {
 		return errors.New("no virtual_ipaddress")
 	case len(c.VIPs) > 255:
 		return errors.New("more than 255 virtual addresses")
-	case len(c.AuthPass) > 8:
-		return errors.New("auth_pass longer than 8 bytes")
+	case len(c.AuthPass) > MaxAuthPass:
+		return fmt.Errorf("auth_pass longer than %d bytes", MaxAuthPass)
 	case c.AuthPass != "" && c.Version != 2:
 		return errors.New("auth_pass needs version 2 (VRRPv3 has no authentication)")
 	case c.UnicastSrc.IsValid() && !c.UnicastSrc.Is4():
@@ -114,12 +114,8 @@ func (c *Config) validate() error {
 	case c.NotifyTimeout <= 0:
 		return errors.New("notify timeout must be positive")
 	}
-	if c.Version == 3 {
-		if c.AdvertInterval < 10*time.Millisecond || c.AdvertInterval > 4095*10*time.Millisecond || c.AdvertInterval%(10*time.Millisecond) != 0 {
-			return fmt.Errorf("advert_interval %v: VRRPv3 needs a multiple of 10ms from 10ms to 40.95s", c.AdvertInterval)
-		}
-	} else if c.AdvertInterval < time.Second || c.AdvertInterval > 255*time.Second || c.AdvertInterval%time.Second != 0 {
-		return fmt.Errorf("advert_interval %v: VRRPv2 needs whole seconds from 1s to 255s", c.AdvertInterval)
+	if err := CheckAdvertInterval(c.Version, c.AdvertInterval); err != nil {
+		return fmt.Errorf("advert_interval %w", err)
 	}
 	for _, v := range c.VIPs {
 		if !v.Addr().Is4() {
@@ -130,6 +126,32 @@ func (c *Config) validate() error {
 		if !p.Is4() {
 			return fmt.Errorf("unicast peer %s is not IPv4", p)
 		}
+	}
+	return nil
+}
+
+// MaxAuthPass is the longest VRRPv2 simple password: its 8-byte field.
+const MaxAuthPass = len(Advert{}.AuthData)
+
+// CheckAdvertInterval says why d cannot be the advert interval of a VRRP
+// version (2 or 3) router, nil if it can: v3 carries centiseconds in 12
+// bits, v2 whole seconds in 8.
+func CheckAdvertInterval(version int, d time.Duration) error {
+	const cs = 10 * time.Millisecond
+	switch version {
+	case 3:
+		if d < cs || d > 4095*cs {
+			return fmt.Errorf("%s is outside 10ms-40.95s (VRRPv3)", d)
+		}
+		if d%cs != 0 {
+			return fmt.Errorf("%s is not a multiple of 10ms (VRRPv3 counts in centiseconds)", d)
+		}
+	case 2:
+		if d < time.Second || d > 255*time.Second || d%time.Second != 0 {
+			return fmt.Errorf("%s is not a whole number of seconds from 1s to 255s (VRRPv2)", d)
+		}
+	default:
+		return fmt.Errorf("version %d: must be 2 or 3", version)
 	}
 	return nil
 }

@@ -225,3 +225,24 @@ func TestMasterAnswers(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckAdvertInterval: the intervals each version's field can carry,
+// at the edges (conf reports these on advert_interval; New refuses them).
+func TestCheckAdvertInterval(t *testing.T) {
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		version int
+		d       time.Duration
+		ok      bool
+	}{
+		{3, 10 * ms, true}, {3, 40950 * ms, true}, {3, 100 * ms, true},
+		{3, 0, false}, {3, 9 * ms, false}, {3, 40960 * ms, false}, {3, 15 * ms, false},
+		{2, time.Second, true}, {2, 255 * time.Second, true},
+		{2, 0, false}, {2, 1500 * ms, false}, {2, 256 * time.Second, false},
+		{4, time.Second, false},
+	} {
+		if err := CheckAdvertInterval(tc.version, tc.d); (err == nil) != tc.ok {
+			t.Errorf("v%d %v: err %v, want ok=%v", tc.version, tc.d, err, tc.ok)
+		}
+	}
+}
