@@ -3,36 +3,24 @@ package lvs_test
 import (
 	"bytes"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/lvsha/lvsha/internal/testenv/transcript"
 	"github.com/lvsha/lvsha/lvs"
 	"github.com/lvsha/lvsha/lvs/lvstest"
 )
 
-var update = flag.Bool("update", false, "rewrite the expected output of testdata/*.txt")
-
 // TestTranscript runs each testdata/*.txt against a reconciler over
 // production's IPVS kernel on lvstest's table, and compares the output of
-// every command exactly (`go test ./lvs -run Transcript -update` rewrites
-// it). A file is a sequence of blocks, etcd raft's interaction tests'
-// layout:
-//
-//	command
-//	input lines
-//	----
-//	output lines
-//
-// separated by blank lines; lines starting with # are comments. Commands:
+// every command exactly, in the layout of internal/testenv/transcript
+// (`go test ./lvs -run Transcript -update` rewrites the outputs). Commands:
 //
 //   - apply: input is the desired table, one service a line ("KEY SCHED
 //     [dr|nat|tun] [persistence=DUR] [quorum=N] [sorry=ADDR] [remove]") each
@@ -48,116 +36,43 @@ var update = flag.Bool("update", false, "rewrite the expected output of testdata
 //     fails with ERRNO (no input: nothing fails).
 //   - snapshot: Reconciler.Snapshot as the status shows it.
 func TestTranscript(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no transcripts: %v", err)
-	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".txt"), func(t *testing.T) {
-			runTranscript(t, file)
-		})
-	}
+	transcript.Run(t, "testdata/*.txt", func(t *testing.T) func(transcript.Block) []string {
+		var logs bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}}))
+		f, k := lvstest.New(t)
+		r := lvs.NewReconciler(k, log)
+		return func(b transcript.Block) []string {
+			logs.Reset()
+			f.Reset()
+			return runCommand(t, f, r, b, &logs)
+		}
+	})
 }
 
-type block struct {
-	pre    []string // comments and blank lines before the command
-	cmd    string
-	input  []string
-	output []string
-}
-
-func parseTranscript(t *testing.T, text string) []block {
-	var blocks []block
-	var cur block
-	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
-	for i := 0; i < len(lines); i++ {
-		l := lines[i]
-		if l == "" || strings.HasPrefix(l, "#") {
-			cur.pre = append(cur.pre, l)
-			continue
-		}
-		cur.cmd = l
-		for i++; i < len(lines) && lines[i] != "----"; i++ {
-			cur.input = append(cur.input, lines[i])
-		}
-		if i == len(lines) {
-			t.Fatalf("command %q: no ----", cur.cmd)
-		}
-		for i++; i < len(lines) && lines[i] != ""; i++ {
-			cur.output = append(cur.output, lines[i])
-		}
-		blocks = append(blocks, cur)
-		cur = block{}
-	}
-	return blocks
-}
-
-func runTranscript(t *testing.T, file string) {
-	text, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blocks := parseTranscript(t, string(text))
-	var logs bytes.Buffer
-	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
-		if a.Key == slog.TimeKey {
-			return slog.Attr{}
-		}
-		return a
-	}}))
-	f, k := lvstest.New(t)
-	r := lvs.NewReconciler(k, log)
-	var out strings.Builder
-	failed := false
-	for _, b := range blocks {
-		logs.Reset()
-		f.Reset()
-		got := runCommand(t, f, r, b, &logs)
-		for _, l := range b.pre {
-			out.WriteString(l + "\n")
-		}
-		out.WriteString(b.cmd + "\n")
-		for _, l := range b.input {
-			out.WriteString(l + "\n")
-		}
-		out.WriteString("----\n")
-		for _, l := range got {
-			out.WriteString(l + "\n")
-		}
-		out.WriteString("\n")
-		if !*update && strings.Join(got, "\n") != strings.Join(b.output, "\n") {
-			failed = true
-			t.Errorf("%s: %s\ngot:\n%s\nwant:\n%s", file, b.cmd, strings.Join(got, "\n"), strings.Join(b.output, "\n"))
-		}
-	}
-	if *update {
-		if err := os.WriteFile(file, []byte(strings.TrimRight(out.String(), "\n")+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	} else if failed {
-		t.Log("rewrite with: go test ./lvs -run Transcript -update")
-	}
-}
-
-func runCommand(t *testing.T, f *lvstest.Table, r *lvs.Reconciler, b block, logs *bytes.Buffer) []string {
+func runCommand(t *testing.T, f *lvstest.Table, r *lvs.Reconciler, b transcript.Block, logs *bytes.Buffer) []string {
 	t.Helper()
-	cmd, args, _ := strings.Cut(b.cmd, " ")
+	cmd, args, _ := strings.Cut(b.Cmd, " ")
 	switch cmd {
 	case "apply":
-		rep, err := r.Apply(parseServices(t, b.input))
+		rep, err := r.Apply(parseServices(t, b.Input))
 		return renderRun(f, rep, err, logs)
 	case "repair":
 		rep, err := r.Repair()
 		return renderRun(f, rep, err, logs)
 	case "kernel":
-		for _, l := range b.input {
+		for _, l := range b.Input {
 			if err := driftLine(f, l); err != nil {
 				t.Fatalf("kernel %q: %v", l, err)
 			}
 		}
 		return renderTable(f)
 	case "fail":
-		if len(b.input) == 0 {
+		if len(b.Input) == 0 {
 			f.SetFail(nil)
 			return nil
 		}
@@ -165,7 +80,7 @@ func runCommand(t *testing.T, f *lvstest.Table, r *lvs.Reconciler, b block, logs
 		if !ok {
 			t.Fatalf("fail: unknown errno %q", args)
 		}
-		subs := b.input
+		subs := b.Input
 		f.SetFail(func(call string) error {
 			for _, s := range subs {
 				if strings.Contains(call, s) {
@@ -196,7 +111,7 @@ func runCommand(t *testing.T, f *lvstest.Table, r *lvs.Reconciler, b block, logs
 		}
 		return out
 	}
-	t.Fatalf("unknown command %q", b.cmd)
+	t.Fatalf("unknown command %q", b.Cmd)
 	return nil
 }
 

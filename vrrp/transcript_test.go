@@ -1,31 +1,24 @@
 package vrrp
 
 import (
-	"flag"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-)
 
-var update = flag.Bool("update", false, "rewrite the transcripts in testdata/*.txt")
+	"github.com/lvsha/lvsha/internal/testenv/transcript"
+)
 
 // TestTranscript replays each testdata/*.txt against pure Machines on a
 // simulated link and compares, exactly, what they do with what the file
-// says. The file is its own script: lines starting with "> " are commands,
-// lines starting with "#" and blank lines are kept as they are, and every
-// other line is output, rewritten with -update:
-//
-//	go test ./vrrp -run Transcript -update
-//
-// Each input to a machine (event or received packet) is one line with the
-// virtual time and the node; the actions it returned follow, one a line,
-// indented, in order. The commands:
+// says, in the layout of internal/testenv/transcript (command, ----, the
+// output it produced; `go test ./vrrp -run Transcript -update` rewrites the
+// outputs). Each input to a machine (event or received packet) is one line
+// with the virtual time and the node; the actions it returned follow, one a
+// line, indented, in order. The commands:
 //
 //	node NAME [prio=N] [ip=A] [version=2|3] [interval=D] [preempt=BOOL]
 //	     [preempt-delay=D] [garp-delay=D] [garp-refresh=D] [track=IF:W,...]
@@ -46,79 +39,23 @@ var update = flag.Bool("update", false, "rewrite the transcripts in testdata/*.t
 //	status [NAME...]                               the state of the nodes
 //
 // Adverts a node sends reach the other nodes on the link (with peers, the
-// peers) at once, in the order they were sent; timers due at the same time fire in node order, then
-// in TimerKind order.
+// peers) at once, in the order they were sent; timers due at the same time
+// fire in node order, then in TimerKind order.
 func TestTranscript(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no transcripts: %v", err)
-	}
-	for _, path := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(path), ".txt"), func(t *testing.T) {
-			b, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := replay(t, string(b))
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if got != string(b) {
-				t.Errorf("%s differs (rewrite with -update if the change is right):\n%s", path, lineDiff(string(b), got))
-			}
-		})
-	}
-}
-
-// replay runs the commands of a transcript and returns it with fresh output.
-func replay(t *testing.T, script string) string {
-	t.Helper()
-	n := &simNet{t: t, now: t0}
-	var out strings.Builder
-	for i, line := range strings.Split(strings.TrimSuffix(script, "\n"), "\n") {
-		switch {
-		case strings.HasPrefix(line, "> "):
-			out.WriteString(line + "\n")
+	transcript.Run(t, "testdata/*.txt", func(t *testing.T) func(transcript.Block) []string {
+		n := &simNet{t: t, now: t0}
+		return func(b transcript.Block) []string {
+			var out strings.Builder
 			n.out = &out
-			if err := n.command(strings.Fields(line[2:])); err != nil {
-				t.Fatalf("line %d: %s: %v", i+1, line, err)
+			if err := n.command(strings.Fields(b.Cmd)); err != nil {
+				t.Fatalf("line %d: %s: %v", b.Line, b.Cmd, err)
 			}
-		case line == "" || strings.HasPrefix(line, "#"):
-			out.WriteString(line + "\n")
-		}
-	}
-	return out.String()
-}
-
-// lineDiff shows the first lines where two texts differ.
-func lineDiff(want, got string) string {
-	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
-	for i := range max(len(w), len(g)) {
-		var wl, gl string
-		if i < len(w) {
-			wl = w[i]
-		}
-		if i < len(g) {
-			gl = g[i]
-		}
-		if wl != gl {
-			end := min(i+8, max(len(w), len(g)))
-			var b strings.Builder
-			fmt.Fprintf(&b, "first difference at line %d\n--- want\n", i+1)
-			for _, l := range w[i:min(end, len(w))] {
-				b.WriteString("  " + l + "\n")
+			if out.Len() == 0 {
+				return nil
 			}
-			b.WriteString("+++ got\n")
-			for _, l := range g[i:min(end, len(g))] {
-				b.WriteString("  " + l + "\n")
-			}
-			return b.String()
+			return strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
 		}
-	}
-	return ""
+	})
 }
 
 // simNode is one router of the simulated link.
