@@ -95,15 +95,17 @@ func runRealserver(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "realserver up: %s on lo, ARP suppressed on all and %s\n", addrList(cfg.VIPs), cfg.Interface)
 	case "down":
-		err := realserver.Down(ctx, cfg, opts)
-		if err != nil && !errors.Is(err, realserver.ErrNoState) {
+		rep, err := realserver.Down(ctx, cfg, opts)
+		printDown(stdout, rep)
+		switch {
+		case errors.Is(err, realserver.ErrNoState):
+			// Nothing was changed, which is the safe outcome; say so and
+			// let a stop succeed (a down after a down lands here too).
+			fmt.Fprintf(stderr, "lvsha: realserver down: %v\n", err)
+		case err != nil:
 			fmt.Fprintf(stderr, "lvsha: realserver down: %v\n", err)
 			return exitFail
 		}
-		if err != nil {
-			fmt.Fprintf(stderr, "lvsha: realserver down: VIPs removed, but %v\n", err)
-		}
-		fmt.Fprintf(stdout, "realserver down: %s removed from lo\n", addrList(cfg.VIPs))
 	case "status":
 		problems, err := realserver.Status(ctx, cfg, opts)
 		if err != nil {
@@ -120,6 +122,27 @@ func runRealserver(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "realserver status: OK (%s on lo, ARP suppressed on %s)\n", addrList(cfg.VIPs), cfg.Interface)
 	}
 	return exitOK
+}
+
+// printDown says what realserver down did and what it left.
+func printDown(w io.Writer, rep realserver.Report) {
+	var did []string
+	if len(rep.Removed) > 0 {
+		did = append(did, "removed "+addrList(rep.Removed)+" from lo")
+	}
+	if len(rep.Rescoped) > 0 {
+		did = append(did, "gave "+addrList(rep.Rescoped)+" on lo back its scope global")
+	}
+	if len(rep.Restored) > 0 {
+		did = append(did, "restored "+strings.Join(rep.Restored, " "))
+	}
+	if len(did) == 0 {
+		did = append(did, "nothing undone")
+	}
+	fmt.Fprintf(w, "realserver down: %s\n", strings.Join(did, "; "))
+	for _, l := range rep.Left {
+		fmt.Fprintf(w, "realserver down: %s\n", l)
+	}
 }
 
 func addrList(as []netip.Addr) string {

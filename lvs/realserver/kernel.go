@@ -20,17 +20,32 @@ type Addr struct {
 	// HostScope is true for scope host (RT_SCOPE_HOST), the scope Up gives a
 	// VIP so the kernel never picks it as a source address for other traffic.
 	HostScope bool
+	// Label is the address label ("lo:vip"); "" is the default, the
+	// interface's name.
+	Label string
+	// Flags are the IFA_F_* flags an administrator can set (noprefixroute,
+	// ...), without those the kernel derives itself (secondary, permanent,
+	// deprecated).
+	Flags uint32
 }
 
 // Addresses is the part of the kernel that holds interface addresses.
 type Addresses interface {
 	// Addrs lists every IPv4 address on every interface.
 	Addrs() ([]Addr, error)
-	// AddAddr adds a, or replaces it (its scope) if it is already there.
+	// AddAddr adds a. An address with the same prefix already on the
+	// interface is left as it is: the kernel's replace changes neither its
+	// scope, nor its label, nor its flags.
 	AddAddr(a Addr) error
-	// DelAddr removes a; removing an absent address is not an error.
+	// DelAddr removes the address with a's prefix from a's interface;
+	// removing an absent address is not an error.
 	DelAddr(a Addr) error
 }
+
+// derivedFlags are the IFA_F_* flags the kernel sets itself (from the order
+// of addresses and their lifetimes); they are not part of what an address
+// was configured with.
+const derivedFlags = unix.IFA_F_SECONDARY | unix.IFA_F_PERMANENT | unix.IFA_F_DEPRECATED
 
 // Sysctls reads and writes kernel parameters. Keys are paths below
 // /proc/sys, e.g. "net/ipv4/conf/eth0/arp_ignore".
@@ -114,10 +129,16 @@ func (h *Host) Addrs() ([]Addr, error) {
 				out = nil
 				break
 			}
+			label := a.Label
+			if label == name {
+				label = ""
+			}
 			out = append(out, Addr{
 				Interface: name,
 				Prefix:    netip.PrefixFrom(ip.Unmap(), ones),
 				HostScope: a.Scope == unix.RT_SCOPE_HOST,
+				Label:     label,
+				Flags:     uint32(a.Flags) &^ derivedFlags,
 			})
 		}
 		if out != nil {
@@ -140,10 +161,13 @@ func (h *Host) nlAddr(a Addr) (netlink.Link, *netlink.Addr, error) {
 	return link, &netlink.Addr{
 		IPNet: &net.IPNet{IP: ip, Mask: net.CIDRMask(a.Prefix.Bits(), 8*len(ip))},
 		Scope: scope,
+		Label: a.Label,
+		Flags: int(a.Flags),
 	}, nil
 }
 
-// AddAddr adds or replaces a (idempotent).
+// AddAddr adds a, or leaves an address with its prefix as it is
+// (idempotent).
 func (h *Host) AddAddr(a Addr) error {
 	link, na, err := h.nlAddr(a)
 	if err != nil {
@@ -155,8 +179,12 @@ func (h *Host) AddAddr(a Addr) error {
 	return nil
 }
 
-// DelAddr removes a; an address that is not there is not an error.
+// DelAddr removes the address with a's prefix; an address that is not
+// there is not an error.
 func (h *Host) DelAddr(a Addr) error {
+	// By prefix only: the kernel would also match a label, and a's may not
+	// be the live address's.
+	a.Label, a.Flags = "", 0
 	link, na, err := h.nlAddr(a)
 	if err != nil {
 		return err

@@ -58,7 +58,11 @@ func runHelper(op string) error {
 	case "up":
 		return Up(ctx, cfg, opts)
 	case "down":
-		return Down(ctx, cfg, opts)
+		rep, err := Down(ctx, cfg, opts)
+		if jerr := json.NewEncoder(os.Stdout).Encode(rep); jerr != nil {
+			return jerr
+		}
+		return err
 	case "status":
 		ps, err := Status(ctx, cfg, opts)
 		if err != nil {
@@ -296,6 +300,9 @@ func TestRealServerInNamespaces(t *testing.T) {
 	if got := l.arpReply(t, labVIP.String(), 5*time.Second); got != rsMAC {
 		t.Fatalf("control: ARP for the VIP on an unconfigured host got %q, want %s", got, rsMAC)
 	}
+	// Gone again, so the VIP below is one up adds (down keeps one it found:
+	// TestRealServerDownKeepsWhatUpFound).
+	ipCmd(t, "-n", l.rs, "addr", "del", labVIP.String()+"/32", "dev", "lo")
 
 	l.mustHelper(t, l.rs, "up")
 	if got, want := l.addrs(t, "lo"), []string{"10.94.0.200/32 scope host", "127.0.0.1/8 scope host"}; !slices.Equal(got, want) {

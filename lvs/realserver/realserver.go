@@ -2,9 +2,9 @@
 // each VIP on lo as a /32 with host scope, so the host accepts packets sent
 // to the VIP, and sets ARP suppression (arp_ignore, arp_announce) so the host
 // never answers ARP for the VIP nor announces it: only the director may own
-// the VIP on the wire. Up applies that and remembers the sysctl values it
-// found in a state file; Down removes the VIPs and restores those values;
-// Status compares the live host with the config.
+// the VIP on the wire. Up applies that and records in a state file exactly
+// what it changed; Down undoes exactly that and nothing else; Status
+// compares the live host with the config.
 package realserver
 
 import (
@@ -15,21 +15,18 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
-	"path/filepath"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
 )
 
-// DefaultStateDir is where the state file lives unless Options says otherwise.
-const DefaultStateDir = "/run/lvsha"
-
 // loopback is where the VIPs go.
 const loopback = "lo"
 
-// ErrNoState is returned (wrapped) by Down when there was no state file, so
-// it removed the VIPs but could not restore the sysctls.
-var ErrNoState = errors.New("no state file: sysctls not restored")
+// ErrNoState is returned (wrapped) by Down when there was no state file:
+// with no record of what Up changed, Down changed nothing.
+var ErrNoState = errors.New("no state file: nothing undone")
 
 // Config is what a real server needs: its VIPs and the client-facing
 // interface whose ARP behaviour must be suppressed.
@@ -148,24 +145,39 @@ func vipAddr(v netip.Addr) Addr {
 
 // env resolves Options into a kernel, a logger and the state path; done
 // closes a kernel it opened.
-func (o Options) env() (k Kernel, log *slog.Logger, statePath string, done func(), err error) {
-	dir := o.StateDir
-	if dir == "" {
-		dir = DefaultStateDir
-	}
+func (o Options) env() (k Kernel, log *slog.Logger, path string, done func(), err error) {
 	log = o.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	log = log.With("component", "realserver")
 	if o.Kernel != nil {
-		return o.Kernel, log, filepath.Join(dir, StateFile), func() {}, nil
+		return o.Kernel, log, stateFileIn(o.StateDir), func() {}, nil
 	}
 	h, err := NewHost()
 	if err != nil {
 		return nil, nil, "", nil, err
 	}
-	return h, log, filepath.Join(dir, StateFile), func() { h.Close() }, nil
+	return h, log, stateFileIn(o.StateDir), func() { h.Close() }, nil
+}
+
+// setBy is the value Up writes to key, false for a key Up does not manage.
+func setBy(key string) (string, bool) {
+	i := slices.IndexFunc(params, func(p param) bool { return p.name == path.Base(key) })
+	if i < 0 {
+		return "", false
+	}
+	return strconv.Itoa(params[i].want), true
+}
+
+// onLo finds v as a /32 on lo.
+func onLo(addrs []Addr, v netip.Addr) (Addr, bool) {
+	want := netip.PrefixFrom(v, 32)
+	i := slices.IndexFunc(addrs, func(a Addr) bool { return a.Interface == loopback && a.Prefix == want })
+	if i < 0 {
+		return Addr{}, false
+	}
+	return addrs[i], true
 }
 
 // readInt reads a sysctl as an integer; a missing key of the interface
@@ -182,10 +194,15 @@ func readInt(k Kernel, key string) (string, int, error) {
 	return s, n, nil
 }
 
-// Up configures the host as a real server for cfg. It is idempotent. The
-// sysctl values found before the first Up are saved before anything changes
-// (a later Up keeps them). If a step fails, Up undoes what it changed and
-// returns an error naming the step.
+// Up configures the host as a real server for cfg. It is idempotent. What
+// it is about to change is recorded in the state file before it changes
+// anything: the VIPs it adds, the VIPs it moves from scope global to host
+// (with their label and flags), the sysctls it writes (with their values
+// before). What is already as it should be is left alone and not recorded,
+// so Down leaves it too. A record from an earlier Up is kept as it is: the
+// second Up sees the first one's VIP and sysctls in place, and they stay
+// the first Up's changes, not things that were there before. If a step
+// fails, Up undoes what it changed and returns an error naming the step.
 func Up(ctx context.Context, cfg Config, opts Options) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("realserver up: config: %w", err)
@@ -239,8 +256,7 @@ func Up(ctx context.Context, cfg Config, opts Options) (err error) {
 		return fmt.Errorf("realserver up: list addresses: %w", err)
 	}
 
-	// Step 2: remember the originals before changing them. A state file from
-	// an earlier Up already holds the true originals: keep those.
+	// Step 2: decide what to change and record it before changing anything.
 	st, oldBytes, rerr := readState(statePath)
 	switch {
 	case errors.Is(rerr, fs.ErrNotExist):
@@ -248,12 +264,45 @@ func Up(ctx context.Context, cfg Config, opts Options) (err error) {
 	case rerr != nil:
 		return fmt.Errorf("realserver up: read state: %w", rerr)
 	}
+	var writes []managed
 	for _, kp := range keys {
+		n, _ := strconv.Atoi(current[kp.key])
+		if kp.p.ok(n) {
+			continue
+		}
+		writes = append(writes, kp)
 		if _, ok := st.Sysctls[kp.key]; !ok {
 			st.Sysctls[kp.key] = current[kp.key]
 		}
 	}
-	st.VIPs = vips(st.VIPs, cfg.VIPs)
+	// Each VIP is either left as it is, added, or rescoped: the global
+	// address prev is replaced by the same one with scope host.
+	type vipChange struct {
+		v    netip.Addr
+		prev Addr
+		add  bool
+	}
+	var changes []vipChange
+	for _, v := range vips(cfg.VIPs) {
+		prev, found := onLo(addrs, v)
+		recorded := st.records(v)
+		switch {
+		case found && prev.HostScope:
+			if !recorded {
+				log.Info("VIP already on lo with scope host: left as it is, down keeps it", "vip", v)
+			}
+		case found:
+			changes = append(changes, vipChange{v: v, prev: prev})
+			if !recorded {
+				st.Rescoped = append(st.Rescoped, rescoped{VIP: v, Label: prev.Label, Flags: prev.Flags})
+			}
+		default:
+			changes = append(changes, vipChange{v: v, add: true})
+			if !recorded {
+				st.VIPs = append(st.VIPs, v)
+			}
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("realserver up: %w", err)
 	}
@@ -264,13 +313,9 @@ func Up(ctx context.Context, cfg Config, opts Options) (err error) {
 
 	// Step 3: ARP suppression before the VIPs exist, so there is no moment
 	// when the host would answer ARP for a VIP on lo.
-	for _, kp := range keys {
+	for _, kp := range writes {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("realserver up: %w", err)
-		}
-		n, _ := strconv.Atoi(current[kp.key])
-		if kp.p.ok(n) {
-			continue
 		}
 		want := strconv.Itoa(kp.p.want)
 		if err := k.WriteSysctl(kp.key, want); err != nil {
@@ -282,108 +327,223 @@ func Up(ctx context.Context, cfg Config, opts Options) (err error) {
 	}
 
 	// Step 4: the VIPs on lo.
-	for _, v := range vips(cfg.VIPs) {
+	for _, c := range changes {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("realserver up: %w", err)
 		}
-		want := vipAddr(v)
-		i := slices.IndexFunc(addrs, func(a Addr) bool { return a.Interface == loopback && a.Prefix == want.Prefix })
-		if i >= 0 && addrs[i].HostScope {
-			continue
-		}
-		if i >= 0 {
+		want := vipAddr(c.v)
+		if !c.add {
 			// The kernel's replace does not change an address's scope:
-			// remove the global-scope copy, then add ours.
-			prev := addrs[i]
+			// remove the global one, then add it back with scope host,
+			// keeping its label and flags.
+			prev := c.prev
 			if err := k.DelAddr(prev); err != nil {
-				return fmt.Errorf("realserver up: rescope VIP %s on lo: %w", v, err)
+				return fmt.Errorf("realserver up: rescope VIP %s on lo: %w", c.v, err)
 			}
 			undo = append(undo, func() error { return k.AddAddr(prev) })
+			want.Label, want.Flags = prev.Label, prev.Flags
 		}
 		if err := k.AddAddr(want); err != nil {
-			return fmt.Errorf("realserver up: add VIP %s to lo: %w", v, err)
+			return fmt.Errorf("realserver up: add VIP %s to lo: %w", c.v, err)
 		}
 		undo = append(undo, func() error { return k.DelAddr(want) })
-		log.Info("added VIP", "vip", v, "interface", loopback)
+		if c.add {
+			log.Info("added VIP", "vip", c.v, "interface", loopback)
+		} else {
+			log.Info("changed VIP scope from global to host", "vip", c.v, "interface", loopback)
+		}
 	}
 	return nil
 }
 
-// Down removes the VIPs (those of cfg and those Up recorded) from lo and
-// restores the sysctls saved by Up, then deletes the state file. It does
-// all it can even when a step fails and keeps the state file if a restore
-// failed, so running it again finishes the job. Without a state file it
-// still removes the VIPs and returns an error wrapping ErrNoState.
-func Down(ctx context.Context, cfg Config, opts Options) error {
+// Report says what Down did and what it left as it was.
+type Report struct {
+	// Removed are the VIPs Up had added, now gone from lo.
+	Removed []netip.Addr
+	// Rescoped are the VIPs that had scope global before Up and have it
+	// again.
+	Rescoped []netip.Addr
+	// Restored are the sysctls put back, as KEY=VALUE in sysctl(8)'s
+	// spelling.
+	Restored []string
+	// Left says, a sentence each, what Down did not touch and why.
+	Left []string
+}
+
+func (r *Report) leave(format string, args ...any) {
+	r.Left = append(r.Left, fmt.Sprintf(format, args...))
+}
+
+// Down undoes what Up recorded, and nothing else: it removes the VIPs Up
+// added, gives back their global scope to the VIPs Up rescoped, and puts
+// back each sysctl Up wrote that still holds the value Up wrote (one
+// changed since is someone else's and stays). A VIP of cfg that Up found on
+// lo stays there. Down does all it can when a step fails and keeps in the
+// state file what is still to undo, so running it again finishes the job;
+// while a VIP it should have removed is still on lo it leaves ARP
+// suppression in place.
+//
+// Without a state file (a reboot cleared /run, or Down ran already) there
+// is no telling what Up changed: Down changes nothing, says in the report
+// what it left, and returns an error wrapping ErrNoState. Removing the
+// VIPs could take away addresses someone else put there; restoring
+// sysctls it never saw could make the host answer ARP for a VIP still on
+// lo and steal the director's traffic.
+func Down(ctx context.Context, cfg Config, opts Options) (Report, error) {
+	var rep Report
 	if err := cfg.validateVIPs(); err != nil {
-		return fmt.Errorf("realserver down: config: %w", err)
+		return rep, fmt.Errorf("realserver down: config: %w", err)
 	}
 	k, log, statePath, done, err := opts.env()
 	if err != nil {
-		return fmt.Errorf("realserver down: %w", err)
+		return rep, fmt.Errorf("realserver down: %w", err)
 	}
 	defer done()
 	unlock, err := lockState(statePath)
 	if err != nil {
-		return fmt.Errorf("realserver down: state: %w", err)
+		return rep, fmt.Errorf("realserver down: state: %w", err)
 	}
 	defer unlock()
 
 	st, _, err := readState(statePath)
 	noState := errors.Is(err, fs.ErrNotExist)
 	if err != nil && !noState {
-		return fmt.Errorf("realserver down: read state: %w", err)
+		return rep, fmt.Errorf("realserver down: read state: %w", err)
 	}
-	if noState {
-		st = &state{}
-	}
-
-	var errs []error
 	addrs, err := k.Addrs()
 	if err != nil {
-		return fmt.Errorf("realserver down: list addresses: %w", err)
+		return rep, fmt.Errorf("realserver down: list addresses: %w", err)
 	}
-	for _, v := range vips(cfg.VIPs, st.VIPs) {
-		a := vipAddr(v)
-		if !slices.ContainsFunc(addrs, func(b Addr) bool { return b.Interface == loopback && b.Prefix == a.Prefix }) {
+	if noState {
+		for _, v := range vips(cfg.VIPs) {
+			if _, ok := onLo(addrs, v); ok {
+				rep.leave("VIP %s left on lo: no record that up added it", v)
+			}
+		}
+		rep.leave("ARP sysctls left as they are: no record of their values before up")
+		log.Warn("no state file: nothing undone", "path", statePath, "left", rep.Left)
+		return rep, fmt.Errorf("realserver down: %s: %w", statePath, ErrNoState)
+	}
+
+	// left is what is still to undo when Down returns.
+	left := &state{Sysctls: map[string]string{}}
+	var errs []error
+	// VIPs first, the reverse of Up, so there is no moment with a VIP Up
+	// added on lo and ARP not suppressed.
+	for _, v := range st.VIPs {
+		if ctx.Err() != nil {
+			left.VIPs = append(left.VIPs, v)
+			continue
+		}
+		a, ok := onLo(addrs, v)
+		if !ok {
 			continue
 		}
 		if err := k.DelAddr(a); err != nil {
+			left.VIPs = append(left.VIPs, v)
 			errs = append(errs, fmt.Errorf("remove VIP %s from lo: %w", v, err))
 			continue
 		}
+		rep.Removed = append(rep.Removed, v)
 		log.Info("removed VIP", "vip", v, "interface", loopback)
 	}
+	for _, r := range st.Rescoped {
+		if ctx.Err() != nil {
+			left.Rescoped = append(left.Rescoped, r)
+			continue
+		}
+		cur, ok := onLo(addrs, r.VIP)
+		switch {
+		case !ok:
+			rep.leave("VIP %s is no longer on lo: not put back", r.VIP)
+			continue
+		case !cur.HostScope:
+			continue // already global again
+		}
+		if err := k.DelAddr(cur); err != nil {
+			left.Rescoped = append(left.Rescoped, r)
+			errs = append(errs, fmt.Errorf("restore scope global of VIP %s on lo: %w", r.VIP, err))
+			continue
+		}
+		if err := k.AddAddr(r.addr()); err != nil {
+			// Put the host-scope VIP back so a retry finds it as Up left it.
+			left.Rescoped = append(left.Rescoped, r)
+			errs = append(errs, fmt.Errorf("restore scope global of VIP %s on lo: %w", r.VIP, err))
+			if aerr := k.AddAddr(cur); aerr != nil {
+				errs = append(errs, fmt.Errorf("put back VIP %s on lo: %w", r.VIP, aerr))
+			}
+			continue
+		}
+		rep.Rescoped = append(rep.Rescoped, r.VIP)
+		log.Info("changed VIP scope back from host to global", "vip", r.VIP, "interface", loopback)
+	}
+	vipsLeft := len(left.VIPs) > 0 || len(left.Rescoped) > 0
+	for _, key := range slices.Sorted(maps.Keys(st.Sysctls)) {
+		prev := st.Sysctls[key]
+		if err := ctx.Err(); err != nil || vipsLeft {
+			// A VIP still on lo needs ARP suppression.
+			left.Sysctls[key] = prev
+			continue
+		}
+		cur, err := k.ReadSysctl(key)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			rep.leave("%s no longer exists (interface gone): nothing to restore", displayKey(key))
+			continue
+		case err != nil:
+			left.Sysctls[key] = prev
+			errs = append(errs, fmt.Errorf("read %s: %w", displayKey(key), err))
+			continue
+		case cur == prev:
+			continue
+		}
+		set, ok := setBy(key)
+		switch {
+		case !ok:
+			rep.leave("%s left at %s: not a sysctl up manages", displayKey(key), cur)
+			continue
+		case cur != set:
+			rep.leave("%s left at %s: up set it to %s (was %s), someone changed it since", displayKey(key), cur, set, prev)
+			continue
+		}
+		if err := k.WriteSysctl(key, prev); err != nil {
+			left.Sysctls[key] = prev
+			errs = append(errs, fmt.Errorf("restore %s=%s: %w", displayKey(key), prev, err))
+			continue
+		}
+		rep.Restored = append(rep.Restored, displayKey(key)+"="+prev)
+		log.Info("restored sysctl", "key", displayKey(key), "from", cur, "to", prev)
+	}
+	for _, v := range vips(cfg.VIPs) {
+		if _, ok := onLo(addrs, v); !ok || st.records(v) {
+			continue
+		}
+		if len(rep.Restored) > 0 {
+			rep.leave("VIP %s left on lo: up did not put it there (with ARP suppression undone the host answers ARP for it, as it did before up)", v)
+		} else {
+			rep.leave("VIP %s left on lo: up did not put it there", v)
+		}
+	}
+	if vipsLeft && len(st.Sysctls) > 0 {
+		errs = append(errs, errors.New("ARP sysctls not restored while a VIP up put on lo is still there"))
+	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("realserver down: %w", errors.Join(append(errs, err)...))
+		errs = append(errs, err)
 	}
 
-	if noState {
-		return fmt.Errorf("realserver down: %w", errors.Join(append(errs, fmt.Errorf("%s: %w", statePath, ErrNoState))...))
+	var serr error
+	if left.empty() {
+		serr = restoreFile(statePath, nil)
+	} else {
+		serr = writeState(statePath, left)
 	}
-	restoreFailed := false
-	for _, key := range slices.Sorted(maps.Keys(st.Sysctls)) {
-		want := st.Sysctls[key]
-		cur, err := k.ReadSysctl(key)
-		if err == nil && cur == want {
-			continue
-		}
-		if err := k.WriteSysctl(key, want); err != nil {
-			restoreFailed = true
-			errs = append(errs, fmt.Errorf("restore %s=%s: %w", displayKey(key), want, err))
-			continue
-		}
-		log.Info("restored sysctl", "key", displayKey(key), "from", cur, "to", want)
-	}
-	if !restoreFailed {
-		if err := restoreFile(statePath, nil); err != nil {
-			errs = append(errs, fmt.Errorf("remove state: %w", err))
-		}
+	if serr != nil {
+		errs = append(errs, fmt.Errorf("save what is left to undo in %s: %w", statePath, serr))
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("realserver down: %w", errors.Join(errs...))
+		return rep, fmt.Errorf("realserver down: %w", errors.Join(errs...))
 	}
-	return nil
+	return rep, nil
 }
 
 // Status compares the live host with cfg and lists every difference; an

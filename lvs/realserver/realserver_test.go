@@ -200,14 +200,14 @@ func TestDownRestoresExactly(t *testing.T) {
 	if err := realserver.Up(ctx, testCfg(), o); err != nil {
 		t.Fatal(err)
 	}
-	if err := realserver.Down(ctx, testCfg(), o); err != nil {
+	if _, err := realserver.Down(ctx, testCfg(), o); err != nil {
 		t.Fatal(err)
 	}
 	if after := snap(t, f, o); !equalSnap(before, after) {
 		t.Errorf("down did not restore the host:\nbefore %+v\nafter  %+v", before, after)
 	}
 	// realserver.Down again: nothing to remove, no state: says so.
-	if err := realserver.Down(ctx, testCfg(), o); !errors.Is(err, realserver.ErrNoState) {
+	if _, err := realserver.Down(ctx, testCfg(), o); !errors.Is(err, realserver.ErrNoState) {
 		t.Errorf("second down = %v, want realserver.ErrNoState", err)
 	}
 }
@@ -220,7 +220,7 @@ func TestDownUsesRecordedVIPs(t *testing.T) {
 		t.Fatal(err)
 	}
 	// realserver.Down with a config that no longer lists the VIPs still removes them.
-	if err := realserver.Down(ctx, realserver.Config{}, o); err != nil {
+	if _, err := realserver.Down(ctx, realserver.Config{}, o); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.Addresses) != 0 {
@@ -228,20 +228,27 @@ func TestDownUsesRecordedVIPs(t *testing.T) {
 	}
 }
 
+// TestDownWithoutState: with no record of what up changed, down changes
+// nothing (the VIP may be someone else's; restoring ARP with the VIP on lo
+// would steal the director's traffic) and says what it left.
 func TestDownWithoutState(t *testing.T) {
 	f := rstest.New("ens33")
 	f.Addresses = []realserver.Addr{realserver.VIPAddr(vip1)}
 	f.Sysctls["net/ipv4/conf/all/arp_ignore"] = "1"
 	o := testOpts(t, f)
-	err := realserver.Down(context.Background(), testCfg(), o)
+	rep, err := realserver.Down(context.Background(), testCfg(), o)
 	if !errors.Is(err, realserver.ErrNoState) {
 		t.Fatalf("down = %v, want realserver.ErrNoState", err)
 	}
-	if len(f.Addresses) != 0 {
-		t.Errorf("VIP not removed: %+v", f.Addresses)
+	if len(f.Ops) != 0 {
+		t.Errorf("down without state changed the host: %q", f.Ops)
 	}
-	if f.Sysctls["net/ipv4/conf/all/arp_ignore"] != "1" {
-		t.Error("down without state changed a sysctl")
+	want := []string{
+		"VIP 192.168.94.200 left on lo: no record that up added it",
+		"ARP sysctls left as they are: no record of their values before up",
+	}
+	if !slices.Equal(rep.Left, want) || rep.Removed != nil || rep.Restored != nil {
+		t.Errorf("report = %+v, want only Left %q", rep, want)
 	}
 }
 
@@ -259,7 +266,7 @@ func TestDownKeepsStateWhenRestoreFails(t *testing.T) {
 		}
 		return nil
 	}
-	err := realserver.Down(ctx, testCfg(), o)
+	_, err := realserver.Down(ctx, testCfg(), o)
 	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "restore net.ipv4.conf.all.arp_ignore=0") {
 		t.Fatalf("down = %v, want the restore failure", err)
 	}
@@ -271,7 +278,7 @@ func TestDownKeepsStateWhenRestoreFails(t *testing.T) {
 		t.Error("down stopped at the first failure")
 	}
 	f.Fail = nil
-	if err := realserver.Down(ctx, testCfg(), o); err != nil {
+	if _, err := realserver.Down(ctx, testCfg(), o); err != nil {
 		t.Fatalf("retry down = %v", err)
 	}
 	if f.Sysctls["net/ipv4/conf/all/arp_ignore"] != "0" {

@@ -8,21 +8,71 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/lvsha/lvsha/lvs/atomicfile"
 )
 
+// DefaultStateDir is where the state file lives unless Options says
+// otherwise. It is in /run, so a reboot (which also resets the addresses
+// and sysctls it describes) removes it.
+const DefaultStateDir = "/run/lvsha"
+
 // StateFile is the name of the state file inside Options.StateDir.
 const StateFile = "realserver.json"
 
-// state is what Up remembers for Down: the sysctl values found before the
-// first Up changed anything, and the VIPs it put on lo.
+// stateFileIn is the state file of dir ("" for DefaultStateDir): the one
+// place that builds its path.
+func stateFileIn(dir string) string {
+	if dir == "" {
+		dir = DefaultStateDir
+	}
+	return filepath.Join(dir, StateFile)
+}
+
+// state is what Up changed, and only that, so Down can undo exactly it.
+// What Up found already done (a VIP with scope host on lo, an acceptable
+// sysctl) is not here and Down leaves it. A second Up adds what it changes
+// and keeps what is recorded, so the record always describes the host as it
+// was before the first Up.
+//
+// A file written before rescoped existed has the same keys with a wider
+// meaning (vips: every VIP Up ensured, sysctls: every managed key's value);
+// read the same way, Down does what it did then, less the sysctls nobody
+// changed since.
 type state struct {
-	VIPs []netip.Addr `json:"vips"`
-	// Sysctls maps a key below /proc/sys to its value before the first Up.
-	Sysctls map[string]string `json:"sysctls"`
+	// VIPs are the VIPs Up added to lo; Down removes them.
+	VIPs []netip.Addr `json:"vips,omitempty"`
+	// Rescoped are the VIPs that were on lo as /32 with scope global before
+	// Up gave them scope host, with their label and flags; Down gives them
+	// their scope back.
+	Rescoped []rescoped `json:"rescoped,omitempty"`
+	// Sysctls maps each key below /proc/sys that Up wrote to its value
+	// before.
+	Sysctls map[string]string `json:"sysctls,omitempty"`
+}
+
+// rescoped is a VIP on lo as it was before Up changed its scope to host.
+type rescoped struct {
+	VIP   netip.Addr `json:"vip"`
+	Label string     `json:"label,omitempty"`
+	Flags uint32     `json:"flags,omitempty"`
+}
+
+// addr is the address as it was before Up: scope global.
+func (r rescoped) addr() Addr {
+	return Addr{Interface: loopback, Prefix: netip.PrefixFrom(r.VIP, 32), Label: r.Label, Flags: r.Flags}
+}
+
+// records says whether v is in the record, added or rescoped.
+func (s *state) records(v netip.Addr) bool {
+	return slices.Contains(s.VIPs, v) || slices.ContainsFunc(s.Rescoped, func(r rescoped) bool { return r.VIP == v })
+}
+
+func (s *state) empty() bool {
+	return len(s.VIPs) == 0 && len(s.Rescoped) == 0 && len(s.Sysctls) == 0
 }
 
 // readState returns the state and the file's raw bytes; a missing file is
@@ -36,13 +86,21 @@ func readState(path string) (*state, []byte, error) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, b, fmt.Errorf("parse %s: %w", path, err)
 	}
+	for i, v := range s.VIPs {
+		s.VIPs[i] = v.Unmap()
+	}
 	if s.Sysctls == nil {
 		s.Sysctls = map[string]string{}
 	}
 	return &s, b, nil
 }
 
+// writeState writes s in a stable form (sorted), so an Up that records
+// nothing new rewrites the same bytes.
 func writeState(path string, s *state) error {
+	slices.SortFunc(s.VIPs, netip.Addr.Compare)
+	s.VIPs = slices.Compact(s.VIPs)
+	slices.SortFunc(s.Rescoped, func(a, b rescoped) int { return a.VIP.Compare(b.VIP) })
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return err

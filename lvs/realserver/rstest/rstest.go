@@ -27,7 +27,9 @@ type Host struct {
 	Sysctls map[string]string
 	// Fail, if set, is asked before every operation; a non-nil result is
 	// returned instead of doing it. op is "list", "add IF PREFIX scope S",
-	// "del IF PREFIX scope S" (S is host or global), "read KEY" or "write KEY VALUE".
+	// "del IF PREFIX scope S" (S is host or global; an add of an address
+	// with a label or flags ends in " label L" and " flags 0xN"), "read
+	// KEY" or "write KEY VALUE".
 	Fail func(op string) error
 	// Ops records every operation that changed something, in order.
 	Ops []string
@@ -72,12 +74,20 @@ func (f *Host) Addrs() ([]realserver.Addr, error) {
 	return slices.Clone(f.Addresses), nil
 }
 
-// AddAddr implements realserver.Kernel: it adds a or replaces its scope,
-// like RTM_NEWADDR with NLM_F_REPLACE.
+// AddAddr implements realserver.Kernel: it adds a. Like RTM_NEWADDR with
+// NLM_F_REPLACE, it leaves an address with a's prefix already on the
+// interface as it is: the kernel's replace changes neither scope, label
+// nor flags.
 func (f *Host) AddAddr(a realserver.Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	op := fmt.Sprintf("add %s %s scope %s", a.Interface, a.Prefix, scopeName(a))
+	if a.Label != "" {
+		op += " label " + a.Label
+	}
+	if a.Flags != 0 {
+		op += fmt.Sprintf(" flags %#x", a.Flags)
+	}
 	if err := f.fail(op); err != nil {
 		return err
 	}
@@ -85,17 +95,17 @@ func (f *Host) AddAddr(a realserver.Addr) error {
 		return fmt.Errorf("interface %s: link not found", a.Interface)
 	}
 	f.Ops = append(f.Ops, op)
-	for i, b := range f.Addresses {
-		if b.Interface == a.Interface && b.Prefix == a.Prefix {
-			f.Addresses[i] = a
-			return nil
-		}
+	if slices.ContainsFunc(f.Addresses, func(b realserver.Addr) bool {
+		return b.Interface == a.Interface && b.Prefix == a.Prefix
+	}) {
+		return nil
 	}
 	f.Addresses = append(f.Addresses, a)
 	return nil
 }
 
-// DelAddr implements realserver.Kernel: it removes a if it is there.
+// DelAddr implements realserver.Kernel: it removes the address with a's
+// prefix if it is there.
 func (f *Host) DelAddr(a realserver.Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
