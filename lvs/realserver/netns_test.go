@@ -252,15 +252,18 @@ func (l *lab) setSysctl(t *testing.T, key, value string) {
 	}
 }
 
-// addrs lists dev's IPv4 addresses with their scope, as `ip` reports them.
+// addrs lists dev's IPv4 addresses with their scope, as `ip` reports them,
+// and their label and noprefixroute where set.
 func (l *lab) addrs(t *testing.T, dev string) []string {
 	t.Helper()
 	var links []struct {
 		AddrInfo []struct {
-			Family    string `json:"family"`
-			Local     string `json:"local"`
-			Prefixlen int    `json:"prefixlen"`
-			Scope     string `json:"scope"`
+			Family        string `json:"family"`
+			Local         string `json:"local"`
+			Prefixlen     int    `json:"prefixlen"`
+			Scope         string `json:"scope"`
+			Label         string `json:"label"`
+			NoPrefixRoute bool   `json:"noprefixroute"`
 		} `json:"addr_info"`
 	}
 	if err := json.Unmarshal([]byte(ipCmd(t, "-n", l.rs, "-j", "addr", "show", "dev", dev)), &links); err != nil {
@@ -269,9 +272,17 @@ func (l *lab) addrs(t *testing.T, dev string) []string {
 	var out []string
 	for _, li := range links {
 		for _, a := range li.AddrInfo {
-			if a.Family == "inet" {
-				out = append(out, fmt.Sprintf("%s/%d scope %s", a.Local, a.Prefixlen, a.Scope))
+			if a.Family != "inet" {
+				continue
 			}
+			s := fmt.Sprintf("%s/%d scope %s", a.Local, a.Prefixlen, a.Scope)
+			if a.Label != dev {
+				s += " label " + a.Label
+			}
+			if a.NoPrefixRoute {
+				s += " noprefixroute"
+			}
+			out = append(out, s)
 		}
 	}
 	slices.Sort(out)
@@ -381,5 +392,132 @@ func TestRealServerUpUnknownInterfaceChangesNothing(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(l.stateDir, StateFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("state file left: %v", err)
+	}
+}
+
+// down runs down in the real server and returns its report.
+func (l *lab) down(t *testing.T, env ...string) Report {
+	t.Helper()
+	var rep Report
+	if err := json.Unmarshal([]byte(l.mustHelper(t, l.rs, "down", env...)), &rep); err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// TestRealServerDownKeepsWhatUpFound: a VIP already on lo with scope host
+// before up is not up's: down leaves it and removes only the one up added.
+func TestRealServerDownKeepsWhatUpFound(t *testing.T) {
+	l := newLab(t)
+	const found = "10.94.0.201"
+	vipsEnv := "LVSHA_RS_VIPS=" + labVIP.String() + " " + found
+	ipCmd(t, "-n", l.rs, "addr", "add", found+"/32", "dev", "lo", "scope", "host")
+	loBefore, sysBefore := l.addrs(t, "lo"), l.sysctls(t)
+
+	l.mustHelper(t, l.rs, "up", vipsEnv)
+	want := []string{"10.94.0.200/32 scope host", found + "/32 scope host", "127.0.0.1/8 scope host"}
+	if got := l.addrs(t, "lo"); !slices.Equal(got, want) {
+		t.Fatalf("lo after up = %q, want %q", got, want)
+	}
+	rep := l.down(t, vipsEnv)
+	if got := l.addrs(t, "lo"); !slices.Equal(got, loBefore) {
+		t.Errorf("lo after down = %q, want %q (the VIP up found kept)", got, loBefore)
+	}
+	if got := l.sysctls(t); !maps.Equal(got, sysBefore) {
+		t.Errorf("sysctls after down = %v, want %v", got, sysBefore)
+	}
+	if !slices.Equal(rep.Removed, []netip.Addr{labVIP}) || len(rep.Left) != 1 {
+		t.Errorf("report = %+v, want %s removed and %s left", rep, labVIP, found)
+	}
+}
+
+// TestRealServerRestoresGlobalVIP: a VIP on lo with scope global (a label
+// and noprefixroute too) gets scope host from up, with label and flag
+// kept, and its scope global back from down.
+func TestRealServerRestoresGlobalVIP(t *testing.T) {
+	l := newLab(t)
+	ipCmd(t, "-n", l.rs, "addr", "add", labVIP.String()+"/32", "dev", "lo", "label", "lo:vip", "noprefixroute")
+	before := l.addrs(t, "lo")
+	if want := []string{"10.94.0.200/32 scope global label lo:vip noprefixroute", "127.0.0.1/8 scope host"}; !slices.Equal(before, want) {
+		t.Fatalf("setup: lo = %q, want %q", before, want)
+	}
+	l.mustHelper(t, l.rs, "up")
+	if got, want := l.addrs(t, "lo"), []string{"10.94.0.200/32 scope host label lo:vip noprefixroute", "127.0.0.1/8 scope host"}; !slices.Equal(got, want) {
+		t.Errorf("lo after up = %q, want %q", got, want)
+	}
+	if ps := l.status(t); len(ps) != 0 {
+		t.Errorf("status after up = %q", ps)
+	}
+	rep := l.down(t)
+	if got := l.addrs(t, "lo"); !slices.Equal(got, before) {
+		t.Errorf("lo after down = %q, want %q", got, before)
+	}
+	if !slices.Equal(rep.Rescoped, []netip.Addr{labVIP}) || len(rep.Removed) != 0 {
+		t.Errorf("report = %+v, want %s rescoped only", rep, labVIP)
+	}
+}
+
+// TestRealServerRestoresSysctlsUpWrote: down puts back each sysctl up
+// wrote, and leaves one up found acceptable and one changed since up.
+func TestRealServerRestoresSysctlsUpWrote(t *testing.T) {
+	l := newLab(t)
+	l.setSysctl(t, "net/ipv4/conf/all/arp_ignore", "2") // acceptable: up keeps it
+	l.setSysctl(t, "net/ipv4/conf/all/arp_announce", "1")
+	l.setSysctl(t, "net/ipv4/conf/"+labIf+"/arp_ignore", "0")
+	l.setSysctl(t, "net/ipv4/conf/"+labIf+"/arp_announce", "0")
+	before := l.sysctls(t)
+	l.mustHelper(t, l.rs, "up")
+	up := l.sysctls(t)
+	for key, want := range map[string]string{
+		"net/ipv4/conf/all/arp_ignore": "2", "net/ipv4/conf/all/arp_announce": "2",
+		"net/ipv4/conf/eth0/arp_ignore": "1", "net/ipv4/conf/eth0/arp_announce": "2",
+	} {
+		if up[key] != want {
+			t.Errorf("%s = %s after up, want %s", key, up[key], want)
+		}
+	}
+	// Someone else's changes after up: down must not undo them.
+	l.setSysctl(t, "net/ipv4/conf/all/arp_ignore", "3")
+	l.setSysctl(t, "net/ipv4/conf/"+labIf+"/arp_ignore", "8")
+	rep := l.down(t)
+	want := maps.Clone(before)
+	want["net/ipv4/conf/all/arp_ignore"] = "3"
+	want["net/ipv4/conf/eth0/arp_ignore"] = "8"
+	if got := l.sysctls(t); !maps.Equal(got, want) {
+		t.Errorf("sysctls after down = %v, want %v", got, want)
+	}
+	if wantR := []string{"net.ipv4.conf.all.arp_announce=1", "net.ipv4.conf.eth0.arp_announce=0"}; !slices.Equal(rep.Restored, wantR) {
+		t.Errorf("restored = %q, want %q", rep.Restored, wantR)
+	}
+}
+
+// TestRealServerUpTwiceThenDown: the second up sees the first one's VIP
+// and sysctls in place and must keep them recorded as up's changes, so
+// down still restores the host as it was before the first up.
+func TestRealServerUpTwiceThenDown(t *testing.T) {
+	l := newLab(t)
+	const found, added = "10.94.0.201", "10.94.0.202"
+	vipsEnv := "LVSHA_RS_VIPS=" + strings.Join([]string{labVIP.String(), found, added}, " ")
+	ipCmd(t, "-n", l.rs, "addr", "add", labVIP.String()+"/32", "dev", "lo", "label", "lo:vip")
+	ipCmd(t, "-n", l.rs, "addr", "add", found+"/32", "dev", "lo", "scope", "host")
+	l.setSysctl(t, "net/ipv4/conf/all/arp_announce", "1")
+	loBefore, sysBefore := l.addrs(t, "lo"), l.sysctls(t)
+
+	l.mustHelper(t, l.rs, "up", vipsEnv)
+	statePath := filepath.Join(l.stateDir, StateFile)
+	first, err := os.ReadFile(statePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.mustHelper(t, l.rs, "up", vipsEnv)
+	if second, _ := os.ReadFile(statePath); !bytes.Equal(first, second) {
+		t.Errorf("second up changed the record:\n%s\n%s", first, second)
+	}
+	l.down(t, vipsEnv)
+	if got := l.addrs(t, "lo"); !slices.Equal(got, loBefore) {
+		t.Errorf("lo after up, up, down = %q, want %q", got, loBefore)
+	}
+	if got := l.sysctls(t); !maps.Equal(got, sysBefore) {
+		t.Errorf("sysctls after up, up, down = %v, want %v", got, sysBefore)
 	}
 }

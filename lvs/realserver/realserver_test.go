@@ -301,6 +301,9 @@ func TestUpFailureUndoes(t *testing.T) {
 				t.Fatal(err)
 			}
 		},
+		"found on lo": func(f *rstest.Host, _ string) {
+			f.Addresses = []realserver.Addr{realserver.VIPAddr(vip1), labelled}
+		},
 	}
 	for name, setup := range setups {
 		probe := rstest.New("ens33")
@@ -550,5 +553,275 @@ func TestConcurrentUpsLoseNothing(t *testing.T) {
 		if v != "0" {
 			t.Errorf("saved original %s = %s, want 0", k, v)
 		}
+	}
+}
+
+// labelled is vip2 as an administrator may have put it on lo before up:
+// scope global, a label and noprefixroute (IFA_F_NOPREFIXROUTE).
+var labelled = realserver.Addr{Interface: "lo", Prefix: netip.PrefixFrom(vip2, 32), Label: "lo:vip", Flags: 0x200}
+
+func readStateFile(t *testing.T, o realserver.Options) *realserver.State {
+	t.Helper()
+	st, _, err := realserver.ReadState(filepath.Join(o.StateDir, realserver.StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestDownKeepsVIPUpFound(t *testing.T) {
+	f := rstest.New("ens33")
+	f.Addresses = []realserver.Addr{realserver.VIPAddr(vip1)}
+	o := testOpts(t, f)
+	ctx := context.Background()
+	if err := realserver.Up(ctx, testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	if st := readStateFile(t, o); !slices.Equal(st.VIPs, []netip.Addr{vip2}) || len(st.Rescoped) != 0 {
+		t.Errorf("state = %+v, want only %s added", st, vip2)
+	}
+	rep, err := realserver.Down(ctx, testCfg(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []realserver.Addr{realserver.VIPAddr(vip1)}; !slices.Equal(f.Addresses, want) {
+		t.Errorf("lo after down = %+v, want %+v", f.Addresses, want)
+	}
+	if !slices.Equal(rep.Removed, []netip.Addr{vip2}) {
+		t.Errorf("removed = %v, want %s", rep.Removed, vip2)
+	}
+	want := "VIP 192.168.94.200 left on lo: up did not put it there (with ARP suppression undone the host answers ARP for it, as it did before up)"
+	if !slices.Contains(rep.Left, want) {
+		t.Errorf("left = %q, want %q", rep.Left, want)
+	}
+	if len(rep.Restored) != 4 || f.Sysctls["net/ipv4/conf/all/arp_ignore"] != "0" {
+		t.Errorf("sysctls not restored: %v, report %q", f.Sysctls, rep.Restored)
+	}
+}
+
+func TestUpRescopesAndDownRestoresGlobalVIP(t *testing.T) {
+	f := rstest.New("ens33")
+	f.Addresses = []realserver.Addr{labelled}
+	o := testOpts(t, f)
+	before := snap(t, f, o)
+	ctx := context.Background()
+	if err := realserver.Up(ctx, testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	hosted := labelled
+	hosted.HostScope = true
+	if !slices.Contains(f.Addresses, hosted) {
+		t.Errorf("addrs after up = %+v, want %+v (scope host, label and flags kept)", f.Addresses, hosted)
+	}
+	st := readStateFile(t, o)
+	if !slices.Equal(st.VIPs, []netip.Addr{vip1}) || len(st.Rescoped) != 1 {
+		t.Fatalf("state = %+v, want %s added and %s rescoped", st, vip1, vip2)
+	}
+	rep, err := realserver.Down(ctx, testCfg(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := snap(t, f, o); !equalSnap(before, after) {
+		t.Errorf("down did not restore the host:\nbefore %+v\nafter  %+v", before, after)
+	}
+	if !slices.Equal(rep.Rescoped, []netip.Addr{vip2}) || !slices.Equal(rep.Removed, []netip.Addr{vip1}) {
+		t.Errorf("report = %+v", rep)
+	}
+}
+
+// TestDownRestoresOnlySysctlsUpWrote: a sysctl up found acceptable is not
+// recorded and down leaves it, even if it changed since; one up wrote and
+// someone changed since is left too, with a sentence.
+func TestDownRestoresOnlySysctlsUpWrote(t *testing.T) {
+	f := rstest.New("ens33")
+	f.Sysctls["net/ipv4/conf/all/arp_ignore"] = "2"
+	o := testOpts(t, f)
+	ctx := context.Background()
+	if err := realserver.Up(ctx, testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	st := readStateFile(t, o)
+	if _, ok := st.Sysctls["net/ipv4/conf/all/arp_ignore"]; ok || len(st.Sysctls) != 3 {
+		t.Errorf("state sysctls = %v, want the three up wrote", st.Sysctls)
+	}
+	f.Sysctls["net/ipv4/conf/all/arp_ignore"] = "3"   // not up's
+	f.Sysctls["net/ipv4/conf/ens33/arp_ignore"] = "8" // up's 1, changed since
+	rep, err := realserver.Down(ctx, testCfg(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]string{
+		"net/ipv4/conf/all/arp_ignore":     "3",
+		"net/ipv4/conf/ens33/arp_ignore":   "8",
+		"net/ipv4/conf/all/arp_announce":   "0",
+		"net/ipv4/conf/ens33/arp_announce": "0",
+	} {
+		if got := f.Sysctls[key]; got != want {
+			t.Errorf("%s = %s after down, want %s", key, got, want)
+		}
+	}
+	wantLeft := []string{"net.ipv4.conf.ens33.arp_ignore left at 8: up set it to 1 (was 0), someone changed it since"}
+	if !slices.Equal(rep.Left, wantLeft) {
+		t.Errorf("left = %q, want %q", rep.Left, wantLeft)
+	}
+	if _, err := os.Stat(filepath.Join(o.StateDir, realserver.StateFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state file after a complete down: %v", err)
+	}
+}
+
+// TestUpTwiceThenDownRestoresOriginal: the second up sees the first one's
+// VIPs and sysctls in place; they must stay recorded as up's changes, not
+// become things that were there before.
+func TestUpTwiceThenDownRestoresOriginal(t *testing.T) {
+	f := rstest.New("ens33")
+	other := realserver.Addr{Interface: "lo", Prefix: netip.MustParsePrefix("192.168.94.199/32"), HostScope: true}
+	f.Addresses = []realserver.Addr{labelled, other}
+	f.Sysctls["net/ipv4/conf/all/arp_announce"] = "1"
+	o := testOpts(t, f)
+	before := snap(t, f, o)
+	ctx := context.Background()
+	cfg := realserver.Config{VIPs: []netip.Addr{vip1, vip2, other.Prefix.Addr()}, Interface: "ens33"}
+	for range 2 {
+		if err := realserver.Up(ctx, cfg, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := realserver.Down(ctx, cfg, o); err != nil {
+		t.Fatal(err)
+	}
+	if after := snap(t, f, o); !equalSnap(before, after) {
+		t.Errorf("up, up, down did not restore the host:\nbefore %+v\nafter  %+v", before, after)
+	}
+}
+
+// TestDownFailureKeepsWhatIsLeft: a VIP down cannot remove stays recorded
+// and keeps ARP suppressed (restoring it with the VIP on lo would make the
+// host answer ARP for it); a retry finishes.
+func TestDownFailureKeepsWhatIsLeft(t *testing.T) {
+	f := rstest.New("ens33")
+	o := testOpts(t, f)
+	ctx := context.Background()
+	if err := realserver.Up(ctx, testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	f.Fail = func(op string) error {
+		if op == "del lo 192.168.94.201/32 scope host" {
+			return boom
+		}
+		return nil
+	}
+	rep, err := realserver.Down(ctx, testCfg(), o)
+	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "ARP sysctls not restored") {
+		t.Fatalf("down = %v, want the failure and the sysctls kept", err)
+	}
+	if !slices.Equal(rep.Removed, []netip.Addr{vip1}) || len(rep.Restored) != 0 {
+		t.Errorf("report = %+v, want %s removed and nothing restored", rep, vip1)
+	}
+	if f.Sysctls["net/ipv4/conf/all/arp_ignore"] != "1" {
+		t.Error("ARP suppression undone while a VIP is still on lo")
+	}
+	st := readStateFile(t, o)
+	if !slices.Equal(st.VIPs, []netip.Addr{vip2}) || len(st.Sysctls) != 4 {
+		t.Errorf("state left = %+v, want %s and the four sysctls", st, vip2)
+	}
+	f.Fail = nil
+	if _, err := realserver.Down(ctx, testCfg(), o); err != nil {
+		t.Fatalf("retry down = %v", err)
+	}
+	if len(f.Addresses) != 0 || f.Sysctls["net/ipv4/conf/all/arp_ignore"] != "0" {
+		t.Errorf("retry did not finish: %+v %v", f.Addresses, f.Sysctls)
+	}
+}
+
+// TestDownRescopeFailurePutsVIPBack: when the global address cannot be
+// added back, down puts the host-scope one back so a retry finds the host
+// as up left it.
+func TestDownRescopeFailurePutsVIPBack(t *testing.T) {
+	f := rstest.New("ens33")
+	f.Addresses = []realserver.Addr{labelled}
+	o := testOpts(t, f)
+	before := snap(t, f, o)
+	ctx := context.Background()
+	if err := realserver.Up(ctx, testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	f.Fail = func(op string) error {
+		if op == "add lo 192.168.94.201/32 scope global label lo:vip flags 0x200" {
+			return boom
+		}
+		return nil
+	}
+	if _, err := realserver.Down(ctx, testCfg(), o); !errors.Is(err, boom) {
+		t.Fatalf("down = %v, want boom", err)
+	}
+	hosted := labelled
+	hosted.HostScope = true
+	if !slices.Contains(f.Addresses, hosted) {
+		t.Errorf("addrs = %+v, want %+v back", f.Addresses, hosted)
+	}
+	if st := readStateFile(t, o); len(st.Rescoped) != 1 {
+		t.Errorf("state left = %+v, want the rescoped VIP", st)
+	}
+	f.Fail = nil
+	if _, err := realserver.Down(ctx, testCfg(), o); err != nil {
+		t.Fatalf("retry down = %v", err)
+	}
+	if after := snap(t, f, o); !equalSnap(before, after) {
+		t.Errorf("retry did not restore the host:\nbefore %+v\nafter  %+v", before, after)
+	}
+}
+
+// TestDownInterfaceGone: the sysctls of an interface deleted since up went
+// with it; down says so and finishes.
+func TestDownInterfaceGone(t *testing.T) {
+	f := rstest.New("ens33")
+	o := testOpts(t, f)
+	ctx := context.Background()
+	if err := realserver.Up(ctx, testCfg(), o); err != nil {
+		t.Fatal(err)
+	}
+	delete(f.Sysctls, "net/ipv4/conf/ens33/arp_ignore")
+	delete(f.Sysctls, "net/ipv4/conf/ens33/arp_announce")
+	rep, err := realserver.Down(ctx, testCfg(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Left) != 2 || !strings.Contains(rep.Left[0], "net.ipv4.conf.ens33.arp_announce no longer exists") {
+		t.Errorf("left = %q", rep.Left)
+	}
+	if _, err := os.Stat(filepath.Join(o.StateDir, realserver.StateFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state file after down: %v", err)
+	}
+}
+
+// TestDownReadsOldStateFile: a state file from before rescoped existed
+// listed every VIP up ensured and every managed sysctl; down undoes it as
+// the old down did, less the sysctls that still have their old value.
+func TestDownReadsOldStateFile(t *testing.T) {
+	f := rstest.New("ens33")
+	f.Addresses = []realserver.Addr{realserver.VIPAddr(vip1), realserver.VIPAddr(vip2)}
+	for _, i := range []string{"all", "ens33"} {
+		f.Sysctls[rstest.ConfKey(i, "arp_ignore")] = "1"
+		f.Sysctls[rstest.ConfKey(i, "arp_announce")] = "2"
+	}
+	o := testOpts(t, f)
+	old := `{"vips": ["192.168.94.200", "192.168.94.201"], "sysctls": {
+  "net/ipv4/conf/all/arp_ignore": "0", "net/ipv4/conf/all/arp_announce": "2",
+  "net/ipv4/conf/ens33/arp_ignore": "0", "net/ipv4/conf/ens33/arp_announce": "0"}}`
+	if err := os.WriteFile(filepath.Join(o.StateDir, realserver.StateFile), []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := realserver.Down(context.Background(), realserver.Config{}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Addresses) != 0 || len(rep.Removed) != 2 {
+		t.Errorf("addrs after down = %+v, report %+v", f.Addresses, rep)
+	}
+	want := []string{"net.ipv4.conf.all.arp_ignore=0", "net.ipv4.conf.ens33.arp_announce=0", "net.ipv4.conf.ens33.arp_ignore=0"}
+	if !slices.Equal(rep.Restored, want) || f.Sysctls["net/ipv4/conf/all/arp_announce"] != "2" {
+		t.Errorf("restored %q, want %q; sysctls %v", rep.Restored, want, f.Sysctls)
 	}
 }
