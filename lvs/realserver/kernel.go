@@ -33,9 +33,9 @@ type Addr struct {
 type Addresses interface {
 	// Addrs lists every IPv4 address on every interface.
 	Addrs() ([]Addr, error)
-	// AddAddr adds a. An address with the same prefix already on the
-	// interface is left as it is: the kernel's replace changes neither its
-	// scope, nor its label, nor its flags.
+	// AddAddr adds a. An address with a's prefix already on the interface
+	// keeps its scope, label and flags: the kernel's replace changes none
+	// of them.
 	AddAddr(a Addr) error
 	// DelAddr removes the address with a's prefix from a's interface;
 	// removing an absent address is not an error.
@@ -166,8 +166,7 @@ func (h *Host) nlAddr(a Addr) (netlink.Link, *netlink.Addr, error) {
 	}, nil
 }
 
-// AddAddr adds a, or leaves an address with its prefix as it is
-// (idempotent).
+// AddAddr adds a (idempotent; see Addresses).
 func (h *Host) AddAddr(a Addr) error {
 	link, na, err := h.nlAddr(a)
 	if err != nil {

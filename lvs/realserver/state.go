@@ -39,9 +39,9 @@ func stateFileIn(dir string) string {
 // was before the first Up.
 //
 // A file written before rescoped existed has the same keys with a wider
-// meaning (vips: every VIP Up ensured, sysctls: every managed key's value);
-// read the same way, Down does what it did then, less the sysctls nobody
-// changed since.
+// meaning (vips: every VIP Up ensured, sysctls: every managed key's value
+// before); read the same way, Down does what it did then, except that it
+// leaves a sysctl that no longer holds the value Up sets.
 type state struct {
 	// VIPs are the VIPs Up added to lo; Down removes them.
 	VIPs []netip.Addr `json:"vips,omitempty"`

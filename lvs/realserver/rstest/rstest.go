@@ -76,8 +76,7 @@ func (f *Host) Addrs() ([]realserver.Addr, error) {
 
 // AddAddr implements realserver.Kernel: it adds a. Like RTM_NEWADDR with
 // NLM_F_REPLACE, it leaves an address with a's prefix already on the
-// interface as it is: the kernel's replace changes neither scope, label
-// nor flags.
+// interface with its scope, label and flags.
 func (f *Host) AddAddr(a realserver.Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
