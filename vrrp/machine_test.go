@@ -15,7 +15,8 @@ var (
 )
 
 func cfg3(prio uint8) MachineConfig {
-	return MachineConfig{VRID: 51, Priority: prio, Version: 3, AdvertInterval: time.Second, Preempt: true, PrimaryIP: ipA}
+	return MachineConfig{VRID: 51, Priority: prio, Version: 3, AdvertInterval: time.Second, Preempt: true, PrimaryIP: ipA,
+		VIPs: []netip.Addr{netip.MustParseAddr("10.0.0.100")}}
 }
 
 func adv(version, prio uint8, cs uint16) *Advert {
