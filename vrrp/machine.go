@@ -211,7 +211,15 @@ func (m *Machine) settle(now time.Time, recoverCause string) []Action {
 		if m.state == Fault {
 			return nil
 		}
-		acts := m.leave()
+		var acts []Action
+		if m.state == Master && m.linkUp {
+			// A tracked interface faulted us but the advert link still
+			// works: priority 0 lets the backup take over after
+			// Skew_Time, not Master_Down_Interval (keepalived does the
+			// same). On a down link there is nothing to send it on.
+			acts = append(acts, SendAdvert{0})
+		}
+		acts = append(acts, m.leave()...)
 		return append(acts, m.enter(now, Fault, fc))
 	}
 	if m.state != Fault && m.state != Init {
