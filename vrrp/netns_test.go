@@ -578,6 +578,62 @@ func testMalformedAdverts(t *testing.T, startDirector starter) {
 	waitFor(t, "a yielding to the valid 254 advert", 3*time.Second, func() bool { return a.Status().State == Backup })
 }
 
+// TestNetnsVRIDCollision: a third host on the link runs another virtual
+// router with our VRID, its own address and priority 200 (a neighbour
+// cluster that reused VRID 51). Its adverts are dropped and counted as
+// vip_mismatch by both directors; the master keeps the VIP throughout.
+func TestNetnsVRIDCollision(t *testing.T) {
+	for _, s := range starters {
+		t.Run(s.name, func(t *testing.T) { testVRIDCollision(t, s.start) })
+	}
+}
+
+func testVRIDCollision(t *testing.T, startDirector starter) {
+	p := newPair(t)
+	evil, err := p.lab.AddNode("e", addrEvil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startDirector(t, p.a, labConfig("a", 150))
+	b := startDirector(t, p.b, labConfig("b", 100))
+	mastered(t, a, b, 5*time.Second)
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+	transitions := a.Status().Transitions
+
+	advert := func(addrs ...netip.Addr) rawPkt {
+		ad := &Advert{Version: 3, Type: 1, VRID: 51, Priority: 200, MaxAdvertInterval: 100, Addrs: addrs}
+		b, err := ad.Marshal(ChecksumPseudoHeader, addrEvil.Addr(), Group)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rawPkt{"vip_mismatch", 255, b}
+	}
+	colliding := advert(netip.MustParseAddr("10.99.0.200"))
+	// Ten adverts a second for two seconds, checking all along.
+	const n = 20
+	for range n {
+		sendRaw(t, evil, []rawPkt{colliding})
+		time.Sleep(100 * time.Millisecond)
+		if st := a.Status(); st.State != Master || st.Transitions != transitions || !a.holdsVIP(labVIP.Addr()) {
+			t.Fatalf("a after a colliding advert: %+v, holds VIP %v", st, a.holdsVIP(labVIP.Addr()))
+		}
+		if st := b.Status(); st.State != Backup || st.Master != addrA.Addr() {
+			t.Fatalf("b after a colliding advert: %+v", st)
+		}
+	}
+	for _, d := range []*director{a, b} {
+		waitFor(t, d.node.Role+" counting the colliding adverts", 3*time.Second, func() bool {
+			return d.Status().Dropped["vip_mismatch"] == n
+		})
+	}
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+	t.Logf("a dropped %v, b dropped %v", a.Status().Dropped, b.Status().Dropped)
+
+	// Control: the same advert with our address list does act.
+	sendRaw(t, evil, []rawPkt{advert(labVIP.Addr())})
+	waitFor(t, "a yielding to priority 200 with our VIP", 3*time.Second, func() bool { return a.Status().State == Backup })
+}
+
 // keepalivedConf writes a keepalived.conf for one VRRP instance like cfg.
 func keepalivedConf(t *testing.T, cfg Config) string {
 	t.Helper()
