@@ -263,6 +263,7 @@ func (d *driver) run(now time.Time, acts []Action) {
 	d.in.count(func(s *Status) {
 		s.State, s.Priority, s.Master = d.m.State(), d.m.Priority(), d.m.Master()
 		s.Since, s.Cause = d.m.Since(), d.m.Cause()
+		s.GARPSuppressed = d.m.GARPSuppressed()
 	})
 }
 

@@ -63,6 +63,10 @@ type Status struct {
 	AdvertsReceived uint64
 	Dropped         map[string]uint64
 	Transitions     uint64
+	// GARPSuppressed counts the GARP bursts not sent in answer to
+	// lower-priority adverts because one had gone out less than a second
+	// before (each such advert is still answered with an advert).
+	GARPSuppressed uint64
 }
 
 // Instance runs one virtual router.

@@ -610,3 +610,37 @@ func TestDriverVRIDCollision(t *testing.T) {
 		}
 	})
 }
+
+// TestDriverLowerPriorityStorm: fifty lower-priority adverts at once are
+// each answered with an advert, but with one GARP burst, not fifty; the
+// others are counted. The heal burst 1.1 s later still goes out.
+func TestDriverLowerPriorityStorm(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		in := testInstance(t, f, nil)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go in.Run(ctx)
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		vip := netip.MustParseAddr("10.0.0.100")
+		garps := func() int { f.mu.Lock(); defer f.mu.Unlock(); return f.garps[vip] }
+		sent := in.Status().AdvertsSent
+		if in.Status().State != Master || garps() != 5 {
+			t.Fatalf("takeover: %+v, %d GARPs", in.Status(), garps())
+		}
+		for range 50 {
+			f.rx <- packet(t, peerAdvert(50), netip.MustParseAddr("10.0.0.2"), 255)
+		}
+		synctest.Wait()
+		st := in.Status()
+		if garps() != 10 || st.GARPSuppressed != 49 || st.AdvertsSent != sent+50 || st.State != Master {
+			t.Fatalf("after 50 lower adverts: %d GARPs, %+v", garps(), st)
+		}
+		time.Sleep(1100 * time.Millisecond)
+		synctest.Wait()
+		if garps() != 15 || in.Status().GARPSuppressed != 49 {
+			t.Fatalf("heal burst: %d GARPs, %+v", garps(), in.Status())
+		}
+	})
+}

@@ -13,6 +13,13 @@ import (
 // before; the second one, past locktime, wins.
 const healGARPDelay = 1100 * time.Millisecond
 
+// lowerGARPEvery is the least time between two GARP bursts that answer
+// lower-priority adverts. Each such advert is answered with an advert at
+// once, but a stream of them (forged VRRPv3 needs no password) must not turn
+// the master into a broadcast ARP flood; one burst a second still heals a
+// split brain.
+const lowerGARPEvery = time.Second
+
 // TrackInterface is an interface whose state changes the instance's priority.
 // A negative weight is added while it is down, a positive one while it is up;
 // weight 0 puts the instance in FAULT while it is down (keepalived's rules).
@@ -59,6 +66,8 @@ type Machine struct {
 	preemptAt           time.Time // preempt_delay: do not preempt before this
 	downCause           string    // cause to report if the master-down timer fires
 	healArmed           bool      // TimerGARPHeal is pending
+	lowerGARPAt         time.Time // last GARP burst answering a lower priority
+	garpSuppressed      uint64    // such bursts not sent: within lowerGARPEvery
 }
 
 // NewMachine returns a machine in INIT; send it Start.
@@ -97,6 +106,11 @@ func (m *Machine) Master() netip.Addr {
 	}
 	return m.master
 }
+
+// GARPSuppressed returns how many GARP bursts answering lower-priority
+// adverts were not sent because one had been sent less than
+// lowerGARPEvery before.
+func (m *Machine) GARPSuppressed() uint64 { return m.garpSuppressed }
 
 // Since returns when the current state was entered.
 func (m *Machine) Since() time.Time { return m.since }
@@ -345,7 +359,8 @@ func (m *Machine) advert(now time.Time, from netip.Addr, a *Advert) []Action {
 		// A lower-priority master exists (split brain, or a peer just
 		// starting): assert ourselves at once and re-announce the VIPs so
 		// caches that followed the other node come back.
-		acts := []Action{SendAdvert{mine}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval}, SendGARP{}}
+		acts := []Action{SendAdvert{mine}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval}}
+		acts = append(acts, m.lowerGARP(now)...)
 		if !m.healArmed {
 			m.healArmed = true
 			acts = append(acts, ArmTimer{TimerGARPHeal, healGARPDelay})
@@ -365,7 +380,7 @@ func (m *Machine) timer(now time.Time, k TimerKind) []Action {
 		return []Action{SendGARP{}, ArmTimer{TimerGARPRefresh, m.cfg.GARPRefresh}}
 	case m.state == Master && k == TimerGARPHeal:
 		m.healArmed = false
-		return []Action{SendGARP{}}
+		return m.lowerGARP(now)
 	case m.state == Backup && k == TimerMasterDown:
 		cause := "master down timer expired"
 		if m.downCause != "" {
@@ -374,4 +389,15 @@ func (m *Machine) timer(now time.Time, k TimerKind) []Action {
 		return m.becomeMaster(now, cause)
 	}
 	return nil
+}
+
+// lowerGARP is the GARP burst that answers a lower-priority master, unless
+// one went out less than lowerGARPEvery ago.
+func (m *Machine) lowerGARP(now time.Time) []Action {
+	if !m.lowerGARPAt.IsZero() && now.Sub(m.lowerGARPAt) < lowerGARPEvery {
+		m.garpSuppressed++
+		return nil
+	}
+	m.lowerGARPAt = now
+	return []Action{SendGARP{}}
 }
