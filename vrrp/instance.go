@@ -58,7 +58,8 @@ type Status struct {
 	Cause    string
 	// AdvertsSent and AdvertsReceived count adverts sent and valid adverts
 	// received; Dropped counts received packets refused, by reason (ttl,
-	// checksum, version, length, vrid, auth, interval, own, peer, ...).
+	// checksum, version, length, vrid, auth, interval, own, peer,
+	// vip_mismatch, ...).
 	AdvertsSent     uint64
 	AdvertsReceived uint64
 	Dropped         map[string]uint64
