@@ -27,7 +27,7 @@ type driver struct {
 	done     chan struct{}
 	notify   *notifier
 	garpStop context.CancelFunc
-	warned   map[string]bool
+	drops    dropLog
 	wg       sync.WaitGroup
 }
 
@@ -68,7 +68,6 @@ func (in *Instance) Run(ctx context.Context) error {
 			PrimaryIP: k.primary, GARPDelay: cfg.GARPDelay, GARPRefresh: cfg.GARPRefresh, Track: cfg.Track,
 			VIPs: vipAddrs(cfg.VIPs), UnicastPeers: cfg.UnicastPeers, AuthPass: cfg.AuthPass,
 		}),
-		warned: map[string]bool{},
 	}
 	wg := &d.wg
 	defer wg.Wait()
@@ -224,14 +223,22 @@ func (d *driver) receive(p Packet) {
 	acts, reason := d.m.Receive(now, p)
 	if reason != "" {
 		d.in.count(func(s *Status) { s.Dropped[reason]++ })
-		// The first drop of each kind is worth a warning; repeats would
-		// flood the log.
 		lvl := slog.LevelDebug
-		if !d.warned[reason] {
-			d.warned[reason] = true
+		attrs := []any{"reason", reason, "from", p.Src, "ttl", p.TTL}
+		if warn, missed := d.drops.note(now, reason); warn {
 			lvl = slog.LevelWarn
+			if missed > 0 {
+				attrs = append(attrs, "dropped_since_last_warning", missed)
+			}
 		}
-		d.in.log.Log(context.Background(), lvl, "vrrp: dropped advert", "reason", reason, "from", p.Src, "ttl", p.TTL)
+		if reason == "vip_mismatch" && d.in.log.Enabled(context.Background(), lvl) {
+			// Another virtual router uses our VRID: say whose
+			// addresses it announces (the checks passed, it decodes).
+			if a, err := Unmarshal(p.Payload, p.Src, p.Dst); err == nil {
+				attrs = append(attrs, "advert_addrs", a.Addrs, "vips", vipAddrs(d.in.cfg.VIPs))
+			}
+		}
+		d.in.log.Log(context.Background(), lvl, "vrrp: dropped advert", attrs...)
 		return
 	}
 	d.in.count(func(s *Status) { s.AdvertsReceived++ })
@@ -256,6 +263,7 @@ func (d *driver) run(now time.Time, acts []Action) {
 	d.in.count(func(s *Status) {
 		s.State, s.Priority, s.Master = d.m.State(), d.m.Priority(), d.m.Master()
 		s.Since, s.Cause = d.m.Since(), d.m.Cause()
+		s.GARPSuppressed = d.m.GARPSuppressed()
 	})
 }
 

@@ -58,11 +58,16 @@ type Status struct {
 	Cause    string
 	// AdvertsSent and AdvertsReceived count adverts sent and valid adverts
 	// received; Dropped counts received packets refused, by reason (ttl,
-	// checksum, version, length, vrid, auth, interval, own, peer, ...).
+	// checksum, version, length, vrid, auth, interval, own, peer,
+	// vip_mismatch, ...).
 	AdvertsSent     uint64
 	AdvertsReceived uint64
 	Dropped         map[string]uint64
 	Transitions     uint64
+	// GARPSuppressed counts the GARP bursts not sent in answer to
+	// lower-priority adverts because one had gone out less than a second
+	// before (each such advert is still answered with an advert).
+	GARPSuppressed uint64
 }
 
 // Instance runs one virtual router.

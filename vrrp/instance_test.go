@@ -336,7 +336,7 @@ func TestDriverV2AuthAndUnicast(t *testing.T) {
 		}
 		mk := func(pass string, interval uint8, from netip.Addr) Packet {
 			a := &Advert{Version: 2, Type: 1, VRID: 51, Priority: 200, AdvertInterval: interval, AuthType: AuthPassword,
-				Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.100")}}
+				Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.100"), netip.MustParseAddr("10.0.0.101")}}
 			copy(a.AuthData[:], pass)
 			b, _ := a.Marshal(ChecksumMessage, from, src)
 			return Packet{Src: from, Dst: src, TTL: 255, Payload: b}
@@ -534,6 +534,113 @@ func TestDriverPendingAdvertBeatsTimer(t *testing.T) {
 		}
 		if waited := time.Since(start); waited > md+50*time.Millisecond {
 			t.Errorf("takeover held back %v", waited)
+		}
+	})
+}
+
+// recordLog keeps the records logged at a level or above.
+type recordLog struct {
+	mu   sync.Mutex
+	min  slog.Level
+	recs []map[string]string // "msg", "level" and the attributes
+}
+
+func (l *recordLog) Enabled(_ context.Context, lvl slog.Level) bool { return lvl >= l.min }
+func (l *recordLog) WithAttrs([]slog.Attr) slog.Handler             { return l }
+func (l *recordLog) WithGroup(string) slog.Handler                  { return l }
+func (l *recordLog) Handle(_ context.Context, r slog.Record) error {
+	m := map[string]string{"msg": r.Message, "level": r.Level.String()}
+	r.Attrs(func(a slog.Attr) bool { m[a.Key] = a.Value.String(); return true })
+	l.mu.Lock()
+	l.recs = append(l.recs, m)
+	l.mu.Unlock()
+	return nil
+}
+
+// dropWarnings returns the warnings about dropped adverts.
+func (l *recordLog) dropWarnings() []map[string]string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]string
+	for _, r := range l.recs {
+		if r["msg"] == "vrrp: dropped advert" && r["level"] == "WARN" {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// TestDriverVRIDCollision: adverts of another virtual router with our VRID
+// (other addresses, higher priority) leave the master as it is, are counted
+// as vip_mismatch and warned about once a minute at most (virtual time).
+func TestDriverVRIDCollision(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		in := testInstance(t, f, nil)
+		logs := &recordLog{min: slog.LevelWarn}
+		in.log = slog.New(logs)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go in.Run(ctx)
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		neighbour := peerAdvert(200)
+		neighbour.Addrs = []netip.Addr{netip.MustParseAddr("10.0.0.200")}
+		from := netip.MustParseAddr("10.0.0.9")
+		for range 4 {
+			f.rx <- packet(t, neighbour, from, 255)
+			time.Sleep(time.Second)
+		}
+		synctest.Wait()
+		st := in.Status()
+		if st.State != Master || st.Transitions != 2 || st.Dropped["vip_mismatch"] != 4 || st.AdvertsReceived != 0 || !f.has("10.0.0.100/24") {
+			t.Fatalf("after colliding adverts: %+v", st)
+		}
+		w := logs.dropWarnings()
+		if len(w) != 1 || w[0]["reason"] != "vip_mismatch" || w[0]["advert_addrs"] != "[10.0.0.200]" || w[0]["vips"] != "[10.0.0.100 10.0.0.101]" {
+			t.Fatalf("warnings %v", w)
+		}
+		// A minute after the first warning the next drop warns again,
+		// with the three that were not logged.
+		time.Sleep(time.Minute)
+		f.rx <- packet(t, neighbour, from, 255)
+		synctest.Wait()
+		if w := logs.dropWarnings(); len(w) != 2 || w[1]["dropped_since_last_warning"] != "3" {
+			t.Fatalf("warnings %v", w)
+		}
+	})
+}
+
+// TestDriverLowerPriorityStorm: fifty lower-priority adverts at once are
+// each answered with an advert, but with one GARP burst, not fifty; the
+// others are counted. The heal burst 1.1 s later still goes out.
+func TestDriverLowerPriorityStorm(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		in := testInstance(t, f, nil)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go in.Run(ctx)
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		vip := netip.MustParseAddr("10.0.0.100")
+		garps := func() int { f.mu.Lock(); defer f.mu.Unlock(); return f.garps[vip] }
+		sent := in.Status().AdvertsSent
+		if in.Status().State != Master || garps() != 5 {
+			t.Fatalf("takeover: %+v, %d GARPs", in.Status(), garps())
+		}
+		for range 50 {
+			f.rx <- packet(t, peerAdvert(50), netip.MustParseAddr("10.0.0.2"), 255)
+		}
+		synctest.Wait()
+		st := in.Status()
+		if garps() != 10 || st.GARPSuppressed != 49 || st.AdvertsSent != sent+50 || st.State != Master {
+			t.Fatalf("after 50 lower adverts: %d GARPs, %+v", garps(), st)
+		}
+		time.Sleep(1100 * time.Millisecond)
+		synctest.Wait()
+		if garps() != 15 || in.Status().GARPSuppressed != 49 {
+			t.Fatalf("heal burst: %d GARPs, %+v", garps(), in.Status())
 		}
 	})
 }

@@ -6,43 +6,6 @@ import (
 	"time"
 )
 
-// State is the state of a virtual router instance.
-type State int
-
-const (
-	Init State = iota
-	Backup
-	Master
-	Fault
-)
-
-func (s State) String() string {
-	switch s {
-	case Init:
-		return "INIT"
-	case Backup:
-		return "BACKUP"
-	case Master:
-		return "MASTER"
-	case Fault:
-		return "FAULT"
-	}
-	return fmt.Sprintf("State(%d)", int(s))
-}
-
-// TimerKind names one of the machine's timers. The driver keeps at most one
-// armed timer of each kind: ArmTimer replaces a pending one.
-type TimerKind int
-
-const (
-	TimerAdvert      TimerKind = iota // master: send the next advert
-	TimerMasterDown                   // backup: the master is presumed dead
-	TimerGARPDelay                    // master: second GARP burst after takeover
-	TimerGARPRefresh                  // master: periodic GARP burst
-	TimerGARPHeal                     // master: GARP burst after a split brain healed
-	numTimers
-)
-
 // healGARPDelay is how long after answering a lower-priority master the
 // winner sends a second GARP burst. Linux ignores a second ARP update for
 // the same address within the neighbour "locktime" (1 s by default), so the
@@ -50,94 +13,12 @@ const (
 // before; the second one, past locktime, wins.
 const healGARPDelay = 1100 * time.Millisecond
 
-func (k TimerKind) String() string {
-	switch k {
-	case TimerAdvert:
-		return "advert"
-	case TimerMasterDown:
-		return "master-down"
-	case TimerGARPDelay:
-		return "garp-delay"
-	case TimerGARPRefresh:
-		return "garp-refresh"
-	case TimerGARPHeal:
-		return "garp-heal"
-	}
-	return fmt.Sprintf("TimerKind(%d)", int(k))
-}
-
-// Event is an input to Machine.Step. Received adverts go to Machine.Receive,
-// which checks them first.
-type Event interface{ isEvent() }
-
-// Start starts the machine. LinkUp is the state of the instance's interface.
-type Start struct{ LinkUp bool }
-
-// TimerFired reports that a timer armed with ArmTimer ran out.
-type TimerFired struct{ Timer TimerKind }
-
-// LinkDown and LinkUp report the instance's own interface.
-type (
-	LinkDown struct{}
-	LinkUp   struct{}
-)
-
-// TrackChanged reports that a tracked interface went up or down; it changes
-// the priority by the interface's weight, or faults the instance when the
-// weight is 0.
-type TrackChanged struct {
-	Name string
-	Up   bool
-}
-
-// Shutdown stops the machine: a master sends priority 0 and gives up its VIPs.
-type Shutdown struct{}
-
-func (Start) isEvent()        {}
-func (TimerFired) isEvent()   {}
-func (LinkDown) isEvent()     {}
-func (LinkUp) isEvent()       {}
-func (TrackChanged) isEvent() {}
-func (Shutdown) isEvent()     {}
-
-// Action is an output of Machine.Step, to be carried out in order.
-type Action interface{ isAction() }
-
-// SendAdvert sends one advert with the given priority.
-type SendAdvert struct{ Priority uint8 }
-
-// ArmTimer (re)arms a timer to fire after D.
-type ArmTimer struct {
-	Timer TimerKind
-	D     time.Duration
-}
-
-// StopTimer cancels a timer if it is armed.
-type StopTimer struct{ Timer TimerKind }
-
-// AddVIPs and RemoveVIPs put the virtual addresses on or off the interface.
-type (
-	AddVIPs    struct{}
-	RemoveVIPs struct{}
-)
-
-// SendGARP sends one burst of gratuitous ARPs for every VIP.
-type SendGARP struct{}
-
-// Notify reports a state transition and why it happened.
-type Notify struct {
-	From, To State
-	Priority uint8
-	Cause    string
-}
-
-func (SendAdvert) isAction() {}
-func (ArmTimer) isAction()   {}
-func (StopTimer) isAction()  {}
-func (AddVIPs) isAction()    {}
-func (RemoveVIPs) isAction() {}
-func (SendGARP) isAction()   {}
-func (Notify) isAction()     {}
+// lowerGARPEvery is the least time between two GARP bursts that answer
+// lower-priority adverts. Each such advert is answered with an advert at
+// once, but a stream of them (forged VRRPv3 needs no password) must not turn
+// the master into a broadcast ARP flood; one burst a second still heals a
+// split brain.
+const lowerGARPEvery = time.Second
 
 // TrackInterface is an interface whose state changes the instance's priority.
 // A negative weight is added while it is down, a positive one while it is up;
@@ -185,6 +66,8 @@ type Machine struct {
 	preemptAt           time.Time // preempt_delay: do not preempt before this
 	downCause           string    // cause to report if the master-down timer fires
 	healArmed           bool      // TimerGARPHeal is pending
+	lowerGARPAt         time.Time // last GARP burst answering a lower priority
+	garpSuppressed      uint64    // such bursts not sent: within lowerGARPEvery
 }
 
 // NewMachine returns a machine in INIT; send it Start.
@@ -223,6 +106,11 @@ func (m *Machine) Master() netip.Addr {
 	}
 	return m.master
 }
+
+// GARPSuppressed returns how many GARP bursts answering lower-priority
+// adverts were not sent because one had been sent less than
+// lowerGARPEvery before.
+func (m *Machine) GARPSuppressed() uint64 { return m.garpSuppressed }
 
 // Since returns when the current state was entered.
 func (m *Machine) Since() time.Time { return m.since }
@@ -337,7 +225,15 @@ func (m *Machine) settle(now time.Time, recoverCause string) []Action {
 		if m.state == Fault {
 			return nil
 		}
-		acts := m.leave()
+		var acts []Action
+		if m.state == Master && m.linkUp {
+			// A tracked interface faulted us but the advert link still
+			// works: priority 0 lets the backup take over after
+			// Skew_Time, not Master_Down_Interval (keepalived does the
+			// same). On a down link there is nothing to send it on.
+			acts = append(acts, SendAdvert{0})
+		}
+		acts = append(acts, m.leave()...)
 		return append(acts, m.enter(now, Fault, fc))
 	}
 	if m.state != Fault && m.state != Init {
@@ -463,7 +359,8 @@ func (m *Machine) advert(now time.Time, from netip.Addr, a *Advert) []Action {
 		// A lower-priority master exists (split brain, or a peer just
 		// starting): assert ourselves at once and re-announce the VIPs so
 		// caches that followed the other node come back.
-		acts := []Action{SendAdvert{mine}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval}, SendGARP{}}
+		acts := []Action{SendAdvert{mine}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval}}
+		acts = append(acts, m.lowerGARP(now)...)
 		if !m.healArmed {
 			m.healArmed = true
 			acts = append(acts, ArmTimer{TimerGARPHeal, healGARPDelay})
@@ -483,7 +380,7 @@ func (m *Machine) timer(now time.Time, k TimerKind) []Action {
 		return []Action{SendGARP{}, ArmTimer{TimerGARPRefresh, m.cfg.GARPRefresh}}
 	case m.state == Master && k == TimerGARPHeal:
 		m.healArmed = false
-		return []Action{SendGARP{}}
+		return m.lowerGARP(now)
 	case m.state == Backup && k == TimerMasterDown:
 		cause := "master down timer expired"
 		if m.downCause != "" {
@@ -492,4 +389,15 @@ func (m *Machine) timer(now time.Time, k TimerKind) []Action {
 		return m.becomeMaster(now, cause)
 	}
 	return nil
+}
+
+// lowerGARP is the GARP burst that answers a lower-priority master, unless
+// one went out less than lowerGARPEvery ago.
+func (m *Machine) lowerGARP(now time.Time) []Action {
+	if !m.lowerGARPAt.IsZero() && now.Sub(m.lowerGARPAt) < lowerGARPEvery {
+		m.garpSuppressed++
+		return nil
+	}
+	m.lowerGARPAt = now
+	return []Action{SendGARP{}}
 }

@@ -15,7 +15,8 @@ var (
 )
 
 func cfg3(prio uint8) MachineConfig {
-	return MachineConfig{VRID: 51, Priority: prio, Version: 3, AdvertInterval: time.Second, Preempt: true, PrimaryIP: ipA}
+	return MachineConfig{VRID: 51, Priority: prio, Version: 3, AdvertInterval: time.Second, Preempt: true, PrimaryIP: ipA,
+		VIPs: []netip.Addr{netip.MustParseAddr("10.0.0.100")}}
 }
 
 func adv(version, prio uint8, cs uint16) *Advert {
@@ -215,13 +216,55 @@ func TestMasterAnswers(t *testing.T) {
 		if m.State() != Master || !reflect.DeepEqual(acts, want) {
 			t.Errorf("%s: %v, want %v", tt.name, acts, want)
 		}
-		// More lower adverts before it fires do not push it back.
+		// More lower adverts before it fires do not push it back (a
+		// second apart: closer ones get no GARP burst, see
+		// TestLowerGARPRateLimit).
 		want = want[:3]
-		if acts := recv(t, m, t0, tt.from, adv(3, tt.theirs, 20)); !reflect.DeepEqual(acts, want) {
+		if acts := recv(t, m, t0.Add(11*time.Second), tt.from, adv(3, tt.theirs, 20)); !reflect.DeepEqual(acts, want) {
 			t.Errorf("%s again: %v, want %v", tt.name, acts, want)
 		}
-		if acts := m.Step(t0, TimerFired{TimerGARPHeal}); !reflect.DeepEqual(acts, []Action{SendGARP{}}) {
+		if acts := m.Step(t0.Add(12*time.Second), TimerFired{TimerGARPHeal}); !reflect.DeepEqual(acts, []Action{SendGARP{}}) {
 			t.Errorf("%s heal timer: %v", tt.name, acts)
+		}
+	}
+}
+
+// TestLowerGARPRateLimit: a master answers every lower-priority advert
+// with an advert, but sends a GARP burst for them (or for the heal timer)
+// only if the last such burst is a second old or more.
+func TestLowerGARPRateLimit(t *testing.T) {
+	m := master(t, cfg3(100))
+	start := t0.Add(10 * time.Second)
+	steps := []struct {
+		at   time.Duration
+		heal bool // the heal timer fires, not an advert
+		garp bool
+	}{
+		{0, false, true},
+		{10 * time.Millisecond, false, false},
+		{999 * time.Millisecond, false, false},
+		{time.Second, false, true},
+		{1100 * time.Millisecond, true, false}, // the heal timer armed at 0
+		{1500 * time.Millisecond, false, false},
+		{3 * time.Second, true, true}, // armed at 1.5s, no burst since 1s
+	}
+	var suppressed uint64
+	for _, s := range steps {
+		var acts []Action
+		if s.heal {
+			acts = m.Step(start.Add(s.at), TimerFired{TimerGARPHeal})
+		} else {
+			acts = recv(t, m, start.Add(s.at), ipB, adv(3, 50, 100))
+			if sa, ok := acts[0].(SendAdvert); !ok || sa.Priority != 100 {
+				t.Errorf("%v: no advert in answer: %v", s.at, acts)
+			}
+		}
+		_, garp := find[SendGARP](acts)
+		if !s.garp {
+			suppressed++
+		}
+		if garp != s.garp || m.GARPSuppressed() != suppressed {
+			t.Errorf("%v: GARP %v, suppressed %d; want %v, %d", s.at, garp, m.GARPSuppressed(), s.garp, suppressed)
 		}
 	}
 }

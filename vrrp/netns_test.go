@@ -578,6 +578,69 @@ func testMalformedAdverts(t *testing.T, startDirector starter) {
 	waitFor(t, "a yielding to the valid 254 advert", 3*time.Second, func() bool { return a.Status().State == Backup })
 }
 
+// TestNetnsVRIDCollision: a third host on the link runs another virtual
+// router with our VRID, its own address and priority 200 (a neighbour
+// cluster that reused VRID 51). Its adverts are dropped and counted as
+// vip_mismatch by both directors; the master keeps the VIP throughout.
+func TestNetnsVRIDCollision(t *testing.T) {
+	for _, s := range starters {
+		t.Run(s.name, func(t *testing.T) { testVRIDCollision(t, s.start) })
+	}
+}
+
+func testVRIDCollision(t *testing.T, startDirector starter) {
+	p := newPair(t)
+	evil, err := p.lab.AddNode("e", addrEvil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startDirector(t, p.a, labConfig("a", 150))
+	b := startDirector(t, p.b, labConfig("b", 100))
+	mastered(t, a, b, 5*time.Second)
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+	transitions := a.Status().Transitions
+	waitFor(t, "b following a", 3*time.Second, func() bool {
+		st := b.Status()
+		return st.State == Backup && st.Master == addrA.Addr()
+	})
+	bTransitions := b.Status().Transitions
+
+	advert := func(addrs ...netip.Addr) rawPkt {
+		ad := &Advert{Version: 3, Type: 1, VRID: 51, Priority: 200, MaxAdvertInterval: 100, Addrs: addrs}
+		b, err := ad.Marshal(ChecksumPseudoHeader, addrEvil.Addr(), Group)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rawPkt{"vip_mismatch", 255, b}
+	}
+	colliding := advert(netip.MustParseAddr("10.99.0.200"))
+	// Ten adverts a second for two seconds, checking all along.
+	const n = 20
+	for range n {
+		sendRaw(t, evil, []rawPkt{colliding})
+		time.Sleep(100 * time.Millisecond)
+		if st := a.Status(); st.State != Master || st.Transitions != transitions || !a.holdsVIP(labVIP.Addr()) {
+			t.Fatalf("a after a colliding advert: %+v, holds VIP %v", st, a.holdsVIP(labVIP.Addr()))
+		}
+		// Under this stream keepalived 2.2.7's backup went MASTER and
+		// back for a moment (seen in every trial run); ours must not.
+		if st := b.Status(); st.State != Backup || st.Master != addrA.Addr() || st.Transitions != bTransitions {
+			t.Fatalf("b after a colliding advert: %+v", st)
+		}
+	}
+	for _, d := range []*director{a, b} {
+		waitFor(t, d.node.Role+" counting the colliding adverts", 3*time.Second, func() bool {
+			return d.Status().Dropped["vip_mismatch"] == n
+		})
+	}
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+	t.Logf("a dropped %v, b dropped %v", a.Status().Dropped, b.Status().Dropped)
+
+	// Control: the same advert with our address list does act.
+	sendRaw(t, evil, []rawPkt{advert(labVIP.Addr())})
+	waitFor(t, "a yielding to priority 200 with our VIP", 3*time.Second, func() bool { return a.Status().State == Backup })
+}
+
 // keepalivedConf writes a keepalived.conf for one VRRP instance like cfg.
 func keepalivedConf(t *testing.T, cfg Config) string {
 	t.Helper()
@@ -715,28 +778,7 @@ func testInterop(t *testing.T, tc interopCase) {
 // subscription.
 func TestNetnsTrackInterface(t *testing.T) {
 	p := newPair(t)
-	h, err := p.a.Handle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	// A veth pair inside a's namespace (this kernel has no dummy driver).
-	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "trk0"}, PeerName: "trk1"}); err != nil {
-		t.Fatal(err)
-	}
-	trk, err := h.LinkByName("trk0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer, err := h.LinkByName("trk1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range []netlink.Link{trk, peer} {
-		if err := h.LinkSetUp(l); err != nil {
-			t.Fatal(err)
-		}
-	}
+	h, trk := trackLink(t, p.a)
 	ca := labConfig("a", 150)
 	ca.Track = []TrackInterface{{Name: "trk0", Weight: -60}}
 	a := startDirector(t, p.a, ca)
@@ -760,6 +802,73 @@ func TestNetnsTrackInterface(t *testing.T) {
 		t.Fatalf("a after trk0 up: %+v", st)
 	}
 	p.clientSees(t, p.a.MAC, 3*time.Second)
+}
+
+// trackLink makes an interface to track in node, trk0, up: one end of a
+// veth pair inside the namespace (this kernel has no dummy driver).
+func trackLink(t *testing.T, node *netns.Node) (*netlink.Handle, netlink.Link) {
+	t.Helper()
+	h, err := node.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "trk0"}, PeerName: "trk1"}); err != nil {
+		t.Fatal(err)
+	}
+	trk, err := h.LinkByName("trk0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := h.LinkByName("trk1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []netlink.Link{trk, peer} {
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return h, trk
+}
+
+// TestNetnsFaultSendsPriorityZero: the master's tracked interface (weight
+// 0) goes down while its advert link stays up; it sends priority 0 on its
+// way to FAULT, and the backup takes over after Skew_Time (609 ms at 1 s
+// adverts), well before Master_Down_Interval (3.6 s; a silent master is
+// noticed 2.6-3.6 s after its last advert).
+func TestNetnsFaultSendsPriorityZero(t *testing.T) {
+	p := newPair(t)
+	h, trk := trackLink(t, p.a)
+	ca, cb := labConfig("a", 150), labConfig("b", 100)
+	for _, c := range []*Config{&ca, &cb} {
+		c.AdvertInterval = time.Second
+	}
+	ca.Track = []TrackInterface{{Name: "trk0", Weight: 0}}
+	a := startDirector(t, p.a, ca)
+	b := startDirector(t, p.b, cb)
+	mastered(t, a, b, 8*time.Second)
+	waitFor(t, "b following a", 3*time.Second, func() bool {
+		st := b.Status()
+		return st.State == Backup && st.Master == addrA.Addr() && st.AdvertsReceived > 0
+	})
+
+	start := time.Now()
+	if err := h.LinkSetDown(trk); err != nil {
+		t.Fatal(err)
+	}
+	mastered(t, b, a, 5*time.Second)
+	took := time.Since(start)
+	t.Logf("b took over %v after a's tracked interface went down", took)
+	if st := b.Status(); st.Cause != "priority 0 from 10.99.0.2" {
+		t.Errorf("b's cause %q, want priority 0 from a", st.Cause)
+	}
+	if st := a.Status(); st.State != Fault || st.Cause != "tracked interface trk0 down" {
+		t.Errorf("a: %+v", st)
+	}
+	if mdi := MasterDownInterval(3, 100, time.Second); took > mdi-time.Second-500*time.Millisecond {
+		t.Errorf("takeover took %v: no sooner than a silent master's (%v at least)", took, mdi-time.Second)
+	}
 }
 
 // TestNetnsGARPFormat captures, from the client, the gratuitous ARPs of a

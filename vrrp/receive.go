@@ -19,7 +19,8 @@ type Packet struct {
 // VRRPv2) to a packet read from the socket and, if it passes them, acts on
 // the advert it carries. drop is "" when the advert was acted on, or else why
 // it was refused, the reason counted in Status.Dropped: own, ttl, length,
-// version, type, checksum, malformed, vrid, peer, auth or interval.
+// version, type, checksum, malformed, vrid, peer, auth, interval or
+// vip_mismatch.
 func (m *Machine) Receive(now time.Time, p Packet) (acts []Action, drop string) {
 	a, drop := m.check(p)
 	if drop != "" {
@@ -74,7 +75,30 @@ func (m *Machine) check(p Packet) (*Advert, string) {
 			return nil, "interval"
 		}
 	}
+	// An advert for our VRID with other addresses is another virtual
+	// router's: a neighbour cluster that reused the VRID. Acting on it
+	// would hand our VIPs to a router that does not serve them, so it is
+	// refused whatever its priority (0 and 255 included) and our state,
+	// as keepalived does (RFC 9568 7.1 lets a router check the list).
+	if !sameAddrs(a.Addrs, m.cfg.VIPs) {
+		return nil, "vip_mismatch"
+	}
 	return a, ""
+}
+
+// sameAddrs says whether an advert's address list holds the same
+// addresses as ours, in any order: keepalived's rule (the same count, and
+// each of ours present).
+func sameAddrs(advert, ours []netip.Addr) bool {
+	if len(advert) != len(ours) {
+		return false
+	}
+	for _, a := range ours {
+		if !slices.Contains(advert, a) {
+			return false
+		}
+	}
+	return true
 }
 
 // Advert returns the advert this router sends with priority prio.

@@ -21,6 +21,17 @@ func TestReceiveChecks(t *testing.T) {
 	v2open.AuthPass = ""
 	uni := v3
 	uni.UnicastPeers = []netip.Addr{peer}
+	two := v3
+	two.VIPs = []netip.Addr{netip.MustParseAddr("10.0.0.100"), netip.MustParseAddr("10.0.0.101")}
+	// addrs sets an advert's address list.
+	addrs := func(list ...string) func(a *Advert) {
+		return func(a *Advert) {
+			a.Addrs = nil
+			for _, s := range list {
+				a.Addrs = append(a.Addrs, netip.MustParseAddr(s))
+			}
+		}
+	}
 
 	// advert is a valid advert for cfg from peer, changed by mod.
 	advert := func(cfg MachineConfig, mod func(a *Advert)) *Advert {
@@ -80,6 +91,20 @@ func TestReceiveChecks(t *testing.T) {
 		{"v2 other interval", v2, packet(advert(v2, func(a *Advert) { a.AdvertInterval = 2 }), peer, ChecksumMessage, nil), "interval"},
 		{"auth before interval", v2, packet(advert(v2, func(a *Advert) { a.AdvertInterval, a.AuthType = 2, 0 }), peer, ChecksumMessage, nil), "auth"},
 		{"v3 other interval is learned, not dropped", v3, packet(advert(v3, func(a *Advert) { a.MaxAdvertInterval = 50 }), peer, ChecksumPseudoHeader, nil), ""},
+
+		// A VRID collision: a neighbour's virtual router with the same
+		// VRID and other addresses (keepalived: "ip address associated
+		// with VRID 51 not present in MASTER advert").
+		{"v3 other address list", v3, packet(advert(v3, addrs("10.0.0.200")), peer, ChecksumPseudoHeader, nil), "vip_mismatch"},
+		{"v2 other address list", v2, packet(advert(v2, addrs("10.0.0.200")), peer, ChecksumMessage, nil), "vip_mismatch"},
+		{"one address more", v3, packet(advert(v3, addrs("10.0.0.100", "10.0.0.101")), peer, ChecksumPseudoHeader, nil), "vip_mismatch"},
+		{"one address fewer", two, packet(advert(two, addrs("10.0.0.101")), peer, ChecksumPseudoHeader, nil), "vip_mismatch"},
+		{"same count, one of ours missing", two, packet(advert(two, addrs("10.0.0.100", "10.0.0.100")), peer, ChecksumPseudoHeader, nil), "vip_mismatch"},
+		{"our addresses in another order", two, packet(advert(two, addrs("10.0.0.101", "10.0.0.100")), peer, ChecksumPseudoHeader, nil), ""},
+		{"priority 0 with other addresses", v3, packet(advert(v3, func(a *Advert) { addrs("10.0.0.200")(a); a.Priority = 0 }), peer, ChecksumPseudoHeader, nil), "vip_mismatch"},
+		{"priority 255 with other addresses", v3, packet(advert(v3, func(a *Advert) { addrs("10.0.0.200")(a); a.Priority = 255 }), peer, ChecksumPseudoHeader, nil), "vip_mismatch"},
+		{"auth before vip_mismatch", v2, packet(advert(v2, func(a *Advert) { addrs("10.0.0.200")(a); a.AuthType = 0 }), peer, ChecksumMessage, nil), "auth"},
+		{"vrid before vip_mismatch", v3, packet(advert(v3, func(a *Advert) { addrs("10.0.0.200")(a); a.VRID = 52 }), peer, ChecksumPseudoHeader, nil), "vrid"},
 	}
 	for _, tt := range tests {
 		m := NewMachine(tt.cfg)

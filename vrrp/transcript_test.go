@@ -18,7 +18,8 @@ import (
 // output it produced; `go test ./vrrp -run Transcript -update` rewrites the
 // outputs). Each input to a machine (event or received packet) is one line
 // with the virtual time and the node; the actions it returned follow, one a
-// line, indented, in order. The commands:
+// line, indented, in order (a drop, and a GARP burst the machine did not
+// send because of its rate limit, are shown the same way). The commands:
 //
 //	node NAME [prio=N] [ip=A] [version=2|3] [interval=D] [preempt=BOOL]
 //	     [preempt-delay=D] [garp-delay=D] [garp-refresh=D] [track=IF:W,...]
@@ -333,6 +334,7 @@ func (n *simNet) deliver(first delivery) {
 		queue = queue[1:]
 		x := d.to
 		var acts []Action
+		suppressed := x.m.GARPSuppressed()
 		if d.ev != nil {
 			n.printf("%s %s: %s", dur(n.now), x.name, eventString(d.ev))
 			acts = x.m.Step(n.now, d.ev)
@@ -375,6 +377,9 @@ func (n *simNet) deliver(first delivery) {
 					}
 				}
 			}
+		}
+		if got := x.m.GARPSuppressed(); got != suppressed {
+			n.printf("    GARP burst suppressed (%d so far)", got)
 		}
 	}
 }

@@ -132,6 +132,8 @@ var (
 		[]string{"instance"}, nil)
 	descDropped = prometheus.NewDesc("lvsha_vrrp_dropped_total", "Received VRRP packets dropped, by reason.",
 		[]string{"instance", "reason"}, nil)
+	descGARPSuppressed = prometheus.NewDesc("lvsha_vrrp_garp_suppressed_total",
+		"GARP bursts not sent in answer to lower-priority adverts (at most one a second).", []string{"instance"}, nil)
 	descRSUp = prometheus.NewDesc("lvsha_realserver_up", "Health of a real server: 1 up, 0 down.",
 		[]string{"service", "real_server"}, nil)
 	descChecks = prometheus.NewDesc("lvsha_healthcheck_checks_total", "Health checks run.",
@@ -146,7 +148,7 @@ var vrrpStates = []string{"INIT", "BACKUP", "MASTER", "FAULT", "FAILED"}
 type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped, descRSUp, descChecks, descWeight} {
+	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped, descGARPSuppressed, descRSUp, descChecks, descWeight} {
 		ch <- d
 	}
 }
@@ -167,6 +169,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descVRRPTrans, prometheus.CounterValue, float64(v.Transitions), v.Name)
 		ch <- prometheus.MustNewConstMetric(descAdvSent, prometheus.CounterValue, float64(v.AdvertsOut), v.Name)
 		ch <- prometheus.MustNewConstMetric(descAdvRecv, prometheus.CounterValue, float64(v.AdvertsIn), v.Name)
+		ch <- prometheus.MustNewConstMetric(descGARPSuppressed, prometheus.CounterValue, float64(v.GARPSuppressed), v.Name)
 		for reason, n := range v.Dropped {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), v.Name, reason)
 		}

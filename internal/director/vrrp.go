@@ -85,6 +85,7 @@ func (r *vrrpRunner) status() control.VRRPStatus {
 		st.Since, st.LastCause = s.Since, s.Cause
 		st.AdvertsOut, st.AdvertsIn, st.Transitions = s.AdvertsSent, s.AdvertsReceived, s.Transitions
 		st.Dropped = s.Dropped
+		st.GARPSuppressed = s.GARPSuppressed
 	}
 	if errText != "" {
 		st.State, st.LastCause = "FAILED", errText

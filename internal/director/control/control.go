@@ -53,6 +53,8 @@ type VRRPStatus struct {
 	AdvertsIn   uint64            `json:"adverts_received"`
 	Transitions uint64            `json:"transitions"`
 	Dropped     map[string]uint64 `json:"dropped,omitempty"`
+	// GARPSuppressed is vrrp.Status.GARPSuppressed.
+	GARPSuppressed uint64 `json:"garp_suppressed"`
 }
 
 // ServiceStatus is one virtual service, like a block of `ipvsadm -ln`.
