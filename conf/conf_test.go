@@ -391,3 +391,27 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestLibraryRefusal: what a library refuses of a runtime value that passed
+// conf's own rules is an error on the key (a valid config must never fail
+// at start); after an error of conf's own it is not repeated.
+func TestLibraryRefusal(t *testing.T) {
+	refuse := func() error { return errors.New("refused") }
+	v := &validator{}
+	v.warnf("a", "just a warning")
+	v.library("a", 0, refuse)
+	if len(v.diags) != 2 || v.diags[1].Path != "a" || v.diags[1].Msg != "refused" || v.diags[1].Warning {
+		t.Errorf("after a warning: %+v", v.diags)
+	}
+	v = &validator{}
+	v.errf("b.key", "conf's own error")
+	v.library("b", 0, refuse)
+	if len(v.diags) != 1 {
+		t.Errorf("after an error: %+v", v.diags)
+	}
+	v = &validator{}
+	v.library("c", 0, func() error { return nil })
+	if len(v.diags) != 0 {
+		t.Errorf("accepted value reported: %+v", v.diags)
+	}
+}

@@ -137,7 +137,9 @@ func (v *validator) overrideCheck(base, p string, inherited, c *Check) *healthch
 
 // check validates c and returns it as the healthcheck package takes it.
 func (v *validator) check(p string, c *Check) *healthcheck.Spec {
-	s := &healthcheck.Spec{
+	s := &healthcheck.Spec{}
+	defer v.library(p, len(v.diags), s.Validate)
+	*s = healthcheck.Spec{
 		Path: c.Path, Method: c.Method, Host: c.Host, Status: c.Status, MaxBody: int64(c.MaxBody),
 		TLSServerName: c.TLSServerName, TLSSkipVerify: c.TLSSkipVerify, TLSCAFile: c.TLSCAFile,
 		Port: uint16(c.Port), Argv: c.Argv, Interval: c.Interval.D(), Timeout: c.Timeout.D(), Rise: c.Rise, Fall: c.Fall,

@@ -22,6 +22,21 @@ func (v *validator) errf(path, format string, args ...any) {
 	v.diags = append(v.diags, Diag{Path: path, Msg: fmt.Sprintf(format, args...)})
 }
 
+// library reports, on path, what a library would refuse of a runtime value
+// that passed every rule here (diags had n entries before they ran): a
+// valid config must never fail at start or reload. Its rules should all be
+// here with their keys; this catches the one that is not.
+func (v *validator) library(path string, n int, validate func() error) {
+	for _, d := range v.diags[n:] {
+		if !d.Warning {
+			return
+		}
+	}
+	if err := validate(); err != nil {
+		v.errf(path, "%v", err)
+	}
+}
+
 func (v *validator) warnf(path, format string, args ...any) {
 	v.diags = append(v.diags, Diag{Path: path, Msg: fmt.Sprintf(format, args...), Warning: true})
 }
@@ -105,6 +120,7 @@ func (v *validator) global() {
 }
 
 func (v *validator) vrrp(p string, in *VRRPInstance) {
+	defer v.library(p, len(v.diags), in.Runtime.Validate)
 	rt := &in.Runtime
 	*rt = vrrp.Config{
 		Name: in.Name, Interface: in.Interface, VRID: uint8(in.VRID), Priority: uint8(in.Priority),
@@ -154,6 +170,9 @@ func (v *validator) vrrp(p string, in *VRRPInstance) {
 	}
 	if len(in.VIPs) == 0 {
 		v.errf(p+".virtual_ipaddress", "required but missing (at least one VIP)")
+	}
+	if len(in.VIPs) > vrrp.MaxVIPs {
+		v.errf(p+".virtual_ipaddress", "%d VIPs; an advert carries at most %d", len(in.VIPs), vrrp.MaxVIPs)
 	}
 	seen := map[netip.Addr]bool{}
 	for j, s := range in.VIPs {

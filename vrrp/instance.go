@@ -85,7 +85,7 @@ func New(cfg Config, log *slog.Logger) (*Instance, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("vrrp instance %q: %w", cfg.Name, err)
 	}
 	in := &Instance{cfg: cfg, log: log.With("instance", cfg.Name)}
@@ -94,7 +94,10 @@ func New(cfg Config, log *slog.Logger) (*Instance, error) {
 	return in, nil
 }
 
-func (c *Config) validate() error {
+// Validate says why the instance cannot run with c (what an advert or the
+// kernel cannot carry), nil if it can. conf reports the same on a reload's
+// -t, so a valid config never makes New fail.
+func (c *Config) Validate() error {
 	switch {
 	case c.Interface == "":
 		return errors.New("no interface")
@@ -106,8 +109,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("version %d: must be 2 or 3", c.Version)
 	case len(c.VIPs) == 0:
 		return errors.New("no virtual_ipaddress")
-	case len(c.VIPs) > 255:
-		return errors.New("more than 255 virtual addresses")
+	case len(c.VIPs) > MaxVIPs:
+		return fmt.Errorf("more than %d virtual addresses", MaxVIPs)
 	case len(c.AuthPass) > MaxAuthPass:
 		return fmt.Errorf("auth_pass longer than %d bytes", MaxAuthPass)
 	case c.AuthPass != "" && c.Version != 2:
@@ -134,6 +137,9 @@ func (c *Config) validate() error {
 	}
 	return nil
 }
+
+// MaxVIPs is the most addresses an advert carries: its count is one byte.
+const MaxVIPs = 255
 
 // MaxAuthPass is the longest VRRPv2 simple password: its 8-byte field.
 const MaxAuthPass = len(Advert{}.AuthData)
