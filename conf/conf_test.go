@@ -415,3 +415,43 @@ func TestLibraryRefusal(t *testing.T) {
 		t.Errorf("accepted value reported: %+v", v.diags)
 	}
 }
+
+// TestAuthPassReadable: a password in a file others can read is a warning
+// on its key; the same file with mode 0600, or without a password, is not.
+func TestAuthPassReadable(t *testing.T) {
+	const body = `
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+version = 2
+virtual_ipaddress = ["10.0.0.1"]
+auth_pass = "secret"
+`
+	for _, tc := range []struct {
+		mode     os.FileMode
+		body     string
+		warnings int
+	}{{0o644, body, 1}, {0o640, body, 1}, {0o600, body, 0}, {0o644, strings.Replace(body, `auth_pass = "secret"`, "", 1), 0}} {
+		f := filepath.Join(t.TempDir(), "l.toml")
+		if err := os.WriteFile(f, []byte(tc.body), tc.mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(f, tc.mode); err != nil { // whatever the umask
+			t.Fatal(err)
+		}
+		_, warnings, err := Load(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(warnings) != tc.warnings {
+			t.Errorf("mode %04o: warnings %v, want %d", tc.mode, warnings, tc.warnings)
+			continue
+		}
+		if tc.warnings == 1 {
+			if w := warnings[0]; w.Path != "vrrp_instance[0].auth_pass" || w.Pos.Line != 8 || !strings.Contains(w.Msg, "chmod 600") {
+				t.Errorf("warning %+v", w)
+			}
+		}
+	}
+}

@@ -75,7 +75,30 @@ func Load(file string) (*Config, []Diag, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("read config: %w", err)
 	}
-	return Parse(file, src)
+	cfg, warnings, err := Parse(file, src)
+	if err != nil {
+		return nil, nil, err
+	}
+	if fi, err := os.Stat(file); err == nil && fi.Mode().Perm()&0o044 != 0 {
+		warnings = append(warnings, secretsReadable(cfg, src, fi.Mode().Perm())...)
+	}
+	return cfg, warnings, nil
+}
+
+// secretsReadable warns about each VRRP password in a file that users
+// other than its owner can read (mode perm).
+func secretsReadable(cfg *Config, src []byte, perm os.FileMode) []Diag {
+	var out []Diag
+	ix := indexPositions(src)
+	for i, in := range cfg.VRRP {
+		if in.AuthPass == "" {
+			continue
+		}
+		path := fmt.Sprintf("vrrp_instance[%d].auth_pass", i)
+		out = append(out, Diag{Pos: ix.lookup(path), Path: path, Warning: true,
+			Msg: fmt.Sprintf("the file is readable by other users (mode %04o) and holds this password: chmod 600 it", perm)})
+	}
+	return out
 }
 
 // Parse is Load for a config already read.
