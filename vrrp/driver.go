@@ -114,15 +114,7 @@ func (in *Instance) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			d.step(Shutdown{})
 			d.stopGARP()
-			// Give queued notify commands a short while to run.
-			d.notify.close()
-			grace := time.NewTimer(min(cfg.NotifyTimeout, 2*time.Second))
-			select {
-			case <-d.notify.finished:
-			case <-grace.C:
-				in.log.Warn("vrrp: notify commands still running at shutdown, stopping them")
-			}
-			grace.Stop()
+			d.finishNotify()
 			in.log.Info("vrrp: stopped")
 			return nil
 		case p := <-rx:
@@ -153,14 +145,38 @@ func (in *Instance) Run(ctx context.Context) error {
 			}
 		case ls := <-linkCh:
 			switch {
+			case ls.Name == cfg.Interface && ls.Index != 0 && ls.Index != k.ifindex:
+				// Our sockets are bound to the old ifindex: hear, send
+				// and hold nothing there any more. Leave as a link
+				// down would (FAULT, VIPs released), and let the
+				// caller run the instance again on the new one.
+				in.log.Warn("vrrp: interface re-created; reopening", "interface", cfg.Interface,
+					"old_index", k.ifindex, "new_index", ls.Index)
+				d.step(LinkDown{})
+				d.stopGARP()
+				d.finishNotify()
+				return fmt.Errorf("vrrp instance %q: %s: %w", cfg.Name, cfg.Interface, ErrInterfaceReplaced)
 			case ls.Name == cfg.Interface && ls.Up:
 				d.step(LinkUp{})
 			case ls.Name == cfg.Interface:
 				d.step(LinkDown{})
 			default:
-				d.step(TrackChanged(ls))
+				d.step(TrackChanged{Name: ls.Name, Up: ls.Up})
 			}
 		}
+	}
+}
+
+// finishNotify gives the queued notify commands a short while to run
+// before Run returns.
+func (d *driver) finishNotify() {
+	d.notify.close()
+	grace := time.NewTimer(min(d.in.cfg.NotifyTimeout, 2*time.Second))
+	defer grace.Stop()
+	select {
+	case <-d.notify.finished:
+	case <-grace.C:
+		d.in.log.Warn("vrrp: notify commands still running at shutdown, stopping them")
 	}
 }
 
@@ -345,11 +361,13 @@ func (d *driver) sendAdvert(prio uint8) {
 		}
 		if err := d.k.conn.WriteAdvert(b, d.k.primary, dst); err != nil {
 			// A link going down shows up here first; the link event
-			// will move us to FAULT.
+			// will move us to FAULT. Status and metrics count it: a
+			// master that cannot send is no master to its peer.
 			d.in.log.Debug("vrrp: send advert", "err", err)
+			d.in.count(func(s *Status) { s.SendErrors++; s.LastSendError = err.Error() })
 			continue
 		}
-		d.in.count(func(s *Status) { s.AdvertsSent++ })
+		d.in.count(func(s *Status) { s.AdvertsSent++; s.LastSendError = "" })
 	}
 }
 

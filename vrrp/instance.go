@@ -68,7 +68,16 @@ type Status struct {
 	// lower-priority adverts because one had gone out less than a second
 	// before (each such advert is still answered with an advert).
 	GARPSuppressed uint64
+	// SendErrors counts adverts the socket refused to send; LastSendError
+	// is the latest reason, empty once an advert goes out again.
+	SendErrors    uint64
+	LastSendError string
 }
+
+// ErrInterfaceReplaced ends Run when the instance's interface was deleted
+// and made again (a new ifindex): its sockets and addresses belong to the
+// old one. Run again at once: a new run opens the new interface.
+var ErrInterfaceReplaced = errors.New("interface deleted and re-created")
 
 // Instance runs one virtual router.
 type Instance struct {

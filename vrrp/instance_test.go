@@ -2,6 +2,7 @@ package vrrp
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -28,6 +29,8 @@ type fakeKernel struct {
 	linkCh chan linkState
 	// pending makes Pending report a packet waiting in the socket.
 	pending bool
+	// sendErr, if set, is what WriteAdvert returns.
+	sendErr error
 }
 
 type sentAdvert struct {
@@ -62,6 +65,9 @@ func (f *fakeKernel) WriteAdvert(b []byte, src, dst netip.Addr) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.sendErr != nil {
+		return f.sendErr
+	}
 	f.sent = append(f.sent, sentAdvert{a, src, dst})
 	return nil
 }
@@ -151,7 +157,7 @@ func testInstance(t *testing.T, f *fakeKernel, mod func(*Config)) *Instance {
 		t.Fatal(err)
 	}
 	in.open = func() (*kernel, error) {
-		k := &kernel{conn: f, addrs: f, garp: f, links: f, primary: cfg.UnicastSrc}
+		k := &kernel{conn: f, addrs: f, garp: f, links: f, primary: cfg.UnicastSrc, ifindex: fakeIfindex}
 		if !k.primary.IsValid() {
 			k.primary = netip.MustParseAddr("10.0.0.1")
 		}
@@ -369,7 +375,7 @@ func TestDriverLinkAndTrack(t *testing.T) {
 		go in.Run(ctx)
 		time.Sleep(4 * time.Second)
 		synctest.Wait()
-		f.linkCh <- linkState{"eth1", false}
+		f.linkCh <- linkState{Name: "eth1", Up: false}
 		synctest.Wait()
 		if st := in.Status(); st.State != Master || st.Priority != 90 {
 			t.Fatalf("tracked eth1 down: %+v", st)
@@ -377,7 +383,7 @@ func TestDriverLinkAndTrack(t *testing.T) {
 		if ads := f.adverts(); ads[len(ads)-1].a.Priority != 90 {
 			t.Errorf("no advert with the new priority")
 		}
-		f.linkCh <- linkState{"eth0", false}
+		f.linkCh <- linkState{Name: "eth0", Up: false}
 		synctest.Wait()
 		if st := in.Status(); st.State != Fault || st.Cause != "link down" || f.has("10.0.0.100/24") {
 			t.Fatalf("link down: %+v", st)
@@ -388,10 +394,76 @@ func TestDriverLinkAndTrack(t *testing.T) {
 		if len(f.adverts()) != n {
 			t.Error("adverts sent in FAULT")
 		}
-		f.linkCh <- linkState{"eth0", true}
+		f.linkCh <- linkState{Name: "eth0", Up: true}
 		synctest.Wait()
 		if st := in.Status(); st.State != Backup || st.Cause != "link up" {
 			t.Fatalf("link up: %+v", st)
+		}
+	})
+}
+
+// fakeIfindex is the index of eth0 in the fake kernel.
+const fakeIfindex = 7
+
+// TestDriverInterfaceReplaced: a link event for our interface with another
+// ifindex (deleted and made again) ends Run with ErrInterfaceReplaced after
+// leaving MASTER as a link down would; an event with the same index is an
+// ordinary link change.
+func TestDriverInterfaceReplaced(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		in := testInstance(t, f, func(c *Config) { c.Priority = 150 })
+		done := make(chan error, 1)
+		go func() { done <- in.Run(t.Context()) }()
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		f.linkCh <- linkState{Name: "eth0", Up: true, Index: fakeIfindex}
+		synctest.Wait()
+		if st := in.Status(); st.State != Master {
+			t.Fatalf("same index: %+v", st)
+		}
+		f.linkCh <- linkState{Name: "eth0", Up: true, Index: fakeIfindex + 1}
+		synctest.Wait()
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrInterfaceReplaced) {
+				t.Fatalf("Run returned %v", err)
+			}
+		default:
+			t.Fatal("Run goes on on a replaced interface")
+		}
+		if st := in.Status(); st.State != Fault || f.has("10.0.0.100/24") {
+			t.Errorf("after the interface was replaced: %+v, VIP held %v", st, f.has("10.0.0.100/24"))
+		}
+	})
+}
+
+// TestDriverSendErrors: adverts the socket refuses are counted with their
+// reason, which clears once one goes out again.
+func TestDriverSendErrors(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		in := testInstance(t, f, func(c *Config) { c.Priority = 150 })
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go in.Run(ctx)
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		f.mu.Lock()
+		f.sendErr = errors.New("sendto: no such device")
+		f.mu.Unlock()
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		if st := in.Status(); st.SendErrors != 3 || st.LastSendError != "sendto: no such device" {
+			t.Fatalf("while sends fail: %d errors, last %q", st.SendErrors, st.LastSendError)
+		}
+		f.mu.Lock()
+		f.sendErr = nil
+		f.mu.Unlock()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if st := in.Status(); st.SendErrors != 3 || st.LastSendError != "" {
+			t.Fatalf("after a good send: %d errors, last %q", st.SendErrors, st.LastSendError)
 		}
 	})
 }

@@ -42,10 +42,12 @@ type garpSender interface {
 	Close() error
 }
 
-// linkState is the state of one interface.
+// linkState is the state of one interface. Index is its ifindex, 0 where
+// unknown: an interface deleted and made again has a new one.
 type linkState struct {
-	Name string
-	Up   bool
+	Name  string
+	Up    bool
+	Index int
 }
 
 // linkWatcher reports the state of interfaces, from events, not polling.
@@ -63,9 +65,14 @@ type kernel struct {
 	garp    garpSender
 	links   linkWatcher
 	primary netip.Addr // source address of our adverts
+	ifindex int        // of the interface the sockets are bound to; 0 in fakes
+	nl      *netlink.Handle
 }
 
 func (k *kernel) close() {
+	if k.nl != nil {
+		k.nl.Close()
+	}
 	if k.conn != nil {
 		k.conn.Close()
 	}
@@ -86,9 +93,12 @@ func openKernel(cfg *Config, log *slog.Logger) (_ *kernel, err error) {
 		h.Close()
 		return nil, fmt.Errorf("interface %s: %w", cfg.Interface, err)
 	}
+	// From here k.close closes h.
 	k := &kernel{
-		addrs: &nlAddrs{h: h, link: link},
-		links: &nlLinks{h: h, log: log, subscribe: netlink.LinkSubscribeWithOptions},
+		nl:      h,
+		ifindex: link.Attrs().Index,
+		addrs:   &nlAddrs{h: h, link: link},
+		links:   &nlLinks{h: h, log: log, subscribe: netlink.LinkSubscribeWithOptions},
 	}
 	defer func() {
 		if err != nil {
@@ -367,7 +377,7 @@ func (n *nlLinks) Watch(ctx context.Context, names []string, out chan<- linkStat
 				}
 				up := u.Header.Type != unix.RTM_DELLINK && linkUp(u.Link)
 				select {
-				case out <- linkState{name, up}:
+				case out <- linkState{Name: name, Up: up, Index: u.Link.Attrs().Index}:
 				case <-ctx.Done():
 					close(done)
 					return

@@ -48,7 +48,7 @@ func TestLinkWatchResubscribes(t *testing.T) {
 	defer cancel()
 	out := make(chan linkState)
 	go n.Watch(ctx, []string{"eth0", "eth1"}, out)
-	want := []linkState{{"eth0", false}, {"eth0", true}, {"eth1", false}}
+	want := []linkState{{Name: "eth0", Up: false}, {Name: "eth0", Up: true}, {Name: "eth1", Up: false}}
 	for i, w := range want {
 		if got := <-out; got != w {
 			t.Fatalf("event %d = %+v, want %+v", i, got, w)

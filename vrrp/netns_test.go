@@ -1,6 +1,7 @@
 package vrrp
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -958,5 +959,27 @@ func TestNetnsAdvertOnWire(t *testing.T) {
 	if a.Version != 3 || a.VRID != 51 || a.Priority != 150 || a.MaxAdvertInterval != 10 || !a.PseudoHeader ||
 		len(a.Addrs) != 1 || a.Addrs[0] != labVIP.Addr() {
 		t.Errorf("advert %+v", a)
+	}
+}
+
+// TestNetnsInterfaceRecreated: the master's eth0 is deleted and made again
+// (new ifindex and MAC, same name and address) under the running daemon.
+// The instance must notice, reopen its sockets on the new interface and,
+// with the higher priority, be MASTER there again, holding the VIP, with
+// the client's ARP entry on the new MAC. Bound to the dead ifindex it could
+// neither send nor add the VIP.
+func TestNetnsInterfaceRecreated(t *testing.T) {
+	p := newPair(t)
+	a := startDaemon(t, p.a, labConfig("a", 150))
+	b := startDirector(t, p.b, labConfig("b", 100))
+	mastered(t, a, b, 5*time.Second)
+	if err := p.lab.Recreate("a"); err != nil {
+		t.Fatal(err)
+	}
+	mastered(t, a, b, 5*time.Second)
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+	logs, _ := os.ReadFile(a.log)
+	if !bytes.Contains(logs, []byte("interface re-created")) {
+		t.Errorf("no log of the re-created interface:\n%s", logs)
 	}
 }

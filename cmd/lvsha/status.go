@@ -70,6 +70,11 @@ func printStatus(w io.Writer, st *control.Status) {
 				dash(v.Master), v.Since.Format(time.TimeOnly), dash(v.LastCause))
 		}
 		_ = tw.Flush()
+		for _, v := range st.VRRP {
+			if v.LastSendError != "" {
+				fmt.Fprintf(w, "  %s: adverts not sent (%d so far): %s\n", v.Name, v.SendErrors, v.LastSendError)
+			}
+		}
 	}
 	if len(st.Services) > 0 {
 		fmt.Fprintln(w, "\nIPVS:")

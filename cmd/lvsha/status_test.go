@@ -43,3 +43,20 @@ func TestPrintStatus(t *testing.T) {
 		}
 	}
 }
+
+// TestPrintStatusSendErrors: an instance whose adverts fail says so under
+// the VRRP table; one that sends again does not.
+func TestPrintStatusSendErrors(t *testing.T) {
+	st := &control.Status{VRRP: []control.VRRPStatus{
+		{Name: "VI_1", Interface: "eth0", VRID: 51, State: "MASTER", SendErrors: 4, LastSendError: "sendto: no such device"},
+		{Name: "VI_2", Interface: "eth0", VRID: 52, State: "BACKUP", SendErrors: 2},
+	}}
+	var b strings.Builder
+	printStatus(&b, st)
+	if !strings.Contains(b.String(), "  VI_1: adverts not sent (4 so far): sendto: no such device\n") {
+		t.Errorf("no send error line:\n%s", b.String())
+	}
+	if strings.Contains(b.String(), "VI_2: adverts not sent") {
+		t.Errorf("a recovered instance shown as failing:\n%s", b.String())
+	}
+}

@@ -134,6 +134,8 @@ var (
 		[]string{"instance", "reason"}, nil)
 	descGARPSuppressed = prometheus.NewDesc("lvsha_vrrp_garp_suppressed_total",
 		"GARP bursts not sent in answer to lower-priority adverts (at most one a second).", []string{"instance"}, nil)
+	descSendErrors = prometheus.NewDesc("lvsha_vrrp_send_errors_total",
+		"Adverts the socket refused to send.", []string{"instance"}, nil)
 	descRSUp = prometheus.NewDesc("lvsha_realserver_up", "Health of a real server: 1 up, 0 down.",
 		[]string{"service", "real_server"}, nil)
 	descChecks = prometheus.NewDesc("lvsha_healthcheck_checks_total", "Health checks run.",
@@ -148,7 +150,7 @@ var vrrpStates = []string{"INIT", "BACKUP", "MASTER", "FAULT", "FAILED"}
 type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped, descGARPSuppressed, descRSUp, descChecks, descWeight} {
+	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped, descGARPSuppressed, descSendErrors, descRSUp, descChecks, descWeight} {
 		ch <- d
 	}
 }
@@ -170,6 +172,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descAdvSent, prometheus.CounterValue, float64(v.AdvertsOut), v.Name)
 		ch <- prometheus.MustNewConstMetric(descAdvRecv, prometheus.CounterValue, float64(v.AdvertsIn), v.Name)
 		ch <- prometheus.MustNewConstMetric(descGARPSuppressed, prometheus.CounterValue, float64(v.GARPSuppressed), v.Name)
+		ch <- prometheus.MustNewConstMetric(descSendErrors, prometheus.CounterValue, float64(v.SendErrors), v.Name)
 		for reason, n := range v.Dropped {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), v.Name, reason)
 		}

@@ -48,6 +48,12 @@ func (r *vrrpRunner) loop(ctx context.Context) {
 		if err == nil {
 			err = errors.New("stopped by itself")
 		}
+		if errors.Is(err, vrrp.ErrInterfaceReplaced) {
+			// Not a failure: run again at once, on the new interface.
+			r.log.Warn("vrrp instance: starting again on the re-created interface", "instance", r.cfg.Name, "err", err)
+			failures = -1
+			continue
+		}
 		wait := backoff(failures)
 		r.log.Error("vrrp instance failed; restarting", "instance", r.cfg.Name, "err", err, "retry_in", wait)
 		r.mu.Lock()
@@ -86,6 +92,7 @@ func (r *vrrpRunner) status() control.VRRPStatus {
 		st.AdvertsOut, st.AdvertsIn, st.Transitions = s.AdvertsSent, s.AdvertsReceived, s.Transitions
 		st.Dropped = s.Dropped
 		st.GARPSuppressed = s.GARPSuppressed
+		st.SendErrors, st.LastSendError = s.SendErrors, s.LastSendError
 	}
 	if errText != "" {
 		st.State, st.LastCause = "FAILED", errText

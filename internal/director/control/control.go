@@ -55,6 +55,10 @@ type VRRPStatus struct {
 	Dropped     map[string]uint64 `json:"dropped,omitempty"`
 	// GARPSuppressed is vrrp.Status.GARPSuppressed.
 	GARPSuppressed uint64 `json:"garp_suppressed"`
+	// SendErrors counts adverts the socket refused; LastSendError is why
+	// the latest failed, absent once one goes out again.
+	SendErrors    uint64 `json:"send_errors"`
+	LastSendError string `json:"last_send_error,omitempty"`
 }
 
 // ServiceStatus is one virtual service, like a block of `ipvsadm -ln`.

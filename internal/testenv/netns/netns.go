@@ -330,9 +330,43 @@ func (l *Lab) AddNode(role string, addr netip.Prefix) (_ *Node, err error) {
 	}
 	l.Nodes[role] = node
 	l.order = append(l.order, node)
+	if err := l.plug(node); err != nil {
+		return nil, err
+	}
+	return node, nil
+}
+
+// Recreate deletes a node's eth0 and makes a new one with the same name and
+// address (a new ifindex and MAC), as a network manager rebuilding a VLAN
+// or bond does.
+func (l *Lab) Recreate(role string) error {
+	n, ok := l.Nodes[role]
+	if !ok {
+		return fmt.Errorf("lab: no node %q", role)
+	}
 	bh, err := l.Bridge.Handle()
 	if err != nil {
-		return nil, err
+		return err
+	}
+	defer bh.Close()
+	port, err := bh.LinkByName(n.Port)
+	if err != nil {
+		return fmt.Errorf("lab: port %s: %w", n.Port, err)
+	}
+	// Deleting one end of a veth pair deletes the other, eth0.
+	if err := bh.LinkDel(port); err != nil {
+		return fmt.Errorf("lab: delete %s: %w", n.Port, err)
+	}
+	return l.plug(n)
+}
+
+// plug gives node a veth pair: eth0 in its namespace with its address, up,
+// and its port on the bridge.
+func (l *Lab) plug(node *Node) error {
+	role, addr, ns := node.Role, node.Addr, node.NS
+	bh, err := l.Bridge.Handle()
+	if err != nil {
+		return err
 	}
 	defer bh.Close()
 	veth := &netlink.Veth{
@@ -341,42 +375,42 @@ func (l *Lab) AddNode(role string, addr netip.Prefix) (_ *Node, err error) {
 		PeerNamespace: netlink.NsFd(ns.h),
 	}
 	if err := bh.LinkAdd(veth); err != nil {
-		return nil, fmt.Errorf("lab: veth for %s: %w", role, err)
+		return fmt.Errorf("lab: veth for %s: %w", role, err)
 	}
 	port, err := bh.LinkByName(node.Port)
 	if err != nil {
-		return nil, fmt.Errorf("lab: port %s: %w", node.Port, err)
+		return fmt.Errorf("lab: port %s: %w", node.Port, err)
 	}
 	br, err := bh.LinkByName(BridgeName)
 	if err != nil {
-		return nil, fmt.Errorf("lab: bridge: %w", err)
+		return fmt.Errorf("lab: bridge: %w", err)
 	}
 	if err := bh.LinkSetMaster(port, br); err != nil {
-		return nil, fmt.Errorf("lab: plug %s: %w", node.Port, err)
+		return fmt.Errorf("lab: plug %s: %w", node.Port, err)
 	}
 	if err := bh.LinkSetUp(port); err != nil {
-		return nil, fmt.Errorf("lab: port %s up: %w", node.Port, err)
+		return fmt.Errorf("lab: port %s up: %w", node.Port, err)
 	}
 	nh, err := ns.Handle()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer nh.Close()
 	eth, err := nh.LinkByName("eth0")
 	if err != nil {
-		return nil, fmt.Errorf("lab: %s eth0: %w", role, err)
+		return fmt.Errorf("lab: %s eth0: %w", role, err)
 	}
 	node.MAC = eth.Attrs().HardwareAddr
 	if addr.IsValid() {
 		a := &netlink.Addr{IPNet: &net.IPNet{IP: addr.Addr().AsSlice(), Mask: net.CIDRMask(addr.Bits(), 32)}}
 		if err := nh.AddrAdd(eth, a); err != nil {
-			return nil, fmt.Errorf("lab: %s address %s: %w", role, addr, err)
+			return fmt.Errorf("lab: %s address %s: %w", role, addr, err)
 		}
 	}
 	if err := nh.LinkSetUp(eth); err != nil {
-		return nil, fmt.Errorf("lab: %s eth0 up: %w", role, err)
+		return fmt.Errorf("lab: %s eth0 up: %w", role, err)
 	}
-	return node, nil
+	return nil
 }
 
 // SetPort plugs (up) or unplugs (down) a node's port on the bridge: the
