@@ -74,7 +74,7 @@ func (in *Instance) Run(ctx context.Context) error {
 	defer close(d.done)
 	defer d.stopTimers()
 
-	d.notify = newNotifier(in.log, cfg.NotifyTimeout)
+	d.notify = newNotifier(in.log, cfg.NotifyTimeout, in.startCmd)
 	notifyCtx, stopNotify := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopNotify()
 	wg.Go(func() { d.notify.run(notifyCtx) })

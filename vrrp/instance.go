@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"os/exec"
 	"sync"
 	"time"
 )
@@ -81,23 +82,37 @@ var ErrInterfaceReplaced = errors.New("interface deleted and re-created")
 
 // Instance runs one virtual router.
 type Instance struct {
-	cfg  Config
-	log  *slog.Logger
-	open func() (*kernel, error)
+	cfg      Config
+	log      *slog.Logger
+	open     func() (*kernel, error)
+	startCmd func(*exec.Cmd) error // of notify commands
 
 	mu     sync.Mutex
 	status Status
 }
 
+// Option sets how an Instance runs where that is not configuration.
+type Option func(*Instance)
+
+// WithCommandStarter starts notify commands with start instead of
+// exec.Cmd.Start: the director passes one that starts them under normal
+// scheduling, so a busy script does not compete with its real-time VRRP.
+func WithCommandStarter(start func(*exec.Cmd) error) Option {
+	return func(in *Instance) { in.startCmd = start }
+}
+
 // New checks cfg and returns an instance ready to Run.
-func New(cfg Config, log *slog.Logger) (*Instance, error) {
+func New(cfg Config, log *slog.Logger, opts ...Option) (*Instance, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("vrrp instance %q: %w", cfg.Name, err)
 	}
-	in := &Instance{cfg: cfg, log: log.With("instance", cfg.Name)}
+	in := &Instance{cfg: cfg, log: log.With("instance", cfg.Name), startCmd: (*exec.Cmd).Start}
+	for _, o := range opts {
+		o(in)
+	}
 	in.open = func() (*kernel, error) { return openKernel(&in.cfg, in.log) }
 	in.status = Status{Name: cfg.Name, State: Init, Priority: cfg.Priority, Dropped: map[string]uint64{}}
 	return in, nil

@@ -25,6 +25,7 @@ import (
 	"github.com/mdlayher/ethernet"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 )
 
 // The namespace tests run each director as a child process: this test binary
@@ -211,6 +212,13 @@ func daemonTOML(cfg Config, sock string) string {
 	}
 	if cfg.AuthPass != "" {
 		s += "auth_pass = " + q(cfg.AuthPass) + "\n"
+	}
+	if len(cfg.Notify) > 0 {
+		var argv []string
+		for _, a := range cfg.Notify {
+			argv = append(argv, q(a))
+		}
+		s += "notify = [" + strings.Join(argv, ", ") + "]\n"
 	}
 	return s
 }
@@ -981,5 +989,37 @@ func TestNetnsInterfaceRecreated(t *testing.T) {
 	logs, _ := os.ReadFile(a.log)
 	if !bytes.Contains(logs, []byte("interface re-created")) {
 		t.Errorf("no log of the re-created interface:\n%s", logs)
+	}
+}
+
+// TestNetnsNotifyNormalScheduling: the daemon runs real-time (its default
+// realtime_priority), its notify commands do not: each records the policy
+// it runs under (/proc/self/sched), which must be SCHED_NORMAL (0).
+func TestNetnsNotifyNormalScheduling(t *testing.T) {
+	p := newPair(t)
+	out := filepath.Join(t.TempDir(), "policy")
+	cfg := labConfig("a", 150)
+	cfg.Notify = []string{"/bin/sh", "-c", "grep -m1 '^policy' /proc/self/sched >> " + out}
+	a := startDaemon(t, p.a, cfg)
+	waitFor(t, "a MASTER", 5*time.Second, func() bool { return a.Status().State == Master })
+	var got []byte
+	waitFor(t, "two notify commands (BACKUP, MASTER)", 5*time.Second, func() bool {
+		got, _ = os.ReadFile(out)
+		return bytes.Count(got, []byte("\n")) >= 2
+	})
+	for _, l := range strings.Split(strings.TrimSpace(string(got)), "\n") {
+		if f := strings.Fields(l); len(f) != 3 || f[2] != "0" {
+			t.Errorf("notify command ran under %q, want policy 0 (SCHED_NORMAL)", l)
+		}
+	}
+	threads, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", a.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, th := range threads {
+		tid, _ := strconv.Atoi(th.Name())
+		if attr, err := unix.SchedGetAttr(tid, 0); err == nil && attr.Policy != unix.SCHED_RR {
+			t.Errorf("daemon thread %d under policy %d after its notify commands, want SCHED_RR", tid, attr.Policy)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package vrrp
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -16,14 +17,15 @@ import (
 // the commands after it (each has a timeout), never the VRRP loop.
 type notifier struct {
 	log      *slog.Logger
+	start    func(*exec.Cmd) error
 	timeout  time.Duration
 	queue    chan []string
 	once     sync.Once
 	finished chan struct{}
 }
 
-func newNotifier(log *slog.Logger, timeout time.Duration) *notifier {
-	return &notifier{log: log, timeout: timeout, queue: make(chan []string, 64), finished: make(chan struct{})}
+func newNotifier(log *slog.Logger, timeout time.Duration, start func(*exec.Cmd) error) *notifier {
+	return &notifier{log: log, start: start, timeout: timeout, queue: make(chan []string, 64), finished: make(chan struct{})}
 }
 
 // enqueue queues a command; if 64 are already waiting it is dropped (and
@@ -56,17 +58,23 @@ func (n *notifier) exec(ctx context.Context, argv []string) {
 	// A killed command's children may keep its output pipe open: do not
 	// wait for them longer than this.
 	cmd.WaitDelay = time.Second
-	start := time.Now()
-	out, err := cmd.CombinedOutput()
+	began := time.Now()
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	err := n.start(cmd)
+	if err == nil {
+		err = cmd.Wait()
+	}
+	out := buf.Bytes()
 	if len(out) > 1024 {
 		out = out[:1024]
 	}
 	if err != nil {
 		n.log.Warn("vrrp: notify command failed", "argv", strings.Join(argv, " "), "err", err,
-			"took", time.Since(start), "output", string(out))
+			"took", time.Since(began), "output", string(out))
 		return
 	}
-	n.log.Debug("vrrp: notify command done", "argv", strings.Join(argv, " "), "took", time.Since(start))
+	n.log.Debug("vrrp: notify command done", "argv", strings.Join(argv, " "), "took", time.Since(began))
 }
 
 func isClosed(err error) bool { return errors.Is(err, net.ErrClosed) }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lvsha/lvsha/internal/director/control"
+	"github.com/lvsha/lvsha/internal/process"
 	"github.com/lvsha/lvsha/vrrp"
 )
 
@@ -35,7 +36,7 @@ func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger) *vrrpRunn
 func (r *vrrpRunner) loop(ctx context.Context) {
 	defer close(r.done)
 	for failures := 0; ; failures++ {
-		inst, err := vrrp.New(r.cfg, r.log)
+		inst, err := vrrp.New(r.cfg, r.log, vrrp.WithCommandStarter(process.StartNormal))
 		if err == nil {
 			r.mu.Lock()
 			r.inst, r.err = inst, ""

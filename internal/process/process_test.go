@@ -16,7 +16,19 @@ import (
 const rtChildEnv = "LVSHA_PROCESS_RT_CHILD"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(rtChildEnv) != "" {
+	switch os.Getenv(rtChildEnv) {
+	case "":
+	case "report":
+		a, err := unix.SchedGetAttr(0, 0)
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("%d/%d", a.Policy, a.Priority)
+		os.Exit(0)
+	case "start":
+		os.Exit(runStartChild())
+	default:
 		os.Exit(runRTChild())
 	}
 	os.Exit(m.Run())
@@ -67,6 +79,66 @@ func TestSetRealtime(t *testing.T) {
 	for _, th := range threads {
 		if th != want {
 			t.Errorf("thread policy/priority %s, want %s (all: %s)", th, want, out)
+		}
+	}
+}
+
+// runStartChild is the child of TestStartNormal: under SCHED_RR it starts
+// one reporter with StartNormal and one with a plain Start, and prints
+// what each runs under, then its own threads' policies.
+func runStartChild() int {
+	if err := SetRealtime(7); err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	report := func(start func(*exec.Cmd) error) string {
+		cmd := exec.Command("/proc/self/exe", "-test.run=^$")
+		cmd.Env = append(os.Environ(), rtChildEnv+"=report")
+		var out strings.Builder
+		cmd.Stdout = &out
+		if err := start(cmd); err != nil {
+			return "error:" + err.Error()
+		}
+		if err := cmd.Wait(); err != nil {
+			return "error:" + err.Error()
+		}
+		return out.String()
+	}
+	normal, plain := report(StartNormal), report((*exec.Cmd).Start)
+	var threads []string
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, t := range tasks {
+		tid, _ := strconv.Atoi(t.Name())
+		if a, err := unix.SchedGetAttr(tid, 0); err == nil {
+			threads = append(threads, fmt.Sprintf("%d/%d", a.Policy, a.Priority))
+		}
+	}
+	fmt.Println(normal, plain, strings.Join(threads, " "))
+	return 0
+}
+
+// TestStartNormal: a real-time process starts a child under normal
+// scheduling with StartNormal (a plain Start would pass SCHED_RR on, the
+// negative control), and keeps every one of its own threads real-time.
+func TestStartNormal(t *testing.T) {
+	if testing.Short() {
+		testutil.Unavailable(t, "sets real-time scheduling in a child: not with -short")
+	}
+	testutil.NeedRoot(t)
+	cmd := exec.Command("/proc/self/exe", "-test.run=^$")
+	cmd.Env = append(os.Environ(), rtChildEnv+"=start")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	f := strings.Fields(string(out))
+	rr := fmt.Sprintf("%d/7", unix.SCHED_RR)
+	if len(f) < 3 || f[0] != fmt.Sprintf("%d/0", unix.SCHED_NORMAL) || f[1] != rr {
+		t.Fatalf("StartNormal's child, plain Start's child, threads: %q", out)
+	}
+	for _, th := range f[2:] {
+		if th != rr {
+			t.Errorf("a thread left real-time scheduling: %q", out)
 		}
 	}
 }
