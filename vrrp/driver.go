@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -85,21 +86,23 @@ func (in *Instance) Run(ctx context.Context) error {
 	// Closing the socket is what stops the reader.
 	defer k.conn.Close()
 
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
 	linkCh := make(chan linkState, 16)
-	names := []string{cfg.Interface}
-	for _, t := range cfg.Track {
-		names = append(names, t.Name)
+	// watch follows our interface and the tracked ones; a reload that
+	// changes the tracked ones replaces it.
+	watch := func() (stop func()) {
+		names := []string{cfg.Interface}
+		for _, t := range cfg.Track {
+			names = append(names, t.Name)
+		}
+		watchCtx, stop := context.WithCancel(ctx)
+		wg.Go(func() { k.links.Watch(watchCtx, names, linkCh) })
+		return stop
 	}
-	wg.Go(func() { k.links.Watch(watchCtx, names, linkCh) })
+	stopWatch := watch()
+	defer func() { stopWatch() }()
 
 	for _, t := range cfg.Track {
-		up, err := k.links.Up(t.Name)
-		if err != nil {
-			in.log.Warn("vrrp: tracked interface", "interface", t.Name, "err", err)
-		}
-		d.step(TrackChanged{Name: t.Name, Up: up})
+		d.trackNow(t.Name)
 	}
 	up, err := k.links.Up(cfg.Interface)
 	if err != nil {
@@ -143,6 +146,23 @@ func (in *Instance) Run(ctx context.Context) error {
 			if te.gen == d.gens[te.kind] {
 				d.step(TimerFired{Timer: te.kind})
 			}
+		case c := <-in.updates:
+			old := cfg.Track
+			in.cfg = c // cfg points here: what follows uses the new values
+			in.log.Info("vrrp: reload applied in place")
+			d.notify.setTimeout(c.NotifyTimeout)
+			d.step(Reconfigured{GARPDelay: c.GARPDelay, GARPRefresh: c.GARPRefresh, Track: c.Track})
+			if !slices.Equal(c.Track, old) {
+				stopWatch()
+				stopWatch = watch()
+				// As at start: a newly tracked interface counts as it
+				// is now (missing is down), not as up.
+				for _, t := range c.Track {
+					if !slices.ContainsFunc(old, func(o TrackInterface) bool { return o.Name == t.Name }) {
+						d.trackNow(t.Name)
+					}
+				}
+			}
 		case ls := <-linkCh:
 			switch {
 			case ls.Name == cfg.Interface && ls.Index != 0 && ls.Index != k.ifindex:
@@ -165,6 +185,15 @@ func (in *Instance) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// trackNow tells the machine the current state of a tracked interface.
+func (d *driver) trackNow(name string) {
+	up, err := d.k.links.Up(name)
+	if err != nil {
+		d.in.log.Warn("vrrp: tracked interface", "interface", name, "err", err)
+	}
+	d.step(TrackChanged{Name: name, Up: up})
 }
 
 // finishNotify gives the queued notify commands a short while to run
@@ -375,17 +404,19 @@ func (d *driver) sendAdvert(prio uint8) {
 // the rest, if spaced by GARPInterval, from a goroutine that a later burst or
 // leaving MASTER cancels.
 func (d *driver) sendGARP() {
-	cfg := &d.in.cfg
+	// Copies: the goroutine below outlives this call, and a reload may
+	// change the config meanwhile.
+	vips, repeat, interval := d.in.cfg.VIPs, d.in.cfg.GARPRepeat, d.in.cfg.GARPInterval
 	d.stopGARP()
 	round := func() {
-		for _, v := range cfg.VIPs {
+		for _, v := range vips {
 			if err := d.k.garp.GARP(v.Addr()); err != nil {
 				d.in.log.Debug("vrrp: gratuitous arp", "err", err)
 			}
 		}
 	}
-	if cfg.GARPInterval <= 0 {
-		for range cfg.GARPRepeat {
+	if interval <= 0 {
+		for range repeat {
 			round()
 		}
 		return
@@ -394,9 +425,9 @@ func (d *driver) sendGARP() {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.garpStop = cancel
 	d.wg.Go(func() {
-		t := time.NewTicker(cfg.GARPInterval)
+		t := time.NewTicker(interval)
 		defer t.Stop()
-		for range cfg.GARPRepeat - 1 {
+		for range repeat - 1 {
 			select {
 			case <-ctx.Done():
 				return

@@ -85,11 +85,20 @@ type TrackChanged struct {
 // Shutdown stops the machine: a master sends priority 0 and gives up its VIPs.
 type Shutdown struct{}
 
+// Reconfigured replaces what a reload changes in place: the GARP timers and
+// the tracked interfaces. A newly tracked interface counts as up until a
+// TrackChanged says otherwise.
+type Reconfigured struct {
+	GARPDelay, GARPRefresh time.Duration
+	Track                  []TrackInterface
+}
+
 func (Start) isEvent()        {}
 func (TimerFired) isEvent()   {}
 func (LinkDown) isEvent()     {}
 func (LinkUp) isEvent()       {}
 func (TrackChanged) isEvent() {}
+func (Reconfigured) isEvent() {}
 func (Shutdown) isEvent()     {}
 
 // Action is an output of Machine.Step, to be carried out in order.

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"os/exec"
+	"reflect"
 	"sync"
 	"time"
 )
@@ -87,6 +88,10 @@ type Instance struct {
 	open     func() (*kernel, error)
 	startCmd func(*exec.Cmd) error // of notify commands
 
+	// updates carries a reload's in-place changes to a running driver;
+	// only the newest matters.
+	updates chan Config
+
 	mu     sync.Mutex
 	status Status
 }
@@ -113,6 +118,7 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Instance, error) {
 	for _, o := range opts {
 		o(in)
 	}
+	in.updates = make(chan Config, 1)
 	in.open = func() (*kernel, error) { return openKernel(&in.cfg, in.log) }
 	in.status = Status{Name: cfg.Name, State: Init, Priority: cfg.Priority, Dropped: map[string]uint64{}}
 	return in, nil
@@ -188,6 +194,32 @@ func CheckAdvertInterval(version int, d time.Duration) error {
 	default:
 		return fmt.Errorf("version %d: must be 2 or 3", version)
 	}
+	return nil
+}
+
+// InPlace reports whether an instance running with old can take new
+// without a restart (Update): only the notify command, the GARP settings
+// and the tracked interfaces differ. Anything else changes what the
+// instance is on the wire and needs a new one.
+func InPlace(old, new Config) bool {
+	old.Notify, old.NotifyTimeout = new.Notify, new.NotifyTimeout
+	old.GARPRepeat, old.GARPDelay, old.GARPRefresh, old.GARPInterval = new.GARPRepeat, new.GARPDelay, new.GARPRefresh, new.GARPInterval
+	old.Track = new.Track
+	return reflect.DeepEqual(old, new)
+}
+
+// Update hands a running instance the config of a reload that InPlace
+// allows; its loop applies it between two events, without leaving its
+// state. An instance not running takes it on its next Run.
+func (in *Instance) Update(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("vrrp instance %q: %w", cfg.Name, err)
+	}
+	select {
+	case <-in.updates: // a newer one replaces it
+	default:
+	}
+	in.updates <- cfg
 	return nil
 }
 

@@ -112,6 +112,17 @@ func (f *fakeKernel) GARP(vip netip.Addr) error {
 	return nil
 }
 
+// garpCount is the number of GARPs sent so far, all VIPs together.
+func (f *fakeKernel) garpCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, c := range f.garps {
+		n += c
+	}
+	return n
+}
+
 func (f *fakeKernel) Up(name string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -713,6 +724,70 @@ func TestDriverLowerPriorityStorm(t *testing.T) {
 		synctest.Wait()
 		if garps() != 15 || in.Status().GARPSuppressed != 49 {
 			t.Fatalf("heal burst: %d GARPs, %+v", garps(), in.Status())
+		}
+	})
+}
+
+// TestInPlace: notify, garp_* and track_interface change in place; what is
+// on the wire (priority, interval, VIPs, ...) needs a new instance.
+func TestInPlace(t *testing.T) {
+	base := Config{Name: "vi1", Interface: "eth0", VRID: 51, Priority: 100, AdvertInterval: time.Second, Version: 3,
+		GARPRepeat: 5, NotifyTimeout: 10 * time.Second, Preempt: true, VIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.100/24")}}
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+		want bool
+	}{
+		{"same", func(*Config) {}, true},
+		{"notify", func(c *Config) { c.Notify = []string{"/bin/true"} }, true},
+		{"notify timeout", func(c *Config) { c.NotifyTimeout = time.Second }, true},
+		{"garp", func(c *Config) {
+			c.GARPRepeat, c.GARPDelay, c.GARPRefresh, c.GARPInterval = 1, 0, time.Minute, time.Millisecond
+		}, true},
+		{"track", func(c *Config) { c.Track = []TrackInterface{{"eth1", -10}} }, true},
+		{"priority", func(c *Config) { c.Priority = 101 }, false},
+		{"interval", func(c *Config) { c.AdvertInterval = 2 * time.Second }, false},
+		{"vips", func(c *Config) { c.VIPs = append(c.VIPs, netip.MustParsePrefix("10.0.0.101/24")) }, false},
+		{"preempt", func(c *Config) { c.Preempt = false }, false},
+		{"interface", func(c *Config) { c.Interface = "eth1" }, false},
+		{"peers", func(c *Config) { c.UnicastPeers = []netip.Addr{netip.MustParseAddr("10.0.0.2")} }, false},
+	} {
+		c := base
+		c.VIPs = slices.Clone(base.VIPs)
+		tc.mod(&c)
+		if got := InPlace(base, c); got != tc.want {
+			t.Errorf("%s: InPlace %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestDriverUpdateInPlace: a running master takes new GARP and notify
+// settings without a transition; the GARP refresh it now has sends bursts.
+func TestDriverUpdateInPlace(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		var cfg Config
+		in := testInstance(t, f, func(c *Config) { c.Priority = 150; cfg = *c })
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go in.Run(ctx)
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		before := in.Status()
+		garps := f.garpCount()
+		cfg.GARPRefresh, cfg.GARPRepeat = 2*time.Second, 1
+		if err := in.Update(cfg); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		st := in.Status()
+		if st.State != Master || st.Transitions != before.Transitions {
+			t.Fatalf("after the update: %+v", st)
+		}
+		// Two refresh bursts (at +2 s and +4 s) of one GARP per VIP.
+		if got := f.garpCount() - garps; got != 2*len(cfg.VIPs) {
+			t.Errorf("%d GARPs after the update, want %d", got, 2*len(cfg.VIPs))
 		}
 	})
 }

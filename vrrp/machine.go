@@ -201,6 +201,8 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 			acts = append(acts, SendAdvert{m.Priority()}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval})
 		}
 		return acts
+	case Reconfigured:
+		return m.reconfigure(now, ev)
 	case TimerFired:
 		return m.timer(now, ev.Timer)
 	case Shutdown:
@@ -216,6 +218,38 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 		return append(acts, m.enter(now, Init, "shutdown"))
 	}
 	return nil
+}
+
+// reconfigure applies a reload's in-place changes: a master arms or stops
+// its GARP refresh for the new period and, if the tracked interfaces change
+// its priority, tells its peers at once, as a tracked interface changing
+// state would.
+func (m *Machine) reconfigure(now time.Time, ev Reconfigured) []Action {
+	before, refresh := m.Priority(), m.cfg.GARPRefresh
+	m.cfg.GARPDelay, m.cfg.GARPRefresh, m.cfg.Track = ev.GARPDelay, ev.GARPRefresh, ev.Track
+	trackUp := make(map[string]bool, len(ev.Track))
+	for _, t := range ev.Track {
+		up, known := m.trackUp[t.Name]
+		trackUp[t.Name] = up || !known
+	}
+	m.trackUp = trackUp
+	if !m.started {
+		return nil
+	}
+	acts := m.settle(now, "reload")
+	if acts == nil && m.state == Master {
+		if m.Priority() != before {
+			acts = append(acts, SendAdvert{m.Priority()}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval})
+		}
+		switch {
+		case m.cfg.GARPRefresh == refresh:
+		case m.cfg.GARPRefresh > 0:
+			acts = append(acts, ArmTimer{TimerGARPRefresh, m.cfg.GARPRefresh})
+		default:
+			acts = append(acts, StopTimer{TimerGARPRefresh})
+		}
+	}
+	return acts
 }
 
 // settle moves between FAULT and the running states after a change of link

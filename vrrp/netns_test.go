@@ -81,7 +81,9 @@ type director struct {
 	status string
 	log    string
 	done   chan struct{}
-	ours   bool // lvsha (has a status), not keepalived
+	ours   bool   // lvsha (has a status), not keepalived
+	conf   string // the daemon's config file; startDaemon only
+	sock   string // and its control socket
 	// statusFn reads an lvsha director's status.
 	statusFn func() Status
 }
@@ -233,7 +235,7 @@ func startDaemon(t *testing.T, node *netns.Node, cfg Config) *director {
 	if err := os.WriteFile(conf, []byte(daemonTOML(cfg, sock)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := &director{t: t, node: node, log: filepath.Join(dir, "log"), ours: true}
+	d := &director{t: t, node: node, log: filepath.Join(dir, "log"), ours: true, conf: conf, sock: sock}
 	d.statusFn = func() Status {
 		out, err := exec.Command(bin, "status", "--json", "-S", sock).Output()
 		if err != nil {
@@ -1022,4 +1024,49 @@ func TestNetnsNotifyNormalScheduling(t *testing.T) {
 			t.Errorf("daemon thread %d under policy %d after its notify commands, want SCHED_RR", tid, attr.Policy)
 		}
 	}
+}
+
+// TestNetnsReloadInPlace: a reload that changes only notify, garp_* and
+// track_interface leaves the master master (no transition, the VIP never
+// leaves, the backup never takes over) and takes effect: the new notify
+// command runs on the next transition. A reload that changes the priority
+// restarts the instance, as before.
+func TestNetnsReloadInPlace(t *testing.T) {
+	p := newPair(t)
+	_, _ = trackLink(t, p.a)
+	ca := labConfig("a", 150)
+	a := startDaemon(t, p.a, ca)
+	b := startDirector(t, p.b, labConfig("b", 100))
+	mastered(t, a, b, 5*time.Second)
+	before := a.Status()
+
+	marker := filepath.Join(t.TempDir(), "notified")
+	ca.Notify = []string{"/bin/sh", "-c", "echo \"$@\" >> " + marker, "notify"}
+	ca.GARPRepeat, ca.GARPInterval = 2, 10*time.Millisecond
+	ca.Track = []TrackInterface{{Name: "trk0", Weight: -10}}
+	if err := os.WriteFile(a.conf, []byte(daemonTOML(ca, a.sock)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.signal(syscall.SIGHUP)
+	waitFor(t, "the reload applied in place", 5*time.Second, func() bool {
+		logs, _ := os.ReadFile(a.log)
+		return bytes.Contains(logs, []byte("applied in place"))
+	})
+	// Three more adverts from a at b: a restart would have sent priority
+	// 0 and let b take over before them.
+	n := b.Status().AdvertsReceived
+	waitFor(t, "three more adverts at b", 5*time.Second, func() bool { return b.Status().AdvertsReceived >= n+3 })
+	if st := a.Status(); st.State != Master || st.Transitions != before.Transitions || !a.holdsVIP(labVIP.Addr()) {
+		t.Fatalf("a after a reload in place: %+v (before: %d transitions)", st, before.Transitions)
+	}
+	if st := b.Status(); st.State != Backup || st.Transitions != 1 {
+		t.Errorf("b saw a change of master: %+v", st)
+	}
+
+	// The new notify command runs on the next transition.
+	a.stop(syscall.SIGTERM)
+	waitFor(t, "the new notify command", 5*time.Second, func() bool {
+		got, _ := os.ReadFile(marker)
+		return bytes.Contains(got, []byte("a INIT"))
+	})
 }

@@ -18,7 +18,8 @@ import (
 type notifier struct {
 	log      *slog.Logger
 	start    func(*exec.Cmd) error
-	timeout  time.Duration
+	mu       sync.Mutex
+	timeout  time.Duration // a reload may change it
 	queue    chan []string
 	once     sync.Once
 	finished chan struct{}
@@ -26,6 +27,13 @@ type notifier struct {
 
 func newNotifier(log *slog.Logger, timeout time.Duration, start func(*exec.Cmd) error) *notifier {
 	return &notifier{log: log, start: start, timeout: timeout, queue: make(chan []string, 64), finished: make(chan struct{})}
+}
+
+// setTimeout changes the timeout of the commands run from now on.
+func (n *notifier) setTimeout(d time.Duration) {
+	n.mu.Lock()
+	n.timeout = d
+	n.mu.Unlock()
 }
 
 // enqueue queues a command; if 64 are already waiting it is dropped (and
@@ -52,7 +60,10 @@ func (n *notifier) run(ctx context.Context) {
 }
 
 func (n *notifier) exec(ctx context.Context, argv []string) {
-	ctx, cancel := context.WithTimeout(ctx, n.timeout)
+	n.mu.Lock()
+	timeout := n.timeout
+	n.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	// A killed command's children may keep its output pipe open: do not

@@ -34,6 +34,8 @@ import (
 //	       [interval=D] [auth=PASS] [addrs=A,...]  a packet from outside, by default
 //	                                               a valid advert from 10.0.0.200,
 //	                                               priority 100
+//	reconfigure NAME [garp-delay=D] [garp-refresh=D] [track=IF:W,...]
+//	                                               Reconfigured (a reload in place)
 //	cut NAME / join NAME                           take a node off the link / back
 //	reset                                          no nodes, the clock back at 0
 //	run D                                          let D pass, firing timers
@@ -163,6 +165,33 @@ func (n *simNet) command(f []string) error {
 			return fmt.Errorf("bad arguments")
 		}
 		n.deliver(delivery{to: x, ev: ev})
+	case "reconfigure":
+		x, err := nd()
+		if err != nil {
+			return err
+		}
+		kv, err := keyvals(f[2:])
+		if err != nil {
+			return err
+		}
+		ev := Reconfigured{GARPDelay: x.cfg.GARPDelay, GARPRefresh: x.cfg.GARPRefresh, Track: x.cfg.Track}
+		for k, v := range kv {
+			switch k {
+			case "garp-delay":
+				ev.GARPDelay, err = time.ParseDuration(v)
+			case "garp-refresh":
+				ev.GARPRefresh, err = time.ParseDuration(v)
+			case "track":
+				ev.Track, err = trackList(v)
+			default:
+				err = fmt.Errorf("unknown key %q", k)
+			}
+			if err != nil {
+				return fmt.Errorf("%s=%s: %w", k, v, err)
+			}
+		}
+		x.cfg.GARPDelay, x.cfg.GARPRefresh, x.cfg.Track = ev.GARPDelay, ev.GARPRefresh, ev.Track
+		n.deliver(delivery{to: x, ev: ev})
 	case "inject":
 		x, err := nd()
 		if err != nil {
@@ -213,6 +242,23 @@ func (n *simNet) command(f []string) error {
 	return nil
 }
 
+// trackList parses IF:W,... ("" is none).
+func trackList(v string) ([]TrackInterface, error) {
+	var out []TrackInterface
+	for _, tw := range strings.Split(v, ",") {
+		if tw == "" {
+			continue
+		}
+		name, w, _ := strings.Cut(tw, ":")
+		i, err := strconv.Atoi(w)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, TrackInterface{Name: name, Weight: i})
+	}
+	return out, nil
+}
+
 func (n *simNet) addNode(args []string) error {
 	if len(args) == 0 {
 		return fmt.Errorf("node needs a name")
@@ -252,11 +298,7 @@ func (n *simNet) addNode(args []string) error {
 		case "vips":
 			c.VIPs, err = addrList(v)
 		case "track":
-			for _, tw := range strings.Split(v, ",") {
-				name, w, _ := strings.Cut(tw, ":")
-				i, err = strconv.Atoi(w)
-				c.Track = append(c.Track, TrackInterface{Name: name, Weight: i})
-			}
+			c.Track, err = trackList(v)
 		default:
 			err = fmt.Errorf("unknown key %q", k)
 		}
@@ -444,6 +486,12 @@ func eventString(ev Event) string {
 		return "track " + ev.Name + " down"
 	case Shutdown:
 		return "shutdown"
+	case Reconfigured:
+		var track []string
+		for _, t := range ev.Track {
+			track = append(track, fmt.Sprintf("%s:%d", t.Name, t.Weight))
+		}
+		return fmt.Sprintf("reconfigure garp-delay=%s garp-refresh=%s track=%s", ev.GARPDelay, ev.GARPRefresh, strings.Join(track, ","))
 	}
 	return fmt.Sprintf("%#v", ev)
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/lvsha/lvsha/healthcheck"
 	"github.com/lvsha/lvsha/internal/director/checker"
 	"github.com/lvsha/lvsha/lvs"
+	"github.com/lvsha/lvsha/vrrp"
 )
 
 // Options are the daemon's settings that do not come from the config file.
@@ -241,32 +242,47 @@ func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
 	want := map[string]bool{}
 	for _, in := range cfg.VRRP {
 		want[in.Name] = true
+	}
+	// Removed instances go first: a new one's start-up removes VIPs of its
+	// own left on the interface, and a renamed instance's VIPs are still
+	// held by the old name until it stops.
+	for _, r := range d.vrrpRunners() {
+		if !want[r.name] {
+			d.log.Info("reload: vrrp instance removed; stopping it", "instance", r.name)
+			r.stop()
+			d.mu.Lock()
+			delete(d.vrrp, r.name)
+			d.mu.Unlock()
+		}
+	}
+	for _, in := range cfg.VRRP {
 		vc := in.Runtime
 		d.mu.Lock()
 		cur := d.vrrp[in.Name]
 		d.mu.Unlock()
-		if cur != nil && sameVRRP(cur.cfg, vc) {
+		switch {
+		case cur == nil:
+			d.log.Info("reload: new vrrp instance", "instance", in.Name)
+		case sameVRRP(cur.config(), vc):
 			continue
-		}
-		if cur != nil {
+		case vrrp.InPlace(cur.config(), vc):
+			// notify, garp_* and track_interface: a restart would be
+			// a failover and back for an edit that needs neither.
+			err := cur.update(vc)
+			if err == nil {
+				d.log.Info("reload: vrrp instance changed; applied in place", "instance", in.Name)
+				continue
+			}
+			d.log.Warn("reload: vrrp instance change not applied in place; restarting it", "instance", in.Name, "err", err)
+			cur.stop()
+		default:
 			d.log.Info("reload: vrrp instance changed; restarting it", "instance", in.Name)
 			cur.stop()
-		} else {
-			d.log.Info("reload: new vrrp instance", "instance", in.Name)
 		}
 		r := startVRRP(vctx, vc, d.log)
 		d.mu.Lock()
 		d.vrrp[in.Name] = r
 		d.mu.Unlock()
-	}
-	for _, r := range d.vrrpRunners() {
-		if !want[r.cfg.Name] {
-			d.log.Info("reload: vrrp instance removed; stopping it", "instance", r.cfg.Name)
-			r.stop()
-			d.mu.Lock()
-			delete(d.vrrp, r.cfg.Name)
-			d.mu.Unlock()
-		}
 	}
 }
 

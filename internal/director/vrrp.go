@@ -16,19 +16,20 @@ import (
 // vrrpRunner runs one VRRP instance and restarts it when it fails (a socket
 // or netlink error), so one broken interface does not take the daemon down.
 type vrrpRunner struct {
-	cfg    vrrp.Config
+	name   string
 	log    *slog.Logger
 	cancel context.CancelFunc
 	done   chan struct{}
 
 	mu   sync.Mutex
+	cfg  vrrp.Config // a reload may change it in place (update)
 	inst *vrrp.Instance
 	err  string // why the instance is not running, if it is not
 }
 
 func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger) *vrrpRunner {
 	ctx, cancel := context.WithCancel(ctx)
-	r := &vrrpRunner{cfg: cfg, log: log, cancel: cancel, done: make(chan struct{})}
+	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, cancel: cancel, done: make(chan struct{})}
 	go r.loop(ctx)
 	return r
 }
@@ -36,7 +37,7 @@ func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger) *vrrpRunn
 func (r *vrrpRunner) loop(ctx context.Context) {
 	defer close(r.done)
 	for failures := 0; ; failures++ {
-		inst, err := vrrp.New(r.cfg, r.log, vrrp.WithCommandStarter(process.StartNormal))
+		inst, err := vrrp.New(r.config(), r.log, vrrp.WithCommandStarter(process.StartNormal))
 		if err == nil {
 			r.mu.Lock()
 			r.inst, r.err = inst, ""
@@ -51,12 +52,12 @@ func (r *vrrpRunner) loop(ctx context.Context) {
 		}
 		if errors.Is(err, vrrp.ErrInterfaceReplaced) {
 			// Not a failure: run again at once, on the new interface.
-			r.log.Warn("vrrp instance: starting again on the re-created interface", "instance", r.cfg.Name, "err", err)
+			r.log.Warn("vrrp instance: starting again on the re-created interface", "instance", r.name, "err", err)
 			failures = -1
 			continue
 		}
 		wait := backoff(failures)
-		r.log.Error("vrrp instance failed; restarting", "instance", r.cfg.Name, "err", err, "retry_in", wait)
+		r.log.Error("vrrp instance failed; restarting", "instance", r.name, "err", err, "retry_in", wait)
 		r.mu.Lock()
 		r.err = err.Error()
 		r.mu.Unlock()
@@ -74,12 +75,32 @@ func (r *vrrpRunner) stop() {
 	<-r.done
 }
 
+// config is the instance's current config.
+func (r *vrrpRunner) config() vrrp.Config {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cfg
+}
+
+// update applies a reload that vrrp.InPlace allows to the running
+// instance, and to the ones a restart makes later.
+func (r *vrrpRunner) update(cfg vrrp.Config) error {
+	r.mu.Lock()
+	r.cfg = cfg
+	inst := r.inst
+	r.mu.Unlock()
+	if inst == nil {
+		return nil
+	}
+	return inst.Update(cfg)
+}
+
 func (r *vrrpRunner) status() control.VRRPStatus {
 	r.mu.Lock()
-	inst, errText := r.inst, r.err
+	inst, errText, cfg := r.inst, r.err, r.cfg
 	r.mu.Unlock()
-	st := control.VRRPStatus{Name: r.cfg.Name, Interface: r.cfg.Interface, VRID: int(r.cfg.VRID), State: "INIT", Priority: int(r.cfg.Priority)}
-	for _, p := range r.cfg.VIPs {
+	st := control.VRRPStatus{Name: cfg.Name, Interface: cfg.Interface, VRID: int(cfg.VRID), State: "INIT", Priority: int(cfg.Priority)}
+	for _, p := range cfg.VIPs {
 		st.VIPs = append(st.VIPs, p.String())
 	}
 	if inst != nil {
