@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -1069,4 +1070,84 @@ func TestNetnsReloadInPlace(t *testing.T) {
 		got, _ := os.ReadFile(marker)
 		return bytes.Contains(got, []byte("a INIT"))
 	})
+}
+
+// TestNetnsDaemonNoLeaks: hundreds of reloads of the real daemon, each of
+// which restarts one instance (a priority change), applies another change
+// in place (notify) and restarts an instance that cannot start (its
+// interface has no IPv4 address: the "no IPv4 address" retry path), leave
+// its file descriptors and goroutines where they were after the first few.
+func TestNetnsDaemonNoLeaks(t *testing.T) {
+	p := newPair(t)
+	_, _ = trackLink(t, p.a) // trk0: up, no IPv4 address
+	base := labConfig("a", 150)
+	a := startDaemon(t, p.a, base)
+	waitFor(t, "a MASTER", 5*time.Second, func() bool { return a.Status().State == Master })
+	broken := func(i int) string {
+		return fmt.Sprintf("\n[[vrrp_instance]]\nname = \"noaddr\"\ninterface = \"trk0\"\nvirtual_router_id = 52\npriority = %d\nvirtual_ipaddress = [\"10.99.1.100/24\"]\n", 100+i%2)
+	}
+	reload := func(i int) {
+		c := base
+		c.Priority = uint8(150 - i%2)
+		c.Notify = []string{"/bin/true", strconv.Itoa(i % 3)}
+		if err := os.WriteFile(a.conf, []byte(daemonTOML(c, a.sock)+broken(i)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		a.signal(syscall.SIGHUP)
+		waitFor(t, fmt.Sprintf("reload %d applied", i), 10*time.Second, func() bool {
+			logs, _ := os.ReadFile(a.log)
+			return bytes.Count(logs, []byte("reload applied")) >= i
+		})
+	}
+	pid := a.cmd.Process.Pid
+	const warm, n = 20, 200
+	for i := 1; i <= warm; i++ {
+		reload(i)
+	}
+	fds0, gs0 := countFDs(t, pid), goroutines(t, a.sock)
+	for i := warm + 1; i <= warm+n; i++ {
+		reload(i)
+	}
+	fds1, gs1 := countFDs(t, pid), goroutines(t, a.sock)
+	logs, _ := os.ReadFile(a.log)
+	fails := bytes.Count(logs, []byte("no IPv4 address"))
+	t.Logf("after %d reloads: fds %d, goroutines %d; after %d more: fds %d, goroutines %d; %d failed starts of noaddr",
+		warm, fds0, gs0, n, fds1, gs1, fails)
+	if fails < n {
+		t.Errorf("noaddr failed to start %d times, want at least %d (one a reload)", fails, n)
+	}
+	// A few come and go with the moment (a notify command running, a
+	// socket the collector has not finalized yet: the daemon collects
+	// after each reload): a leak of one a reload would be 200.
+	if fds1 > fds0+5 || gs1 > gs0+10 {
+		t.Errorf("leak over %d reloads: fds %d -> %d, goroutines %d -> %d", n, fds0, fds1, gs0, gs1)
+	}
+}
+
+func countFDs(t *testing.T, pid int) int {
+	t.Helper()
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(fds)
+}
+
+// goroutines asks the daemon's control socket for its goroutine count.
+func goroutines(t *testing.T, sock string) int {
+	t.Helper()
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := c.Get("http://lvsha/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var n int
+	if _, err := fmt.Fscanf(resp.Body, "goroutine profile: total %d", &n); err != nil {
+		t.Fatalf("goroutine profile: %v", err)
+	}
+	return n
 }
