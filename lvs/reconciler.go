@@ -53,6 +53,10 @@ type Report struct {
 	Reads int
 	// QuorumLost lists the services now served by their sorry server.
 	QuorumLost []Key
+	// Failed holds, for each service with a change the kernel refused in
+	// the last attempt, the first refusal (e.g. a scheduler the kernel
+	// lacks). The other services' changes were made all the same.
+	Failed map[Key]error
 }
 
 func (r Report) String() string {
@@ -209,6 +213,7 @@ type planned struct {
 // then updates the cache with what succeeded.
 func (r *Reconciler) sync(rep *Report) error {
 	defer r.saveOwned()
+	rep.Failed = nil // Apply's second attempt reports only what still fails
 	if r.cache == nil {
 		if err := r.load(rep); err != nil {
 			return err
@@ -248,7 +253,14 @@ func (r *Reconciler) sync(rep *Report) error {
 	var errs []error
 	for i, p := range plan {
 		if err := results[i]; err != nil {
-			errs = append(errs, fmt.Errorf("lvs: %v: %w", p.op, err))
+			err = fmt.Errorf("lvs: %v: %w", p.op, err)
+			errs = append(errs, err)
+			if _, seen := rep.Failed[p.op.Service]; !seen {
+				if rep.Failed == nil {
+					rep.Failed = map[Key]error{}
+				}
+				rep.Failed[p.op.Service] = err
+			}
 			continue
 		}
 		rep.Ops = append(rep.Ops, p.op)

@@ -45,15 +45,14 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 	health := d.hc.Verdicts()
 	var snap lvs.Snapshot
 	ipvsOK := false
-	if d.ipvs != nil {
-		snap, st.IPVSError, ipvsOK = d.ipvs.snapshot(ctx)
-	}
+	snap, st.IPVSError, ipvsOK = d.ipvs.snapshot(ctx)
 	for i := range cfg.Services {
 		vs := &cfg.Services[i]
 		ss := control.ServiceStatus{Key: vs.ID, Scheduler: vs.Scheduler, Forwarding: vs.Forwarding, Reals: []control.RealStatus{}}
 		ks, inKernel := snap.Find(vs.IPVS.Key)
 		ss.InKernel = ipvsOK && inKernel
 		ss.QuorumLost = inKernel && ks.QuorumLost
+		ss.Error = d.ipvs.serviceError(vs.IPVS.Key)
 		for j := range vs.Reals {
 			rs := &vs.Reals[j]
 			addr := vs.IPVS.Reals[j].Addr
