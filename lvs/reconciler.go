@@ -124,9 +124,14 @@ func (r *Reconciler) Apply(desired []Service) (Report, error) {
 	err := r.sync(&rep)
 	if err != nil && r.cache != nil {
 		// The kernel was not what we believed (someone changed it): read
-		// it back and try once more.
+		// it back and try once more. Only the services whose changes
+		// failed: a change fails on its own service's state, and while
+		// the kernel refuses one service, re-reading every other one on
+		// each apply (each health verdict) would cost a dump per service.
 		r.log.Warn("ipvs: apply failed, re-reading the kernel", "err", err)
-		r.cache = nil
+		if len(rep.Failed) == 0 || r.reread(rep.Failed, &rep) != nil {
+			r.cache = nil // read it all (a failed read is reported by sync)
+		}
 		err = r.sync(&rep)
 	}
 	return rep, err
@@ -188,18 +193,51 @@ func (r *Reconciler) load(rep *Report) error {
 		if !want[s.Key] {
 			continue
 		}
-		ds, err := r.k.Destinations(s.Key)
-		rep.Reads++
+		st, err := r.read(s, rep)
 		if err != nil {
-			return fmt.Errorf("lvs: list destinations of %v: %w", s.Key, err)
-		}
-		st := &kstate{svc: s, dests: make(map[netip.AddrPort]KDest, len(ds))}
-		for _, d := range ds {
-			st.dests[d.Addr] = d
+			return err
 		}
 		cache[s.Key] = st
 	}
 	r.cache = cache
+	return nil
+}
+
+// read reads the real servers of service s.
+func (r *Reconciler) read(s KService, rep *Report) (*kstate, error) {
+	ds, err := r.k.Destinations(s.Key)
+	rep.Reads++
+	if err != nil {
+		return nil, fmt.Errorf("lvs: list destinations of %v: %w", s.Key, err)
+	}
+	st := &kstate{svc: s, dests: make(map[netip.AddrPort]KDest, len(ds))}
+	for _, d := range ds {
+		st.dests[d.Addr] = d
+	}
+	return st, nil
+}
+
+// reread replaces what the cache holds for the services keys with the
+// kernel's state.
+func (r *Reconciler) reread(keys map[Key]error, rep *Report) error {
+	svcs, err := r.k.Services()
+	rep.Reads++
+	if err != nil {
+		return fmt.Errorf("lvs: list services: %w", err)
+	}
+	for k := range keys {
+		delete(r.cache, k)
+	}
+	for _, s := range svcs {
+		if _, ok := keys[s.Key]; !ok {
+			continue
+		}
+		st, err := r.read(s, rep)
+		if err != nil {
+			return err
+		}
+		r.cache[s.Key] = st
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package director
 import (
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -93,10 +94,16 @@ func TestRefusedServiceHoldsNoVerdictBack(t *testing.T) {
 		// A verdict: web2 is down. No time passes in the bubble unless
 		// every goroutine waits for a timer, so a table held back until
 		// the retry would show as time passed and web2 still at 3.
+		f.Reset()
 		p.set(twoServices(false))
 		synctest.Wait()
 		if w := weightOf(f, okKey, web2); w != 0 {
 			t.Fatalf("web2's weight %d after the verdict, want 0", w)
+		}
+		// The refusal makes the reconciler re-read what failed, not the
+		// whole table (a dump per service on every verdict).
+		if calls := f.Calls(); slices.Contains(calls, "Destinations "+okKey.String()) {
+			t.Errorf("the accepted service was re-read: %q", calls)
 		}
 		if el := time.Since(start); el != 0 {
 			t.Errorf("the verdict was applied after %v", el)
