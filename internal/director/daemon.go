@@ -72,7 +72,9 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 // drops its VIPs), then health checks; IPVS is left programmed so a restart
 // or the other director loses no connection.
 func (d *Daemon) Run(ctx context.Context) error {
+	d.mu.Lock() // status may already be asking
 	d.started = time.Now()
+	d.mu.Unlock()
 	cfg := d.config()
 	d.log.Info("lvsha starting", "version", d.opts.Version, "config", cfg.File,
 		"vrrp_instances", len(cfg.VRRP), "virtual_services", len(cfg.Services))

@@ -206,3 +206,34 @@ address = "10.99.1.1:80"
 		t.Errorf("ipvs_error %q", st.IPVSError)
 	}
 }
+
+// TestStatusDuringStartup asks for status while the daemon starts, as the
+// control socket may from its first moment: run with -race, it shows any
+// part the daemon sets up unguarded while status can read it.
+func TestStatusDuringStartup(t *testing.T) {
+	cfg := testConfig(t, "[[virtual_server]]\naddress = \"10.99.0.1:80\"\n[[virtual_server.real_server]]\naddress = \"10.99.1.1:80\"\n")
+	k := newFakeIPVS(t)
+	d := New(cfg, slog.New(slog.DiscardHandler), Options{OpenIPVS: func() (lvs.Kernel, func(), error) { return k, func() {}, nil }})
+	asked := make(chan struct{})
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			_ = d.status(t.Context())
+			if i == 0 {
+				close(asked)
+			}
+			select {
+			case <-stop:
+				return
+			default:
+			}
+		}
+	}()
+	<-asked
+	runDaemon(t, d)
+	waitFor(t, "IPVS programmed", func() bool { return weightOf(k.table, okKey, web1) == 1 })
+	close(stop)
+	<-done
+}

@@ -17,8 +17,10 @@ import (
 const checkerAnswerTimeout = 2 * time.Second
 
 func (d *Daemon) status(ctx context.Context) control.Status {
-	cfg := d.config()
-	st := control.Status{Version: d.opts.Version, Config: cfg.File, Started: d.started, VRRP: []control.VRRPStatus{}, Services: []control.ServiceStatus{}}
+	d.mu.Lock()
+	cfg, started := d.cfg, d.started
+	d.mu.Unlock()
+	st := control.Status{Version: d.opts.Version, Config: cfg.File, Started: started, VRRP: []control.VRRPStatus{}, Services: []control.ServiceStatus{}}
 	for _, in := range cfg.VRRP {
 		d.mu.Lock()
 		r := d.vrrp[in.Name]
