@@ -65,7 +65,13 @@ func Serve(conn net.Conn, log *slog.Logger, opts ...healthcheck.Option) error {
 		default:
 			reply.Err = fmt.Sprintf("unknown request %q", req.Op)
 		}
-		if err := w.send(reply); err != nil {
+		err := w.send(reply)
+		if errors.Is(err, errFrameTooBig) {
+			// Nothing was sent: say so rather than drop the connection
+			// (the daemon would restart this process at every ask).
+			err = w.send(message{Reply: req.ID, Err: fmt.Sprintf("%s reply: %v", req.Op, err)})
+		}
+		if err != nil {
 			if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
 				return nil // the daemon is gone
 			}
