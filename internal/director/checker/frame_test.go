@@ -112,3 +112,34 @@ func TestLargestMessagesFit(t *testing.T) {
 		}
 	}
 }
+
+// TestOversizedReplyIsAnError: a reply over the limit reaches the daemon
+// as an error, and the checker process goes on serving (dropping the
+// connection would make the daemon restart it at every ask). An unknown
+// request's name is quoted into the reply, each DEL byte growing from one
+// byte to five: a 7 MiB name makes a 35 MiB reply.
+func TestOversizedReplyIsAnError(t *testing.T) {
+	parent, child := net.Pipe()
+	defer parent.Close()
+	done := make(chan error, 1)
+	go func() { done <- Serve(child, nil) }()
+	_ = parent.SetReadDeadline(time.Now().Add(20 * time.Second))
+	fr := newFrameReader(parent)
+	go func() { _ = writeFrame(parent, request{ID: 1, Op: strings.Repeat("\x7f", 7<<20)}) }()
+	var reply message
+	if err := fr.read(&reply); err != nil || reply.Reply != 1 || !strings.Contains(reply.Err, errFrameTooBig.Error()) {
+		t.Fatalf("reply %d %.100q, %v; want an error naming the limit", reply.Reply, reply.Err, err)
+	}
+	if len(reply.Err) > 1000 {
+		t.Errorf("the error reply is %d bytes", len(reply.Err))
+	}
+	go func() { _ = writeFrame(parent, request{ID: 2, Op: "ping"}) }()
+	var pong message
+	if err := fr.read(&pong); err != nil || pong.Reply != 2 || pong.Err != "" {
+		t.Fatalf("ping after the oversized reply: %+v %v", pong, err)
+	}
+	_ = parent.Close()
+	if err := <-done; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+}

@@ -69,7 +69,7 @@ func Serve(conn net.Conn, log *slog.Logger, opts ...healthcheck.Option) error {
 		if errors.Is(err, errFrameTooBig) {
 			// Nothing was sent: say so rather than drop the connection
 			// (the daemon would restart this process at every ask).
-			err = w.send(message{Reply: req.ID, Err: fmt.Sprintf("%s reply: %v", req.Op, err)})
+			err = w.send(message{Reply: req.ID, Err: fmt.Sprintf("%.40q reply: %v", req.Op, err)})
 		}
 		if err != nil {
 			if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
