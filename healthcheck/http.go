@@ -107,7 +107,7 @@ func (c *httpChecker) Check(ctx context.Context, target netip.AddrPort) error {
 		}
 		tlc := tls.Client(tc, cfg)
 		if err := tlc.HandshakeContext(ctx); err != nil {
-			return stage("tls handshake", err)
+			return stage(tlsStage, err)
 		}
 		conn = tlc
 	}

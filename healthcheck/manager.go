@@ -77,8 +77,8 @@ func WithMaxInFlight(n int) Option {
 }
 
 // WithObserver calls f after every check (from the scheduling goroutine, so
-// f must be quick): its target, how long it took and, for a failure, the
-// reason ("" when it passed). Metrics use it.
+// f must be quick): its target, how long it took and, for a failure, its
+// class (FailureClass; "" when it passed). Metrics use it.
 func WithObserver(f func(id string, took time.Duration, reason string)) Option {
 	return func(m *Manager) { m.observe = f }
 }

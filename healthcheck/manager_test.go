@@ -424,7 +424,7 @@ func TestManagerObserver(t *testing.T) {
 		for n, o := range got[:4] {
 			want := ""
 			if n%2 == 1 {
-				want = "status 503"
+				want = ClassStatus
 			}
 			if o.id != "rs1" || o.reason != want || o.took != time.Duration(n)*10*time.Millisecond {
 				t.Errorf("check %d observed as %+v, want reason %q, took %v", n, o, want, time.Duration(n)*10*time.Millisecond)

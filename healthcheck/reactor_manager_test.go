@@ -135,7 +135,7 @@ func TestReactorRiseFall(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	want := []string{"", "", "status 503", "status 503", "status 503", "", ""}
+	want := []string{"", "", ClassStatus, ClassStatus, ClassStatus, "", ""}
 	if len(observed) < len(want) {
 		t.Fatalf("observed %q, want %q first", observed, want)
 	}

@@ -227,7 +227,7 @@ func (r *runner) finish(res result) {
 	if r.m.observe != nil {
 		failure := ""
 		if !ok {
-			failure = reason
+			failure = FailureClass(t.spec.Type, res.err)
 		}
 		r.m.observe(t.id, res.end.Sub(res.start), failure)
 	}

@@ -53,6 +53,10 @@ type Report struct {
 	Reads int
 	// QuorumLost lists the services now served by their sorry server.
 	QuorumLost []Key
+	// Failed holds, for each service with a change the kernel refused in
+	// the last attempt, the first refusal (e.g. a scheduler the kernel
+	// lacks). The other services' changes were made all the same.
+	Failed map[Key]error
 }
 
 func (r Report) String() string {
@@ -120,9 +124,14 @@ func (r *Reconciler) Apply(desired []Service) (Report, error) {
 	err := r.sync(&rep)
 	if err != nil && r.cache != nil {
 		// The kernel was not what we believed (someone changed it): read
-		// it back and try once more.
+		// it back and try once more. Only the services whose changes
+		// failed: a change fails on its own service's state, and while
+		// the kernel refuses one service, re-reading every other one on
+		// each apply (each health verdict) would cost a dump per service.
 		r.log.Warn("ipvs: apply failed, re-reading the kernel", "err", err)
-		r.cache = nil
+		if len(rep.Failed) == 0 || r.reread(rep.Failed, &rep) != nil {
+			r.cache = nil // read it all (a failed read is reported by sync)
+		}
 		err = r.sync(&rep)
 	}
 	return rep, err
@@ -184,18 +193,51 @@ func (r *Reconciler) load(rep *Report) error {
 		if !want[s.Key] {
 			continue
 		}
-		ds, err := r.k.Destinations(s.Key)
-		rep.Reads++
+		st, err := r.read(s, rep)
 		if err != nil {
-			return fmt.Errorf("lvs: list destinations of %v: %w", s.Key, err)
-		}
-		st := &kstate{svc: s, dests: make(map[netip.AddrPort]KDest, len(ds))}
-		for _, d := range ds {
-			st.dests[d.Addr] = d
+			return err
 		}
 		cache[s.Key] = st
 	}
 	r.cache = cache
+	return nil
+}
+
+// read reads the real servers of service s.
+func (r *Reconciler) read(s KService, rep *Report) (*kstate, error) {
+	ds, err := r.k.Destinations(s.Key)
+	rep.Reads++
+	if err != nil {
+		return nil, fmt.Errorf("lvs: list destinations of %v: %w", s.Key, err)
+	}
+	st := &kstate{svc: s, dests: make(map[netip.AddrPort]KDest, len(ds))}
+	for _, d := range ds {
+		st.dests[d.Addr] = d
+	}
+	return st, nil
+}
+
+// reread replaces what the cache holds for the services keys with the
+// kernel's state.
+func (r *Reconciler) reread(keys map[Key]error, rep *Report) error {
+	svcs, err := r.k.Services()
+	rep.Reads++
+	if err != nil {
+		return fmt.Errorf("lvs: list services: %w", err)
+	}
+	for k := range keys {
+		delete(r.cache, k)
+	}
+	for _, s := range svcs {
+		if _, ok := keys[s.Key]; !ok {
+			continue
+		}
+		st, err := r.read(s, rep)
+		if err != nil {
+			return err
+		}
+		r.cache[s.Key] = st
+	}
 	return nil
 }
 
@@ -209,6 +251,7 @@ type planned struct {
 // then updates the cache with what succeeded.
 func (r *Reconciler) sync(rep *Report) error {
 	defer r.saveOwned()
+	rep.Failed = nil // Apply's second attempt reports only what still fails
 	if r.cache == nil {
 		if err := r.load(rep); err != nil {
 			return err
@@ -248,7 +291,14 @@ func (r *Reconciler) sync(rep *Report) error {
 	var errs []error
 	for i, p := range plan {
 		if err := results[i]; err != nil {
-			errs = append(errs, fmt.Errorf("lvs: %v: %w", p.op, err))
+			err = fmt.Errorf("lvs: %v: %w", p.op, err)
+			errs = append(errs, err)
+			if _, seen := rep.Failed[p.op.Service]; !seen {
+				if rep.Failed == nil {
+					rep.Failed = map[Key]error{}
+				}
+				rep.Failed[p.op.Service] = err
+			}
 			continue
 		}
 		rep.Ops = append(rep.Ops, p.op)

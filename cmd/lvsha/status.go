@@ -85,7 +85,13 @@ func printStatus(w io.Writer, st *control.Status) {
 			if !s.InKernel {
 				kern = "  (missing in kernel)"
 			}
-			fmt.Fprintf(tw, "  %s %s%s\t\t\t\t\t\t\t\n", s.Key, s.Scheduler, kern)
+			// Why the kernel refused the service goes under "Last error",
+			// as the untabbed end of the line, so it widens no column.
+			svcErr := ""
+			if s.Error != "" {
+				svcErr = "kernel refused it: " + s.Error
+			}
+			fmt.Fprintf(tw, "  %s %s%s\t\t\t\t\t\t\t%s\n", s.Key, s.Scheduler, kern, svcErr)
 			for _, r := range s.Reals {
 				kw := "-"
 				if r.KernelWeight >= 0 {

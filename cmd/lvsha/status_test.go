@@ -20,7 +20,10 @@ func TestPrintStatus(t *testing.T) {
 				{Address: "192.168.94.134:80", Weight: 1, KernelWeight: 1, ActiveConns: 3, InactiveConns: 12, Health: "up", LastResult: "ok", LastError: "connection refused"},
 				{Address: "192.168.94.135:80", Weight: 1, KernelWeight: 0, Health: "down", LastResult: "status 503", LastError: "status 503"},
 				{Address: "192.168.94.136:80", Weight: 2, KernelWeight: -1, Health: "unchecked"},
-			}}},
+			}},
+			{Key: "TCP 192.168.94.201:80", Scheduler: "twos", Forwarding: "dr",
+				Error: "lvs: add-service tcp/192.168.94.201:80 (twos): no such file or directory",
+				Reals: []control.RealStatus{{Address: "192.168.94.134:80", Weight: 1, KernelWeight: -1, Health: "up"}}}},
 	}
 	var b bytes.Buffer
 	printStatus(&b, st)
@@ -37,6 +40,7 @@ func TestPrintStatus(t *testing.T) {
 		"-> 192.168.94.134:80 Route 1/1 3 12 up ok connection refused",
 		"-> 192.168.94.135:80 Route 1/0 0 0 down status 503 -",
 		"-> 192.168.94.136:80 Route 2/- 0 0 unchecked - -",
+		"\nTCP 192.168.94.201:80 twos (missing in kernel) kernel refused it: lvs: add-service tcp/192.168.94.201:80 (twos): no such file or directory\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)

@@ -52,7 +52,8 @@ type Daemon struct {
 	// hc owns the real servers' health verdicts (hc.Verdicts, by real
 	// server ID; absent = no check, so up); set by New: status may ask
 	// it before Run starts it.
-	hc      *checker.Client
+	hc *checker.Client
+	// ipvs programs the kernel; set by New too, for the same reason.
 	ipvs    *ipvsPart
 	metrics *metrics
 }
@@ -64,7 +65,7 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 		cmd = checker.Command(cfg.Global.LogLevel, cfg.Global.LogFormat)
 	}
 	return &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{},
-		hc: checker.NewClient(log, cmd)}
+		hc: checker.NewClient(log, cmd), ipvs: newIPVSPart(cfg, log, opts.OpenIPVS)}
 }
 
 // Run starts every part, runs until ctx is done, then shuts down in order:
@@ -72,7 +73,9 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 // drops its VIPs), then health checks; IPVS is left programmed so a restart
 // or the other director loses no connection.
 func (d *Daemon) Run(ctx context.Context) error {
+	d.mu.Lock() // status may already be asking
 	d.started = time.Now()
+	d.mu.Unlock()
 	cfg := d.config()
 	d.log.Info("lvsha starting", "version", d.opts.Version, "config", cfg.File,
 		"vrrp_instances", len(cfg.VRRP), "virtual_services", len(cfg.Services))
@@ -118,10 +121,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		<-hcDone
 	}()
 
-	d.ipvs, err = startIPVS(ctx, cfg, d.log, d.opts.OpenIPVS, d.metrics.observeApply)
-	if err != nil {
-		return err
-	}
+	d.ipvs.start(ctx, d.metrics.observeApply)
 	defer d.ipvs.stop()
 	d.reconcile("start")
 	// READY means the table is programmed (or failed loudly and is being

@@ -227,7 +227,7 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 		`lvsha_ipvs_operations_total{op="update-dest"} 1`,
 		`lvsha_healthcheck_checks_total{real_server="TCP 10.99.0.1:80 -> ` + b.addr + `"}`,
 		`lvsha_ipvs_reconcile_runs_total`,
-		`lvsha_healthcheck_failures_total{real_server="TCP 10.99.0.1:80 -> ` + b.addr + `",reason="connection refused"}`,
+		`lvsha_healthcheck_failures_total{real_server="TCP 10.99.0.1:80 -> ` + b.addr + `",reason="refused"}`,
 		`lvsha_healthcheck_duration_seconds_count{service="TCP 10.99.0.1:80"}`,
 	} {
 		if !strings.Contains(body, want) {

@@ -3,6 +3,7 @@ package director
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -30,11 +31,15 @@ type ipvsPart struct {
 	mu      sync.Mutex
 	loop    *lvs.Loop
 	lastErr string
+	// failed are the services whose changes the kernel refused in the
+	// last apply or repair, with the reason, for status.
+	failed  map[lvs.Key]string
 	applied int // Apply calls that succeeded
 }
 
-func startIPVS(ctx context.Context, cfg *conf.Config, log *slog.Logger, open func() (lvs.Kernel, func(), error),
-	observe func(rep lvs.Report, err error, repair bool)) (*ipvsPart, error) {
+// newIPVSPart prepares the IPVS part; start runs it. It exists from New on,
+// so status may ask it at any time without racing the daemon's start-up.
+func newIPVSPart(cfg *conf.Config, log *slog.Logger, open func() (lvs.Kernel, func(), error)) *ipvsPart {
 	if open == nil {
 		open = func() (lvs.Kernel, func(), error) {
 			k, err := lvs.OpenIPVS("")
@@ -44,22 +49,24 @@ func startIPVS(ctx context.Context, cfg *conf.Config, log *slog.Logger, open fun
 			return k, k.Close, nil
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	p := &ipvsPart{
+	return &ipvsPart{
 		log:      log,
 		interval: cfg.Global.IPVSRepairInterval.D(),
 		want:     make(chan []lvs.Service, 1),
-		cancel:   cancel,
 		done:     make(chan struct{}),
 		open:     open,
-		observe:  observe,
 		first:    make(chan struct{}),
 		// Which services are ours must survive a restart, or one removed
 		// from the config meanwhile would stay in the kernel for ever.
 		statePath: strings.TrimSuffix(cfg.Global.ControlSocket, ".sock") + ".ipvs-owned",
 	}
+}
+
+// start runs the part until stop; observe hears of every apply and repair.
+func (p *ipvsPart) start(ctx context.Context, observe func(rep lvs.Report, err error, repair bool)) {
+	ctx, p.cancel = context.WithCancel(ctx)
+	p.observe = observe
 	go p.run(ctx)
-	return p, nil
 }
 
 func (p *ipvsPart) stop() {
@@ -92,15 +99,23 @@ func (p *ipvsPart) run(ctx context.Context) {
 		}
 	}()
 	for {
+		fresh := false
 		select {
 		case <-ctx.Done():
 			return
 		case d := <-p.want:
-			pending, havePend = d, true
+			pending, havePend, fresh = d, true, true
 		case <-retry:
 			retry = nil
 		}
-		if !havePend || retry != nil {
+		if !havePend {
+			continue
+		}
+		// The back-off paces retries of a table that failed, and the
+		// opening of IPVS. A new table (a health verdict, a reload) goes
+		// to an open kernel at once: one service the kernel refuses must
+		// not hold back every other service's weights for up to 30 s.
+		if retry != nil && (!fresh || loop == nil) {
 			continue
 		}
 		if loop == nil {
@@ -111,7 +126,7 @@ func (p *ipvsPart) run(ctx context.Context) {
 			}
 			k, closeK, err := p.open()
 			if err != nil {
-				p.fail("open IPVS", err, &failures, &retry)
+				p.fail("open IPVS failed", err, &failures, &retry)
 				p.settled()
 				continue
 			}
@@ -122,7 +137,10 @@ func (p *ipvsPart) run(ctx context.Context) {
 				}
 			}
 			loop = lvs.NewLoop(rec, p.interval, p.log)
-			loop.OnRepair = func(rep lvs.Report, err error) { p.observe(rep, err, true) }
+			loop.OnRepair = func(rep lvs.Report, err error) {
+				p.recordFailed(rep, err)
+				p.observe(rep, err, true)
+			}
 			loopDone = make(chan struct{})
 			go func() {
 				defer close(loopDone)
@@ -134,22 +152,65 @@ func (p *ipvsPart) run(ctx context.Context) {
 			p.mu.Unlock()
 		}
 		rep, err := loop.Apply(ctx, pending)
+		p.recordFailed(rep, err)
 		p.observe(rep, err, false)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			p.fail("apply", err, &failures, &retry)
+			// Whatever the kernel accepted is applied (the reconciler
+			// makes every change it can): only the rest is retried.
+			what := "apply failed"
+			if len(rep.Failed) > 0 {
+				what = "applied except " + strings.Join(failedKeys(rep), ", ")
+			}
+			p.fail(what, err, &failures, &retry)
 			p.settled()
 			continue
 		}
-		havePend, failures = false, 0
+		havePend, failures, retry = false, 0, nil
 		p.settled()
 		p.mu.Lock()
 		p.lastErr = ""
 		p.applied++
 		p.mu.Unlock()
 	}
+}
+
+// failedKeys lists the services a report says failed, sorted.
+func failedKeys(rep lvs.Report) []string {
+	keys := make([]string, 0, len(rep.Failed))
+	for k := range rep.Failed {
+		keys = append(keys, k.String())
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// recordFailed keeps which services the kernel refused, for status. A
+// failure with no per-service errors (the table could not be read) says
+// nothing about them, so the last known ones stay.
+func (p *ipvsPart) recordFailed(rep lvs.Report, err error) {
+	if err != nil && len(rep.Failed) == 0 {
+		return
+	}
+	var failed map[lvs.Key]string
+	for k, e := range rep.Failed {
+		if failed == nil {
+			failed = make(map[lvs.Key]string, len(rep.Failed))
+		}
+		failed[k] = e.Error()
+	}
+	p.mu.Lock()
+	p.failed = failed
+	p.mu.Unlock()
+}
+
+// serviceError says why the kernel refused service k, "" if it did not.
+func (p *ipvsPart) serviceError(k lvs.Key) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failed[k]
 }
 
 // settled marks the end of the first attempt to program the kernel, done or
@@ -161,7 +222,7 @@ func (p *ipvsPart) settled() {
 func (p *ipvsPart) fail(what string, err error, failures *int, retry *<-chan time.Time) {
 	wait := backoff(*failures)
 	*failures++
-	p.log.Error("ipvs: "+what+" failed; retrying", "err", err, "retry_in", wait)
+	p.log.Error("ipvs: "+what+"; retrying", "err", err, "retry_in", wait)
 	p.mu.Lock()
 	p.lastErr = what + ": " + err.Error()
 	p.mu.Unlock()

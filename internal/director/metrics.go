@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/lvsha/lvsha/conf"
+	"github.com/lvsha/lvsha/healthcheck"
 	"github.com/lvsha/lvsha/internal/director/checker"
 	"github.com/lvsha/lvsha/lvs"
 )
@@ -78,7 +80,9 @@ var (
 	descCheckTime = prometheus.NewDesc("lvsha_healthcheck_duration_seconds",
 		"Time a health check took, by virtual service (since the checker process started).", []string{"service"}, nil)
 	descCheckFails = prometheus.NewDesc("lvsha_healthcheck_failures_total",
-		"Failed health checks, by real server and reason (since the checker process started).", []string{"real_server", "reason"}, nil)
+		"Failed health checks, by real server and failure class ("+strings.Join(healthcheck.FailureClasses, ", ")+
+			"; the text is the real server's last_error in status), since the checker process started.",
+		[]string{"real_server", "reason"}, nil)
 	descCheckerRestarts = prometheus.NewDesc("lvsha_healthcheck_process_restarts_total",
 		"Times the health checker process was restarted after it died or stopped answering.", nil, nil)
 	descCheckerUp = prometheus.NewDesc("lvsha_healthcheck_process_up",

@@ -17,8 +17,10 @@ import (
 const checkerAnswerTimeout = 2 * time.Second
 
 func (d *Daemon) status(ctx context.Context) control.Status {
-	cfg := d.config()
-	st := control.Status{Version: d.opts.Version, Config: cfg.File, Started: d.started, VRRP: []control.VRRPStatus{}, Services: []control.ServiceStatus{}}
+	d.mu.Lock()
+	cfg, started := d.cfg, d.started
+	d.mu.Unlock()
+	st := control.Status{Version: d.opts.Version, Config: cfg.File, Started: started, VRRP: []control.VRRPStatus{}, Services: []control.ServiceStatus{}}
 	for _, in := range cfg.VRRP {
 		d.mu.Lock()
 		r := d.vrrp[in.Name]
@@ -45,15 +47,14 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 	health := d.hc.Verdicts()
 	var snap lvs.Snapshot
 	ipvsOK := false
-	if d.ipvs != nil {
-		snap, st.IPVSError, ipvsOK = d.ipvs.snapshot(ctx)
-	}
+	snap, st.IPVSError, ipvsOK = d.ipvs.snapshot(ctx)
 	for i := range cfg.Services {
 		vs := &cfg.Services[i]
 		ss := control.ServiceStatus{Key: vs.ID, Scheduler: vs.Scheduler, Forwarding: vs.Forwarding, Reals: []control.RealStatus{}}
 		ks, inKernel := snap.Find(vs.IPVS.Key)
 		ss.InKernel = ipvsOK && inKernel
 		ss.QuorumLost = inKernel && ks.QuorumLost
+		ss.Error = d.ipvs.serviceError(vs.IPVS.Key)
 		for j := range vs.Reals {
 			rs := &vs.Reals[j]
 			addr := vs.IPVS.Reals[j].Addr

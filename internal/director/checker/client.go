@@ -164,6 +164,9 @@ func (c *Client) Snapshot(ctx context.Context) ([]healthcheck.TargetState, error
 	if err != nil {
 		return nil, err
 	}
+	if reply.Err != "" {
+		return nil, fmt.Errorf("checker process: %s", reply.Err)
+	}
 	return reply.Snapshot, nil
 }
 
@@ -176,6 +179,9 @@ func (c *Client) Stats(ctx context.Context) (*Stats, error) {
 	reply, err := c.call(ctx, request{Op: "stats"})
 	if err != nil {
 		return nil, err
+	}
+	if reply.Err != "" {
+		return nil, fmt.Errorf("checker process: %s", reply.Err)
 	}
 	if reply.Stats == nil {
 		return nil, errors.New("checker process: empty stats reply")

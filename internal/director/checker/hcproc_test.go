@@ -193,7 +193,7 @@ func TestChildChecksAndReports(t *testing.T) {
 			t.Fatalf("buckets not cumulative: %v (count %d)", h.Counts, h.Count)
 		}
 	}
-	if len(st.Failures) != 1 || st.Failures[0].ID != "b" || st.Failures[0].Reason != "status 503" || st.Failures[0].N == 0 {
+	if len(st.Failures) != 1 || st.Failures[0].ID != "b" || st.Failures[0].Reason != healthcheck.ClassStatus || st.Failures[0].N == 0 {
 		t.Errorf("failures %+v", st.Failures)
 	}
 

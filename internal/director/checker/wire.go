@@ -123,7 +123,8 @@ var Buckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 
 type Stats struct {
 	// Durations has one histogram per group.
 	Durations map[string]*Histogram `json:"durations"`
-	// Failures counts failed checks by target and reason.
+	// Failures counts failed checks by target and failure class
+	// (healthcheck.FailureClass: a fixed set, unlike the reason's text).
 	Failures []Failure `json:"failures,omitempty"`
 }
 
@@ -135,9 +136,9 @@ type Histogram struct {
 	Count  uint64   `json:"count"`
 }
 
-// Failure is a count of failed checks of one target for one reason.
+// Failure is a count of failed checks of one target for one failure class.
 type Failure struct {
 	ID     string `json:"id"`
-	Reason string `json:"reason"`
+	Reason string `json:"reason"` // the class
 	N      uint64 `json:"n"`
 }

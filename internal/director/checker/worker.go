@@ -65,7 +65,13 @@ func Serve(conn net.Conn, log *slog.Logger, opts ...healthcheck.Option) error {
 		default:
 			reply.Err = fmt.Sprintf("unknown request %q", req.Op)
 		}
-		if err := w.send(reply); err != nil {
+		err := w.send(reply)
+		if errors.Is(err, errFrameTooBig) {
+			// Nothing was sent: say so rather than drop the connection
+			// (the daemon would restart this process at every ask).
+			err = w.send(message{Reply: req.ID, Err: fmt.Sprintf("%.40q reply: %v", req.Op, err)})
+		}
+		if err != nil {
 			if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
 				return nil // the daemon is gone
 			}
@@ -74,7 +80,7 @@ func Serve(conn net.Conn, log *slog.Logger, opts ...healthcheck.Option) error {
 	}
 }
 
-type failKey struct{ id, reason string }
+type failKey struct{ id, class string }
 
 type hist struct {
 	counts []uint64 // per bucket, not cumulative; the last is +Inf
@@ -124,7 +130,7 @@ func (w *worker) update(m *healthcheck.Manager, req request) error {
 
 // observe is the Manager's observer: it runs after every check, on the
 // scheduling goroutine.
-func (w *worker) observe(id string, took time.Duration, reason string) {
+func (w *worker) observe(id string, took time.Duration, class string) {
 	w.smu.Lock()
 	defer w.smu.Unlock()
 	g, ok := w.group[id]
@@ -141,8 +147,8 @@ func (w *worker) observe(id string, took time.Duration, reason string) {
 	h.counts[i]++
 	h.sum += sec
 	h.n++
-	if reason != "" {
-		w.fails[failKey{id, reason}]++
+	if class != "" {
+		w.fails[failKey{id, class}]++
 	}
 }
 
@@ -160,7 +166,7 @@ func (w *worker) stats() *Stats {
 		st.Durations[g] = out
 	}
 	for k, n := range w.fails {
-		st.Failures = append(st.Failures, Failure{ID: k.id, Reason: k.reason, N: n})
+		st.Failures = append(st.Failures, Failure{ID: k.id, Reason: k.class, N: n})
 	}
 	sort.Slice(st.Failures, func(i, j int) bool {
 		a, b := st.Failures[i], st.Failures[j]

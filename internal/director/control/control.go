@@ -69,6 +69,9 @@ type ServiceStatus struct {
 	InKernel   bool         `json:"in_kernel"`
 	QuorumLost bool         `json:"quorum_lost,omitempty"`
 	Reals      []RealStatus `json:"reals"`
+	// Error says why the kernel refused this service's last changes
+	// (e.g. a scheduler it lacks); the other services are applied.
+	Error string `json:"error,omitempty"`
 }
 
 // RealStatus is one real server of a service.
