@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lvsha/lvsha/internal/director/control"
 	"github.com/lvsha/lvsha/internal/testenv/netns"
 	"github.com/lvsha/lvsha/internal/testenv/testutil"
 	"github.com/mdlayher/arp"
@@ -1136,11 +1136,7 @@ func countFDs(t *testing.T, pid int) int {
 // goroutines asks the daemon's control socket for its goroutine count.
 func goroutines(t *testing.T, sock string) int {
 	t.Helper()
-	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
-	resp, err := c.Get("http://lvsha/debug/pprof/goroutine?debug=1")
+	resp, err := control.Client(sock).Get("http://lvsha/debug/pprof/goroutine?debug=1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -194,11 +194,7 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 	}
 
 	// Go's profiles are served on the control socket (and only there).
-	pc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
-	resp, err := pc.Get("http://lvsha/debug/pprof/heap?debug=1")
+	resp, err := control.Client(sock).Get("http://lvsha/debug/pprof/heap?debug=1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,14 +101,21 @@ func (e *ErrNotRunning) Error() string {
 
 func (e *ErrNotRunning) Unwrap() error { return e.Err }
 
-// QueryStatus asks the daemon behind socket for its status.
-func QueryStatus(ctx context.Context, socket string) (*Status, error) {
-	c := &http.Client{Transport: &http.Transport{
+// Client is an HTTP client whose every request goes to the control socket
+// (any host in the URL: "http://lvsha/..."), for the status and Go's
+// profiles under /debug/pprof/.
+func Client(socket string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		},
 	}}
+}
+
+// QueryStatus asks the daemon behind socket for its status.
+func QueryStatus(ctx context.Context, socket string) (*Status, error) {
+	c := Client(socket)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://lvsha"+StatusPath, nil)
 	if err != nil {
 		return nil, fmt.Errorf("status request: %w", err)
