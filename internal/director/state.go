@@ -93,8 +93,15 @@ type vipRecord struct {
 	held map[string]heldVIPs
 }
 
+// newVIPRecord starts from what path records: after the start-up cleanup,
+// that is what it could not remove, which stays recorded for the next try.
 func newVIPRecord(path string, log *slog.Logger) *vipRecord {
-	r := &vipRecord{path: path, log: log, held: map[string]heldVIPs{},
+	held, err := readVIPRecord(path)
+	if err != nil {
+		log.Warn("vrrp: ignoring the unreadable record of the VIPs held", "err", err)
+		held = map[string]heldVIPs{}
+	}
+	r := &vipRecord{path: path, log: log, held: held,
 		dirty: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 	go r.run()
 	return r

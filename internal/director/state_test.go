@@ -118,24 +118,30 @@ func TestOwnedFileFromOlderLvsha(t *testing.T) {
 	}
 }
 
-// TestVIPRecordFile: what instances report is in the file once the writer
-// has run, and close writes what is still pending; an empty or missing
+// TestVIPRecordFile: the record starts from the file; what instances
+// report is in it once the writer has run, and close writes what is still
+// pending; an empty or missing
 // record makes RemoveLeftoverVIPs do nothing (no netlink needed).
 func TestVIPRecordFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, vipsFile)
+	// What a start-up cleanup could not remove stays recorded.
+	if err := os.WriteFile(path, []byte(`{"VI_0": {"interface": "eth9", "vips": ["10.0.9.1/32"]}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	r := newVIPRecord(path, slog.New(slog.DiscardHandler))
 	vi1, vi2 := r.recorder("VI_1"), r.recorder("VI_2")
 	vi1("eth0", []netip.Prefix{netip.MustParsePrefix("10.0.0.100/24")}, true)
 	vi2("eth1", []netip.Prefix{netip.MustParsePrefix("10.0.1.100/32"), netip.MustParsePrefix("10.0.1.101/32")}, true)
-	waitFor(t, "both instances in the file", func() bool {
+	waitFor(t, "the three instances in the file", func() bool {
 		held, err := readVIPRecord(path)
-		return err == nil && len(held) == 2
+		return err == nil && len(held) == 3
 	})
 	vi2("eth1", []netip.Prefix{netip.MustParsePrefix("10.0.1.100/32"), netip.MustParsePrefix("10.0.1.101/32")}, false)
 	r.close()
 	held, err := readVIPRecord(path)
-	if err != nil || len(held) != 1 || held["VI_1"].Interface != "eth0" || fmt.Sprint(held["VI_1"].VIPs) != "[10.0.0.100/24]" {
+	if err != nil || len(held) != 2 || held["VI_1"].Interface != "eth0" || fmt.Sprint(held["VI_1"].VIPs) != "[10.0.0.100/24]" ||
+		held["VI_0"].Interface != "eth9" {
 		t.Fatalf("record after close: %+v %v", held, err)
 	}
 
