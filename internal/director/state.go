@@ -80,8 +80,9 @@ type heldVIPs struct {
 //
 // Instances report from their real-time loops, which must not wait for
 // a disk: the file is written by a goroutine of its own. An instance
-// reports before it adds its VIPs, so only a crash within that write of a
-// takeover can leave a VIP unrecorded.
+// reports before it adds its VIPs, so only a crash in the milliseconds
+// before a takeover is written can leave a VIP unrecorded (and an instance
+// removes the VIPs of its own config when it starts anyway).
 type vipRecord struct {
 	path  string
 	log   *slog.Logger
