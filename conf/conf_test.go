@@ -126,6 +126,9 @@ address = "10.0.1.3:80"
 	if in.Priority != 100 || in.Version != 3 || !in.Preempt || in.AdvertInterval.D() != time.Second || in.GARPRepeat != 5 {
 		t.Errorf("vrrp defaults wrong: %+v", in)
 	}
+	if g := cfg.Global; g.StateDir != "/var/lib/lvsha" || g.ControlSocket != "/run/lvsha/lvsha.sock" {
+		t.Errorf("global defaults wrong: %+v", g)
+	}
 	rt := in.Runtime
 	if rt.Name != "VI_1" || rt.Interface != "eth0" || rt.VRID != 51 || rt.Priority != 100 || rt.Version != 3 || !rt.Preempt ||
 		rt.AdvertInterval != time.Second || rt.GARPRepeat != 5 || rt.GARPDelay != 5*time.Second || rt.NotifyTimeout != 10*time.Second ||

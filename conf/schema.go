@@ -38,6 +38,10 @@ type Global struct {
 	LogLevel      string `toml:"log_level"`      // debug, info, warn, error
 	LogFormat     string `toml:"log_format"`     // text or json
 	ControlSocket string `toml:"control_socket"` // unix socket that `lvsha status` asks
+	// StateDir keeps what must outlive the process, even a crash and a
+	// `systemctl restart` (which empties the RuntimeDirectory): the IPVS
+	// services the daemon owns and the VIPs its instances hold.
+	StateDir      string `toml:"state_dir"`
 	MetricsListen string `toml:"metrics_listen"` // host:port for Prometheus; empty = off
 	// IPVSRepairInterval is how often the kernel's IPVS table is re-read
 	// and drift (someone ran ipvsadm -C) repaired.
@@ -191,6 +195,8 @@ func (r *rawTable) decodeTOML(v any) error {
 const (
 	DefaultConfigFile    = "/etc/lvsha/lvsha.toml"
 	DefaultControlSocket = "/run/lvsha/lvsha.sock"
+	// DefaultStateDir is the packaged unit's StateDirectory=lvsha.
+	DefaultStateDir = "/var/lib/lvsha"
 	// notifyTimeout bounds a notify command; it is not a key of the file.
 	notifyTimeout = 10 * time.Second
 )
@@ -200,6 +206,7 @@ func defaultGlobal() Global {
 		LogLevel:           "info",
 		LogFormat:          "text",
 		ControlSocket:      DefaultControlSocket,
+		StateDir:           DefaultStateDir,
 		IPVSRepairInterval: Duration(10e9),
 		// On by default, unlike keepalived: without it a busy director
 		// fails over falsely at short advert intervals (see

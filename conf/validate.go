@@ -104,6 +104,9 @@ func (v *validator) global() {
 	if !filepath.IsAbs(g.ControlSocket) {
 		v.errf("global.control_socket", "%q is not an absolute path", g.ControlSocket)
 	}
+	if !filepath.IsAbs(g.StateDir) {
+		v.errf("global.state_dir", "%q is not an absolute path", g.StateDir)
+	}
 	if g.MetricsListen != "" {
 		if _, port, err := net.SplitHostPort(g.MetricsListen); err != nil {
 			v.errf("global.metrics_listen", "%q is not host:port (%v)", g.MetricsListen, err)

@@ -54,8 +54,8 @@ func (r *Reconciler) OwnedKeys() []Key {
 }
 
 // PersistOwned keeps the set of owned services in a file (the daemon's is
-// next to its control socket, /run/lvsha/lvsha.ipvs-owned by default),
-// loading what a previous run left there. Without
+// in its state directory, /var/lib/lvsha/ipvs-owned by default, which a
+// restart keeps), loading what a previous run left there. Without
 // it, a service removed from the config while lvsha was stopped would stay
 // in the kernel for ever, since a new process would not know it was ours.
 // Write failures later are logged, not fatal.

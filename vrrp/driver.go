@@ -325,6 +325,7 @@ func (d *driver) do(now time.Time, act Action) {
 		}
 		d.gens[a.Timer]++
 	case AddVIPs:
+		d.recordVIPs(true)
 		for _, v := range cfg.VIPs {
 			if err := d.k.addrs.Add(v); err != nil {
 				d.in.log.Error("vrrp: add VIP", "err", err)
@@ -332,13 +333,18 @@ func (d *driver) do(now time.Time, act Action) {
 		}
 	case RemoveVIPs:
 		d.stopGARP()
+		removed := true
 		for _, v := range cfg.VIPs {
 			if v.Addr() == d.k.primary {
 				continue // an owner's VIP is its own address
 			}
 			if err := d.k.addrs.Remove(v); err != nil {
 				d.in.log.Error("vrrp: remove VIP", "err", err)
+				removed = false
 			}
+		}
+		if removed {
+			d.recordVIPs(false)
 		}
 	case SendGARP:
 		d.sendGARP()
@@ -350,6 +356,17 @@ func (d *driver) do(now time.Time, act Action) {
 			d.notify.enqueue(argv)
 		}
 	}
+}
+
+// recordVIPs tells the instance's recorder, if any, that it holds its VIPs
+// or no longer does.
+func (d *driver) recordVIPs(held bool) {
+	if d.in.recordVIPs == nil {
+		return
+	}
+	cfg := &d.in.cfg
+	vips := slices.DeleteFunc(slices.Clone(cfg.VIPs), func(v netip.Prefix) bool { return v.Addr() == d.k.primary })
+	d.in.recordVIPs(cfg.Interface, vips, held)
 }
 
 func (d *driver) arm(k TimerKind, dur time.Duration) {

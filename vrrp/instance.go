@@ -87,6 +87,9 @@ type Instance struct {
 	log      *slog.Logger
 	open     func() (*kernel, error)
 	startCmd func(*exec.Cmd) error // of notify commands
+	// recordVIPs hears of the VIPs the instance adds and removes; nil
+	// when no one keeps a record.
+	recordVIPs func(iface string, vips []netip.Prefix, held bool)
 
 	// updates carries a reload's in-place changes to a running driver;
 	// only the newest matters.
@@ -104,6 +107,16 @@ type Option func(*Instance)
 // scheduling, so a busy script does not compete with its real-time VRRP.
 func WithCommandStarter(start func(*exec.Cmd) error) Option {
 	return func(in *Instance) { in.startCmd = start }
+}
+
+// WithVIPRecorder calls record with held true before the instance adds its
+// VIPs to iface, and with held false once it has removed them all (not
+// after a removal failed: the VIP may still be there). vips leaves out the
+// address adverts are sent from, which is the host's own. The director
+// keeps this record on disk, so that VIPs a killed process never released
+// can be removed by its next start or by a cleanup after it.
+func WithVIPRecorder(record func(iface string, vips []netip.Prefix, held bool)) Option {
+	return func(in *Instance) { in.recordVIPs = record }
 }
 
 // New checks cfg and returns an instance ready to Run.

@@ -196,7 +196,8 @@ func buildLvsha(t *testing.T) string {
 // daemonTOML is cfg as lvsha.toml.
 func daemonTOML(cfg Config, sock string) string {
 	q := func(s string) string { return strconv.Quote(s) }
-	s := fmt.Sprintf("[global]\nrouter_id = %s\nlog_level = \"debug\"\ncontrol_socket = %s\n\n[[vrrp_instance]]\n", q(cfg.Name), q(sock))
+	s := fmt.Sprintf("[global]\nrouter_id = %s\nlog_level = \"debug\"\ncontrol_socket = %s\nstate_dir = %s\n\n[[vrrp_instance]]\n",
+		q(cfg.Name), q(sock), q(filepath.Join(filepath.Dir(sock), "state")))
 	s += fmt.Sprintf("name = %s\ninterface = %s\nvirtual_router_id = %d\npriority = %d\nadvert_interval = %s\nversion = %d\npreempt = %v\n",
 		q(cfg.Name), q(cfg.Interface), cfg.VRID, cfg.Priority, q(cfg.AdvertInterval.String()), cfg.Version, cfg.Preempt)
 	var vips []string

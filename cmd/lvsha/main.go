@@ -32,6 +32,7 @@ Usage:
   lvsha realserver up|down|status [-f FILE | --vip ADDR... --interface IF]
                                       set up / undo / check an LVS-DR real server
   lvsha status [--json] [-S SOCKET]   show the running daemon's VRRP, IPVS and health state
+  lvsha cleanup [-f FILE]             remove the VIPs a stopped (killed) daemon left behind
   lvsha version                       print the version
   lvsha help                          print this help
 
@@ -68,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runRealserver(args[1:], stdout, stderr)
 		case "status":
 			return runStatus(args[1:], stdout, stderr)
+		case "cleanup":
+			return runCleanup(args[1:], stdout, stderr)
 		case checker.ChildArg: // not in the usage: the daemon starts it
 			return checker.Main(args[1:], stderr, process.Checker)
 		}

@@ -56,6 +56,8 @@ type Daemon struct {
 	// ipvs programs the kernel; set by New too, for the same reason.
 	ipvs    *ipvsPart
 	metrics *metrics
+	// vips records the VIPs the instances hold; set by Run.
+	vips *vipRecord
 }
 
 // New returns a daemon for a validated config.
@@ -94,6 +96,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 		_ = srv.Close()
 		_ = os.Remove(cfg.Global.ControlSocket)
 	}()
+
+	// VIPs a killed run left would answer for addresses the other
+	// director holds now, and a VIP since removed from the config would
+	// stay for good: remove what the record names before any instance
+	// starts (the control socket above proved no other daemon runs). A
+	// failure must not keep the pair from serving: it is logged.
+	if n, err := RemoveLeftoverVIPs(cfg.Global.StateDir, d.log); err != nil {
+		d.log.Error("cannot remove every VIP a previous run left", "removed", n, "err", err)
+	}
+	d.vips = newVIPRecord(stateFile(cfg, vipsFile), d.log)
+	defer d.vips.close() // after the instances stopped (deferred later): their releases are written
 
 	d.metrics = newMetrics(d)
 	if listen := cfg.Global.MetricsListen; listen != "" {
@@ -140,7 +153,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	vctx := context.WithoutCancel(ctx) // stopped explicitly, in order
 	for _, in := range cfg.VRRP {
-		d.vrrp[in.Name] = startVRRP(vctx, in.Runtime, d.log)
+		d.vrrp[in.Name] = startVRRP(vctx, in.Runtime, d.log, d.vips)
 	}
 	defer d.stopVRRP()
 
@@ -220,9 +233,9 @@ func (d *Daemon) reload(vctx context.Context) {
 	for _, w := range warnings {
 		d.log.Warn("reload: config warning", "warning", w.Format(old.File))
 	}
-	if cfg.Global.ControlSocket != old.Global.ControlSocket || cfg.Global.MetricsListen != old.Global.MetricsListen {
-		d.log.Warn("reload: control_socket and metrics_listen changes need a restart; keeping the old ones")
-		cfg.Global.ControlSocket, cfg.Global.MetricsListen = old.Global.ControlSocket, old.Global.MetricsListen
+	if g, o := &cfg.Global, &old.Global; g.ControlSocket != o.ControlSocket || g.MetricsListen != o.MetricsListen || g.StateDir != o.StateDir {
+		d.log.Warn("reload: control_socket, metrics_listen and state_dir changes need a restart; keeping the old ones")
+		g.ControlSocket, g.MetricsListen, g.StateDir = o.ControlSocket, o.MetricsListen, o.StateDir
 	}
 	targets := healthTargets(cfg)
 	if err := d.hc.Update(targets); err != nil {
@@ -279,7 +292,7 @@ func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
 			d.log.Info("reload: vrrp instance changed; restarting it", "instance", in.Name)
 			cur.stop()
 		}
-		r := startVRRP(vctx, vc, d.log)
+		r := startVRRP(vctx, vc, d.log, d.vips)
 		d.mu.Lock()
 		d.vrrp[in.Name] = r
 		d.mu.Unlock()
@@ -293,8 +306,7 @@ func (d *Daemon) listenControl(path string) (net.Listener, error) {
 	}
 	// A socket left by a crashed run would make Listen fail; a live daemon
 	// answers on it, so refuse to steal it.
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		_ = c.Close()
+	if controlAnswers(path) {
 		return nil, fmt.Errorf("control socket %s: another lvsha is running", path)
 	}
 	_ = os.Remove(path)

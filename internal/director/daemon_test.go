@@ -117,6 +117,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 const daemonConfig = `
 [global]
 control_socket = "%s"
+state_dir = "%s"
 metrics_listen = "%s"
 realtime_priority = 0 # in-process: leave the test binary's scheduling alone
 
@@ -153,7 +154,7 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 	metricsAddr := freePort(t)
 	write := func(extra string) {
 		t.Helper()
-		if err := os.WriteFile(file, fmt.Appendf(nil, daemonConfig, sock, metricsAddr, a.addr, b.addr, extra), 0o644); err != nil {
+		if err := os.WriteFile(file, fmt.Appendf(nil, daemonConfig, sock, filepath.Join(dir, "state"), metricsAddr, a.addr, b.addr, extra), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -282,7 +283,7 @@ func TestDaemonHealthDrivesIPVSAndReloadIsADiff(t *testing.T) {
 		t.Errorf("unchanged real servers changed: %v", w)
 	}
 	// The services it owns are remembered for the next run.
-	if b, err := os.ReadFile(filepath.Join(dir, "lvsha.ipvs-owned")); err != nil || strings.TrimSpace(string(b)) != "tcp/10.99.0.1:80" {
+	if b, err := os.ReadFile(filepath.Join(dir, "state", ownedFile)); err != nil || strings.TrimSpace(string(b)) != "tcp/10.99.0.1:80" {
 		t.Errorf("owned services state: %q %v", b, err)
 	}
 }
@@ -416,7 +417,7 @@ func testConfig(t *testing.T, body string) *conf.Config {
 	t.Helper()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "lvsha.toml")
-	src := fmt.Sprintf("[global]\nrealtime_priority = 0\ncontrol_socket = %q\n%s", filepath.Join(dir, "c.sock"), body)
+	src := fmt.Sprintf("[global]\nrealtime_priority = 0\ncontrol_socket = %q\nstate_dir = %q\n%s", filepath.Join(dir, "c.sock"), dir, body)
 	if err := os.WriteFile(file, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -23,10 +23,12 @@ type ipvsPart struct {
 	open      func() (lvs.Kernel, func(), error)
 	observe   func(rep lvs.Report, err error, repair bool)
 	statePath string
-	first     chan struct{} // closed when the first apply has been tried
-	firstOnce sync.Once
-	cancel    context.CancelFunc
-	done      chan struct{}
+	// oldStatePath is where an older lvsha kept statePath's content.
+	oldStatePath string
+	first        chan struct{} // closed when the first apply has been tried
+	firstOnce    sync.Once
+	cancel       context.CancelFunc
+	done         chan struct{}
 
 	mu      sync.Mutex
 	loop    *lvs.Loop
@@ -58,7 +60,8 @@ func newIPVSPart(cfg *conf.Config, log *slog.Logger, open func() (lvs.Kernel, fu
 		first:    make(chan struct{}),
 		// Which services are ours must survive a restart, or one removed
 		// from the config meanwhile would stay in the kernel for ever.
-		statePath: strings.TrimSuffix(cfg.Global.ControlSocket, ".sock") + ".ipvs-owned",
+		statePath:    stateFile(cfg, ownedFile),
+		oldStatePath: oldOwnedFile(cfg),
 	}
 }
 
@@ -132,6 +135,7 @@ func (p *ipvsPart) run(ctx context.Context) {
 			}
 			rec := lvs.NewReconciler(k, p.log)
 			if p.statePath != "" {
+				adoptOldOwned(p.statePath, p.oldStatePath, p.log)
 				if err := rec.PersistOwned(p.statePath); err != nil {
 					p.log.Warn("ipvs: cannot load the services a previous run owned", "err", err)
 				}

@@ -52,6 +52,7 @@ type director struct {
 const directorConfig = `
 [global]
 control_socket = %q
+state_dir = %q
 metrics_listen = "127.0.0.1:9610"
 
 [[vrrp_instance]]
@@ -88,7 +89,7 @@ func startDirector(t *testing.T, bin string, node *netns.Node, prio int) *direct
 
 func (d *director) write(t *testing.T, prio int, extra string) {
 	t.Helper()
-	if err := os.WriteFile(d.file, fmt.Appendf(nil, directorConfig, d.sock, prio, extra), 0o644); err != nil {
+	if err := os.WriteFile(d.file, fmt.Appendf(nil, directorConfig, d.sock, filepath.Join(filepath.Dir(d.file), "state"), prio, extra), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

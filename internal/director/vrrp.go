@@ -18,6 +18,7 @@ import (
 type vrrpRunner struct {
 	name   string
 	log    *slog.Logger
+	vips   *vipRecord
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -27,9 +28,9 @@ type vrrpRunner struct {
 	err  string // why the instance is not running, if it is not
 }
 
-func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger) *vrrpRunner {
+func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger, vips *vipRecord) *vrrpRunner {
 	ctx, cancel := context.WithCancel(ctx)
-	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, cancel: cancel, done: make(chan struct{})}
+	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, vips: vips, cancel: cancel, done: make(chan struct{})}
 	go r.loop(ctx)
 	return r
 }
@@ -37,7 +38,8 @@ func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger) *vrrpRunn
 func (r *vrrpRunner) loop(ctx context.Context) {
 	defer close(r.done)
 	for failures := 0; ; failures++ {
-		inst, err := vrrp.New(r.config(), r.log, vrrp.WithCommandStarter(process.StartNormal))
+		inst, err := vrrp.New(r.config(), r.log, vrrp.WithCommandStarter(process.StartNormal),
+			vrrp.WithVIPRecorder(r.vips.recorder(r.name)))
 		if err == nil {
 			r.mu.Lock()
 			r.inst, r.err = inst, ""

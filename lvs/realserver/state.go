@@ -16,8 +16,11 @@ import (
 )
 
 // DefaultStateDir is where the state file lives unless Options says
-// otherwise. It is in /run, so a reboot (which also resets the addresses
-// and sysctls it describes) removes it.
+// otherwise. It is in /run, not with the director's state in /var/lib, on
+// purpose: a reboot resets the addresses and sysctls it describes and
+// removes it with them, while a record that outlived the reboot would have
+// down "restore" sysctls over the values the boot set. The packaged units
+// keep /run/lvsha across their stops (RuntimeDirectoryPreserve=yes).
 const DefaultStateDir = "/run/lvsha"
 
 // StateFile is the name of the state file inside Options.StateDir.
