@@ -49,6 +49,7 @@ func (o *options) start(impl string, node *netns.Node, name string, prio int, in
 router_id = %q
 log_level = "info"
 control_socket = %q
+state_dir = %q
 
 [[vrrp_instance]]
 name = "VI_1"
@@ -58,7 +59,7 @@ priority = %d
 advert_interval = %q
 version = 3
 virtual_ipaddress = [%q]
-`, name, filepath.Join(dir, name+".sock"), prio, interval.String(), vip.String())
+`, name, filepath.Join(dir, name+".sock"), filepath.Join(dir, name+"-state"), prio, interval.String(), vip.String())
 		if o.rt > 0 {
 			// -rt: the same priority as keepalived's directors get.
 			body = strings.Replace(body, "[global]\n", fmt.Sprintf("[global]\nrealtime_priority = %d\n", o.rt), 1)

@@ -330,7 +330,7 @@ func measureTool(c config, t tools, lvsha bool) (_ toolRun, err error) {
 
 func lvshaConf(c config, dir string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "[global]\ncontrol_socket = %q\nlog_level = \"warn\"\n\n", filepath.Join(dir, "lvsha.sock"))
+	fmt.Fprintf(&b, "[global]\ncontrol_socket = %q\nstate_dir = %q\nlog_level = \"warn\"\n\n", filepath.Join(dir, "lvsha.sock"), filepath.Join(dir, "state"))
 	fmt.Fprintf(&b, "[[virtual_server]]\naddress = \"10.99.0.1:80\"\nforwarding = \"nat\"\nscheduler = \"rr\"\n\n")
 	// keepalived's connect_timeout is whole seconds and lvsha wants the
 	// timeout below the interval: neither matters while servers answer.

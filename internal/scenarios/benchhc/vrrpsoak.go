@@ -112,7 +112,7 @@ func soakPair(c config, t tools, lvsha bool, dur, advert time.Duration) (_ soakR
 		conf := filepath.Join(dir, role+".conf")
 		var body string
 		if lvsha {
-			body = fmt.Sprintf("[global]\nrouter_id = %q\ncontrol_socket = %q\nlog_level = \"info\"\n\n", role, filepath.Join(dir, role+".sock"))
+			body = fmt.Sprintf("[global]\nrouter_id = %q\ncontrol_socket = %q\nstate_dir = %q\nlog_level = \"info\"\n\n", role, filepath.Join(dir, role+".sock"), filepath.Join(dir, role+"-state"))
 			if checks {
 				body = lvshaConf(c, dir)
 				body = strings.Replace(body, "[global]\n", fmt.Sprintf("[global]\nrouter_id = %q\n", role), 1)

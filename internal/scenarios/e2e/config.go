@@ -20,6 +20,7 @@ type Tuning struct {
 	CheckTimeout   time.Duration // virtual_server.check.timeout (1s)
 	Fall, Rise     int           // virtual_server.check.fall / rise (defaults 2 / 1)
 	ControlSocket  string        // global.control_socket
+	StateDir       string        // global.state_dir: one per director, they share the VM's disk
 }
 
 // DefaultTuning is what the scenario runs with. advert_interval 100ms gives
@@ -61,7 +62,7 @@ func DeriveConfig(example string, t Tuning) (string, error) {
 	edits := []edit{
 		{`interface = "ens33"`, fmt.Sprintf("interface = %q", t.Interface)},
 		{`advert_interval = "1s"`, fmt.Sprintf("advert_interval = %q", t.AdvertInterval)},
-		{`control_socket = "/run/lvsha/lvsha.sock"`, fmt.Sprintf("control_socket = %q", t.ControlSocket)},
+		{`control_socket = "/run/lvsha/lvsha.sock"`, fmt.Sprintf("control_socket = %q\nstate_dir = %q", t.ControlSocket, t.StateDir)},
 		{`interval = "2s"`, fmt.Sprintf("interval = %q", t.CheckInterval)},
 		{`timeout = "1s"`, fmt.Sprintf("timeout = %q\nfall = %d\nrise = %d", t.CheckTimeout, t.Fall, t.Rise)},
 	}

@@ -74,6 +74,7 @@ func TestDeriveConfig(t *testing.T) {
 			t.Fatal(err)
 		}
 		tu.ControlSocket = "/run/lvsha/" + name + ".sock"
+		tu.StateDir = "/var/lib/lvsha/" + name
 		text, err := DeriveConfig(string(example), tu)
 		if err != nil {
 			t.Fatal(err)
@@ -87,8 +88,8 @@ func TestDeriveConfig(t *testing.T) {
 			t.Fatalf("derived %s does not load: %v\n%s", name, err, text)
 		}
 		in := cfg.VRRP[0]
-		if in.Interface != "eth0" || in.AdvertInterval.D() != tu.AdvertInterval || cfg.Global.ControlSocket != tu.ControlSocket {
-			t.Errorf("%s: vrrp %+v, control socket %q", name, in, cfg.Global.ControlSocket)
+		if in.Interface != "eth0" || in.AdvertInterval.D() != tu.AdvertInterval || cfg.Global.ControlSocket != tu.ControlSocket || cfg.Global.StateDir != tu.StateDir {
+			t.Errorf("%s: vrrp %+v, control socket %q, state dir %q", name, in, cfg.Global.ControlSocket, cfg.Global.StateDir)
 		}
 		vs := cfg.Services[0]
 		if vs.Check == nil || vs.Check.Interval.D() != tu.CheckInterval || vs.Check.Timeout.D() != tu.CheckTimeout || vs.Check.Fall != tu.Fall || vs.Check.Rise != tu.Rise {

@@ -273,6 +273,7 @@ func (s *scenario) setup(ctx context.Context) error {
 		d := newDirector(name, node, s.cfg.Lvsha, s.cfg.WorkDir)
 		t := s.t
 		t.ControlSocket = d.socket
+		t.StateDir = filepath.Join(filepath.Dir(d.socket), name+"-state")
 		text, err := DeriveConfig(string(example), t)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
