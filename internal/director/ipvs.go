@@ -142,7 +142,7 @@ func (p *ipvsPart) run(ctx context.Context) {
 			}
 			loop = lvs.NewLoop(rec, p.interval, p.log)
 			loop.OnRepair = func(rep lvs.Report, err error) {
-				p.recordFailed(rep, err)
+				p.recordFailed(rep, err, nil)
 				p.observe(rep, err, true)
 			}
 			loopDone = make(chan struct{})
@@ -156,8 +156,6 @@ func (p *ipvsPart) run(ctx context.Context) {
 			p.mu.Unlock()
 		}
 		rep, err := loop.Apply(ctx, pending)
-		p.recordFailed(rep, err)
-		p.observe(rep, err, false)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -168,14 +166,19 @@ func (p *ipvsPart) run(ctx context.Context) {
 			if len(rep.Failed) > 0 {
 				what = "applied except " + strings.Join(failedKeys(rep), ", ")
 			}
+			summary := what + ": " + err.Error()
+			p.recordFailed(rep, err, &summary)
+			p.observe(rep, err, false)
 			p.fail(what, err, &failures, &retry)
 			p.settled()
 			continue
 		}
+		none := ""
+		p.recordFailed(rep, nil, &none)
+		p.observe(rep, nil, false)
 		havePend, failures, retry = false, 0, nil
 		p.settled()
 		p.mu.Lock()
-		p.lastErr = ""
 		p.applied++
 		p.mu.Unlock()
 	}
@@ -191,13 +194,14 @@ func failedKeys(rep lvs.Report) []string {
 	return keys
 }
 
-// recordFailed keeps which services the kernel refused, for status. A
-// failure with no per-service errors (the table could not be read) says
-// nothing about them, so the last known ones stay.
-func (p *ipvsPart) recordFailed(rep lvs.Report, err error) {
-	if err != nil && len(rep.Failed) == 0 {
-		return
-	}
+// recordFailed keeps which services the kernel refused, for status, and,
+// if lastErr is not nil, the error status shows for the whole table: both
+// under one lock, so that status never shows a service refused while
+// ipvs_error is still empty, or the reverse. A failure with no per-service
+// errors (the table could not be read) says nothing about the services, so
+// the last known ones stay.
+func (p *ipvsPart) recordFailed(rep lvs.Report, err error, lastErr *string) {
+	keep := err != nil && len(rep.Failed) == 0
 	var failed map[lvs.Key]string
 	for k, e := range rep.Failed {
 		if failed == nil {
@@ -206,8 +210,13 @@ func (p *ipvsPart) recordFailed(rep lvs.Report, err error) {
 		failed[k] = e.Error()
 	}
 	p.mu.Lock()
-	p.failed = failed
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	if !keep {
+		p.failed = failed
+	}
+	if lastErr != nil {
+		p.lastErr = *lastErr
+	}
 }
 
 // serviceError says why the kernel refused service k, "" if it did not.
