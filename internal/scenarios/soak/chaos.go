@@ -23,7 +23,8 @@ func (s *soaker) chaos(ctx context.Context) (*result, error) {
 	if !netns.WaitFor(5*time.Second, 10*time.Millisecond, func() bool { return s.pr.answered() >= 10 }) {
 		return nil, fmt.Errorf("the client gets no replies from the VIP before the chaos")
 	}
-	s.logf("settled: a MASTER, b BACKUP; the client reaches %s; chaos for %v (seed %d)", vip.Addr(), s.o.duration, s.o.seed)
+	s.logf("settled: a MASTER, b BACKUP; the client reaches %s; chaos for %v (seed %d; +0 is %s)",
+		vip.Addr(), s.o.duration, s.o.seed, s.t0.Format("15:04:05.000"))
 
 	wctx, stopWatch := context.WithCancel(ctx)
 	var watchers sync.WaitGroup
@@ -300,6 +301,11 @@ func (s *soaker) injectChecker(ctx context.Context) {
 			continue // restarting: another time
 		}
 		old := st.Checker.Pid
+		// Health verdicts wait for the new checker, which starts its fall
+		// count again: the bound runs from when it is back.
+		s.mu.Lock()
+		s.checkerAt[d.name] = time.Now().Add(time.Hour)
+		s.mu.Unlock()
 		f := s.begin(kChecker, d.name, false)
 		s.logf("fault: %s of %s (pid %d)", kChecker, d.name, old)
 		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {

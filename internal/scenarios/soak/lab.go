@@ -229,12 +229,16 @@ type status struct {
 	} `json:"vrrp"`
 	Services []struct {
 		Reals []struct {
-			Address string `json:"address"`
-			Health  string `json:"health"`
+			Address    string    `json:"address"`
+			Health     string    `json:"health"`
+			LastResult string    `json:"last_result"`
+			LastCheck  time.Time `json:"last_check"`
+			Checks     uint64    `json:"checks"`
 		} `json:"reals"`
 	} `json:"services"`
 	Checker *struct {
-		Pid int `json:"pid"`
+		Pid      int    `json:"pid"`
+		Restarts uint64 `json:"restarts"`
 	} `json:"checker"`
 }
 
@@ -254,6 +258,22 @@ func (s *status) health(addr string) string {
 		}
 	}
 	return ""
+}
+
+// checks describes what the checker did for a real server, for a violation.
+func (s *status) checks(addr string, rel func(time.Time) string) string {
+	pid, restarts := 0, uint64(0)
+	if s.Checker != nil {
+		pid, restarts = s.Checker.Pid, s.Checker.Restarts
+	}
+	for _, sv := range s.Services {
+		for _, r := range sv.Reals {
+			if r.Address == addr {
+				return fmt.Sprintf("checker pid %d (%d restarts), %d checks, last at %s: %q", pid, restarts, r.Checks, rel(r.LastCheck), r.LastResult)
+			}
+		}
+	}
+	return "not in status"
 }
 
 func (d *director) client() *http.Client {
@@ -434,17 +454,6 @@ func forgedAdvert(reason string) (ttl int, b []byte, err error) {
 		b = b[:6]
 	}
 	return ttl, b, nil
-}
-
-func workDir(keep bool) (string, func(), error) {
-	dir, err := os.MkdirTemp("", "lvsha-soak")
-	if err != nil {
-		return "", nil, err
-	}
-	if keep {
-		return dir, func() {}, nil
-	}
-	return dir, func() { os.RemoveAll(dir) }, nil
 }
 
 func newDirector(bin, dir, name string, node *netns.Node, prio int) *director {

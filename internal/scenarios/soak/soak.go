@@ -86,8 +86,6 @@ type options struct {
 	// control runs the negative control after the chaos: a split the
 	// checker must flag.
 	control bool
-	// dir, when set, keeps the configs and logs there.
-	dir string
 }
 
 type result struct {
@@ -188,18 +186,21 @@ func run(ctx context.Context, o options) (_ *result, err error) {
 	s := &soaker{o: o, out: o.out, rng: rand.New(rand.NewPCG(o.seed, o.seed^0x5eed)),
 		injected: map[string]int{}, worst: map[string]time.Duration{}, checkerAt: map[string]time.Time{},
 		samples: map[string][][]resources{}}
-	dir := o.dir
-	if dir == "" {
-		d, cleanup, err := workDir(o.keep)
-		if err != nil {
-			return nil, err
-		}
-		defer cleanup()
-		dir = d
+	dir, err := os.MkdirTemp("", "lvsha-soak")
+	if err != nil {
+		return nil, err
 	}
 	if o.keep {
 		fmt.Fprintln(s.out, "work directory (configs, director logs):", dir)
 	}
+	defer func() {
+		// The directors' logs are the evidence of a violation: keep them.
+		if o.keep || len(s.violations) > 0 {
+			fmt.Fprintln(s.out, "configs and director logs kept in", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	}()
 	if s.lab, err = netns.NewLab(netns.UniquePrefix("lvk")); err != nil {
 		return nil, err
 	}

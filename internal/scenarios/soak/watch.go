@@ -199,9 +199,9 @@ func (s *soaker) watchHealth(ctx context.Context) {
 				}
 				if now.After(ref.Add(healthBound + healthMargin)) {
 					done[k] = true
-					s.violate(now, kRealServer, "%s still reports %s %q %v after it stopped at %s (bound fall x interval + timeout = %v + %v from %s)",
+					s.violate(now, kRealServer, "%s still reports %s %q %v after it stopped at %s (bound fall x interval + timeout = %v + %v from %s; %s)",
 						d.name, r.name, st.health(r.addr.String()+":80"), now.Sub(stop).Round(time.Millisecond), s.rel(stop),
-						healthBound, healthMargin, s.rel(ref))
+						healthBound, healthMargin, s.rel(ref), st.checks(r.addr.String()+":80", s.rel))
 				}
 			}
 		}
