@@ -65,6 +65,8 @@ func (s *soaker) chaos(ctx context.Context) (*result, error) {
 	}
 	time.Sleep(attribution)
 	s.sampleResources()
+	// Before the control, whose violations are expected.
+	res := s.flatness()
 
 	if s.o.control {
 		s.negativeControl(ctx)
@@ -72,7 +74,7 @@ func (s *soaker) chaos(ctx context.Context) (*result, error) {
 	stopWatch()
 	watchers.Wait()
 	<-outagesDone
-	return s.result(), nil
+	return s.result(res), nil
 }
 
 // settled waits until a is MASTER holding the VIP and b is BACKUP without

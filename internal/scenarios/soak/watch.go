@@ -324,8 +324,7 @@ func (s *soaker) flatness() map[string]string {
 	return out
 }
 
-func (s *soaker) result() *result {
-	res := s.flatness()
+func (s *soaker) result(res map[string]string) *result {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return &result{start: s.t0, violations: s.violations, control: s.control, injected: s.injected,
