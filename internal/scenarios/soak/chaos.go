@@ -145,7 +145,9 @@ func (s *soaker) disrupt(ctx context.Context, spared *director, half time.Time) 
 		err = s.lab.Recreate(d.name)
 		d.bump()
 	case kReloadOK, kReloadBad:
-		err = s.reload(ctx, d, kind == kReloadOK, f)
+		// Not cut short by the end of the run: a reload half done would
+		// read as a failure.
+		err = s.reload(context.WithoutCancel(ctx), d, kind == kReloadOK)
 	}
 	s.finish(f)
 	if err != nil {
@@ -172,7 +174,7 @@ func (s *soaker) other(d *director) *director {
 // reload sends SIGHUP with a valid config (a garp_master_repeat change,
 // which is applied in place: no transition) or an invalid one (which must
 // be rejected, changing nothing).
-func (s *soaker) reload(ctx context.Context, d *director, valid bool, f *fault) error {
+func (s *soaker) reload(ctx context.Context, d *director, valid bool) error {
 	before, err := d.status(ctx)
 	if err != nil {
 		return err
