@@ -1,4 +1,4 @@
-# lvsha: make build | test | lint | bench | demo | deb | clean
+# lvsha: make build | test | lint | bench | soak | demo | deb | clean
 SHELL := /bin/bash
 GO ?= go
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -9,7 +9,7 @@ export LVSHA_STRICT := 1
 # Namespace tests run this binary (built by the build target) instead of building their own.
 export LVSHA_BIN := $(CURDIR)/bin/lvsha
 
-.PHONY: all build test unit setup lint bench bench-failover bench-healthcheck bench-ipvs demo deb clean
+.PHONY: all build test unit setup lint bench bench-failover bench-healthcheck bench-ipvs soak demo deb clean
 
 all: build
 
@@ -53,6 +53,13 @@ bench-healthcheck: setup build
 
 bench-ipvs: setup build
 	$(GO) run ./internal/scenarios/benchipvs
+
+# Chaos soak: two real directors in namespaces under random faults for
+# SOAK (e.g. make soak SOAK=30m), every invariant checked all along; exits
+# non-zero on a violation. `make test` runs a 60-second one (TestSoak).
+SOAK ?= 5m
+soak: setup build
+	$(GO) run ./internal/scenarios/soak -lvsha bin/lvsha -d $(SOAK)
 
 demo: setup build
 	$(GO) run ./internal/scenarios/demo -lvsha bin/lvsha
