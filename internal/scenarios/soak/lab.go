@@ -17,7 +17,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lvsha/lvsha/internal/director/control"
 	"github.com/lvsha/lvsha/internal/testenv/netns"
+	"github.com/lvsha/lvsha/lvs/atomicfile"
 	"github.com/lvsha/lvsha/vrrp"
 	"golang.org/x/net/ipv4"
 )
@@ -76,6 +78,7 @@ func (d *director) toml() string {
 router_id = %q
 log_level = "info"
 control_socket = %q
+state_dir = %q
 
 [[vrrp_instance]]
 name = "VI_1"
@@ -108,16 +111,13 @@ weight = 1
 [[virtual_server.real_server]]
 address = "%s:80"
 weight = 1
-`, d.name, d.sock, vrid, d.prio, advertInterval.String(), vip.String(), d.garpRepeat,
+`, d.name, d.sock, filepath.Join(filepath.Dir(d.sock), d.name+"-state"), vrid, d.prio, advertInterval.String(), vip.String(), d.garpRepeat,
 		vip.Addr(), checkInterval.String(), checkTimeout.String(), checkFall, addrR1.Addr(), addrR2.Addr())
 }
 
 func (d *director) writeConf(body string) error {
-	if err := os.WriteFile(d.conf+".tmp", []byte(body), 0o600); err != nil {
-		return fmt.Errorf("director %s: write config: %w", d.name, err)
-	}
-	if err := os.Rename(d.conf+".tmp", d.conf); err != nil {
-		return fmt.Errorf("director %s: write config: %w", d.name, err)
+	if err := atomicfile.Write(d.conf, []byte(body), 0o600); err != nil {
+		return fmt.Errorf("director %s: %w", d.name, err)
 	}
 	return nil
 }
@@ -277,12 +277,9 @@ func (s *status) checks(addr string, rel func(time.Time) string) string {
 }
 
 func (d *director) client() *http.Client {
-	return &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var dl net.Dialer
-			return dl.DialContext(ctx, "unix", d.sock)
-		}}}
+	c := control.Client(d.sock)
+	c.Timeout = 2 * time.Second
+	return c
 }
 
 // status reads the daemon's status over its control socket (what `lvsha
