@@ -279,6 +279,8 @@ func (s *status) checks(addr string, rel func(time.Time) string) string {
 func (d *director) client() *http.Client {
 	c := control.Client(d.sock)
 	c.Timeout = 2 * time.Second
+	// A connection kept to a killed incarnation would fail the next ask.
+	c.Transport.(*http.Transport).DisableKeepAlives = true
 	return c
 }
 
