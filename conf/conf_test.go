@@ -458,3 +458,22 @@ auth_pass = "secret"
 		}
 	}
 }
+
+// TestNotifyCapabilities: the names become the capability set the daemon
+// lets notify commands keep; none by default.
+func TestNotifyCapabilities(t *testing.T) {
+	for src, want := range map[string]uint64{
+		``:                         0,
+		`notify_capabilities = []`: 0,
+		`notify_capabilities = ["CAP_NET_ADMIN"]`:                1 << 12,
+		`notify_capabilities = ["CAP_NET_RAW", "CAP_NET_ADMIN"]`: 1<<12 | 1<<13,
+	} {
+		cfg, _, err := Parse("t.toml", []byte("[global]\n"+src+"\n"))
+		if err != nil {
+			t.Fatalf("%s: %v", src, err)
+		}
+		if got := cfg.Global.NotifyCaps; got != want {
+			t.Errorf("%s: NotifyCaps %#x, want %#x", src, got, want)
+		}
+	}
+}

@@ -51,6 +51,12 @@ type Global struct {
 	// busy director otherwise wakes late for its adverts, and at short
 	// intervals that is a false failover.
 	RealtimePriority int `toml:"realtime_priority"`
+	// NotifyCapabilities are the capabilities notify commands keep (of
+	// CAP_NET_ADMIN and CAP_NET_RAW; none by default): a notify script
+	// that changes routes needs CAP_NET_ADMIN. Exec checks keep none.
+	NotifyCapabilities []string `toml:"notify_capabilities"`
+	// NotifyCaps is NotifyCapabilities as a set, bit n for capability n.
+	NotifyCaps uint64 `toml:"-"`
 }
 
 // VRRPInstance is one virtual router.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/lvsha/lvsha/lvs/realserver"
 	"github.com/lvsha/lvsha/vrrp"
 )
@@ -120,7 +122,20 @@ func (v *validator) global() {
 	if g.IPVSRepairInterval.D() < time.Second {
 		v.errf("global.ipvs_repair_interval", "%s is too short (at least 1s)", g.IPVSRepairInterval)
 	}
+	g.NotifyCaps = 0
+	for _, name := range g.NotifyCapabilities {
+		c, ok := notifyCapabilities[name]
+		if !ok {
+			v.errf("global.notify_capabilities", "%q is not one of CAP_NET_ADMIN, CAP_NET_RAW", name)
+			continue
+		}
+		g.NotifyCaps |= 1 << c
+	}
 }
+
+// notifyCapabilities are the capabilities a notify command may keep: the
+// daemon's own, less CAP_SETPCAP, which only serves to take them away.
+var notifyCapabilities = map[string]uint{"CAP_NET_ADMIN": unix.CAP_NET_ADMIN, "CAP_NET_RAW": unix.CAP_NET_RAW}
 
 func (v *validator) vrrp(p string, in *VRRPInstance) {
 	defer v.library(p, len(v.diags), in.Runtime.Validate)

@@ -19,8 +19,9 @@ import (
 // group (children of a script too) is killed, and whatever it left behind is
 // killed when it exits; it is killed as well if the checker dies.
 type execChecker struct {
-	argv []string
-	port uint16
+	argv  []string
+	port  uint16
+	start func(*exec.Cmd) error // nil: exec.Cmd.Start
 }
 
 // maxExecOutput is how much of the command's output is kept for the reason.
@@ -47,13 +48,21 @@ func (c *execChecker) Check(ctx context.Context, target netip.AddrPort) error {
 	// Pdeathsig: if the checker dies (or is killed as wedged) mid-check,
 	// the command dies too instead of running on with nobody to time it
 	// out. It fires when the forking thread exits, and Go ends a thread
-	// only when a goroutine locked to it returns, which nothing here does.
+	// only when a goroutine locked to it returns, which neither this nor
+	// the checker process's starter (process.ChildStarter) does.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return killGroup(cmd) }
 	// A grandchild that keeps the output pipe open must not hold Wait.
 	cmd.WaitDelay = 100 * time.Millisecond
 
-	err := cmd.Run()
+	start := c.start
+	if start == nil {
+		start = (*exec.Cmd).Start
+	}
+	err := start(cmd)
+	if err == nil {
+		err = cmd.Wait()
+	}
 	if cmd.Process != nil {
 		_ = killGroup(cmd)
 	}

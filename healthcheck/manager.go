@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -81,6 +82,21 @@ func WithMaxInFlight(n int) Option {
 // class (FailureClass; "" when it passed). Metrics use it.
 func WithObserver(f func(id string, took time.Duration, reason string)) Option {
 	return func(m *Manager) { m.observe = f }
+}
+
+// WithCommandStarter starts exec checks' commands with start instead of
+// exec.Cmd.Start: the checker process passes one that takes away the
+// daemon's capabilities. start must not return before the command runs.
+func WithCommandStarter(start func(*exec.Cmd) error) Option {
+	return func(m *Manager) {
+		m.newChecker = func(s Spec) (Checker, error) {
+			c, err := NewChecker(s)
+			if e, ok := c.(*execChecker); ok {
+				e.start = start
+			}
+			return c, err
+		}
+	}
 }
 
 // Manager schedules the checks of a set of targets and emits their

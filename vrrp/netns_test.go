@@ -1003,7 +1003,8 @@ func TestNetnsNotifyNormalScheduling(t *testing.T) {
 	p := newPair(t)
 	out := filepath.Join(t.TempDir(), "policy")
 	cfg := labConfig("a", 150)
-	cfg.Notify = []string{"/bin/sh", "-c", "grep -m1 '^policy' /proc/self/sched >> " + out}
+	// The policy and the capability sets on one line: "policy : 0 CapInh: ...".
+	cfg.Notify = []string{"/bin/sh", "-c", "echo $(grep -m1 '^policy' /proc/self/sched) $(grep ^Cap /proc/self/status) >> " + out}
 	a := startDaemon(t, p.a, cfg)
 	waitFor(t, "a MASTER", 5*time.Second, func() bool { return a.Status().State == Master })
 	var got []byte
@@ -1012,8 +1013,21 @@ func TestNetnsNotifyNormalScheduling(t *testing.T) {
 		return bytes.Count(got, []byte("\n")) >= 2
 	})
 	for _, l := range strings.Split(strings.TrimSpace(string(got)), "\n") {
-		if f := strings.Fields(l); len(f) != 3 || f[2] != "0" {
+		f := strings.Fields(l)
+		if len(f) < 3 || f[2] != "0" {
 			t.Errorf("notify command ran under %q, want policy 0 (SCHED_NORMAL)", l)
+		}
+		// The daemon runs as root with every capability; its notify
+		// commands get none of CAP_NET_ADMIN (12), CAP_NET_RAW (13),
+		// CAP_SETPCAP (8) in any set.
+		for i := 3; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseUint(f[i+1], 16, 64)
+			if err != nil || v&(1<<12|1<<13|1<<8) != 0 {
+				t.Errorf("notify command has %s %s, want none of CAP_NET_ADMIN, CAP_NET_RAW, CAP_SETPCAP (line %q)", f[i], f[i+1], l)
+			}
+		}
+		if !strings.Contains(l, "CapBnd:") {
+			t.Errorf("notify command reported no capabilities: %q", l)
 		}
 	}
 	threads, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", a.cmd.Process.Pid))
@@ -1022,6 +1036,10 @@ func TestNetnsNotifyNormalScheduling(t *testing.T) {
 	}
 	for _, th := range threads {
 		tid, _ := strconv.Atoi(th.Name())
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/comm", a.cmd.Process.Pid, tid))
+		if strings.TrimSpace(string(comm)) == "lvsha-spawn" {
+			continue // the thread that starts children, under normal scheduling by design
+		}
 		if attr, err := unix.SchedGetAttr(tid, 0); err == nil && attr.Policy != unix.SCHED_RR {
 			t.Errorf("daemon thread %d under policy %d after its notify commands, want SCHED_RR", tid, attr.Policy)
 		}

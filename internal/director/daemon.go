@@ -18,11 +18,13 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lvsha/lvsha/conf"
 	"github.com/lvsha/lvsha/healthcheck"
 	"github.com/lvsha/lvsha/internal/director/checker"
+	"github.com/lvsha/lvsha/internal/process"
 	"github.com/lvsha/lvsha/lvs"
 	"github.com/lvsha/lvsha/vrrp"
 )
@@ -58,6 +60,15 @@ type Daemon struct {
 	metrics *metrics
 	// vips records the VIPs the instances hold; set by Run.
 	vips *vipRecord
+	// notifyCaps is global.notify_capabilities, read at each start so that
+	// a reload applies to the next notify command.
+	notifyCaps atomic.Uint64
+}
+
+// startNotify starts a notify command: normal scheduling, and no
+// capabilities of the daemon's but those the config lets it keep.
+func (d *Daemon) startNotify(cmd *exec.Cmd) error {
+	return process.ChildStarter(process.Caps(d.notifyCaps.Load()))(cmd)
 }
 
 // New returns a daemon for a validated config.
@@ -104,6 +115,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// failure must not keep the pair from serving: it is logged.
 	if n, err := RemoveLeftoverVIPs(cfg.Global.StateDir, d.log); err != nil {
 		d.log.Error("cannot remove every VIP a previous run left", "removed", n, "err", err)
+	}
+	d.notifyCaps.Store(cfg.Global.NotifyCaps)
+	if err := process.CheckChildCaps(); err != nil {
+		d.log.Warn("child processes keep network capabilities", "err", err,
+			"fix", "give the daemon CAP_SETPCAP (the packaged unit does)")
 	}
 	d.vips = newVIPRecord(stateFile(cfg, vipsFile), d.log)
 	defer d.vips.close() // after the instances stopped (deferred later): their releases are written
@@ -153,7 +169,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	vctx := context.WithoutCancel(ctx) // stopped explicitly, in order
 	for _, in := range cfg.VRRP {
-		d.vrrp[in.Name] = startVRRP(vctx, in.Runtime, d.log, d.vips)
+		d.vrrp[in.Name] = startVRRP(vctx, in.Runtime, d.log, d.vips, d.startNotify)
 	}
 	defer d.stopVRRP()
 
@@ -245,6 +261,7 @@ func (d *Daemon) reload(vctx context.Context) {
 	d.mu.Lock()
 	d.cfg = cfg
 	d.mu.Unlock()
+	d.notifyCaps.Store(cfg.Global.NotifyCaps)
 
 	d.reconcile("reload")
 	d.reloadVRRP(vctx, cfg)
@@ -292,7 +309,7 @@ func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
 			d.log.Info("reload: vrrp instance changed; restarting it", "instance", in.Name)
 			cur.stop()
 		}
-		r := startVRRP(vctx, vc, d.log, d.vips)
+		r := startVRRP(vctx, vc, d.log, d.vips, d.startNotify)
 		d.mu.Lock()
 		d.vrrp[in.Name] = r
 		d.mu.Unlock()

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os/exec"
 	"reflect"
 	"sync"
 	"time"
 
 	"github.com/lvsha/lvsha/internal/director/control"
-	"github.com/lvsha/lvsha/internal/process"
 	"github.com/lvsha/lvsha/vrrp"
 )
 
@@ -19,6 +19,7 @@ type vrrpRunner struct {
 	name   string
 	log    *slog.Logger
 	vips   *vipRecord
+	start  func(*exec.Cmd) error // how notify commands start
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -28,9 +29,9 @@ type vrrpRunner struct {
 	err  string // why the instance is not running, if it is not
 }
 
-func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger, vips *vipRecord) *vrrpRunner {
+func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger, vips *vipRecord, start func(*exec.Cmd) error) *vrrpRunner {
 	ctx, cancel := context.WithCancel(ctx)
-	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, vips: vips, cancel: cancel, done: make(chan struct{})}
+	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, vips: vips, start: start, cancel: cancel, done: make(chan struct{})}
 	go r.loop(ctx)
 	return r
 }
@@ -38,7 +39,7 @@ func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger, vips *vip
 func (r *vrrpRunner) loop(ctx context.Context) {
 	defer close(r.done)
 	for failures := 0; ; failures++ {
-		inst, err := vrrp.New(r.config(), r.log, vrrp.WithCommandStarter(process.StartNormal),
+		inst, err := vrrp.New(r.config(), r.log, vrrp.WithCommandStarter(r.start),
 			vrrp.WithVIPRecorder(r.vips.recorder(r.name)))
 		if err == nil {
 			r.mu.Lock()

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -71,39 +70,6 @@ func SetRealtime(prio int) error {
 		return fmt.Errorf("real-time priority: %w", err)
 	}
 	return nil
-}
-
-// StartNormal starts cmd under normal scheduling whatever this process
-// runs under: a child inherits the policy of the thread that forks it, and
-// a notify script or a checker competing with VRRP at real-time priority
-// could delay adverts. The fork happens on a thread locked for the call
-// with SCHED_FLAG_RESET_ON_FORK set; the runtime never makes threads of its
-// own from a locked thread, so only cmd starts with the flag in effect.
-func StartNormal(cmd *exec.Cmd) error {
-	runtime.LockOSThread()
-	attr, err := unix.SchedGetAttr(0, 0)
-	if err != nil || attr.Policy != unix.SCHED_RR && attr.Policy != unix.SCHED_FIFO {
-		runtime.UnlockOSThread()
-		return cmd.Start() // nothing to reset (or nothing known)
-	}
-	reset := *attr
-	reset.Size = unix.SizeofSchedAttr
-	reset.Flags |= unix.SCHED_FLAG_RESET_ON_FORK
-	if err := unix.SchedSetAttr(0, &reset, 0); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("start %s under normal scheduling: %w", cmd.Path, err)
-	}
-	startErr := cmd.Start()
-	restore := *attr
-	restore.Size = unix.SizeofSchedAttr
-	restore.Flags &^= unix.SCHED_FLAG_RESET_ON_FORK
-	if err := unix.SchedSetAttr(0, &restore, 0); err != nil {
-		// Stay locked: the thread ends with this goroutine instead of
-		// making normal-scheduled threads for the runtime later.
-		return errors.Join(startErr, fmt.Errorf("restore scheduling after starting %s: %w", cmd.Path, err))
-	}
-	runtime.UnlockOSThread()
-	return startErr
 }
 
 // SetAllThreads puts every thread of this process under policy at prio

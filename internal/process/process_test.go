@@ -6,7 +6,9 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -24,7 +26,8 @@ func TestMain(m *testing.M) {
 			fmt.Println("error:", err)
 			os.Exit(1)
 		}
-		fmt.Printf("%d/%d", a.Policy, a.Priority)
+		status, _ := os.ReadFile("/proc/self/status")
+		fmt.Printf("%d/%d %s", a.Policy, a.Priority, capsOf(string(status)))
 		os.Exit(0)
 	case "start":
 		os.Exit(runStartChild())
@@ -83,11 +86,16 @@ func TestSetRealtime(t *testing.T) {
 	}
 }
 
-// runStartChild is the child of TestStartNormal: under SCHED_RR it starts
-// one reporter with StartNormal and one with a plain Start, and prints
-// what each runs under, then its own threads' policies.
+// runStartChild is the child of TestChildStarter: under SCHED_RR, as
+// root, it starts a reporter with ChildStarter(0), one with
+// ChildStarter(CAP_NET_ADMIN) and one with a plain Start (the negative
+// control), then reports its own threads.
 func runStartChild() int {
 	if err := SetRealtime(7); err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	if err := raiseAmbient(); err != nil {
 		fmt.Println("error:", err)
 		return 1
 	}
@@ -104,23 +112,82 @@ func runStartChild() int {
 		}
 		return out.String()
 	}
-	normal, plain := report(StartNormal), report((*exec.Cmd).Start)
-	var threads []string
+	var lines []string
+	lines = append(lines, "none "+report(ChildStarter(0)))
+	lines = append(lines, "netadmin "+report(ChildStarter(1<<unix.CAP_NET_ADMIN)))
+	lines = append(lines, "again "+report(ChildStarter(0))) // the same spawner, reused
+	lines = append(lines, "plain "+report((*exec.Cmd).Start))
 	tasks, _ := os.ReadDir("/proc/self/task")
 	for _, t := range tasks {
 		tid, _ := strconv.Atoi(t.Name())
-		if a, err := unix.SchedGetAttr(tid, 0); err == nil {
-			threads = append(threads, fmt.Sprintf("%d/%d", a.Policy, a.Priority))
+		a, err := unix.SchedGetAttr(tid, 0)
+		if err != nil {
+			continue
 		}
+		comm, _ := os.ReadFile("/proc/self/task/" + t.Name() + "/comm")
+		status, _ := os.ReadFile("/proc/self/task/" + t.Name() + "/status")
+		lines = append(lines, fmt.Sprintf("thread %s %d/%d %s", strings.TrimSpace(string(comm)), a.Policy, a.Priority, capsOf(string(status))))
 	}
-	fmt.Println(normal, plain, strings.Join(threads, " "))
+	fmt.Print(strings.Join(lines, "\n"))
 	return 0
 }
 
-// TestStartNormal: a real-time process starts a child under normal
-// scheduling with StartNormal (a plain Start would pass SCHED_RR on, the
-// negative control), and keeps every one of its own threads real-time.
-func TestStartNormal(t *testing.T) {
+// raiseAmbient puts the network capabilities and CAP_SETPCAP in every
+// thread's inheritable and ambient sets, as the packaged unit's
+// AmbientCapabilities does, so that the test sees them taken from those
+// sets too. The test binary links no cgo, so AllThreadsSyscall works.
+func raiseAmbient() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return err
+	}
+	data[0].Inheritable |= 1<<unix.CAP_NET_ADMIN | 1<<unix.CAP_NET_RAW | 1<<unix.CAP_SETPCAP
+	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
+		return fmt.Errorf("capset: %w", e)
+	}
+	for _, c := range []int{unix.CAP_NET_ADMIN, unix.CAP_NET_RAW, unix.CAP_SETPCAP} {
+		if _, _, e := syscall.AllThreadsSyscall6(syscall.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, uintptr(c), 0, 0, 0); e != 0 {
+			return fmt.Errorf("ambient raise %d: %w", c, e)
+		}
+	}
+	return nil
+}
+
+// capsOf returns the capability sets of a /proc status file as
+// "Inh:... Prm:... Eff:... Bnd:... Amb:...".
+func capsOf(status string) string {
+	var out []string
+	for _, l := range strings.Split(status, "\n") {
+		if k, v, ok := strings.Cut(l, ":\t"); ok && strings.HasPrefix(k, "Cap") {
+			out = append(out, strings.TrimPrefix(k, "Cap")+":"+v)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// capSet parses one set ("Bnd") out of capsOf's text.
+func capSet(t *testing.T, caps, set string) uint64 {
+	t.Helper()
+	for _, f := range strings.Fields(caps) {
+		if k, v, ok := strings.Cut(f, ":"); ok && k == set {
+			n, err := strconv.ParseUint(v, 16, 64)
+			if err != nil {
+				t.Fatalf("%s in %q: %v", set, caps, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in %q", set, caps)
+	return 0
+}
+
+// TestChildStarter: a real-time root process starts children under normal
+// scheduling and without CAP_NET_ADMIN, CAP_NET_RAW and CAP_SETPCAP in
+// any set (or with the one it keeps), while every one of its own threads
+// but the spawners stays real-time with its capabilities. A plain Start,
+// the negative control, passes both SCHED_RR and the capabilities on.
+func TestChildStarter(t *testing.T) {
 	if testing.Short() {
 		testutil.Unavailable(t, "sets real-time scheduling in a child: not with -short")
 	}
@@ -131,14 +198,58 @@ func TestStartNormal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
-	f := strings.Fields(string(out))
-	rr := fmt.Sprintf("%d/7", unix.SCHED_RR)
-	if len(f) < 3 || f[0] != fmt.Sprintf("%d/0", unix.SCHED_NORMAL) || f[1] != rr {
-		t.Fatalf("StartNormal's child, plain Start's child, threads: %q", out)
-	}
-	for _, th := range f[2:] {
-		if th != rr {
-			t.Errorf("a thread left real-time scheduling: %q", out)
+	const (
+		admin   = 1 << unix.CAP_NET_ADMIN
+		raw     = 1 << unix.CAP_NET_RAW
+		setpcap = 1 << unix.CAP_SETPCAP
+		all     = admin | raw | setpcap
+	)
+	normal, rr := fmt.Sprintf("%d/0", unix.SCHED_NORMAL), fmt.Sprintf("%d/7", unix.SCHED_RR)
+	spawners, others := 0, 0
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.SplitN(l, " ", 3)
+		if len(f) < 3 {
+			t.Fatalf("line %q in:\n%s", l, out)
 		}
+		kind, policy, caps := f[0], f[1], f[2]
+		if kind == "thread" {
+			g := strings.SplitN(f[2], " ", 2)
+			policy, caps = g[0], g[1]
+			if f[1] == SpawnerName {
+				spawners++
+				if policy != normal {
+					t.Errorf("spawner thread runs %s, want %s", policy, normal)
+				}
+				continue
+			}
+			others++
+			if policy != rr || capSet(t, caps, "Bnd")&all != all || capSet(t, caps, "Eff")&all != all {
+				t.Errorf("a thread of the process lost real-time scheduling or capabilities: %s", l)
+			}
+			continue
+		}
+		want := map[string]uint64{"none": 0, "again": 0, "netadmin": admin, "plain": all}[kind]
+		wantPolicy := normal
+		if kind == "plain" {
+			wantPolicy = rr
+		}
+		if policy != wantPolicy {
+			t.Errorf("%s child runs %s, want %s", kind, policy, wantPolicy)
+		}
+		for _, set := range []string{"Prm", "Eff", "Bnd"} {
+			if got := capSet(t, caps, set) & all; got != want {
+				t.Errorf("%s child: %s has %#x of the network capabilities, want %#x (%s)", kind, set, got, want, caps)
+			}
+		}
+		if kind == "plain" && capSet(t, caps, "Amb")&all != all {
+			t.Errorf("plain child: ambient %s lacks the raised capabilities: the test sets nothing up", caps)
+		}
+		if got := capSet(t, caps, "Inh") | capSet(t, caps, "Amb"); got&all&^want != 0 {
+			t.Errorf("%s child: inheritable/ambient hold %#x (%s)", kind, got, caps)
+		}
+	}
+	// One spawner per distinct keep: "again" reused the first.
+	if spawners != 2 || others < 2 {
+		t.Errorf("%d spawner threads (want 2) and %d others:\n%s", spawners, others, out)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/lvsha/lvsha/healthcheck"
 	"github.com/lvsha/lvsha/internal/logging"
 	"github.com/lvsha/lvsha/internal/process"
 )
@@ -72,7 +73,9 @@ func Main(args []string, stderr io.Writer, settings func() error) int {
 	if err := settings(); err != nil {
 		log.Warn("cannot leave the daemon's real-time scheduling; checks will cost more CPU", "err", err)
 	}
-	if err := Serve(conn, log); err != nil {
+	// Exec checks get none of the daemon's network capabilities; the
+	// checker itself keeps what it was started with.
+	if err := Serve(conn, log, healthcheck.WithCommandStarter(process.ChildStarter(0))); err != nil {
 		log.Error("health checker stopped", "err", err)
 		return 1
 	}

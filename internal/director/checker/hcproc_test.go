@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/lvsha/lvsha/healthcheck"
 	"github.com/lvsha/lvsha/healthcheck/hctest"
+	"github.com/lvsha/lvsha/internal/testenv/testutil"
 )
 
 // TestMain makes this test binary a checker process when started as one
@@ -448,5 +450,42 @@ func TestVerdicts(t *testing.T) {
 	want(map[string]bool{"a": false, "c": true})
 	if _, known := c.Verdict("b"); known {
 		t.Error("removed target b still has a verdict")
+	}
+}
+
+// TestExecCheckHasNoNetworkCaps: an exec check's command, run by a root
+// checker holding every capability, has none of CAP_NET_ADMIN, CAP_NET_RAW
+// and CAP_SETPCAP in any of its sets.
+func TestExecCheckHasNoNetworkCaps(t *testing.T) {
+	testutil.NeedRoot(t)
+	out := filepath.Join(t.TempDir(), "caps")
+	c := newClient(t)
+	spec := &healthcheck.Spec{Type: healthcheck.TypeExec, Argv: []string{"/bin/sh", "-c", "grep ^Cap /proc/self/status > " + out},
+		Interval: 50 * time.Millisecond, Timeout: 5 * time.Second, Rise: 1, Fall: 1}
+	if err := c.Update([]Target{{ID: "x", Addr: netip.MustParseAddrPort("127.0.0.1:1"), Spec: spec, Group: "svc"}}); err != nil {
+		t.Fatal(err)
+	}
+	run(t, c)
+	if tr := next(t, c); !tr.Up {
+		t.Fatalf("exec check failed: %+v", tr)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets := 0
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		k, v, _ := strings.Cut(l, ":")
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		if err != nil {
+			t.Fatalf("%q: %v", l, err)
+		}
+		sets++
+		if n&(1<<unix.CAP_NET_ADMIN|1<<unix.CAP_NET_RAW|1<<unix.CAP_SETPCAP) != 0 {
+			t.Errorf("exec check's %s is %s: holds a network capability or CAP_SETPCAP", k, strings.TrimSpace(v))
+		}
+	}
+	if sets != 5 {
+		t.Errorf("want 5 capability sets, got:\n%s", b)
 	}
 }
