@@ -188,7 +188,11 @@ func (c *Config) Summary() string {
 		fmt.Fprintf(&b, "  service %s: %s %s, %d real server(s)\n", vs.ID, vs.Scheduler, vs.Forwarding, len(vs.Reals))
 	}
 	if rs := c.Realserver; rs != nil {
-		fmt.Fprintf(&b, "  realserver: VIPs %s on lo, ARP suppressed on %s\n", strings.Join(rs.VIPs, " "), rs.Interface)
+		arp := "ARP suppressed on " + rs.Interface
+		if !rs.Runtime.SuppressesARP() {
+			arp = "no ARP setting (IPv6 VIPs only)"
+		}
+		fmt.Fprintf(&b, "  realserver: VIPs %s on lo, %s\n", strings.Join(rs.VIPs, " "), arp)
 	}
 	return b.String()
 }

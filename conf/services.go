@@ -31,7 +31,7 @@ func (v *validator) service(p string, vs *VirtualServer) {
 	case vs.Address == "" && vs.FWMark == 0:
 		v.errf(p+".address", "required but missing (VIP:port, or set fwmark)")
 	case vs.Address != "":
-		ap, err := parseAddrPort4(vs.Address)
+		ap, err := parseAddrPort(vs.Address)
 		if err != nil {
 			v.errf(p+".address", "%v", err)
 		} else if protoOK {
@@ -41,7 +41,9 @@ func (v *validator) service(p string, vs *VirtualServer) {
 	case vs.FWMark < 0:
 		v.errf(p+".fwmark", "%d is negative", vs.FWMark)
 	default:
-		svc.Key = lvs.Key{FWMark: uint32(vs.FWMark)}
+		// The kernel keeps a fwmark service per family; its real servers
+		// (or sorry server) say which one this is.
+		svc.Key = lvs.Key{FWMark: uint32(vs.FWMark), FWMark6: fwmarkIPv6(vs)}
 		vs.ID = serviceID(svc.Key)
 	}
 	if !slices.Contains(lvs.Schedulers, vs.Scheduler) {
@@ -61,9 +63,11 @@ func (v *validator) service(p string, vs *VirtualServer) {
 		v.errf(p+".quorum", "%d is negative", vs.Quorum)
 	}
 	if vs.SorryServer != "" {
-		ap, err := parseAddrPort4(vs.SorryServer)
+		ap, err := parseAddrPort(vs.SorryServer)
 		if err != nil {
 			v.errf(p+".sorry_server", "%v", err)
+		} else if vs.ID != "" && ap.Addr().Is6() != svc.Key.IPv6() {
+			v.errf(p+".sorry_server", "%s is %s but the service is %s: a service and its servers share one address family", ap, familyName(ap.Addr().Is6()), familyName(svc.Key.IPv6()))
 		}
 		svc.Sorry = ap
 	}
@@ -87,7 +91,7 @@ func (v *validator) service(p string, vs *VirtualServer) {
 		var addr netip.AddrPort
 		if rs.Address == "" {
 			v.errf(rp+".address", "required but missing")
-		} else if ap, err := parseAddrPort4(rs.Address); err != nil {
+		} else if ap, err := parseAddrPort(rs.Address); err != nil {
 			v.errf(rp+".address", "%v", err)
 		} else {
 			addr = ap
@@ -95,6 +99,10 @@ func (v *validator) service(p string, vs *VirtualServer) {
 				v.errf(rp+".address", "real server %s is already listed as %s", ap, prev)
 			}
 			seen[ap] = rp
+			if vs.ID != "" && ap.Addr().Is6() != svc.Key.IPv6() {
+				v.errf(rp+".address", "%s is %s but the service is %s: a service and its real servers share one address family (the kernel mixes them only for tunnels, the sync daemon never)",
+					ap, familyName(ap.Addr().Is6()), familyName(svc.Key.IPv6()))
+			}
 			if svc.Forwarding == lvs.DR && svc.Key.Addr.IsValid() && ap.Port() != svc.Key.Addr.Port() {
 				v.warnf(rp+".address", "port %d differs from the service's %d: direct routing cannot change ports, packets arrive on %d",
 					ap.Port(), svc.Key.Addr.Port(), svc.Key.Addr.Port())
@@ -112,6 +120,27 @@ func (v *validator) service(p string, vs *VirtualServer) {
 			rs.Spec = v.overrideCheck(p+".check", rp+".check", vs.Check, rs.check)
 		}
 	}
+}
+
+// fwmarkIPv6 says whether a fwmark service is the IPv6 one: its first real
+// server with a valid address decides, else its sorry server; IPv4 if none.
+func fwmarkIPv6(vs *VirtualServer) bool {
+	for _, rs := range vs.Reals {
+		if ap, err := parseAddrPort(rs.Address); err == nil {
+			return ap.Addr().Is6()
+		}
+	}
+	if ap, err := parseAddrPort(vs.SorryServer); err == nil {
+		return ap.Addr().Is6()
+	}
+	return false
+}
+
+func familyName(v6 bool) string {
+	if v6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
 
 // overrideCheck validates a real server's own check c and returns its spec;

@@ -270,7 +270,7 @@ func (v *validator) realserver(p string, rs *Realserver) {
 	rs.Runtime = realserver.Config{Interface: rs.Interface}
 	ok := rs.Interface != "" && len(rs.VIPs) > 0
 	for j, s := range rs.VIPs {
-		a, err := parseAddr4(strings.TrimSuffix(s, "/32"))
+		a, err := parseRealserverVIP(s)
 		if err != nil {
 			v.errf(fmt.Sprintf("%s.vips[%d]", p, j), "%v", err)
 			ok = false
@@ -285,6 +285,23 @@ func (v *validator) realserver(p string, rs *Realserver) {
 			v.errf(p, "%v", err)
 		}
 	}
+}
+
+// parseRealserverVIP accepts a bare address of either family, or one with
+// its host prefix length (/32, /128): on lo a VIP is only ever that.
+func parseRealserverVIP(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		p, perr := netip.ParsePrefix(s)
+		if perr != nil {
+			return netip.Addr{}, fmt.Errorf("%q is not an IP address", s)
+		}
+		if p.Bits() != p.Addr().BitLen() {
+			return netip.Addr{}, fmt.Errorf("%q: a real server's VIP is a single address (/%d or no length)", s, p.Addr().BitLen())
+		}
+		a = p.Addr()
+	}
+	return a, nil
 }
 
 // vipsHeld warns about a service whose address no VRRP instance or
@@ -338,14 +355,19 @@ func parseVIP(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-func parseAddrPort4(s string) (netip.AddrPort, error) {
+// parseAddrPort accepts "192.0.2.1:80" and "[2001:db8::1]:80": the
+// addresses of services, real servers and sorry servers, of either family.
+func parseAddrPort(s string) (netip.AddrPort, error) {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("%q is not address:port", s)
+		return netip.AddrPort{}, fmt.Errorf("%q is not address:port (IPv6: [address]:port)", s)
 	}
-	a, err := parseAddr4(host)
+	a, err := netip.ParseAddr(host)
 	if err != nil {
-		return netip.AddrPort{}, err
+		return netip.AddrPort{}, fmt.Errorf("%q is not an IP address", host)
+	}
+	if a.Zone() != "" || a.Is4In6() {
+		return netip.AddrPort{}, fmt.Errorf("%q: a zone or an IPv4-mapped address cannot be a service or real server", host)
 	}
 	n, err := strconv.Atoi(port)
 	if err != nil || n < 1 || n > 65535 {

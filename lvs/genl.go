@@ -246,7 +246,7 @@ func (w *genlWriter) resolveFamily() error {
 func svcAttrs(b []byte, s KService, full bool) []byte {
 	return nest(b, ipvsCmdAttrService, func(b []byte) []byte {
 		if s.Key.FWMark != 0 {
-			b = attr(b, ipvsSvcAttrAF, putU16(nil, unix.AF_INET))
+			b = attr(b, ipvsSvcAttrAF, putU16(nil, keyFamily(s.Key)))
 			b = attr(b, ipvsSvcAttrFWMark, putU32(nil, s.Key.FWMark))
 		} else {
 			a := s.Key.Addr.Addr()
@@ -269,11 +269,7 @@ func svcAttrs(b []byte, s KService, full bool) []byte {
 		}
 		b = attr(b, ipvsSvcAttrFlags, putU32(putU32(nil, flags), 0xFFFFFFFF))
 		b = attr(b, ipvsSvcAttrTimeout, putU32(nil, s.Timeout))
-		mask := uint32(0xFFFFFFFF)
-		if s.Key.FWMark == 0 && s.Key.Addr.Addr().Is6() {
-			mask = 128
-		}
-		return attr(b, ipvsSvcAttrNetmask, putU32(nil, mask))
+		return attr(b, ipvsSvcAttrNetmask, putU32(nil, netmask(s.Key)))
 	})
 }
 

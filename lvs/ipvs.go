@@ -78,18 +78,31 @@ func family(a netip.Addr) uint16 {
 	return unix.AF_INET6
 }
 
+func keyFamily(k Key) uint16 {
+	if k.IPv6() {
+		return unix.AF_INET6
+	}
+	return unix.AF_INET
+}
+
+// netmask is the service's netmask attribute, which persistence applies
+// to client addresses: one client per entry. For IPv6 the kernel wants a
+// prefix length (anything but 128 is EINVAL here), for IPv4 a mask.
+func netmask(k Key) uint32 {
+	if k.IPv6() {
+		return 128
+	}
+	return 0xFFFFFFFF
+}
+
 // ipvsKey is the moby/ipvs form of a service key, to list its real servers.
 func ipvsKey(k Key) *ipvs.Service {
-	svc := &ipvs.Service{AddressFamily: unix.AF_INET, Netmask: 0xFFFFFFFF}
+	svc := &ipvs.Service{AddressFamily: keyFamily(k), Netmask: netmask(k)}
 	if k.FWMark != 0 {
 		svc.FWMark = k.FWMark
 		return svc
 	}
 	a := k.Addr.Addr()
-	svc.AddressFamily = family(a)
-	if a.Is6() {
-		svc.Netmask = 128
-	}
 	svc.Address = net.IP(a.AsSlice())
 	svc.Port = k.Addr.Port()
 	svc.Protocol = unix.IPPROTO_TCP
@@ -108,7 +121,7 @@ func fromIPVSService(s *ipvs.Service) (KService, bool) {
 		ks.Timeout = s.Timeout
 	}
 	if s.FWMark != 0 {
-		ks.Key.FWMark = s.FWMark
+		ks.Key.FWMark, ks.Key.FWMark6 = s.FWMark, s.AddressFamily == unix.AF_INET6
 		return ks, true
 	}
 	a, ok := netip.AddrFromSlice(s.Address)

@@ -337,6 +337,37 @@ func TestKernelIPv6(t *testing.T) {
 	if got := dumpKernel(t, other); got != want {
 		t.Fatalf("table %q, want %q", got, want)
 	}
+
+	// fwmark 7 of each family: two services in the kernel, each with
+	// real servers of its own family, told apart when read back (a
+	// second Apply changes nothing) and removed one at a time.
+	fw4 := lvs.Service{Key: lvs.Key{FWMark: 7}, Scheduler: "rr", Forwarding: lvs.DR,
+		Reals: []lvs.Real{{Addr: netip.MustParseAddrPort("192.0.2.1:0"), Weight: 1, Up: true}}}
+	fw6 := lvs.Service{Key: lvs.Key{FWMark: 7, FWMark6: true}, Scheduler: "rr", Forwarding: lvs.DR, Persistence: time.Minute,
+		Reals: []lvs.Real{{Addr: netip.MustParseAddrPort("[2001:db8::3]:0"), Weight: 1, Up: true}}}
+	if _, err := r.Apply([]lvs.Service{s, fw4, fw6}); err != nil {
+		t.Fatal(err)
+	}
+	want = "fwmark/7 rr t=0: 192.0.2.1:0/1/dr\nfwmark6/7 rr t=60: [2001:db8::3]:0/1/dr\n" + want
+	if got := dumpKernel(t, other); got != want {
+		t.Fatalf("table %q, want %q", got, want)
+	}
+	if rep, err := r.Apply([]lvs.Service{s, fw4, fw6}); err != nil || len(rep.Ops) != 0 {
+		t.Fatalf("the same table again: %v %v", rep, err)
+	}
+	if _, err := r.Apply([]lvs.Service{s, fw6}); err != nil {
+		t.Fatal(err)
+	}
+	want = "fwmark6/7 rr t=60: [2001:db8::3]:0/1/dr\ntcp/[2001:db8::100]:80 wrr t=60: [2001:db8::1]:80/2/dr [2001:db8::2]:80/4/dr"
+	if got := dumpKernel(t, other); got != want {
+		t.Fatalf("after removing fwmark/7: table %q, want %q", got, want)
+	}
+	// A family mix is refused before anything is sent.
+	mixed := fw6
+	mixed.Reals = []lvs.Real{{Addr: netip.MustParseAddrPort("192.0.2.9:0"), Weight: 1, Up: true}}
+	if _, err := r.Apply([]lvs.Service{s, mixed}); err == nil || !strings.Contains(err.Error(), "other address family") {
+		t.Fatalf("a v4 real server in fwmark6/7: %v", err)
+	}
 }
 
 // One batch whose middle change fails: the kernel goes on with the rest and

@@ -13,20 +13,20 @@ import (
 )
 
 // ParseKey parses the form Key.String produces: tcp/VIP:PORT, udp/VIP:PORT
-// or fwmark/N.
+// fwmark/N or fwmark6/N.
 func ParseKey(s string) (Key, error) {
 	kind, rest, ok := strings.Cut(s, "/")
 	if !ok {
-		return Key{}, fmt.Errorf("service key %q: want tcp/ADDR:PORT, udp/ADDR:PORT or fwmark/N", s)
+		return Key{}, fmt.Errorf("service key %q: want tcp/ADDR:PORT, udp/ADDR:PORT, fwmark/N or fwmark6/N", s)
 	}
 	var k Key
 	switch kind {
-	case "fwmark":
+	case "fwmark", "fwmark6":
 		n, err := strconv.ParseUint(rest, 10, 32)
 		if err != nil || n == 0 {
 			return Key{}, fmt.Errorf("service key %q: bad fwmark", s)
 		}
-		k.FWMark = uint32(n)
+		k.FWMark, k.FWMark6 = uint32(n), kind == "fwmark6"
 		return k, nil
 	case "tcp":
 		k.Proto = TCP

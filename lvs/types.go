@@ -39,15 +39,30 @@ func (p Proto) String() string {
 }
 
 // Key identifies a virtual service: protocol + VIP:port, or a firewall
-// mark (then Proto and Addr are zero).
+// mark (then Proto and Addr are zero) of one address family: the kernel
+// keeps fwmark 5 for IPv4 and fwmark 5 for IPv6 as two services.
 type Key struct {
 	Proto  Proto
 	Addr   netip.AddrPort
 	FWMark uint32
+	// FWMark6 makes a fwmark service the IPv6 one; an address-based
+	// service has the family of its address.
+	FWMark6 bool
+}
+
+// IPv6 reports whether the service is an IPv6 one.
+func (k Key) IPv6() bool {
+	if k.FWMark != 0 {
+		return k.FWMark6
+	}
+	return k.Addr.Addr().Is6()
 }
 
 func (k Key) String() string {
 	if k.FWMark != 0 {
+		if k.FWMark6 {
+			return fmt.Sprintf("fwmark6/%d", k.FWMark)
+		}
 		return fmt.Sprintf("fwmark/%d", k.FWMark)
 	}
 	return k.Proto.String() + "/" + k.Addr.String()
@@ -59,6 +74,12 @@ func (k Key) valid() error {
 			return fmt.Errorf("service %v: fwmark service with an address", k)
 		}
 		return nil
+	}
+	if k.FWMark6 {
+		return fmt.Errorf("service %v: FWMark6 without a fwmark", k)
+	}
+	if a := k.Addr.Addr(); a.Is4In6() || a.Zone() != "" {
+		return fmt.Errorf("service %v: an IPv4-mapped or zoned address", k)
 	}
 	if k.Proto != TCP && k.Proto != UDP {
 		return fmt.Errorf("service %v: protocol must be tcp or udp", k)
@@ -145,6 +166,9 @@ func (s *Service) validate(seen map[netip.AddrPort]bool) error {
 	if s.Persistence < 0 || s.Persistence%time.Second != 0 {
 		return fmt.Errorf("service %v: persistence %v is not whole seconds", s.Key, s.Persistence)
 	}
+	if s.Sorry.IsValid() && s.Sorry.Addr().Is6() != s.Key.IPv6() {
+		return fmt.Errorf("service %v: sorry server %v is of the other address family", s.Key, s.Sorry)
+	}
 	for _, r := range s.Reals {
 		if !r.Addr.IsValid() {
 			return fmt.Errorf("service %v: real server without address", s.Key)
@@ -153,6 +177,11 @@ func (s *Service) validate(seen map[netip.AddrPort]bool) error {
 			return fmt.Errorf("service %v: real server %v listed twice", s.Key, r.Addr)
 		}
 		seen[r.Addr] = true
+		// The kernel mixes families only for tunnels, and the sync
+		// daemon not at all.
+		if r.Addr.Addr().Is6() != s.Key.IPv6() {
+			return fmt.Errorf("service %v: real server %v is of the other address family", s.Key, r.Addr)
+		}
 		if r.Weight < 0 || r.Weight > 65535 {
 			return fmt.Errorf("service %v: real server %v: weight %d out of 0..65535", s.Key, r.Addr, r.Weight)
 		}

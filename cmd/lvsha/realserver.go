@@ -93,7 +93,7 @@ func runRealserver(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "lvsha: realserver up: %v\n", err)
 			return exitFail
 		}
-		fmt.Fprintf(stdout, "realserver up: %s on lo, ARP suppressed on all and %s\n", addrList(cfg.VIPs), cfg.Interface)
+		fmt.Fprintf(stdout, "realserver up: %s on lo, %s\n", addrList(cfg.VIPs), arpNote(cfg, "all and "+cfg.Interface))
 	case "down":
 		rep, err := realserver.Down(ctx, cfg, opts)
 		printDown(stdout, rep)
@@ -119,9 +119,17 @@ func runRealserver(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "realserver status: %d problem(s)\n", len(problems))
 			return exitFail
 		}
-		fmt.Fprintf(stdout, "realserver status: OK (%s on lo, ARP suppressed on %s)\n", addrList(cfg.VIPs), cfg.Interface)
+		fmt.Fprintf(stdout, "realserver status: OK (%s on lo, %s)\n", addrList(cfg.VIPs), arpNote(cfg, cfg.Interface))
 	}
 	return exitOK
+}
+
+// arpNote says what was done about ARP.
+func arpNote(cfg realserver.Config, where string) string {
+	if cfg.SuppressesARP() {
+		return "ARP suppressed on " + where
+	}
+	return "no ARP setting (IPv6 VIPs only)"
 }
 
 // printDown says what realserver down did and what it left.

@@ -267,7 +267,7 @@ func decodeService(b []byte, full bool) (lvs.KService, error) {
 		if !ok || m == 0 {
 			return s, syscall.EINVAL
 		}
-		s.Key.FWMark = m
+		s.Key.FWMark, s.Key.FWMark6 = m, af == afInet6
 	} else {
 		proto, ok1 := u16(a[svcAttrProtocol])
 		port, ok2 := a[svcAttrPort]

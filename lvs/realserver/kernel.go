@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Addr is one IPv4 address on one interface.
+// Addr is one address on one interface.
 type Addr struct {
 	Interface string
 	Prefix    netip.Prefix
@@ -31,7 +31,7 @@ type Addr struct {
 
 // Addresses is the part of the kernel that holds interface addresses.
 type Addresses interface {
-	// Addrs lists every IPv4 address on every interface.
+	// Addrs lists every address, IPv4 and IPv6, on every interface.
 	Addrs() ([]Addr, error)
 	// AddAddr adds a. An address with a's prefix already on the interface
 	// keeps its scope, label and flags: the kernel's replace changes none
@@ -91,7 +91,7 @@ func (h *Host) Close() error {
 // interrupted because the table changed while it was being read.
 const dumpRetries = 5
 
-// Addrs lists every IPv4 address on every interface.
+// Addrs lists every address, IPv4 and IPv6, on every interface.
 func (h *Host) Addrs() ([]Addr, error) {
 	var lastErr error
 	for range dumpRetries {
@@ -107,7 +107,7 @@ func (h *Host) Addrs() ([]Addr, error) {
 		for _, l := range links {
 			names[l.Attrs().Index] = l.Attrs().Name
 		}
-		addrs, err := h.h.AddrList(nil, netlink.FAMILY_V4)
+		addrs, err := h.h.AddrList(nil, netlink.FAMILY_ALL)
 		if errors.Is(err, netlink.ErrDumpInterrupted) {
 			lastErr = err
 			continue

@@ -521,3 +521,126 @@ func TestRealServerUpTwiceThenDown(t *testing.T) {
 		t.Errorf("sysctls after up, up, down = %v, want %v", got, sysBefore)
 	}
 }
+
+// addrs6 lists dev's IPv6 addresses as "addr/len" plus " nodad" where set.
+func (l *lab) addrs6(t *testing.T, dev string) []string {
+	t.Helper()
+	var links []struct {
+		AddrInfo []struct {
+			Family    string `json:"family"`
+			Local     string `json:"local"`
+			Prefixlen int    `json:"prefixlen"`
+			NoDAD     bool   `json:"nodad"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal([]byte(ipCmd(t, "-n", l.rs, "-j", "addr", "show", "dev", dev)), &links); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, li := range links {
+		for _, a := range li.AddrInfo {
+			if a.Family != "inet6" {
+				continue
+			}
+			s := fmt.Sprintf("%s/%d", a.Local, a.Prefixlen)
+			if a.NoDAD {
+				s += " nodad"
+			}
+			out = append(out, s)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// neighbour pings target from the client once and returns the MAC its
+// neighbour cache then holds for it, "" if the address did not resolve.
+func (l *lab) neighbour(t *testing.T, target string) string {
+	t.Helper()
+	ipCmd(t, "-n", l.cl, "-6", "neigh", "flush", "dev", labIf)
+	_ = exec.Command("ip", "netns", "exec", l.cl, "ping", "-6", "-c", "1", "-W", "1", target).Run()
+	var neigh []struct {
+		Dst    string   `json:"dst"`
+		LLAddr string   `json:"lladdr"`
+		State  []string `json:"state"`
+	}
+	if err := json.Unmarshal([]byte(ipCmd(t, "-n", l.cl, "-j", "-6", "neigh", "show", target, "dev", labIf)), &neigh); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range neigh {
+		if n.LLAddr != "" && !slices.Contains(n.State, "FAILED") && !slices.Contains(n.State, "INCOMPLETE") {
+			return n.LLAddr
+		}
+	}
+	return ""
+}
+
+// TestRealServerIPv6: an IPv6 VIP goes on lo as a /128 with nodad, the
+// host does not answer neighbour solicitations for it on eth0 (no sysctl
+// needed: the control shows it does answer for the same address on eth0),
+// status is clean, and down removes exactly it. A config with IPv6 VIPs
+// only touches no ARP sysctl.
+func TestRealServerIPv6(t *testing.T) {
+	l := newLab(t)
+	const vip6 = "2001:db8:94::200"
+	rsMAC := strings.TrimSpace(ipCmd(t, "netns", "exec", l.rs, "cat", "/sys/class/net/"+labIf+"/address"))
+	ipCmd(t, "-n", l.rs, "addr", "add", "2001:db8:94::134/64", "dev", labIf, "nodad")
+	ipCmd(t, "-n", l.cl, "addr", "add", "2001:db8:94::10/64", "dev", labIf, "nodad")
+
+	// Control: the probe sees an answer for the VIP where the host does
+	// answer, on eth0.
+	ipCmd(t, "-n", l.rs, "addr", "add", vip6+"/128", "dev", labIf, "nodad")
+	if got := l.neighbour(t, vip6); got != rsMAC {
+		t.Fatalf("control: the VIP on eth0 resolved to %q, want %s", got, rsMAC)
+	}
+	ipCmd(t, "-n", l.rs, "addr", "del", vip6+"/128", "dev", labIf)
+	loBefore, sysBefore := l.addrs6(t, "lo"), l.sysctls(t)
+
+	dual := "LVSHA_RS_VIPS=" + labVIP.String() + " " + vip6
+	l.mustHelper(t, l.rs, "up", dual)
+	if got, want := l.addrs6(t, "lo"), []string{"2001:db8:94::200/128 nodad", "::1/128"}; !slices.Equal(got, want) {
+		t.Errorf("lo after up = %q, want %q", got, want)
+	}
+	if got, want := l.addrs(t, "lo"), []string{"10.94.0.200/32 scope host", "127.0.0.1/8 scope host"}; !slices.Equal(got, want) {
+		t.Errorf("lo (IPv4) after up = %q, want %q", got, want)
+	}
+	if got := l.neighbour(t, vip6); got != "" {
+		t.Errorf("the real server answered a neighbour solicitation for the VIP on lo (from %s)", got)
+	}
+	if ps := l.status(t); len(ps) != 0 {
+		t.Errorf("status after up = %q, want none", ps)
+	}
+	rep := l.down(t, dual)
+	if !slices.Contains(rep.Removed, netip.MustParseAddr(vip6)) {
+		t.Errorf("down report %+v does not name %s", rep, vip6)
+	}
+	if got := l.addrs6(t, "lo"); !slices.Equal(got, loBefore) {
+		t.Errorf("lo after down = %q, want %q", got, loBefore)
+	}
+	if got := l.sysctls(t); !maps.Equal(got, sysBefore) {
+		t.Errorf("sysctls after down = %v, want %v", got, sysBefore)
+	}
+
+	// IPv6 only: no sysctl is written; a VIP already on lo is kept by
+	// down; status names a VIP that is on eth0 as well.
+	v6only := "LVSHA_RS_VIPS=" + vip6 + " 2001:db8:94::201"
+	ipCmd(t, "-n", l.rs, "addr", "add", "2001:db8:94::201/128", "dev", "lo")
+	loBefore = l.addrs6(t, "lo")
+	l.mustHelper(t, l.rs, "up", v6only)
+	if got := l.sysctls(t); !maps.Equal(got, sysBefore) {
+		t.Errorf("an IPv6-only up changed sysctls: %v, were %v", got, sysBefore)
+	}
+	ipCmd(t, "-n", l.rs, "addr", "add", vip6+"/128", "dev", labIf, "nodad")
+	var ps []Problem
+	if err := json.Unmarshal([]byte(l.mustHelper(t, l.rs, "status", v6only)), &ps); err != nil {
+		t.Fatal(err)
+	}
+	if want := []Problem{"VIP " + vip6 + " also on eth0"}; !slices.Equal(ps, want) {
+		t.Errorf("status with the VIP on eth0 too = %q, want %q", ps, want)
+	}
+	ipCmd(t, "-n", l.rs, "addr", "del", vip6+"/128", "dev", labIf)
+	l.down(t, v6only)
+	if got := l.addrs6(t, "lo"); !slices.Equal(got, loBefore) {
+		t.Errorf("lo after an IPv6-only down = %q, want %q (the VIP up found kept)", got, loBefore)
+	}
+}

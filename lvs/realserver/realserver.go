@@ -1,8 +1,11 @@
 // Package realserver makes a host an LVS direct-routing real server: it puts
-// each VIP on lo as a /32 with host scope, so the host accepts packets sent
-// to the VIP, and sets ARP suppression (arp_ignore, arp_announce) so the host
-// never answers ARP for the VIP nor announces it: only the director may own
-// the VIP on the wire. Up applies that and records in a state file exactly
+// each VIP on lo (an IPv4 one as a /32 with host scope, an IPv6 one as a /128
+// without duplicate address detection), so the host accepts packets sent to
+// the VIP, and, for IPv4 VIPs, sets ARP suppression (arp_ignore,
+// arp_announce) so the host never answers ARP for the VIP nor announces it:
+// only the director may own the VIP on the wire. IPv6 needs no such setting:
+// Linux answers a neighbour solicitation only for the addresses of the
+// interface it arrives on. Up applies that and records in a state file exactly
 // what it changed; Down undoes exactly that and nothing else; Status
 // compares the live host with the config.
 package realserver
@@ -18,6 +21,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // loopback is where the VIPs go.
@@ -77,9 +82,19 @@ func displayKey(key string) string {
 	return strings.Join(parts, ".")
 }
 
-// sysctlKeys lists the keys Up manages for cfg, in the order it sets them.
+// SuppressesARP says whether the config needs ARP suppression: it has an
+// IPv4 VIP.
+func (c Config) SuppressesARP() bool {
+	return slices.ContainsFunc(c.VIPs, func(v netip.Addr) bool { return v.Unmap().Is4() })
+}
+
+// sysctlKeys lists the keys Up manages for cfg, in the order it sets them:
+// none when every VIP is IPv6.
 func (c Config) sysctlKeys() []managed {
 	var ks []managed
+	if !c.SuppressesARP() {
+		return nil
+	}
 	for _, iface := range []string{"all", c.Interface} {
 		for _, p := range params {
 			ks = append(ks, managed{confKey(iface, p.name), p})
@@ -117,10 +132,12 @@ func (c Config) validateVIPs() error {
 	for _, v := range c.VIPs {
 		u := v.Unmap()
 		switch {
-		case !u.Is4():
-			return fmt.Errorf("VIP %s: only IPv4 VIPs are supported", v)
+		case !u.IsValid():
+			return errors.New("VIP: no address")
 		case u.IsUnspecified() || u.IsLoopback() || u.IsMulticast() || u == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 			return fmt.Errorf("VIP %s: not a unicast address", v)
+		case u.Is6() && (u.IsLinkLocalUnicast() || u.Zone() != ""):
+			return fmt.Errorf("VIP %s: a link-local address cannot be a VIP", v)
 		}
 	}
 	return nil
@@ -138,9 +155,21 @@ func vips(lists ...[]netip.Addr) []netip.Addr {
 	return slices.Compact(out)
 }
 
+// vipAddr is v as Up puts it on lo. IPv6 has no host scope for an address
+// (the kernel derives the scope from the address); the host still prefers
+// the outgoing interface's own address as a source (RFC 6724 rule 5).
+// nodad: an address in duplicate address detection cannot be used, as
+// keepalived knows.
 func vipAddr(v netip.Addr) Addr {
+	if v.Is6() {
+		return Addr{Interface: loopback, Prefix: netip.PrefixFrom(v, 128), Flags: unix.IFA_F_NODAD}
+	}
 	return Addr{Interface: loopback, Prefix: netip.PrefixFrom(v, 32), HostScope: true}
 }
+
+// inPlace says whether a VIP found on lo is as Up would leave it: an IPv4
+// one needs scope host, an IPv6 one is fine as it is.
+func inPlace(a Addr) bool { return a.HostScope || a.Prefix.Addr().Is6() }
 
 // env resolves Options into a kernel, a logger and the state path; done
 // closes a kernel it opened.
@@ -169,9 +198,9 @@ func setBy(key string) (string, bool) {
 	return strconv.Itoa(params[i].want), true
 }
 
-// onLo finds v as a /32 on lo.
+// onLo finds v as a host prefix (/32, /128) on lo.
 func onLo(addrs []Addr, v netip.Addr) (Addr, bool) {
-	want := netip.PrefixFrom(v, 32)
+	want := netip.PrefixFrom(v, v.BitLen())
 	i := slices.IndexFunc(addrs, func(a Addr) bool { return a.Interface == loopback && a.Prefix == want })
 	if i < 0 {
 		return Addr{}, false
@@ -225,18 +254,18 @@ func Status(ctx context.Context, cfg Config, opts Options) ([]Problem, error) {
 				elsewhere = append(elsewhere, a.Interface)
 			}
 		}
-		i := slices.IndexFunc(onLo, func(a Addr) bool { return a.Prefix.Bits() == 32 })
+		i := slices.IndexFunc(onLo, func(a Addr) bool { return a.Prefix.Bits() == v.BitLen() })
 		switch {
 		case len(onLo) == 0:
 			add("VIP %s missing on lo", v)
 		case i < 0:
-			add("VIP %s on lo is /%d, want /32", v, onLo[0].Prefix.Bits())
-		case !onLo[i].HostScope:
+			add("VIP %s on lo is /%d, want /%d", v, onLo[0].Prefix.Bits(), v.BitLen())
+		case !inPlace(onLo[i]):
 			add("VIP %s on lo has scope global, want host", v)
 		}
 		for _, ifname := range elsewhere {
-			// The host would answer ARP for it there and steal the
-			// director's traffic.
+			// The host would answer ARP (or neighbour solicitations)
+			// for it there and steal the director's traffic.
 			add("VIP %s also on %s", v, ifname)
 		}
 	}

@@ -48,7 +48,7 @@ func stateFileIn(dir string) string {
 type state struct {
 	// VIPs are the VIPs Up added to lo; Down removes them.
 	VIPs []netip.Addr `json:"vips,omitempty"`
-	// Rescoped are the VIPs that were on lo as /32 with scope global before
+	// Rescoped are the IPv4 VIPs that were on lo as /32 with scope global before
 	// Up gave them scope host, with their label and flags; Down gives them
 	// their scope back.
 	Rescoped []rescoped `json:"rescoped,omitempty"`

@@ -103,7 +103,7 @@ func Up(ctx context.Context, cfg Config, opts Options) (err error) {
 		prev, found := onLo(addrs, v)
 		recorded := st.records(v)
 		switch {
-		case found && prev.HostScope:
+		case found && inPlace(prev):
 			if !recorded {
 				log.Info("VIP already on lo with scope host: left as it is, down keeps it", "vip", v)
 			}
