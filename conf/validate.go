@@ -270,7 +270,7 @@ func (v *validator) realserver(p string, rs *Realserver) {
 	rs.Runtime = realserver.Config{Interface: rs.Interface}
 	ok := rs.Interface != "" && len(rs.VIPs) > 0
 	for j, s := range rs.VIPs {
-		a, err := parseRealserverVIP(s)
+		a, err := ParseRealserverVIP(s)
 		if err != nil {
 			v.errf(fmt.Sprintf("%s.vips[%d]", p, j), "%v", err)
 			ok = false
@@ -287,9 +287,9 @@ func (v *validator) realserver(p string, rs *Realserver) {
 	}
 }
 
-// parseRealserverVIP accepts a bare address of either family, or one with
+// ParseRealserverVIP accepts a bare address of either family, or one with
 // its host prefix length (/32, /128): on lo a VIP is only ever that.
-func parseRealserverVIP(s string) (netip.Addr, error) {
+func ParseRealserverVIP(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil {
 		p, perr := netip.ParsePrefix(s)

@@ -73,9 +73,9 @@ func runRealserver(args []string, stdout, stderr io.Writer) int {
 		cfg = c.Realserver.Runtime
 	case len(vipFlags) > 0 && iface != "":
 		for _, s := range vipFlags {
-			a, err := netip.ParseAddr(strings.TrimSuffix(s, "/32"))
-			if err != nil || !a.Is4() {
-				return usageErr(stderr, fmt.Sprintf("realserver: --vip %q is not an IPv4 address", s))
+			a, err := conf.ParseRealserverVIP(s)
+			if err != nil {
+				return usageErr(stderr, "realserver: --vip: "+err.Error())
 			}
 			cfg.VIPs = append(cfg.VIPs, a)
 		}
