@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/lvsha/lvsha/internal/testenv/netns"
+	"github.com/lvsha/lvsha/internal/testenv/probe"
 	"github.com/lvsha/lvsha/vrrp"
 )
 
@@ -189,12 +190,12 @@ func (o *options) measure1(ctx context.Context, impl string, interval time.Durat
 		return 0, err
 	}
 	defer p.close()
-	pg, err := startPinger(p.c, vip.Addr(), o.probe)
+	pg, err := probe.Start(p.c.NS, vip.Addr(), o.probe)
 	if err != nil {
 		return 0, err
 	}
-	defer pg.stop()
-	if !netns.WaitFor(3*time.Second, 5*time.Millisecond, func() bool { return pg.count() >= 20 }) {
+	defer pg.Stop()
+	if !netns.WaitFor(3*time.Second, 5*time.Millisecond, func() bool { return pg.Answered() >= 20 }) {
 		return 0, fmt.Errorf("%s: client gets no replies before the failure", impl)
 	}
 	// Fail at a random point of the advert cycle: the time since the
@@ -223,12 +224,12 @@ func (o *options) measure1(ctx context.Context, impl string, interval time.Durat
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
 		}
-		if hb, _ := p.b.HasAddr("eth0", vip.Addr()); hb && pg.countSince(at) >= 30 {
+		if hb, _ := p.b.HasAddr("eth0", vip.Addr()); hb && pg.AnsweredSince(at) >= 30 {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	return pg.longestGapAround(at), nil
+	return pg.LongestReplyGap(at.Add(-time.Second)), nil
 }
 
 func measure(ctx context.Context, o *options, impl string, interval time.Duration, event string, run int) (time.Duration, error) {

@@ -20,7 +20,7 @@ func (s *soaker) chaos(ctx context.Context) (*result, error) {
 	if err := s.settled(ctx); err != nil {
 		return nil, fmt.Errorf("the pair never settled before the chaos: %w (logs: %s, %s)", err, s.a.log, s.b.log)
 	}
-	if !netns.WaitFor(5*time.Second, 10*time.Millisecond, func() bool { return s.pr.answered() >= 10 }) {
+	if !netns.WaitFor(5*time.Second, 10*time.Millisecond, func() bool { return s.pr.Answered() >= 10 }) {
 		return nil, fmt.Errorf("the client gets no replies from the VIP before the chaos")
 	}
 	s.logf("settled: a MASTER, b BACKUP; the client reaches %s; chaos for %v (seed %d; +0 is %s)",

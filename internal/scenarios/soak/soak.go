@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lvsha/lvsha/internal/testenv/netns"
+	"github.com/lvsha/lvsha/internal/testenv/probe"
 	"github.com/lvsha/lvsha/vrrp"
 )
 
@@ -23,6 +24,8 @@ const (
 	healthMargin = margin + 100*time.Millisecond
 	// sampleEvery is how often the VIP holders are read.
 	sampleEvery = 10 * time.Millisecond
+	// probeEvery is how often the client pings the VIP.
+	probeEvery = 10 * time.Millisecond
 	// settleTimeout: after each fault the pair must be back to a MASTER
 	// holding the VIP and b BACKUP within this time.
 	settleTimeout = 10 * time.Second
@@ -107,7 +110,7 @@ type soaker struct {
 	ds    []*director
 	reals []*realServer
 	e     *netns.Node
-	pr    *prober
+	pr    *probe.Prober
 	rng   *rand.Rand
 	rngMu sync.Mutex
 	t0    time.Time
@@ -234,9 +237,9 @@ func run(ctx context.Context, o options) (_ *result, err error) {
 		}
 		defer d.kill()
 	}
-	if s.pr, err = startProber(nc, vip.Addr()); err != nil {
+	if s.pr, err = probe.Start(nc.NS, vip.Addr(), probeEvery); err != nil {
 		return nil, err
 	}
-	defer s.pr.stop()
+	defer s.pr.Stop()
 	return s.chaos(ctx)
 }

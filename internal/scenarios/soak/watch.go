@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/lvsha/lvsha/internal/testenv/probe"
 )
 
 // watchVIP samples both namespaces every 10 ms: at most one running
@@ -98,12 +100,12 @@ func (s *soaker) watchOutages(ctx context.Context, last int) int {
 			done = true
 		case <-t.C:
 		}
-		var outs []outage
+		var outs []probe.Outage
 		settled := time.Now().Add(-time.Second)
 		if done {
 			settled = time.Now()
 		}
-		outs, last = s.pr.outagesAfter(last, settled)
+		outs, last = s.pr.OutagesAfter(last, settled)
 		for _, o := range outs {
 			s.judgeOutage(o)
 		}
@@ -113,13 +115,13 @@ func (s *soaker) watchOutages(ctx context.Context, last int) int {
 	}
 }
 
-func (s *soaker) judgeOutage(o outage) {
+func (s *soaker) judgeOutage(o probe.Outage) {
 	s.mu.Lock()
 	// The latest fault around the outage that may move the VIP, else the
 	// latest other one.
 	kind, bound := kNone, time.Duration(0)
 	for _, f := range s.faults {
-		if f.start.After(o.end) || (!f.end.IsZero() && o.start.After(f.end.Add(attribution))) {
+		if f.start.After(o.End) || (!f.end.IsZero() && o.Start.After(f.end.Add(attribution))) {
 			continue
 		}
 		if moves(f.kind) && (f.master || f.kind == kSplit) {
@@ -128,14 +130,14 @@ func (s *soaker) judgeOutage(o outage) {
 			kind = f.kind
 		}
 	}
-	if o.length() > s.worst[kind] {
-		s.worst[kind] = o.length()
+	if o.Length() > s.worst[kind] {
+		s.worst[kind] = o.Length()
 	}
 	s.mu.Unlock()
-	if o.length() <= bound {
-		if o.length() >= 50*time.Millisecond {
+	if o.Length() <= bound {
+		if o.Length() >= 50*time.Millisecond {
 			s.logf("outage %v (%d probes lost, from %s) during %s, within its bound %v",
-				o.length().Round(time.Millisecond), o.lost, s.rel(o.start), kind, bound)
+				o.Length().Round(time.Millisecond), o.Lost, s.rel(o.Start), kind, bound)
 		}
 		return
 	}
@@ -146,8 +148,8 @@ func (s *soaker) judgeOutage(o outage) {
 	if kind == kNone {
 		why = "with no fault in progress"
 	}
-	s.violate(o.end, kind, "the client got no reply from the VIP for %v (%d probes lost, from %s), %s",
-		o.length().Round(time.Millisecond), o.lost, s.rel(o.start), why)
+	s.violate(o.End, kind, "the client got no reply from the VIP for %v (%d probes lost, from %s), %s",
+		o.Length().Round(time.Millisecond), o.Lost, s.rel(o.Start), why)
 }
 
 // watchHealth polls both directors' status every 100 ms: a stopped real
