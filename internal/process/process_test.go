@@ -95,8 +95,16 @@ func runStartChild() int {
 		fmt.Println("error:", err)
 		return 1
 	}
+	// Then, as under the packaged unit, without CAP_SYS_NICE (which, for
+	// one, clearing a thread's reset-on-fork flag would need). The unit
+	// gets SCHED_RR from LimitRTPRIO; this machine's root may not raise
+	// that limit (no CAP_SYS_RESOURCE), hence this order.
+	if err := dropSysNice(); err != nil {
+		fmt.Println("error: drop CAP_SYS_NICE:", err)
+		return 1
+	}
 	if err := raiseAmbient(); err != nil {
-		fmt.Println("error:", err)
+		fmt.Println("error: raise ambient:", err)
 		return 1
 	}
 	report := func(start func(*exec.Cmd) error) string {
@@ -150,6 +158,22 @@ func raiseAmbient() error {
 		if _, _, e := syscall.AllThreadsSyscall6(syscall.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, uintptr(c), 0, 0, 0); e != 0 {
 			return fmt.Errorf("ambient raise %d: %w", c, e)
 		}
+	}
+	return nil
+}
+
+// dropSysNice takes CAP_SYS_NICE from every thread's effective and
+// permitted sets.
+func dropSysNice() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return err
+	}
+	data[0].Effective &^= 1 << unix.CAP_SYS_NICE
+	data[0].Permitted &^= 1 << unix.CAP_SYS_NICE
+	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
+		return fmt.Errorf("capset: %w", e)
 	}
 	return nil
 }
