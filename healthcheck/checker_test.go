@@ -248,37 +248,6 @@ func TestHTTPAcceptNeverAnswer(t *testing.T) {
 	// TCP only needs the connect.
 	wantReason(t, check(t, Spec{Type: TypeTCP}, target), "ok")
 
-	// exec: the command gets the IPv6 address as it is (no brackets).
-	port := strconv.Itoa(int(target.Port()))
-	execSpec := Spec{Type: TypeExec, Argv: []string{"/bin/sh", "-c", `test "$LVSHA_RS_ADDR" = ::1 && test "$LVSHA_RS_PORT" = ` + port}}
-	if err := check(t, execSpec, target); err != nil {
-		t.Errorf("exec with an IPv6 target: %v", err)
-	}
-	execSpec.Argv[2] = `test "$LVSHA_RS_ADDR" = 127.0.0.1`
-	if err := check(t, execSpec, target); err == nil {
-		t.Error("exec: a wrong address in LVSHA_RS_ADDR passed (the test cannot fail)")
-	}
-
-	// https, verified: httptest's certificate names ::1.
-	l6, err := net.Listen("tcp", "[::1]:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsSrv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "secure "+r.Host)
-	}))
-	tlsSrv.Listener = l6
-	tlsSrv.StartTLS()
-	defer tlsSrv.Close()
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	tlsTarget := addrOf(t, l6.Addr().String())
-	wantTLS := "secure [::1]:" + strconv.Itoa(int(tlsTarget.Port()))
-	if err := checkWithin(t, Spec{Type: TypeHTTPS, TLSCAFile: caFile, BodyRegex: regexp.MustCompile(regexp.QuoteMeta(wantTLS))}, tlsTarget, 10*time.Second); err != nil {
-		t.Errorf("https over IPv6: %v", err)
-	}
 }
 
 func TestHTTPStalledBody(t *testing.T) {
@@ -545,6 +514,38 @@ func TestIPv6Loopback(t *testing.T) {
 		t.Fatalf("http over IPv6 (Host %s): %v", want, err)
 	}
 	wantReason(t, check(t, Spec{Type: TypeTCP}, target), "ok")
+
+	// exec: the command gets the IPv6 address as it is (no brackets).
+	port := strconv.Itoa(int(target.Port()))
+	execSpec := Spec{Type: TypeExec, Argv: []string{"/bin/sh", "-c", `test "$LVSHA_RS_ADDR" = ::1 && test "$LVSHA_RS_PORT" = ` + port}}
+	if err := check(t, execSpec, target); err != nil {
+		t.Errorf("exec with an IPv6 target: %v", err)
+	}
+	execSpec.Argv[2] = `test "$LVSHA_RS_ADDR" = 127.0.0.1`
+	if err := check(t, execSpec, target); err == nil {
+		t.Error("exec: a wrong address in LVSHA_RS_ADDR passed (the test cannot fail)")
+	}
+
+	// https, verified: httptest's certificate names ::1.
+	l6, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsSrv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "secure "+r.Host)
+	}))
+	tlsSrv.Listener = l6
+	tlsSrv.StartTLS()
+	defer tlsSrv.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tlsTarget := addrOf(t, l6.Addr().String())
+	wantTLS := "secure [::1]:" + strconv.Itoa(int(tlsTarget.Port()))
+	if err := checkWithin(t, Spec{Type: TypeHTTPS, TLSCAFile: caFile, BodyRegex: regexp.MustCompile(regexp.QuoteMeta(wantTLS))}, tlsTarget, 10*time.Second); err != nil {
+		t.Errorf("https over IPv6: %v", err)
+	}
 }
 
 // TestReactorEarliestDeadline: the reactor wakes for the earliest probe
