@@ -244,6 +244,7 @@ func (d *Daemon) reload(vctx context.Context) {
 			}
 		}
 		d.log.Error("reload rejected: keeping the running config", "config", old.File, "err", err)
+		d.metrics.observeReload(false)
 		return
 	}
 	for _, w := range warnings {
@@ -256,6 +257,7 @@ func (d *Daemon) reload(vctx context.Context) {
 	targets := healthTargets(cfg)
 	if err := d.hc.Update(targets); err != nil {
 		d.log.Error("reload rejected: keeping the running config", "config", old.File, "err", err)
+		d.metrics.observeReload(false)
 		return
 	}
 	d.mu.Lock()
@@ -265,6 +267,7 @@ func (d *Daemon) reload(vctx context.Context) {
 
 	d.reconcile("reload")
 	d.reloadVRRP(vctx, cfg)
+	d.metrics.observeReload(true)
 	d.log.Info("reload applied", "config", cfg.File)
 }
 

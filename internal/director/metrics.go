@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 
@@ -30,6 +31,7 @@ type metrics struct {
 	ipvsOps     *prometheus.CounterVec
 	ipvsErrors  prometheus.Counter
 	ipvsRepairs prometheus.Counter
+	reloadOK    prometheus.Gauge
 }
 
 func newMetrics(d *Daemon) *metrics {
@@ -47,10 +49,49 @@ func newMetrics(d *Daemon) *metrics {
 		ipvsRepairs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lvsha_ipvs_drift_repairs_total", Help: "Changes made to repair drift of the IPVS table (someone else changed it).",
 		}),
+		reloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lvsha_config_last_reload_successful", Help: "0 if the last reload was rejected (the daemon runs the config it had), else 1.",
+		}),
 	}
-	m.reg.MustRegister(m.ipvsRuns, m.ipvsOps, m.ipvsErrors, m.ipvsRepairs,
+	m.reloadOK.Set(1) // the daemon started, so its config was valid
+	m.reg.MustRegister(m.ipvsRuns, m.ipvsOps, m.ipvsErrors, m.ipvsRepairs, m.reloadOK,
 		&statusCollector{d: d}, &checkCollector{d: d}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// descName picks a descriptor's name and variable labels out of its
+// String form, the only way client_golang shows them.
+var descName = regexp.MustCompile(`^Desc\{fqName: "([^"]+)", .*variableLabels: \{([^}]*)\}\}$`)
+
+// ExportedMetrics returns every metric family a director's /metrics can
+// serve, by name, with its labels (a scrape adds job and instance), as
+// its registry describes them: what the packaged alert rules and
+// dashboard may query.
+func ExportedMetrics() (map[string][]string, error) {
+	m := newMetrics(&Daemon{})
+	ch := make(chan *prometheus.Desc)
+	go func() {
+		m.reg.Describe(ch)
+		close(ch)
+	}()
+	out := map[string][]string{}
+	var bad []string
+	for d := range ch {
+		sm := descName.FindStringSubmatch(d.String())
+		if sm == nil {
+			bad = append(bad, d.String())
+			continue
+		}
+		labels := []string{}
+		if sm[2] != "" {
+			labels = strings.Split(sm[2], ",")
+		}
+		out[sm[1]] = labels
+	}
+	if len(bad) > 0 {
+		return nil, fmt.Errorf("metric descriptors not understood: %s", strings.Join(bad, "; "))
+	}
+	return out, nil
 }
 
 // observeApply counts one reconciliation.
@@ -68,6 +109,18 @@ func (m *metrics) observeApply(rep lvs.Report, err error, repair bool) {
 			m.ipvsRepairs.Inc()
 		}
 	}
+}
+
+// observeReload records whether a reload was applied.
+func (m *metrics) observeReload(ok bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if ok {
+		v = 1
+	}
+	m.reloadOK.Set(v)
 }
 
 // checkCollector reads the checker process's statistics at scrape time.
@@ -125,27 +178,40 @@ func (c *checkCollector) Collect(ch chan<- prometheus.Metric) {
 
 var (
 	descVRRPState = prometheus.NewDesc("lvsha_vrrp_state", "VRRP state of an instance: 1 for the current state.",
-		[]string{"instance", "state"}, nil)
+		[]string{"vrrp_instance", "state"}, nil)
+	descVRRPSince = prometheus.NewDesc("lvsha_vrrp_state_since_timestamp_seconds",
+		"When the instance entered its current state (Unix time).", []string{"vrrp_instance"}, nil)
+	descVRRPInterval = prometheus.NewDesc("lvsha_vrrp_advert_interval_seconds",
+		"Configured VRRP advert interval: Master_Down_Interval is 3 times it plus a skew below it.", []string{"vrrp_instance"}, nil)
 	descVRRPPrio = prometheus.NewDesc("lvsha_vrrp_priority", "Current VRRP priority (after tracked interfaces).",
-		[]string{"instance"}, nil)
+		[]string{"vrrp_instance"}, nil)
 	descVRRPTrans = prometheus.NewDesc("lvsha_vrrp_transitions_total", "VRRP state transitions.",
-		[]string{"instance"}, nil)
+		[]string{"vrrp_instance"}, nil)
 	descAdvSent = prometheus.NewDesc("lvsha_vrrp_adverts_sent_total", "VRRP adverts sent.",
-		[]string{"instance"}, nil)
+		[]string{"vrrp_instance"}, nil)
 	descAdvRecv = prometheus.NewDesc("lvsha_vrrp_adverts_received_total", "Valid VRRP adverts received.",
-		[]string{"instance"}, nil)
+		[]string{"vrrp_instance"}, nil)
 	descDropped = prometheus.NewDesc("lvsha_vrrp_dropped_total", "Received VRRP packets dropped, by reason.",
-		[]string{"instance", "reason"}, nil)
+		[]string{"vrrp_instance", "reason"}, nil)
 	descGARPSuppressed = prometheus.NewDesc("lvsha_vrrp_garp_suppressed_total",
-		"GARP bursts not sent in answer to lower-priority adverts (at most one a second).", []string{"instance"}, nil)
+		"GARP bursts not sent in answer to lower-priority adverts (at most one a second).", []string{"vrrp_instance"}, nil)
 	descSendErrors = prometheus.NewDesc("lvsha_vrrp_send_errors_total",
-		"Adverts the socket refused to send.", []string{"instance"}, nil)
+		"Adverts the socket refused to send.", []string{"vrrp_instance"}, nil)
 	descRSUp = prometheus.NewDesc("lvsha_realserver_up", "Health of a real server: 1 up, 0 down.",
 		[]string{"service", "real_server"}, nil)
 	descChecks = prometheus.NewDesc("lvsha_healthcheck_checks_total", "Health checks run.",
 		[]string{"real_server"}, nil)
 	descWeight = prometheus.NewDesc("lvsha_ipvs_weight", "Weight of a real server in the kernel's IPVS table.",
 		[]string{"service", "real_server"}, nil)
+	descLiveWeight = prometheus.NewDesc("lvsha_virtual_service_live_weight",
+		"Sum of the configured weights of a service's real servers that are up (or unchecked): what quorum is compared with.",
+		[]string{"service"}, nil)
+	descQuorum = prometheus.NewDesc("lvsha_virtual_service_quorum",
+		"Configured quorum of a service: below it, its sorry server (if any) replaces the real servers.", []string{"service"}, nil)
+	descSorry = prometheus.NewDesc("lvsha_virtual_service_sorry_server_active",
+		"1 while the kernel sends a service's traffic to its sorry server (only for services with one).", []string{"service"}, nil)
+	descIPVSFailing = prometheus.NewDesc("lvsha_ipvs_failing",
+		"1 while IPVS cannot be opened, read or programmed (status shows ipvs_error), else 0.", nil, nil)
 )
 
 var vrrpStates = []string{"INIT", "BACKUP", "MASTER", "FAULT", "FAILED"}
@@ -154,7 +220,8 @@ var vrrpStates = []string{"INIT", "BACKUP", "MASTER", "FAULT", "FAILED"}
 type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped, descGARPSuppressed, descSendErrors, descRSUp, descChecks, descWeight} {
+	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPSince, descVRRPInterval, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped,
+		descGARPSuppressed, descSendErrors, descRSUp, descChecks, descWeight, descLiveWeight, descQuorum, descSorry, descIPVSFailing} {
 		ch <- d
 	}
 }
@@ -163,7 +230,29 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	st := c.d.status(ctx)
+	// What status does not say comes from the config; a reload between
+	// the two reads only leaves out a new instance or service once.
+	cfg := c.d.config()
+	interval := map[string]time.Duration{}
+	for _, in := range cfg.VRRP {
+		interval[in.Name] = in.Runtime.AdvertInterval
+	}
+	services := map[string]*conf.VirtualServer{}
+	for i := range cfg.Services {
+		services[cfg.Services[i].ID] = &cfg.Services[i]
+	}
+	failing := 0.0
+	if st.IPVSError != "" {
+		failing = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descIPVSFailing, prometheus.GaugeValue, failing)
 	for _, v := range st.VRRP {
+		if iv, ok := interval[v.Name]; ok {
+			ch <- prometheus.MustNewConstMetric(descVRRPInterval, prometheus.GaugeValue, iv.Seconds(), v.Name)
+		}
+		if !v.Since.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descVRRPSince, prometheus.GaugeValue, float64(v.Since.UnixNano())/1e9, v.Name)
+		}
 		for _, s := range vrrpStates {
 			val := 0.0
 			if s == v.State {
@@ -182,6 +271,25 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for _, s := range st.Services {
+		// Live weight as the reconciler counts it for quorum: a real
+		// server without a verdict (unchecked) is up.
+		live := 0
+		for _, r := range s.Reals {
+			if r.Health != "down" {
+				live += r.Weight
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descLiveWeight, prometheus.GaugeValue, float64(live), s.Key)
+		if vs := services[s.Key]; vs != nil {
+			ch <- prometheus.MustNewConstMetric(descQuorum, prometheus.GaugeValue, float64(vs.Quorum), s.Key)
+			if vs.SorryServer != "" {
+				sorry := 0.0
+				if s.QuorumLost {
+					sorry = 1
+				}
+				ch <- prometheus.MustNewConstMetric(descSorry, prometheus.GaugeValue, sorry, s.Key)
+			}
+		}
 		for _, r := range s.Reals {
 			if r.Health != "unchecked" {
 				up := 0.0

@@ -257,11 +257,11 @@ address = "10.98.0.20:80"
 	}
 	m := scrapeIn(t, n1, "127.0.0.1:9610")
 	for _, want := range []string{
-		`lvsha_vrrp_state{instance="VI_1",state="MASTER"} 1`,
-		`lvsha_vrrp_state{instance="VI_1",state="BACKUP"} 0`,
-		`lvsha_vrrp_priority{instance="VI_1"} 150`,
-		`lvsha_vrrp_transitions_total{instance="VI_1"}`,
-		`lvsha_vrrp_adverts_sent_total{instance="VI_1"}`,
+		`lvsha_vrrp_state{state="MASTER",vrrp_instance="VI_1"} 1`,
+		`lvsha_vrrp_state{state="BACKUP",vrrp_instance="VI_1"} 0`,
+		`lvsha_vrrp_priority{vrrp_instance="VI_1"} 150`,
+		`lvsha_vrrp_transitions_total{vrrp_instance="VI_1"}`,
+		`lvsha_vrrp_adverts_sent_total{vrrp_instance="VI_1"}`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %s", want)

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-pkgs=(iproute2 debootstrap iputils-ping keepalived ipvsadm qemu-system-x86 busybox-static xz-utils tcpdump procps curl gcc libc6-dev)
+pkgs=(iproute2 debootstrap iputils-ping keepalived ipvsadm prometheus qemu-system-x86 busybox-static xz-utils tcpdump procps curl gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,6 +3,7 @@
 package pkgtest
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,6 +88,17 @@ func TestDebInstallsIntoCleanDebian(t *testing.T) {
 	} {
 		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
 			t.Errorf("installed package lacks %s: %v", f, err)
+		}
+	}
+	// The alert rules and the dashboard, as they are in the repository.
+	for _, f := range []string{"lvsha-alerts.yml", "lvsha-dashboard.json"} {
+		got, err := os.ReadFile(filepath.Join(root, "usr/share/lvsha/monitoring", f))
+		if err != nil {
+			t.Errorf("installed package lacks %s: %v", f, err)
+			continue
+		}
+		if want, err := os.ReadFile(filepath.Join(repo, "packaging/monitoring", f)); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("installed %s differs from packaging/monitoring/%s (%v)", f, f, err)
 		}
 	}
 	run(t, "/", "chroot", root, "dpkg", "--purge", "lvsha")
