@@ -173,6 +173,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("virtual address %s is IPv6: only VRRPv3 carries IPv6 (set version = 3)", c.VIPs[0])
 	}
 	for _, v := range c.VIPs {
+		if Family(v.Addr()) == "invalid" {
+			return fmt.Errorf("virtual address %s is neither IPv4 nor IPv6", v)
+		}
 		if Family(v.Addr()) != fam {
 			return fmt.Errorf("virtual address %s is not %s like %s (one instance is one address family)", v, fam, c.VIPs[0])
 		}
