@@ -56,6 +56,7 @@ func runChild(js, statusFile string) int {
 		log.Error("child", "err", err)
 		return 2
 	}
+	childOptions(in)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	go func() {

@@ -234,7 +234,7 @@ func removeVIPs(h *netlink.Handle, instance string, hv heldVIPs, log *slog.Logge
 	}
 	var list []netlink.Addr
 	for range 5 {
-		list, err = h.AddrList(link, netlink.FAMILY_V4)
+		list, err = h.AddrList(link, netlink.FAMILY_ALL) // IPv6 instances' VIPs too
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
 		}
@@ -245,7 +245,8 @@ func removeVIPs(h *netlink.Handle, instance string, hv heldVIPs, log *slog.Logge
 	n := 0
 	var errs []error
 	for _, a := range list {
-		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		ip, ok := netip.AddrFromSlice(a.IP)
+		ip = ip.Unmap()
 		if !ok || !slices.ContainsFunc(hv.VIPs, func(v netip.Prefix) bool { return v.Addr() == ip }) {
 			continue
 		}

@@ -1,0 +1,402 @@
+package vrrp
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lvsha/lvsha/internal/testenv/netns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
+)
+
+// The IPv6 namespace tests: the lab of the IPv4 ones (a, b, client on one
+// bridge, the same MACs), each node also given an address of
+// 2001:db8:94::/64, and an instance with an IPv6 VIP.
+
+var (
+	labVIP6       = netip.MustParsePrefix("2001:db8:94::200/64")
+	addr6         = map[string]netip.Prefix{"a": netip.MustParsePrefix("2001:db8:94::2/64"), "b": netip.MustParsePrefix("2001:db8:94::3/64"), "c": netip.MustParsePrefix("2001:db8:94::10/64"), "evil": netip.MustParsePrefix("2001:db8:94::66/64")}
+	noAnnounceEnv = "LVSHA_VRRP_CHILD_NO_ANNOUNCE"
+)
+
+// addIPv6 gives node's eth0 its IPv6 address (without DAD) and waits until
+// its link-local address is out of DAD: adverts are sent from it.
+func addIPv6(t *testing.T, node *netns.Node) {
+	t.Helper()
+	if _, err := node.Run("ip", "-6", "addr", "add", addr6[node.Role].String(), "dev", "eth0", "nodad"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, node.Role+"'s link-local address out of DAD", 5*time.Second, func() bool {
+		out, err := node.Run("ip", "-6", "addr", "show", "dev", "eth0", "tentative")
+		return err == nil && strings.TrimSpace(out) == "" && linkLocal(t, node).IsValid()
+	})
+}
+
+func newPair6(t *testing.T) *pair {
+	t.Helper()
+	p := newPair(t)
+	for _, n := range []*netns.Node{p.a, p.b, p.client} {
+		addIPv6(t, n)
+	}
+	return p
+}
+
+func labConfig6(name string, prio uint8) Config {
+	c := labConfig(name, prio)
+	c.VIPs = []netip.Prefix{labVIP6}
+	return c
+}
+
+// addrs6 lists the IPv6 addresses of node's eth0 with their flags.
+func addrs6(t *testing.T, node *netns.Node) []netlink.Addr {
+	t.Helper()
+	h, err := node.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := h.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list
+}
+
+func linkLocal(t *testing.T, node *netns.Node) netip.Addr {
+	t.Helper()
+	for _, a := range addrs6(t, node) {
+		if ip, _ := netip.AddrFromSlice(a.IP); ip.IsLinkLocalUnicast() {
+			return ip
+		}
+	}
+	return netip.Addr{}
+}
+
+// holds6 returns node's eth0 address vip, if it has it.
+func holds6(t *testing.T, node *netns.Node, vip netip.Addr) (netlink.Addr, bool) {
+	t.Helper()
+	for _, a := range addrs6(t, node) {
+		if ip, _ := netip.AddrFromSlice(a.IP); ip == vip {
+			return a, true
+		}
+	}
+	return netlink.Addr{}, false
+}
+
+func mastered6(t *testing.T, m, o *director, timeout time.Duration) {
+	t.Helper()
+	vip := labVIP6.Addr()
+	waitFor(t, m.node.Role+" MASTER holding the IPv6 VIP", timeout, func() bool {
+		_, mh := holds6(t, m.node, vip)
+		_, oh := holds6(t, o.node, vip)
+		return mh && !oh && (!m.ours || m.Status().State == Master) && (!o.ours || o.Status().State != Master)
+	})
+}
+
+// neighMAC6 is the MAC of the client's usable neighbour entry for ip
+// (`ip -6 neigh`), nil without one.
+func neighMAC6(t *testing.T, node *netns.Node, ip netip.Addr) net.HardwareAddr {
+	t.Helper()
+	h, err := node.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	list, err := h.NeighList(0, netlink.FAMILY_V6)
+	if err != nil {
+		return nil
+	}
+	for _, e := range list {
+		if a, _ := netip.AddrFromSlice(e.IP); a == ip && len(e.HardwareAddr) > 0 &&
+			e.State&(netlink.NUD_INCOMPLETE|netlink.NUD_FAILED) == 0 {
+			return e.HardwareAddr
+		}
+	}
+	return nil
+}
+
+// clientResolves6 pings the VIP from the client until its neighbour entry
+// for it is mac (resolution by solicitation, or an advertisement).
+func (p *pair) clientResolves6(t *testing.T, mac net.HardwareAddr, timeout time.Duration) {
+	t.Helper()
+	vip := labVIP6.Addr()
+	var got net.HardwareAddr
+	if !netns.WaitFor(timeout, 50*time.Millisecond, func() bool {
+		_, _ = p.client.Run("ping", "-6", "-c1", "-W1", vip.String())
+		got = neighMAC6(t, p.client, vip)
+		return got.String() == mac.String()
+	}) {
+		t.Fatalf("client's neighbour entry for %s is %v, want %v", vip, got, mac)
+	}
+}
+
+// clientFollows6 waits, sending nothing, until the client's neighbour
+// entry for the VIP is mac: only an unsolicited advertisement moves it
+// (Linux updates an existing entry from an NA with Override set).
+func (p *pair) clientFollows6(t *testing.T, mac net.HardwareAddr, timeout time.Duration) {
+	t.Helper()
+	vip := labVIP6.Addr()
+	var got net.HardwareAddr
+	if !netns.WaitFor(timeout, 10*time.Millisecond, func() bool {
+		got = neighMAC6(t, p.client, vip)
+		return got.String() == mac.String()
+	}) {
+		out, _ := p.client.Run("ip", "-6", "neigh")
+		t.Fatalf("client's neighbour entry for %s is %v, want %v without a solicitation:\n%s", vip, got, mac, out)
+	}
+}
+
+// TestNetnsIPv6ElectionAndFailover: two lvsha instances with an IPv6 VIP
+// elect over ff02::12 from their link-local addresses; the VIP is added
+// without DAD and moves on link down, SIGKILL and SIGTERM; the client's
+// neighbour entry follows each takeover by the unsolicited NAs alone.
+func TestNetnsIPv6ElectionAndFailover(t *testing.T) {
+	for _, s := range starters {
+		t.Run(s.name, func(t *testing.T) { testIPv6ElectionAndFailover(t, s.start) })
+	}
+}
+
+func testIPv6ElectionAndFailover(t *testing.T, start starter) {
+	p := newPair6(t)
+	llA, llB := linkLocal(t, p.a), linkLocal(t, p.b)
+	vip := labVIP6.Addr()
+	a := start(t, p.a, labConfig6("a", 150))
+	b := start(t, p.b, labConfig6("b", 100))
+	mastered6(t, a, b, 5*time.Second)
+	waitFor(t, "b BACKUP hearing a from its link-local address", 3*time.Second, func() bool {
+		st := b.Status()
+		return st.State == Backup && st.Master == llA && st.AdvertsReceived > 0
+	})
+	if ad, _ := holds6(t, p.a, vip); ad.Flags&unix.IFA_F_NODAD == 0 || ad.Flags&unix.IFA_F_TENTATIVE != 0 {
+		t.Errorf("a's VIP flags %#x: want nodad, not tentative", ad.Flags)
+	}
+	p.clientResolves6(t, p.a.MAC, 3*time.Second)
+
+	t.Log("link down on a: b takes over, its NAs move the client's entry")
+	if err := p.lab.SetPort("a", false); err != nil {
+		t.Fatal(err)
+	}
+	mastered6(t, b, a, 3*time.Second)
+	p.clientFollows6(t, p.b.MAC, time.Second)
+
+	t.Log("link back: a preempts")
+	if err := p.lab.SetPort("a", true); err != nil {
+		t.Fatal(err)
+	}
+	mastered6(t, a, b, 5*time.Second)
+	p.clientFollows6(t, p.a.MAC, time.Second)
+
+	t.Log("SIGKILL a: b takes over after Master_Down_Interval")
+	a.stop(syscall.SIGKILL)
+	waitFor(t, "b MASTER", 3*time.Second, func() bool { return b.Status().State == Master })
+	p.clientFollows6(t, p.b.MAC, time.Second)
+
+	t.Log("a restarts: removes its leftover VIP and preempts")
+	a = start(t, p.a, labConfig6("a", 150))
+	mastered6(t, a, b, 5*time.Second)
+	p.clientFollows6(t, p.a.MAC, time.Second)
+
+	t.Log("SIGTERM a: priority 0, b takes over")
+	a.stop(syscall.SIGTERM)
+	if _, held := holds6(t, p.a, vip); held {
+		t.Error("a kept the VIP after SIGTERM")
+	}
+	waitFor(t, "b MASTER", 3*time.Second, func() bool { return b.Status().State == Master })
+	if st := b.Status(); st.Cause != "priority 0 from "+llA.String() {
+		t.Errorf("b's cause %q", st.Cause)
+	}
+	p.clientFollows6(t, p.b.MAC, time.Second)
+	if st := b.Status(); st.Master != llB || st.AdvertsSent == 0 || st.Dropped["ttl"]+st.Dropped["checksum"] != 0 {
+		t.Errorf("b's status %+v", st)
+	}
+}
+
+// TestNetnsIPv6NoNAControl is the negative control of the NA: the same
+// takeover by an instance that sends no announcements (a test child
+// whose announcer does nothing) leaves the client's entry on the old
+// master's MAC, so clientFollows6 above proves the NAs.
+func TestNetnsIPv6NoNAControl(t *testing.T) {
+	p := newPair6(t)
+	a := startDirector(t, p.a, labConfig6("a", 150))
+	t.Setenv(noAnnounceEnv, "1") // for b only
+	b := startDirector(t, p.b, labConfig6("b", 100))
+	mastered6(t, a, b, 5*time.Second)
+	p.clientResolves6(t, p.a.MAC, 3*time.Second)
+	a.stop(syscall.SIGTERM)
+	waitFor(t, "b MASTER", 3*time.Second, func() bool { return b.Status().State == Master })
+	time.Sleep(1500 * time.Millisecond)
+	if got := neighMAC6(t, p.client, labVIP6.Addr()); got.String() != p.a.MAC.String() {
+		t.Fatalf("without NAs the client's entry moved to %v (want it left on %v)", got, p.a.MAC)
+	}
+}
+
+// sendRaw6 sends VRRP payloads to ff02::12 from node's link-local address
+// with the hop limit of each.
+func sendRaw6(t *testing.T, node *netns.Node, src netip.Addr, pkts []rawPkt) {
+	t.Helper()
+	err := node.Do(func() error {
+		c, err := net.ListenPacket("ip6:112", "::")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		pc := ipv6.NewPacketConn(c)
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		for _, p := range pkts {
+			cm := &ipv6.ControlMessage{HopLimit: p.ttl, Src: src.AsSlice(), IfIndex: ifi.Index}
+			if _, err := pc.WriteTo(p.b, cm, &net.IPAddr{IP: Group6.AsSlice()}); err != nil {
+				return fmt.Errorf("send %s: %w", p.reason, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNetnsIPv6ForgedAdverts: a priority-200 advert for our VIP from
+// another node is dropped and counted when its hop limit is not 255 or its
+// checksum is wrong (over the IPv6 pseudo-header), and the master stays;
+// the same advert with hop limit 255 and the right checksum (the positive
+// control) makes it yield.
+func TestNetnsIPv6ForgedAdverts(t *testing.T) {
+	for _, s := range starters {
+		t.Run(s.name, func(t *testing.T) { testIPv6ForgedAdverts(t, s.start) })
+	}
+}
+
+func testIPv6ForgedAdverts(t *testing.T, start starter) {
+	p := newPair6(t)
+	evil, err := p.lab.AddNode("evil", addrEvil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addIPv6(t, evil)
+	src := linkLocal(t, evil)
+	a := start(t, p.a, labConfig6("a", 150))
+	waitFor(t, "a MASTER", 5*time.Second, func() bool { return a.Status().State == Master })
+
+	adv := &Advert{Version: 3, Type: TypeAdvertisement, VRID: 51, Priority: 200, MaxAdvertInterval: 10, Addrs: []netip.Addr{labVIP6.Addr()}}
+	good, err := adv.Marshal(ChecksumPseudoHeader, src, Group6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := slices.Clone(good)
+	bad[7] ^= 0x01
+	// The checksum right for another source (a message-only or
+	// off-by-address checksum) is a bad one too.
+	other, err := adv.Marshal(ChecksumPseudoHeader, netip.MustParseAddr("fe80::1"), Group6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 5
+	var pkts []rawPkt
+	for range n {
+		pkts = append(pkts, rawPkt{"hop limit 64", 64, good}, rawPkt{"hop limit 254", 254, good},
+			rawPkt{"bad checksum", 255, bad}, rawPkt{"checksum for another source", 255, other})
+	}
+	sendRaw6(t, evil, src, pkts)
+	waitFor(t, "a counting the forged adverts", 3*time.Second, func() bool {
+		st := a.Status()
+		return st.Dropped["ttl"] == 2*n && st.Dropped["checksum"] == 2*n
+	})
+	if st := a.Status(); st.State != Master || st.AdvertsReceived != 0 {
+		t.Fatalf("a after forged adverts: %+v", st)
+	}
+	if _, held := holds6(t, p.a, labVIP6.Addr()); !held {
+		t.Fatal("a lost the VIP to forged adverts")
+	}
+
+	t.Log("control: hop limit 255 and the right checksum: a yields")
+	sendRaw6(t, evil, src, []rawPkt{{"valid", 255, good}})
+	waitFor(t, "a yielding to priority 200", 3*time.Second, func() bool {
+		st := a.Status()
+		return st.State == Backup && st.Master == src
+	})
+}
+
+// TestNetnsIPv6KeepalivedInterop: keepalived 2.2.7 (version 3, an IPv6
+// virtual_ipaddress) and the lvsha daemon elect over IPv6 in both
+// directions, and the client's neighbour entry follows each takeover.
+func TestNetnsIPv6KeepalivedInterop(t *testing.T) {
+	p := newPair6(t)
+	llA := linkLocal(t, p.a)
+	kcfg := labConfig6("ka", 150)
+	lcfg := labConfig6("lvsha", 100)
+	kcfg.AdvertInterval, lcfg.AdvertInterval = 100*time.Millisecond, 100*time.Millisecond
+
+	ka := startKeepalived(t, p.a, kcfg)
+	lv := startDaemon(t, p.b, lcfg)
+	mastered6(t, ka, lv, 6*time.Second)
+	waitFor(t, "lvsha hearing keepalived", 3*time.Second, func() bool {
+		st := lv.Status()
+		return st.State == Backup && st.Master == llA && st.AdvertsReceived > 2
+	})
+	p.clientResolves6(t, p.a.MAC, 3*time.Second)
+
+	t.Log("keepalived stops (SIGTERM): lvsha takes over")
+	ka.stop(syscall.SIGTERM)
+	mastered6(t, lv, ka, 3*time.Second)
+	if st := lv.Status(); st.Cause != "priority 0 from "+llA.String() {
+		t.Errorf("lvsha's cause %q", st.Cause)
+	}
+	p.clientFollows6(t, p.b.MAC, time.Second)
+
+	t.Log("keepalived comes back with a higher priority: it preempts lvsha")
+	ka = startKeepalived(t, p.a, kcfg)
+	mastered6(t, ka, lv, 6*time.Second)
+	p.clientFollows6(t, p.a.MAC, time.Second)
+	if st := lv.Status(); st.Cause != "higher priority 150 from "+llA.String() {
+		t.Errorf("lvsha's cause %q", st.Cause)
+	}
+
+	t.Log("lvsha restarts with priority 200: it preempts keepalived")
+	lv.stop(syscall.SIGTERM)
+	lcfg.Priority = 200
+	lv = startDaemon(t, p.b, lcfg)
+	mastered6(t, lv, ka, 6*time.Second)
+	p.clientFollows6(t, p.b.MAC, time.Second)
+
+	t.Log("lvsha stops: keepalived takes over")
+	lv.stop(syscall.SIGTERM)
+	mastered6(t, ka, lv, 3*time.Second)
+	p.clientFollows6(t, p.a.MAC, time.Second)
+}
+
+// noAnnounce is the announcer of a child started with noAnnounceEnv.
+type noAnnounce struct{}
+
+func (noAnnounce) GARP(netip.Addr) error { return nil }
+func (noAnnounce) Close() error          { return nil }
+
+// childOptions are the test seams a child takes from its environment.
+func childOptions(in *Instance) {
+	if os.Getenv(noAnnounceEnv) == "" {
+		return
+	}
+	open := in.open
+	in.open = func() (*kernel, error) {
+		k, err := open()
+		if err == nil {
+			k.garp.Close()
+			k.garp = noAnnounce{}
+		}
+		return k, err
+	}
+}
