@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/lvsha/lvsha/internal/testenv/netns"
+	"github.com/mdlayher/ndp"
+	mdpacket "github.com/mdlayher/packet"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
@@ -398,5 +400,92 @@ func childOptions(in *Instance) {
 			k.garp = noAnnounce{}
 		}
 		return k, err
+	}
+}
+
+// TestNetnsIPv6OnWire reads, from the client's link, what a master with
+// two IPv6 VIPs sends on takeover: its advert to ff02::12 (33:33:00:00:00:12)
+// from its link-local address, hop limit 255, traffic class 0xc0, a
+// checksum over the IPv6 pseudo-header; then one unsolicited NA per VIP
+// (garp_master_repeat 1) to ff02::1 from the VIP, hop limit 255, Override
+// set, the MAC in the target link-layer address option, and Router set
+// only once forwarding is on for the interface.
+func TestNetnsIPv6OnWire(t *testing.T) {
+	p := newPair6(t)
+	llA := linkLocal(t, p.a)
+	vips := []netip.Prefix{labVIP6, netip.MustParsePrefix("2001:db8:94::201/64")}
+	var c *mdpacket.Conn
+	if err := p.client.Do(func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		c, err = mdpacket.Listen(ifi, mdpacket.Raw, unix.ETH_P_IPV6, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cfg := labConfig6("a", 150)
+	cfg.VIPs, cfg.GARPRepeat = vips, 1
+
+	for _, fwd := range []bool{false, true} {
+		if fwd {
+			if _, err := p.a.Run("sysctl", "-qw", "net.ipv6.conf.eth0.forwarding=1"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a := startDirector(t, p.a, cfg)
+		var adverts int
+		nas := map[netip.Addr]int{}
+		buf := make([]byte, 1500)
+		// The takeover is within 4s; its NAs follow the advert at once,
+		// and nothing else is announced in the next second.
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			if err := c.SetReadDeadline(deadline); err != nil {
+				t.Fatal(err)
+			}
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				break
+			}
+			fr := parseIPv6Frame(t, buf[:n])
+			switch {
+			case fr.nextHeader == Protocol:
+				a, err := Unmarshal(fr.payload, fr.src, fr.dst)
+				if err == nil && a.Priority == 0 {
+					continue // the previous run's goodbye, still queued
+				}
+				if err != nil || fr.src != llA || fr.dst != Group6 || fr.hopLimit != 255 || fr.tclass != 0xc0 ||
+					fr.ethDst.String() != "33:33:00:00:00:12" || a.Priority != 150 || len(a.Addrs) != 2 {
+					t.Fatalf("advert %s -> %s (%s) hop limit %d tclass %#x: %+v %v", fr.src, fr.dst, fr.ethDst, fr.hopLimit, fr.tclass, a, err)
+				}
+				if adverts++; adverts == 1 {
+					deadline = time.Now().Add(time.Second)
+				}
+			case fr.nextHeader == 58 && fr.payload[0] == 136:
+				m, err := ndp.ParseMessage(fr.payload)
+				if err != nil {
+					t.Fatal(err)
+				}
+				na := m.(*ndp.NeighborAdvertisement)
+				if adverts == 0 {
+					t.Fatalf("NA before the advert: %+v", na)
+				}
+				lla, ok := na.Options[0].(*ndp.LinkLayerAddress)
+				if fr.src != na.TargetAddress || fr.dst != allNodes || fr.hopLimit != 255 ||
+					fr.ethDst.String() != "33:33:00:00:00:01" || fr.ethSrc.String() != p.a.MAC.String() ||
+					!na.Override || na.Solicited || na.Router != fwd || len(na.Options) != 1 || !ok ||
+					lla.Direction != ndp.Target || lla.Addr.String() != p.a.MAC.String() {
+					t.Fatalf("forwarding=%v: NA %s -> %s hop limit %d: %+v", fwd, fr.src, fr.dst, fr.hopLimit, na)
+				}
+				nas[na.TargetAddress]++
+			}
+		}
+		if adverts == 0 || len(nas) != 2 || nas[vips[0].Addr()] != 1 || nas[vips[1].Addr()] != 1 {
+			t.Fatalf("forwarding=%v: %d adverts, NAs %v (want one per VIP)", fwd, adverts, nas)
+		}
+		a.stop(syscall.SIGTERM)
 	}
 }
