@@ -7,7 +7,8 @@ import (
 )
 
 // TestIPv6Instance: an IPv6 instance is taken as written, a bare VIP as a
-// /128, beside an IPv4 instance on the same interface (dual stack).
+// /128, beside an IPv4 instance on the same interface with the same VRID
+// (dual stack: a VRID is unique per address family).
 func TestIPv6Instance(t *testing.T) {
 	src := `
 [[vrrp_instance]]
@@ -21,7 +22,7 @@ unicast_peer = ["fe80::2"]
 [[vrrp_instance]]
 name = "VI_4"
 interface = "eth0"
-virtual_router_id = 51
+virtual_router_id = 52
 virtual_ipaddress = ["192.168.94.200/24", "192.168.94.201"]
 `
 	cfg, warnings, err := Parse("t.toml", []byte(src))

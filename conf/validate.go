@@ -43,9 +43,12 @@ func (v *validator) warnf(path, format string, args ...any) {
 
 func (v *validator) run() {
 	v.global()
+	// A VRID is unique per interface and address family (RFC 9568: IPv4
+	// and IPv6 virtual routers are separate, with their own adverts).
 	type ifVRID struct {
 		ifname string
 		vrid   int
+		family string
 	}
 	seenName := map[string]string{}
 	seenVRID := map[ifVRID]string{}
@@ -60,7 +63,11 @@ func (v *validator) run() {
 				seenName[in.Name] = p
 			}
 		}
-		k := ifVRID{in.Interface, in.VRID}
+		var family string
+		if len(in.Runtime.VIPs) > 0 {
+			family = vrrp.Family(in.Runtime.VIPs[0].Addr())
+		}
+		k := ifVRID{in.Interface, in.VRID, family}
 		if in.Interface != "" && in.VRID != 0 {
 			if prev, ok := seenVRID[k]; ok {
 				v.errf(p+".virtual_router_id", "VRID %d on %s is already used by %s", in.VRID, in.Interface, prev)
