@@ -1,16 +1,20 @@
 package vrrp
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/lvsha/lvsha/internal/director/control"
 	"github.com/lvsha/lvsha/internal/testenv/netns"
 	"github.com/mdlayher/ndp"
 	mdpacket "github.com/mdlayher/packet"
@@ -488,4 +492,100 @@ func TestNetnsIPv6OnWire(t *testing.T) {
 		}
 		a.stop(syscall.SIGTERM)
 	}
+}
+
+// dualTOML is the daemon config of a dual-stack director: instance VI_4
+// with the IPv4 lab VIP and VI_6 with the IPv6 one, both VRID 51 (a VRID
+// is per address family), and metrics on the namespace's loopback.
+func dualTOML(prio uint8, sock string) string {
+	c4, c6 := labConfig("VI_4", prio), labConfig6("VI_6", prio)
+	s := daemonTOML(c4, sock)
+	_, inst6, _ := strings.Cut(daemonTOML(c6, sock), "[[vrrp_instance]]\n")
+	s = strings.Replace(s, "[global]\n", "[global]\nmetrics_listen = \"127.0.0.1:9610\"\n", 1)
+	return s + "\n[[vrrp_instance]]\n" + inst6
+}
+
+// dualDaemon runs the real daemon with dualTOML in node.
+func dualDaemon(t *testing.T, node *netns.Node, prio uint8) (d *director, status func() map[string]control.VRRPStatus) {
+	t.Helper()
+	bin := buildLvsha(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "lvsha.sock")
+	conf := filepath.Join(dir, "lvsha.toml")
+	if err := os.WriteFile(conf, []byte(dualTOML(prio, sock)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "-t", "-f", conf).CombinedOutput(); err != nil {
+		t.Fatalf("lvsha -t: %v\n%s", err, out)
+	}
+	d = &director{t: t, node: node, log: filepath.Join(dir, "log"), conf: conf, sock: sock}
+	status = func() map[string]control.VRRPStatus {
+		out, err := exec.Command(bin, "status", "--json", "-S", sock).Output()
+		if err != nil {
+			return nil
+		}
+		var ds struct {
+			VRRP []control.VRRPStatus `json:"vrrp"`
+		}
+		if json.Unmarshal(out, &ds) != nil {
+			return nil
+		}
+		m := map[string]control.VRRPStatus{}
+		for _, v := range ds.VRRP {
+			m[v.Name] = v
+		}
+		return m
+	}
+	return d.start(exec.Command(bin, "-f", conf)), status
+}
+
+// TestNetnsDualStack: a pair of real daemons, each with an IPv4 and an
+// IPv6 instance on the same interface and VRID, elect the same master for
+// both; status and metrics show the IPv6 instance as they show the IPv4
+// one; on SIGTERM both VIPs move, the client's ARP and neighbour entries
+// with them.
+func TestNetnsDualStack(t *testing.T) {
+	p := newPair6(t)
+	llA := linkLocal(t, p.a)
+	a, statusA := dualDaemon(t, p.a, 150)
+	_, statusB := dualDaemon(t, p.b, 100)
+	waitFor(t, "a MASTER of both instances, b BACKUP of both", 6*time.Second, func() bool {
+		sa, sb := statusA(), statusB()
+		return sa["VI_4"].State == "MASTER" && sa["VI_6"].State == "MASTER" &&
+			sb["VI_4"].State == "BACKUP" && sb["VI_6"].State == "BACKUP" &&
+			sb["VI_4"].Master == addrA.Addr().String() && sb["VI_6"].Master == llA.String()
+	})
+	if v6 := statusA()["VI_6"]; !slices.Equal(v6.VIPs, []string{labVIP6.String()}) || v6.VRID != 51 || v6.AdvertsOut == 0 {
+		t.Errorf("a's status of VI_6: %+v", v6)
+	}
+	if !a.holdsVIP(labVIP.Addr()) {
+		t.Fatal("a does not hold the IPv4 VIP")
+	}
+	if _, ok := holds6(t, p.a, labVIP6.Addr()); !ok {
+		t.Fatal("a does not hold the IPv6 VIP")
+	}
+	out, err := p.a.Run("curl", "-sS", "http://127.0.0.1:9610/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`lvsha_vrrp_state{instance="VI_6",state="MASTER"} 1`,
+		`lvsha_vrrp_state{instance="VI_4",state="MASTER"} 1`,
+		`lvsha_vrrp_adverts_sent_total{instance="VI_6"}`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	p.clientSees(t, p.a.MAC, 3*time.Second)
+	p.clientResolves6(t, p.a.MAC, 3*time.Second)
+
+	t.Log("SIGTERM a: b takes over both")
+	a.stop(syscall.SIGTERM)
+	waitFor(t, "b MASTER of both", 3*time.Second, func() bool {
+		sb := statusB()
+		return sb["VI_4"].State == "MASTER" && sb["VI_6"].State == "MASTER"
+	})
+	p.clientFollows6(t, p.b.MAC, time.Second)
+	p.clientSees(t, p.b.MAC, 3*time.Second)
 }
