@@ -341,11 +341,24 @@ func testIPv6ForgedAdverts(t *testing.T, start starter) {
 // virtual_ipaddress) and the lvsha daemon elect over IPv6 in both
 // directions, and the client's neighbour entry follows each takeover.
 func TestNetnsIPv6KeepalivedInterop(t *testing.T) {
+	t.Run("multicast", func(t *testing.T) { testIPv6Interop(t, false) })
+	// keepalived's side has unicast_ttl 255 (keepalivedConf).
+	t.Run("unicast", func(t *testing.T) { testIPv6Interop(t, true) })
+}
+
+func testIPv6Interop(t *testing.T, unicast bool) {
 	p := newPair6(t)
 	llA := linkLocal(t, p.a)
 	kcfg := labConfig6("ka", 150)
 	lcfg := labConfig6("lvsha", 100)
-	kcfg.AdvertInterval, lcfg.AdvertInterval = 100*time.Millisecond, 100*time.Millisecond
+	if unicast {
+		// keepalived from its global address, lvsha from its
+		// link-local one: both kinds of source.
+		llB := linkLocal(t, p.b)
+		llA = addr6["a"].Addr()
+		kcfg.UnicastSrc, kcfg.UnicastPeers = llA, []netip.Addr{llB}
+		lcfg.UnicastSrc, lcfg.UnicastPeers = llB, []netip.Addr{llA}
+	}
 
 	ka := startKeepalived(t, p.a, kcfg)
 	lv := startDaemon(t, p.b, lcfg)
