@@ -208,6 +208,19 @@ func testIPv6ElectionAndFailover(t *testing.T, start starter) {
 	a.stop(syscall.SIGKILL)
 	waitFor(t, "b MASTER", 3*time.Second, func() bool { return b.Status().State == Master })
 	p.clientFollows6(t, p.b.MAC, time.Second)
+	if a.conf != "" {
+		// The daemon recorded the VIP it held; `lvsha cleanup` (the
+		// unit's ExecStopPost) removes it after the crash.
+		if _, held := holds6(t, p.a, vip); !held {
+			t.Fatal("no leftover VIP on a after SIGKILL")
+		}
+		if out, err := p.a.Run(buildLvsha(t), "cleanup", "-f", a.conf); err != nil {
+			t.Fatalf("lvsha cleanup: %v\n%s", err, out)
+		}
+		if _, held := holds6(t, p.a, vip); held {
+			t.Fatal("lvsha cleanup left the IPv6 VIP on a")
+		}
+	}
 
 	t.Log("a restarts: removes its leftover VIP and preempts")
 	a = start(t, p.a, labConfig6("a", 150))
