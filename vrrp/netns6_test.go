@@ -615,3 +615,78 @@ func TestNetnsDualStack(t *testing.T) {
 	p.clientFollows6(t, p.b.MAC, time.Second)
 	p.clientSees(t, p.b.MAC, 3*time.Second)
 }
+
+// TestNetnsIPv6LowerPriorityStorm: a master answers each lower-priority
+// advert with an advert, but sends its NA burst at most once a second: 20
+// forged priority-50 adverts in half a second bring one burst (5 NAs for
+// the one VIP), or two if the clock turns a second meanwhile, not 20.
+func TestNetnsIPv6LowerPriorityStorm(t *testing.T) {
+	p := newPair6(t)
+	evil, err := p.lab.AddNode("evil", addrEvil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addIPv6(t, evil)
+	src := linkLocal(t, evil)
+	var c *mdpacket.Conn
+	if err := p.client.Do(func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		c, err = mdpacket.Listen(ifi, mdpacket.Raw, unix.ETH_P_IPV6, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cfg := labConfig6("a", 150)
+	cfg.GARPDelay = 0
+	a := startDirector(t, p.a, cfg)
+	waitFor(t, "a MASTER", 5*time.Second, func() bool { return a.Status().State == Master })
+	// Let the takeover's burst pass and drop what the socket holds of
+	// it, then count from here.
+	time.Sleep(300 * time.Millisecond)
+	drain := make([]byte, 1500)
+	for {
+		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, _, err := c.ReadFrom(drain); err != nil {
+			break
+		}
+	}
+	count := make(chan int)
+	go func() {
+		n := 0
+		buf := make([]byte, 1500)
+		_ = c.SetReadDeadline(time.Now().Add(900 * time.Millisecond))
+		for {
+			k, _, err := c.ReadFrom(buf)
+			if err != nil {
+				count <- n
+				return
+			}
+			if fr := parseIPv6Frame(t, buf[:k]); fr.nextHeader == 58 && fr.payload[0] == 136 {
+				n++
+			}
+		}
+	}()
+	adv := &Advert{Version: 3, Type: TypeAdvertisement, VRID: 51, Priority: 50, MaxAdvertInterval: 10, Addrs: []netip.Addr{labVIP6.Addr()}}
+	b, err := adv.Marshal(ChecksumPseudoHeader, src, Group6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := a.Status().AdvertsSent
+	for range 20 {
+		sendRaw6(t, evil, src, []rawPkt{{"lower priority", 255, b}})
+		time.Sleep(25 * time.Millisecond)
+	}
+	nas := <-count
+	st := a.Status()
+	t.Logf("20 lower-priority adverts: %d NAs, %d bursts suppressed, %d adverts sent", nas, st.GARPSuppressed, st.AdvertsSent-sent)
+	if st.State != Master || st.AdvertsReceived != 20 || st.AdvertsSent-sent < 20 {
+		t.Errorf("a: %+v (want MASTER, each advert answered)", st)
+	}
+	if nas < cfg.GARPRepeat || nas > 2*cfg.GARPRepeat || st.GARPSuppressed < 18 || nas%cfg.GARPRepeat != 0 {
+		t.Errorf("%d NAs and %d bursts suppressed: want one or two bursts of %d", nas, st.GARPSuppressed, cfg.GARPRepeat)
+	}
+}
