@@ -153,7 +153,7 @@ func (a *Advert) Marshal(mode ChecksumMode, src, dst netip.Addr) ([]byte, error)
 	off := headerLen
 	for _, ip := range a.Addrs {
 		switch {
-		case is6 && ip.Is6() && !ip.Is4In6():
+		case is6 && ip.Is6(): // a mapped one too: the bytes as decoded
 			v := ip.As16()
 			copy(b[off:], v[:])
 		case !is6 && ip.Is4():
@@ -209,7 +209,7 @@ func Unmarshal(b []byte, src, dst netip.Addr) (*Advert, error) {
 	if a.Type != TypeAdvertisement {
 		return nil, fmt.Errorf("%w: %d", ErrType, a.Type)
 	}
-	is6 := src.Is6()
+	is6 := src.Is6() && !src.Is4In6()
 	if is6 && a.Version != 3 {
 		return nil, fmt.Errorf("%w: %d over IPv6", ErrVersion, a.Version)
 	}

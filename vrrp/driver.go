@@ -418,9 +418,9 @@ func (d *driver) sendAdvert(prio uint8) {
 }
 
 // sendGARP sends a burst of gratuitous ARPs, or for IPv6 unsolicited
-// neighbour advertisements (k.garp is the family's): the first round at once (right after the advert),
-// the rest, if spaced by GARPInterval, from a goroutine that a later burst or
-// leaving MASTER cancels.
+// neighbour advertisements (k.garp is the family's): the first round at
+// once (right after the advert), the rest, if spaced by GARPInterval, from a
+// goroutine that a later burst or leaving MASTER cancels.
 func (d *driver) sendGARP() {
 	// Copies: the goroutine below outlives this call, and a reload may
 	// change the config meanwhile.
