@@ -123,18 +123,26 @@ func openKernel(cfg *Config, log *slog.Logger) (_ *kernel, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("interface %s: %w", cfg.Interface, err)
 	}
+	// Each through a variable: a nil *rawConn in k.conn would not be a nil
+	// packetConn to k.close, which would call its Close.
 	if is6 {
-		if k.conn, err = openRawConn6(ifi, len(cfg.UnicastPeers) == 0); err != nil {
+		c6, err := openRawConn6(ifi, len(cfg.UnicastPeers) == 0)
+		if err != nil {
 			return nil, err
 		}
-		if k.garp, err = openNASender(ifi); err != nil {
+		k.conn = c6
+		na, err := openNASender(ifi)
+		if err != nil {
 			return nil, err
 		}
+		k.garp = na
 		return k, nil
 	}
-	if k.conn, err = openRawConn(ifi, len(cfg.UnicastPeers) == 0); err != nil {
+	c4, err := openRawConn(ifi, len(cfg.UnicastPeers) == 0)
+	if err != nil {
 		return nil, err
 	}
+	k.conn = c4
 	c, err := arp.Dial(ifi)
 	if err != nil {
 		return nil, fmt.Errorf("arp socket on %s: %w", cfg.Interface, err)
