@@ -690,3 +690,40 @@ func TestNetnsIPv6LowerPriorityStorm(t *testing.T) {
 		t.Errorf("%d NAs and %d bursts suppressed: want one or two bursts of %d", nas, st.GARPSuppressed, cfg.GARPRepeat)
 	}
 }
+
+// TestNetnsIPv6AdminDownUp: `ip link set eth0 down` removes an
+// interface's IPv6 addresses; on up the kernel makes its link-local
+// address again, in DAD for about a second, and adverts cannot be sent from
+// it meanwhile (counted as send errors) while the returning master has
+// taken over: both are master until DAD ends. With optimistic_dad=1 on the
+// interface (README) the address is usable at once and no advert fails;
+// without it (the control) some do.
+func TestNetnsIPv6AdminDownUp(t *testing.T) {
+	for _, optimistic := range []bool{true, false} {
+		t.Run(fmt.Sprintf("optimistic_dad=%v", optimistic), func(t *testing.T) {
+			p := newPair6(t)
+			if optimistic {
+				if _, err := p.a.Run("sysctl", "-qw", "net.ipv6.conf.eth0.optimistic_dad=1"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			a := startDirector(t, p.a, labConfig6("a", 150))
+			b := startDirector(t, p.b, labConfig6("b", 100))
+			mastered6(t, a, b, 5*time.Second)
+			if err := p.a.SetLink("eth0", false); err != nil {
+				t.Fatal(err)
+			}
+			mastered6(t, b, a, 3*time.Second)
+			if err := p.a.SetLink("eth0", true); err != nil {
+				t.Fatal(err)
+			}
+			mastered6(t, a, b, 5*time.Second)
+			waitFor(t, "b following a", 3*time.Second, func() bool { return b.Status().Master == linkLocal(t, p.a) })
+			errs := a.Status().SendErrors
+			t.Logf("send errors of the returning master: %d", errs)
+			if optimistic != (errs == 0) {
+				t.Errorf("optimistic_dad=%v: %d send errors", optimistic, errs)
+			}
+		})
+	}
+}
