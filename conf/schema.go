@@ -76,6 +76,8 @@ type VRRPInstance struct {
 	// Checksum is the VRRPv3 checksum form sent: "keepalived" (over an IPv4
 	// pseudo-header, what keepalived sends and expects by default) or "rfc"
 	// (RFC 9568: the VRRP message only). Both are accepted on receive.
+	// IPv4 only: an IPv6 advert's checksum always covers the IPv6
+	// pseudo-header.
 	Checksum     string           `toml:"checksum"`
 	GARPRepeat   int              `toml:"garp_master_repeat"`
 	GARPDelay    Duration         `toml:"garp_master_delay"`

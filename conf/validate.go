@@ -45,9 +45,12 @@ func (v *validator) warnf(path, format string, args ...any) {
 
 func (v *validator) run() {
 	v.global()
+	// A VRID is unique per interface and address family (RFC 9568: IPv4
+	// and IPv6 virtual routers are separate, with their own adverts).
 	type ifVRID struct {
 		ifname string
 		vrid   int
+		family string
 	}
 	seenName := map[string]string{}
 	seenVRID := map[ifVRID]string{}
@@ -62,7 +65,11 @@ func (v *validator) run() {
 				seenName[in.Name] = p
 			}
 		}
-		k := ifVRID{in.Interface, in.VRID}
+		var family string
+		if len(in.Runtime.VIPs) > 0 {
+			family = vrrp.Family(in.Runtime.VIPs[0].Addr())
+		}
+		k := ifVRID{in.Interface, in.VRID, family}
 		if in.Interface != "" && in.VRID != 0 {
 			if prev, ok := seenVRID[k]; ok {
 				v.errf(p+".virtual_router_id", "VRID %d on %s is already used by %s", in.VRID, in.Interface, prev)
@@ -192,6 +199,9 @@ func (v *validator) vrrp(p string, in *VRRPInstance) {
 	if len(in.VIPs) > vrrp.MaxVIPs {
 		v.errf(p+".virtual_ipaddress", "%d VIPs; an advert carries at most %d", len(in.VIPs), vrrp.MaxVIPs)
 	}
+	// One instance is one address family: that of its first VIP. An
+	// advert carries addresses of one family, in a packet of that family.
+	var fam, first string
 	seen := map[netip.Addr]bool{}
 	for j, s := range in.VIPs {
 		pp := fmt.Sprintf("%s.virtual_ipaddress[%d]", p, j)
@@ -204,20 +214,40 @@ func (v *validator) vrrp(p string, in *VRRPInstance) {
 			v.errf(pp, "VIP %s is listed twice", pfx.Addr())
 		}
 		seen[pfx.Addr()] = true
+		if f := vrrp.Family(pfx.Addr()); fam == "" {
+			fam, first = f, fmt.Sprintf("virtual_ipaddress[%d] (%s)", j, pfx.Addr())
+		} else if f != fam {
+			v.errf(pp, "%s is %s but %s is %s: one vrrp_instance is one address family (put the %s VIPs in an instance of their own)",
+				pfx.Addr(), f, first, fam, f)
+		}
 		rt.VIPs = append(rt.VIPs, pfx)
 	}
+	if fam == "IPv6" {
+		if in.Version == 2 {
+			v.errf(p+".version", "VRRPv2 carries IPv4 only and %s is IPv6 (use version = 3, RFC 9568)", first)
+		}
+		if in.Checksum == "rfc" {
+			v.errf(p+".checksum", "the checksum form applies only to IPv4: over IPv6 it always covers the IPv6 pseudo-header")
+		}
+	}
 	if in.UnicastSrc != "" {
-		a, err := parseAddr4(in.UnicastSrc)
+		a, err := parseAddr(in.UnicastSrc)
 		if err != nil {
 			v.errf(p+".unicast_src_ip", "%v", err)
+		} else if f := vrrp.Family(a); fam != "" && f != fam {
+			v.errf(p+".unicast_src_ip", "%s is %s but the instance is %s, like %s", a, f, fam, first)
 		}
 		rt.UnicastSrc = a
 	}
 	for j, s := range in.UnicastPeers {
-		a, err := parseAddr4(s)
+		pp := fmt.Sprintf("%s.unicast_peer[%d]", p, j)
+		a, err := parseAddr(s)
 		if err != nil {
-			v.errf(fmt.Sprintf("%s.unicast_peer[%d]", p, j), "%v", err)
+			v.errf(pp, "%v", err)
 			continue
+		}
+		if f := vrrp.Family(a); fam != "" && f != fam {
+			v.errf(pp, "%s is %s but the instance is %s, like %s", a, f, fam, first)
 		}
 		rt.UnicastPeers = append(rt.UnicastPeers, a)
 	}
@@ -336,21 +366,37 @@ func parseAddr4(s string) (netip.Addr, error) {
 	return a, nil
 }
 
-// parseVIP accepts "10.0.0.1/24" or a bare address, taken as /32 as keepalived does.
+// parseAddr accepts an IPv4 or IPv6 address of a VRRP instance, without
+// a zone (the instance's interface is the zone of a link-local one).
+func parseAddr(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		return netip.Addr{}, fmt.Errorf("%q is not an IP address", s)
+	case a.Zone() != "":
+		return netip.Addr{}, fmt.Errorf("%q has a zone: leave it out (the instance's interface is the zone)", s)
+	case vrrp.Family(a) == "invalid":
+		return netip.Addr{}, fmt.Errorf("%q is an IPv4-mapped IPv6 address: write the IPv4 address", s)
+	}
+	return a, nil
+}
+
+// parseVIP accepts "10.0.0.1/24", "2001:db8::200/64" or a bare address,
+// taken as /32 (/128 for IPv6) as keepalived does.
 func parseVIP(s string) (netip.Prefix, error) {
 	if !strings.Contains(s, "/") {
-		a, err := parseAddr4(s)
+		a, err := parseAddr(s)
 		if err != nil {
 			return netip.Prefix{}, err
 		}
-		return netip.PrefixFrom(a, 32), nil
+		return netip.PrefixFrom(a, a.BitLen()), nil
 	}
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%q is not an address/prefix like 192.168.94.200/24", s)
+		return netip.Prefix{}, fmt.Errorf("%q is not an address/prefix like 192.168.94.200/24 or 2001:db8::200/64", s)
 	}
-	if !p.Addr().Is4() {
-		return netip.Prefix{}, fmt.Errorf("%q is not an IPv4 address (lvsha handles IPv4 only for now)", s)
+	if vrrp.Family(p.Addr()) == "invalid" {
+		return netip.Prefix{}, fmt.Errorf("%q is an IPv4-mapped IPv6 address: write the IPv4 address", s)
 	}
 	return p, nil
 }

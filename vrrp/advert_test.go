@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -297,6 +298,14 @@ func TestPcapFrames(t *testing.T) {
 					t.Errorf("%s frame %d: re-encode %x, %v; want %x", path, i, b, err, payload)
 				}
 				nvrrp++
+			case 0x86dd: // IPv6: a VRRP advert or an unsolicited NA
+				v, na := checkIPv6Frame(t, fmt.Sprintf("%s frame %d", path, i), f)
+				if v {
+					nvrrp++
+				}
+				if na {
+					narp++
+				}
 			default:
 				t.Errorf("%s frame %d: ethertype %#x", path, i, binary.BigEndian.Uint16(f[12:]))
 			}
@@ -304,13 +313,21 @@ func TestPcapFrames(t *testing.T) {
 		if nvrrp == 0 {
 			t.Errorf("%s: no VRRP frames", path)
 		}
-		t.Logf("%s: %d VRRP, %d ARP frames", filepath.Base(path), nvrrp, narp)
+		t.Logf("%s: %d VRRP, %d GARP/NA frames", filepath.Base(path), nvrrp, narp)
 	}
 }
 
 func FuzzUnmarshal(f *testing.F) {
 	for _, v := range loadVectors(f) {
 		f.Add(v.payload, v.src.AsSlice(), v.dst.AsSlice())
+	}
+	// IPv6 adverts too: the family of the source picks the decoding.
+	for _, file := range []string{"keepalived-2.2.7-v6.pcap", "keepalived-2.2.7-v6uni.pcap"} {
+		for _, fr := range pcapFrames(f, filepath.Join(interopDir, file)) {
+			if p := parseIPv6Frame(f, fr); p.nextHeader == Protocol {
+				f.Add(p.payload, p.src.AsSlice(), p.dst.AsSlice())
+			}
+		}
 	}
 	f.Fuzz(func(t *testing.T, b, s, d []byte) {
 		src, _ := netip.AddrFromSlice(s)

@@ -1,12 +1,14 @@
 // Package vrrp implements the Virtual Router Redundancy Protocol for IPv4
-// (VRRPv3, RFC 5798 / RFC 9568, and VRRPv2, RFC 3768, for old peers such as
-// keepalived configured with version 2).
+// and IPv6 (VRRPv3, RFC 5798 / RFC 9568, and VRRPv2, RFC 3768, IPv4 only,
+// for old peers such as keepalived configured with version 2). One
+// instance is one address family, that of its VIPs.
 //
 // It has three layers:
 //
 //   - advert.go: the advertisement codec (Marshal/Unmarshal with sentinel
 //     errors). Both VRRPv3 IPv4 checksum forms are accepted; the one sent is
 //     chosen with ChecksumMode (default: keepalived's, over a pseudo-header).
+//     IPv6 adverts have one form, over the IPv6 pseudo-header.
 //   - events.go, machine.go, receive.go: Machine, the pure state machine
 //     (INIT, BACKUP, MASTER, FAULT). Step takes an Event and the current time
 //     and returns Actions; Receive takes a packet as read from the socket,
@@ -19,7 +21,8 @@
 //     its driver.
 //     The driver turns socket reads, timers and netlink link events into
 //     inputs of the machine, carries out the actions (adverts on a raw IP
-//     socket, VIPs with netlink, gratuitous ARPs with mdlayher/arp, notify
+//     socket, VIPs with netlink, gratuitous ARPs with mdlayher/arp or for
+//     IPv6 unsolicited neighbour advertisements with mdlayher/ndp, notify
 //     commands on their own goroutine), and reaches the kernel only through
 //     small interfaces that the unit tests fake under testing/synctest.
 //

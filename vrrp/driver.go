@@ -396,7 +396,7 @@ func (d *driver) sendAdvert(prio uint8) {
 	cfg := &d.in.cfg
 	dsts := cfg.UnicastPeers
 	if len(dsts) == 0 {
-		dsts = []netip.Addr{Group}
+		dsts = []netip.Addr{GroupFor(cfg.VIPs[0].Addr())}
 	}
 	a := d.m.Advert(prio)
 	for _, dst := range dsts {
@@ -417,9 +417,10 @@ func (d *driver) sendAdvert(prio uint8) {
 	}
 }
 
-// sendGARP sends a burst: the first round at once (right after the advert),
-// the rest, if spaced by GARPInterval, from a goroutine that a later burst or
-// leaving MASTER cancels.
+// sendGARP sends a burst of gratuitous ARPs, or for IPv6 unsolicited
+// neighbour advertisements (k.garp is the family's): the first round at
+// once (right after the advert), the rest, if spaced by GARPInterval, from a
+// goroutine that a later burst or leaving MASTER cancels.
 func (d *driver) sendGARP() {
 	// Copies: the goroutine below outlives this call, and a reload may
 	// change the config meanwhile.

@@ -122,7 +122,8 @@ type (
 	RemoveVIPs struct{}
 )
 
-// SendGARP sends one burst of gratuitous ARPs for every VIP.
+// SendGARP sends one burst of gratuitous ARPs for every VIP (unsolicited
+// neighbour advertisements for IPv6 VIPs).
 type SendGARP struct{}
 
 // Notify reports a state transition and why it happened.

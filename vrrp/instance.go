@@ -158,8 +158,6 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("auth_pass longer than %d bytes", MaxAuthPass)
 	case c.AuthPass != "" && c.Version != 2:
 		return errors.New("auth_pass needs version 2 (VRRPv3 has no authentication)")
-	case c.UnicastSrc.IsValid() && !c.UnicastSrc.Is4():
-		return fmt.Errorf("unicast_src_ip %s is not IPv4", c.UnicastSrc)
 	case c.GARPRepeat < 1:
 		return errors.New("garp_master_repeat must be at least 1")
 	case c.NotifyTimeout <= 0:
@@ -168,17 +166,41 @@ func (c *Config) Validate() error {
 	if err := CheckAdvertInterval(c.Version, c.AdvertInterval); err != nil {
 		return fmt.Errorf("advert_interval %w", err)
 	}
+	// One instance is one address family, its first VIP's: an advert
+	// carries addresses of one family, in packets of that family.
+	fam := Family(c.VIPs[0].Addr())
+	if fam == "IPv6" && c.Version != 3 {
+		return fmt.Errorf("virtual address %s is IPv6: only VRRPv3 carries IPv6 (set version = 3)", c.VIPs[0])
+	}
 	for _, v := range c.VIPs {
-		if !v.Addr().Is4() {
-			return fmt.Errorf("virtual address %s is not IPv4", v)
+		if Family(v.Addr()) == "invalid" {
+			return fmt.Errorf("virtual address %s is neither IPv4 nor IPv6", v)
+		}
+		if Family(v.Addr()) != fam {
+			return fmt.Errorf("virtual address %s is not %s like %s (one instance is one address family)", v, fam, c.VIPs[0])
 		}
 	}
+	if c.UnicastSrc.IsValid() && Family(c.UnicastSrc) != fam {
+		return fmt.Errorf("unicast_src_ip %s is not %s like the virtual addresses", c.UnicastSrc, fam)
+	}
 	for _, p := range c.UnicastPeers {
-		if !p.Is4() {
-			return fmt.Errorf("unicast peer %s is not IPv4", p)
+		if Family(p) != fam {
+			return fmt.Errorf("unicast peer %s is not %s like the virtual addresses", p, fam)
 		}
 	}
 	return nil
+}
+
+// Family names the address family of ip: "IPv4" or "IPv6" (an IPv4-mapped
+// IPv6 address is neither, and no VRRP address).
+func Family(ip netip.Addr) string {
+	switch {
+	case ip.Is4():
+		return "IPv4"
+	case ip.Is6() && !ip.Is4In6():
+		return "IPv6"
+	}
+	return "invalid"
 }
 
 // MaxVIPs is the most addresses an advert carries: its count is one byte.

@@ -562,17 +562,30 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("valid config: %v", err)
 	}
 	bad := map[string]func(c *Config){
-		"no interface":      func(c *Config) { c.Interface = "" },
-		"vrid 0":            func(c *Config) { c.VRID = 0 },
-		"priority 0":        func(c *Config) { c.Priority = 0 },
-		"version 4":         func(c *Config) { c.Version = 4 },
-		"no vips":           func(c *Config) { c.VIPs = nil },
-		"long password":     func(c *Config) { c.Version, c.AuthPass = 2, "123456789" },
-		"v3 password":       func(c *Config) { c.AuthPass = "x" },
-		"v3 5ms":            func(c *Config) { c.AdvertInterval = 5 * time.Millisecond },
-		"v3 41s":            func(c *Config) { c.AdvertInterval = 41 * time.Second },
-		"v2 1.5s":           func(c *Config) { c.Version, c.AdvertInterval = 2, 1500*time.Millisecond },
-		"ipv6 vip":          func(c *Config) { c.VIPs = []netip.Prefix{netip.MustParsePrefix("::1/128")} },
+		"no interface":  func(c *Config) { c.Interface = "" },
+		"vrid 0":        func(c *Config) { c.VRID = 0 },
+		"priority 0":    func(c *Config) { c.Priority = 0 },
+		"version 4":     func(c *Config) { c.Version = 4 },
+		"no vips":       func(c *Config) { c.VIPs = nil },
+		"long password": func(c *Config) { c.Version, c.AuthPass = 2, "123456789" },
+		"v3 password":   func(c *Config) { c.AuthPass = "x" },
+		"v3 5ms":        func(c *Config) { c.AdvertInterval = 5 * time.Millisecond },
+		"v3 41s":        func(c *Config) { c.AdvertInterval = 41 * time.Second },
+		"v2 1.5s":       func(c *Config) { c.Version, c.AdvertInterval = 2, 1500*time.Millisecond },
+		// One instance is one address family; v2 carries IPv4 only.
+		"v2 ipv6 vip": func(c *Config) {
+			c.Version, c.AdvertInterval, c.VIPs = 2, time.Second, []netip.Prefix{netip.MustParsePrefix("2001:db8::1/64")}
+		},
+		"mixed vips": func(c *Config) {
+			c.VIPs = append(c.VIPs, netip.MustParsePrefix("2001:db8::1/64"))
+		},
+		"mapped vip":        func(c *Config) { c.VIPs = []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.1/128")} },
+		"ipv6 unicast src":  func(c *Config) { c.UnicastSrc = netip.MustParseAddr("fe80::1") },
+		"ipv6 unicast peer": func(c *Config) { c.UnicastPeers = []netip.Addr{netip.MustParseAddr("2001:db8::2")} },
+		"ipv4 peer of ipv6": func(c *Config) {
+			c.VIPs = []netip.Prefix{netip.MustParsePrefix("2001:db8::1/64")}
+			c.UnicastPeers = []netip.Addr{netip.MustParseAddr("10.0.0.2")}
+		},
 		"no version":        func(c *Config) { c.Version = 0 },
 		"no interval":       func(c *Config) { c.AdvertInterval = 0 },
 		"garp repeat 0":     func(c *Config) { c.GARPRepeat = 0 },
@@ -584,6 +597,12 @@ func TestConfigValidate(t *testing.T) {
 		if _, err := New(c, nil); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+	v6 := ok
+	v6.VIPs = []netip.Prefix{netip.MustParsePrefix("2001:db8::1/64"), netip.MustParsePrefix("2001:db8::2/128")}
+	v6.UnicastSrc, v6.UnicastPeers = netip.MustParseAddr("fe80::1"), []netip.Addr{netip.MustParseAddr("fe80::2")}
+	if _, err := New(v6, nil); err != nil {
+		t.Errorf("valid IPv6 config: %v", err)
 	}
 }
 

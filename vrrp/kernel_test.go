@@ -4,6 +4,11 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -56,5 +61,32 @@ func TestLinkWatchResubscribes(t *testing.T) {
 	}
 	if calls != 2 {
 		t.Errorf("subscribed %d times, want 2", calls)
+	}
+}
+
+// TestOpenKernelWithoutRawSockets: without CAP_NET_RAW the raw socket
+// fails; openKernel must return that error (closing what it opened), not
+// panic on a nil socket. Run as root, the test runs itself as nobody.
+func TestOpenKernelWithoutRawSockets(t *testing.T) {
+	if os.Geteuid() == 0 {
+		cmd := exec.Command("/proc/self/exe", "-test.run=^TestOpenKernelWithoutRawSockets$", "-test.count=1", "-test.v")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS") {
+			t.Fatalf("as nobody: %v\n%s", err, out)
+		}
+		t.Logf("as nobody:\n%s", out)
+		return
+	}
+	for _, c := range []Config{
+		{Interface: "lo", VIPs: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/8")}},
+		{Interface: "lo", VIPs: []netip.Prefix{netip.MustParsePrefix("2001:db8::1/128")}, UnicastSrc: netip.MustParseAddr("::1")},
+	} {
+		k, err := openKernel(&c, slog.New(slog.DiscardHandler))
+		if err == nil {
+			k.close()
+			t.Skip("raw sockets are allowed here: nothing to test") // not root, but with CAP_NET_RAW
+		}
+		t.Logf("%s: %v", c.VIPs[0], err)
 	}
 }

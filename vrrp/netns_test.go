@@ -56,6 +56,7 @@ func runChild(js, statusFile string) int {
 		log.Error("child", "err", err)
 		return 2
 	}
+	childOptions(in)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	go func() {
@@ -675,6 +676,11 @@ vrrp_instance VI_1 {
 		s += "    " + v.String() + "\n"
 	}
 	s += "  }\n"
+	if cfg.UnicastSrc.Is6() {
+		// keepalived 2.2.7 leaves an IPv6 unicast advert's hop limit to
+		// the kernel (64) otherwise; lvsha requires 255.
+		s += "  unicast_ttl 255\n"
+	}
 	if cfg.UnicastSrc.IsValid() {
 		s += "  unicast_src_ip " + cfg.UnicastSrc.String() + "\n  unicast_peer {\n"
 		for _, p := range cfg.UnicastPeers {

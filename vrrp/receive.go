@@ -11,7 +11,7 @@ import (
 // checks need from the IP header that carried it.
 type Packet struct {
 	Src, Dst netip.Addr
-	TTL      int
+	TTL      int    // the IPv4 TTL, or the IPv6 hop limit
 	Payload  []byte // the IP payload: the VRRP message
 }
 
@@ -36,7 +36,7 @@ func (m *Machine) check(p Packet) (*Advert, string) {
 	if p.Src == m.cfg.PrimaryIP {
 		return nil, "own"
 	}
-	// Only a router on the link can send with TTL 255.
+	// Only a router on the link can send with TTL (hop limit) 255.
 	if p.TTL != 255 {
 		return nil, "ttl"
 	}

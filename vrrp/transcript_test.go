@@ -32,8 +32,9 @@ import (
 //	fire NAME TIMER                                a timer fires, armed or not (left armed)
 //	inject NAME from=A [to=A] [ttl=N] [version=N] [vrid=N] [prio=N]
 //	       [interval=D] [auth=PASS] [addrs=A,...]  a packet from outside, by default
-//	                                               a valid advert from 10.0.0.200,
-//	                                               priority 100
+//	       [checksum=bad]                          a valid advert from 10.0.0.200
+//	                                               (fe80::200 to ff02::12 for a
+//	                                               node with IPv6 VIPs), priority 100
 //	reconfigure NAME [garp-delay=D] [garp-refresh=D] [track=IF:W,...]
 //	                                               Reconfigured (a reload in place)
 //	cut NAME / join NAME                           take a node off the link / back
@@ -42,8 +43,9 @@ import (
 //	status [NAME...]                               the state of the nodes
 //
 // Adverts a node sends reach the other nodes on the link (with peers, the
-// peers) at once, in the order they were sent; timers due at the same time
-// fire in node order, then in TimerKind order.
+// peers) at once, in the order they were sent, to the group of the VIPs'
+// family (an IPv6 node is given ip=fe80::N and IPv6 vips); timers due at
+// the same time fire in node order, then in TimerKind order.
 func TestTranscript(t *testing.T) {
 	transcript.Run(t, "testdata/*.txt", func(t *testing.T) func(transcript.Block) []string {
 		n := &simNet{t: t, now: t0}
@@ -320,6 +322,10 @@ func (n *simNet) injected(x *simNode, args []string) (Packet, error) {
 	c := x.cfg
 	a := &Advert{Version: uint8(c.Version), Type: TypeAdvertisement, VRID: c.VRID, Priority: 100, Addrs: c.VIPs}
 	p := Packet{Src: netip.MustParseAddr("10.0.0.200"), Dst: Group, TTL: 255}
+	if c.VIPs[0].Is6() {
+		p.Src, p.Dst = netip.MustParseAddr("fe80::200"), Group6
+	}
+	badChecksum := false
 	interval := c.AdvertInterval
 	auth := c.AuthPass
 	for k, v := range kv {
@@ -347,6 +353,8 @@ func (n *simNet) injected(x *simNode, args []string) (Packet, error) {
 			auth = v
 		case "addrs":
 			a.Addrs, err = addrList(v)
+		case "checksum":
+			badChecksum = v == "bad"
 		default:
 			err = fmt.Errorf("unknown key %q", k)
 		}
@@ -364,6 +372,9 @@ func (n *simNet) injected(x *simNode, args []string) (Packet, error) {
 		}
 	}
 	p.Payload, err = a.Marshal(ChecksumPseudoHeader, p.Src, p.Dst)
+	if badChecksum && err == nil {
+		p.Payload[7] ^= 0xff
+	}
 	return p, err
 }
 
@@ -405,7 +416,7 @@ func (n *simNet) deliver(first delivery) {
 				}
 				dsts := x.cfg.UnicastPeers
 				if len(dsts) == 0 {
-					dsts = []netip.Addr{Group}
+					dsts = []netip.Addr{GroupFor(x.cfg.VIPs[0])}
 				}
 				for _, dst := range dsts {
 					b, err := x.m.Advert(a.Priority).Marshal(ChecksumPseudoHeader, x.cfg.PrimaryIP, dst)
@@ -413,7 +424,7 @@ func (n *simNet) deliver(first delivery) {
 						n.t.Fatal(err)
 					}
 					for _, y := range n.nodes {
-						if y != x && !y.cut && (dst == Group || dst == y.cfg.PrimaryIP) {
+						if y != x && !y.cut && (dst.IsMulticast() || dst == y.cfg.PrimaryIP) {
 							queue = append(queue, delivery{to: y, p: Packet{Src: x.cfg.PrimaryIP, Dst: dst, TTL: 255, Payload: b}})
 						}
 					}

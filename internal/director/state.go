@@ -234,7 +234,7 @@ func removeVIPs(h *netlink.Handle, instance string, hv heldVIPs, log *slog.Logge
 	}
 	var list []netlink.Addr
 	for range 5 {
-		list, err = h.AddrList(link, netlink.FAMILY_ALL)
+		list, err = h.AddrList(link, netlink.FAMILY_ALL) // IPv6 instances' VIPs too
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
 		}
