@@ -126,8 +126,14 @@ func TestLeftoverVIPsAfterKill(t *testing.T) {
 		t.Error("lvsha cleanup left the killed master's VIP")
 	}
 
-	// Killed again; then the config names another instance and VIP.
+	// Killed again (once the record, which cleanup emptied, names the VIP
+	// again: it is written after MASTER); then the config names another
+	// instance and VIP.
 	d = l.start()
+	waitCond(t, "the VIP in the record again", func() bool {
+		held, err := readVIPRecord(record)
+		return err == nil && fmt.Sprint(held["VI_1"].VIPs) == "[10.98.0.100/24]"
+	})
 	l.kill(d)
 	if !l.holds(vip1) {
 		t.Fatal("the killed master's VIP is gone by itself")
