@@ -382,6 +382,9 @@ type nlAddrs struct {
 	link netlink.Link
 }
 
+// infiniteLifetime is the kernel's INFINITY_LIFE_TIME.
+const infiniteLifetime = 0xFFFFFFFF
+
 func prefixAddr(p netip.Prefix) *netlink.Addr {
 	a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
 	if p.Addr().Is6() {
@@ -390,6 +393,15 @@ func prefixAddr(p netip.Prefix) *netlink.Addr {
 		// address (its NA could not be sent either), and the backup
 		// that just gave it up may still answer for it.
 		a.Flags = unix.IFA_F_NODAD
+		// Preferred lifetime 0 (deprecated), valid forever: the kernel
+		// then never picks the VIP as the source of the director's own
+		// connections (RFC 6724 rule 3), as an IPv4 VIP, a secondary
+		// address, is never picked. Otherwise the VIP, sharing the /64
+		// of the director's own address and added last, wins the tie and
+		// the master's health checks leave from the VIP: a DR real
+		// server holds it on lo and answers itself, every check fails.
+		// Traffic to the VIP is accepted as from any valid address.
+		a.PreferedLft, a.ValidLft = 0, infiniteLifetime
 	}
 	return a
 }

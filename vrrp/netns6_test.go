@@ -595,9 +595,9 @@ func TestNetnsDualStack(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		`lvsha_vrrp_state{instance="VI_6",state="MASTER"} 1`,
-		`lvsha_vrrp_state{instance="VI_4",state="MASTER"} 1`,
-		`lvsha_vrrp_adverts_sent_total{instance="VI_6"}`,
+		`lvsha_vrrp_state{state="MASTER",vrrp_instance="VI_6"} 1`,
+		`lvsha_vrrp_state{state="MASTER",vrrp_instance="VI_4"} 1`,
+		`lvsha_vrrp_adverts_sent_total{vrrp_instance="VI_6"}`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("metrics lack %s", want)

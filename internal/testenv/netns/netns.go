@@ -159,7 +159,7 @@ type Neighbour struct {
 	State int // netlink.NUD_*
 }
 
-// Neighbours returns the IPv4 neighbour table of the namespace.
+// Neighbours returns the neighbour tables (ARP and NDP) of the namespace.
 func (n *NS) Neighbours() ([]Neighbour, error) {
 	h, err := n.Handle()
 	if err != nil {
@@ -168,7 +168,7 @@ func (n *NS) Neighbours() ([]Neighbour, error) {
 	defer h.Close()
 	var list []netlink.Neigh
 	for range 5 {
-		list, err = h.NeighList(0, netlink.FAMILY_V4)
+		list, err = h.NeighList(0, netlink.FAMILY_ALL)
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
 		}
@@ -178,11 +178,11 @@ func (n *NS) Neighbours() ([]Neighbour, error) {
 	}
 	out := make([]Neighbour, 0, len(list))
 	for _, e := range list {
-		ip, ok := netip.AddrFromSlice(e.IP.To4())
+		ip, ok := netip.AddrFromSlice(e.IP)
 		if !ok {
 			continue
 		}
-		out = append(out, Neighbour{IP: ip, MAC: e.HardwareAddr, State: e.State})
+		out = append(out, Neighbour{IP: ip.Unmap(), MAC: e.HardwareAddr, State: e.State})
 	}
 	return out, nil
 }
