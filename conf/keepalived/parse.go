@@ -79,6 +79,9 @@ type Options struct {
 // includes a new copy of itself, by a different path, forever).
 const maxIncludeDepth = 32
 
+// maxBraces bounds the {a,b} expressions of one include pattern.
+const maxBraces = 8
+
 // line is one logical line of the input, as keepalived's read_line hands it
 // on: a brace outside quotes is a line of its own.
 type line struct {
@@ -331,6 +334,11 @@ func (r *reader) include(file string, num int, pattern string) {
 	if !filepath.IsAbs(pattern) {
 		// keepalived changes into the directory of each file it opens.
 		pattern = filepath.Join(filepath.Dir(file), pattern)
+	}
+	if strings.Count(pattern, "{") > maxBraces {
+		// Each {a,b} doubles the patterns to glob.
+		r.fail(file, num, "include %s: more than %d braces", pattern, maxBraces)
+		return
 	}
 	matches, err := r.opt.Glob(pattern)
 	if err != nil {

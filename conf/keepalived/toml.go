@@ -72,7 +72,7 @@ func render(head string, secs []*section) []byte {
 		}
 		b.WriteString("\n")
 		if s.comment != "" {
-			b.WriteString("# " + s.comment + "\n")
+			b.WriteString("# " + commentText(s.comment) + "\n")
 		}
 		if s.header != "" {
 			b.WriteString(s.header + "\n")
@@ -82,4 +82,15 @@ func render(head string, secs []*section) []byte {
 		}
 	}
 	return []byte(b.String())
+}
+
+// commentText makes s fit on a TOML comment line: valid UTF-8 without
+// control characters.
+func commentText(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "\uFFFD"))
 }
