@@ -32,17 +32,26 @@ func runImport(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&out, "o", "", "")
 	fs.BoolVar(&check, "check", false, "")
 	fs.StringVar(&id, "config-id", id, "")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, importUsage)
-			return exitOK
+	// Flags may follow the file: `lvsha import keepalived.conf -o FILE`.
+	var files []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fmt.Fprint(stdout, importUsage)
+				return exitOK
+			}
+			return importUsageErr(stderr, err.Error())
 		}
-		return importUsageErr(stderr, err.Error())
+		if fs.NArg() == 0 {
+			break
+		}
+		files = append(files, fs.Arg(0))
+		args = fs.Args()[1:]
 	}
-	if fs.NArg() != 1 {
+	if len(files) != 1 {
 		return importUsageErr(stderr, "import takes one keepalived config file")
 	}
-	file := fs.Arg(0)
+	file := files[0]
 	root, warnings, err := keepalived.ParseFile(file, keepalived.Options{ConfigID: id})
 	for _, w := range warnings {
 		fmt.Fprintln(stderr, w)
