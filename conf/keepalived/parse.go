@@ -642,9 +642,7 @@ func expandBraces(s string) []string {
 	var out []string
 	prev := start + 1
 	for _, c := range append(commas, end) {
-		for _, e := range expandBraces(s[:start] + s[prev:c] + s[end+1:]) {
-			out = append(out, e)
-		}
+		out = append(out, expandBraces(s[:start]+s[prev:c]+s[end+1:])...)
 		prev = c + 1
 	}
 	return out

@@ -66,7 +66,6 @@ type translator struct {
 	garpDelay   time.Duration
 	garpRefresh time.Duration
 	garpIntvl   time.Duration
-	vrrpSeen    bool
 }
 
 func (t *translator) warn(n *Node, format string, args ...any) {
