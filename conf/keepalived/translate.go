@@ -66,6 +66,9 @@ type translator struct {
 	garpDelay   time.Duration
 	garpRefresh time.Duration
 	garpIntvl   time.Duration
+	// synced are the instances of vrrp_sync_groups: keepalived ignores
+	// their tracked interfaces' weights.
+	synced map[string]bool
 }
 
 func (t *translator) warn(n *Node, format string, args ...any) {
@@ -142,9 +145,19 @@ func (t *translator) run(root *Node) {
 	t.global = &section{header: "[global]"}
 	t.secs = append(t.secs, t.global)
 	// global_defs applies to every instance wherever it stands.
+	t.synced = map[string]bool{}
 	for _, n := range root.Children {
-		if n.Name == "global_defs" {
+		switch n.Name {
+		case "global_defs":
 			t.globalDefs(n)
+		case "vrrp_sync_group":
+			for _, g := range n.Children {
+				if g.Name == "group" {
+					for _, m := range g.Children {
+						t.synced[m.Name] = true
+					}
+				}
+			}
 		}
 	}
 	for _, n := range root.Children {
@@ -392,20 +405,13 @@ func (t *translator) instance(in *Node) {
 			}
 		case "track_interface":
 			for _, ti := range n.Children {
-				tr := track{name: ti.Name}
-				switch {
-				case len(ti.Args) == 0:
-				case len(ti.Args) == 2 && ti.Args[0] == "weight":
-					w, err := strconv.Atoi(ti.Args[1])
-					if err != nil || w < -253 || w > 253 {
-						t.warn(ti, "track_interface %s: weight %q is not in -253..253: left out", ti.Name, ti.Args[1])
-						continue
+				if tr, ok := t.trackInterface(ti); ok {
+					if tr.weight != 0 && t.synced[name] {
+						t.warn(ti, "track_interface %s: keepalived ignores the weight of an instance in a sync group (FAULT while down), and so does the import", tr.name)
+						tr.weight = 0
 					}
-					tr.weight = w
-				default:
-					t.warn(ti, "track_interface %s: options %q left out", ti.Name, strings.Join(ti.Args, " "))
+					tracks = append(tracks, tr)
 				}
-				tracks = append(tracks, tr)
 			}
 		case "notify":
 			argv, user, err := scriptArgv(n)
@@ -452,8 +458,8 @@ func (t *translator) instance(in *Node) {
 	}
 	switch version {
 	case 2:
-		if r := advert.Round(time.Second); r != advert || r < time.Second {
-			r = max(r, time.Second)
+		if r := advert.Round(time.Second); r != advert || r < time.Second || r > 255*time.Second {
+			r = min(max(r, time.Second), 255*time.Second)
 			t.warn(advertNode, "advert_int %s: VRRPv2 carries whole seconds: %s", advert, r)
 			advert = r
 		}
@@ -510,6 +516,29 @@ func (t *translator) instance(in *Node) {
 		s.strs("notify", notify)
 	}
 	t.secs = append(t.secs, s)
+}
+
+// trackInterface reads "IF [weight W]"; a "reverse" weight has no lvsha
+// equivalent and leaves the whole line out, since ignoring only the
+// reverse would turn the adjustment around.
+func (t *translator) trackInterface(n *Node) (track, bool) {
+	tr := track{name: n.Name}
+	for i := 0; i < len(n.Args); i++ {
+		switch {
+		case n.Args[i] == "weight" && i+1 < len(n.Args):
+			w, err := strconv.Atoi(n.Args[i+1])
+			if err != nil || w < -253 || w > 253 {
+				t.warn(n, "track_interface %s: weight %q is not in -253..253: left out", n.Name, n.Args[i+1])
+				return tr, false
+			}
+			tr.weight = w
+			i++
+		default:
+			t.warn(n, "track_interface %s: %q has no lvsha equivalent: interface not tracked", n.Name, strings.Join(n.Args[i:], " "))
+			return tr, false
+		}
+	}
+	return tr, true
 }
 
 // vips translates a virtual_ipaddress block.
