@@ -69,6 +69,7 @@ func TestParseGrammar(t *testing.T) {
 		{"escaped comment marks", `a x\#y\!z` + "\n", "c:1 a [x#y!z]\n"},
 		{"CRLF and tabs", "a\t1\r\nb 2\r\n", "c:1 a [1]\nc:2 b [2]\n"},
 		{"@ID for this host", "@host1 a 1\n@host2 b 2\n@^host2 c 3\n@^host1 d 4\n", "c:1 a [1]\nc:3 c [3]\n"},
+		{"@ without an ID", "@ a 1\nb\n", "c:2 b\n"},
 		{"@ID around a block", "@host2 x {\n}\ny\n", ""},
 		{"parameters", "$P=10.0.0.1\n$Q = eth0\na $P ${Q} $P/24 ${P}/24 $R\n", "c:3 a [10.0.0.1] [eth0] [$P/24] [10.0.0.1/24] [$R]\n"},
 		{"~SEQ left out", "~SEQ(i,1,3) a $i\nb\n", "c:2 b\n"},
@@ -93,6 +94,22 @@ func TestParseGrammar(t *testing.T) {
 				t.Errorf("got\n%s\nwant\n%s", b.String(), tc.want)
 			}
 		})
+	}
+}
+
+// TestNoConfigID: without a config id (keepalived run without -i on a
+// host whose name is empty) no @ID line is for this host, and @^ID ones are.
+func TestNoConfigID(t *testing.T) {
+	o := memFS(nil)
+	o.ConfigID = ""
+	root, _, err := Parse("c", []byte("@ a\n@x b\n@^x c\n@ d 1\n"), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	dump(root, 0, &b)
+	if b.String() != "c:3 c\n" {
+		t.Errorf("got %q", b.String())
 	}
 }
 
