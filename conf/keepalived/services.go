@@ -38,12 +38,15 @@ type check struct {
 }
 
 type realServer struct {
-	node    *Node
-	addr    string
-	weight  int
-	inhibit *bool
-	method  string
-	check   *check
+	node   *Node
+	addr   string
+	weight int
+	// weightSet: the real server has its own weight; without one it
+	// takes its service's (keepalived's vs weight, default 1).
+	weightSet bool
+	inhibit   *bool
+	method    string
+	check     *check
 }
 
 func (t *translator) virtualServer(vs *Node) {
@@ -83,6 +86,7 @@ func (t *translator) virtualServer(vs *Node) {
 	quorum := 1
 	sorry := ""
 	inhibit := false
+	vsWeight := 1
 	var reals []*realServer
 	for _, n := range vs.Children {
 		switch n.Name {
@@ -134,6 +138,12 @@ func (t *translator) virtualServer(vs *Node) {
 			def.alpha = true // a flag here too
 		case "delay_loop", "connect_timeout", "retry", "virtualhost", "delay_before_retry":
 			t.checkDefault(n, &def)
+		case "weight":
+			// The weight of the real servers that set none, wherever it
+			// stands in the block.
+			if v, ok := t.intArg(n, 0, 65535); ok {
+				vsWeight = v
+			}
 		case "real_server":
 			if r := t.realServer(n, def); r != nil {
 				reals = append(reals, r)
@@ -170,6 +180,9 @@ func (t *translator) virtualServer(vs *Node) {
 	}
 	total := 0
 	for _, r := range reals {
+		if !r.weightSet {
+			r.weight = vsWeight
+		}
 		total += r.weight
 		if fwmark != 0 {
 			t.warn(r.node, "real_server %s of a fwmark service: keepalived clears its port (IPVS shows port 0); lvsha keeps it", r.addr)
@@ -286,7 +299,7 @@ func (t *translator) realServer(rn *Node, def vsDefaults) *realServer {
 		switch n.Name {
 		case "weight":
 			if v, ok := t.intArg(n, 0, 65535); ok {
-				r.weight = v
+				r.weight, r.weightSet = v, true
 			}
 		case "inhibit_on_failure":
 			if b, ok := t.optBool(n); ok {
