@@ -65,9 +65,8 @@ func runImport(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, w)
 	}
 	if len(res.Invalid) > 0 {
-		// A bug of the translation: say so rather than write a file
-		// the daemon would refuse.
-		fmt.Fprintf(stderr, "lvsha: import: the translation is not a valid lvsha config (please report this):\n%s\n", strings.Join(res.Invalid, "\n"))
+		// Say so rather than write a file the daemon would refuse.
+		fmt.Fprintf(stderr, "lvsha: import: the translation is not a valid lvsha config (a config keepalived refuses too, such as a VRID used twice on one interface, or a bug of the import):\n%s\n", strings.Join(res.Invalid, "\n"))
 		return exitFail
 	}
 	if out == "" {

@@ -145,9 +145,15 @@ func (t *translator) virtualServer(vs *Node) {
 				vsWeight = v
 			}
 		case "real_server":
-			if r := t.realServer(n, def); r != nil {
-				reals = append(reals, r)
+			r := t.realServer(n, def)
+			if r == nil {
+				continue
 			}
+			if i := slices.IndexFunc(reals, func(o *realServer) bool { return o.addr == r.addr }); i >= 0 {
+				t.warn(n, "real_server %s is already declared at line %d: keepalived removes the second, and so does the import", r.addr, reals[i].node.Line)
+				continue
+			}
+			reals = append(reals, r)
 		default:
 			t.dropped(n, "virtual_server:")
 		}
