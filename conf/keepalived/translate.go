@@ -21,6 +21,7 @@ const (
 	kaAdvertInterval = time.Second     // VRRP_ADVER_DFL
 	kaGARPRepeat     = 5               // VRRP_GARP_REP
 	kaGARPDelay      = 5 * time.Second // VRRP_GARP_DELAY
+	kaGARPRefreshRep = 1               // VRRP_GARP_REFRESH_REP
 	kaScheduler      = "wlc"           // IPVS_DEF_SCHED
 	kaProtocol       = "udp"           // check_data.c: "no protocol set - defaulting to UDP"
 	kaForwarding     = "nat"           // check_data.c: "no forwarding method set, setting default NAT"
@@ -66,6 +67,7 @@ type translator struct {
 	garpDelay   time.Duration
 	garpRefresh time.Duration
 	garpIntvl   time.Duration
+	refreshRep  int
 	// synced are the instances of vrrp_sync_groups: keepalived ignores
 	// their tracked interfaces' weights.
 	synced map[string]bool
@@ -142,6 +144,7 @@ func (t *translator) run(root *Node) {
 	t.version = kaVersion
 	t.garpRepeat = kaGARPRepeat
 	t.garpDelay = kaGARPDelay
+	t.refreshRep = kaGARPRefreshRep
 	t.global = &section{header: "[global]"}
 	t.secs = append(t.secs, t.global)
 	// global_defs applies to every instance wherever it stands.
@@ -199,6 +202,10 @@ func (t *translator) globalDefs(g *Node) {
 		case "vrrp_garp_master_refresh":
 			if v, ok := t.intArg(n, 0, math.MaxInt32); ok {
 				t.garpRefresh = time.Duration(v) * time.Second
+			}
+		case "vrrp_garp_master_refresh_repeat":
+			if v, ok := t.intArg(n, 1, math.MaxInt32); ok {
+				t.refreshRep = v
 			}
 		case "vrrp_garp_interval":
 			if d, ok := t.timer(n); ok {
@@ -332,6 +339,8 @@ func (t *translator) instance(in *Node) {
 		garpRepeat       = t.garpRepeat
 		garpDelay        = t.garpDelay
 		garpRefresh      = t.garpRefresh
+		refreshRep       = t.refreshRep
+		refreshNode      *Node
 		authNode         *Node
 		vipNodes         []*Node
 	)
@@ -439,7 +448,11 @@ func (t *translator) instance(in *Node) {
 			}
 		case "garp_master_refresh":
 			if v, ok := t.intArg(n, 0, math.MaxInt32); ok {
-				garpRefresh = time.Duration(v) * time.Second
+				garpRefresh, refreshNode = time.Duration(v)*time.Second, n
+			}
+		case "garp_master_refresh_repeat":
+			if v, ok := t.intArg(n, 1, math.MaxInt32); ok {
+				refreshRep = v
 			}
 		default:
 			t.dropped(n, "vrrp_instance "+name+":")
@@ -469,6 +482,13 @@ func (t *translator) instance(in *Node) {
 			t.warn(advertNode, "advert_int %s: VRRPv3 carries centiseconds up to 40.95s: %s", advert, r)
 			advert = r
 		}
+	}
+	if garpRefresh > 0 && refreshRep != garpRepeat {
+		at := refreshNode
+		if at == nil {
+			at = in
+		}
+		t.warn(at, "garp_master_refresh: keepalived sends %d gratuitous ARP(s) per VIP at each refresh (garp_master_refresh_repeat), lvsha a burst of garp_master_repeat = %d", refreshRep, garpRepeat)
 	}
 	if src != "" && len(peers) == 0 {
 		t.warn(in, "unicast_src_ip without unicast_peer: left out (adverts go to multicast)")
