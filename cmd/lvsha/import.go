@@ -74,8 +74,7 @@ func runImport(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "lvsha: import: %v\n", err)
 			return exitFail
 		}
-	} else if err := os.WriteFile(out, res.TOML, 0o600); err != nil {
-		// 0600: the file may hold a VRRP password.
+	} else if err := writePrivate(out, res.TOML); err != nil {
 		fmt.Fprintf(stderr, "lvsha: import: %v\n", err)
 		return exitFail
 	}
@@ -90,4 +89,13 @@ func runImport(args []string, stdout, stderr io.Writer) int {
 func importUsageErr(stderr io.Writer, msg string) int {
 	fmt.Fprintf(stderr, "lvsha: %s\n\n%s", strings.Replace(msg, "flag provided but not defined:", "unknown flag", 1), importUsage)
 	return exitUsage
+}
+
+// writePrivate writes a file only its owner can read, an existing one too:
+// it may hold a VRRP password.
+func writePrivate(path string, data []byte) error {
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o600)
 }

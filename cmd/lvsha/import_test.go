@@ -26,6 +26,9 @@ func TestImport(t *testing.T) {
 	}
 	// Flags after the file; -o writes the file; --check passes with no warning.
 	o := filepath.Join(dir, "lvsha.toml")
+	if err := os.WriteFile(o, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	out.Reset()
 	errOut.Reset()
 	if code := run([]string{"import", in, "-o", o, "--check"}, &out, &errOut); code != exitOK || out.Len() != 0 {
