@@ -68,6 +68,9 @@ type translator struct {
 	garpRefresh time.Duration
 	garpIntvl   time.Duration
 	refreshRep  int
+	// [global]: the last value of each keyword wins, as in keepalived.
+	routerID *string
+	rtPrio   *int
 	// synced are the instances of vrrp_sync_groups: keepalived ignores
 	// their tracked interfaces' weights.
 	synced map[string]bool
@@ -174,18 +177,26 @@ func (t *translator) run(root *Node) {
 			t.dropped(n, "")
 		}
 	}
+	if t.routerID != nil {
+		t.global.str("router_id", *t.routerID)
+	}
+	if t.rtPrio != nil {
+		t.global.num("realtime_priority", *t.rtPrio)
+	}
 	if len(t.global.lines) == 0 {
 		t.global.header = ""
 	}
 }
 
 func (t *translator) globalDefs(g *Node) {
-	t.global.comment = g.Pos() + ": global_defs"
+	if t.global.comment == "" {
+		t.global.comment = g.Pos() + ": global_defs"
+	}
 	for _, n := range g.Children {
 		switch n.Name {
 		case "router_id":
 			if s, ok := t.arg(n); ok {
-				t.global.str("router_id", s)
+				t.routerID = &s
 			}
 		case "vrrp_version":
 			if v, ok := t.intArg(n, 2, 3); ok {
@@ -213,7 +224,7 @@ func (t *translator) globalDefs(g *Node) {
 			}
 		case "vrrp_rt_priority":
 			if v, ok := t.intArg(n, 1, 99); ok {
-				t.global.num("realtime_priority", v)
+				t.rtPrio = &v
 			}
 		default:
 			t.dropped(n, "global_defs")
