@@ -36,8 +36,9 @@ const (
 type Result struct {
 	TOML     []byte
 	Warnings []Warning
-	// Invalid lists what lvsha's own validation refuses in TOML: a bug
-	// of the translation (it must be empty).
+	// Invalid lists what lvsha's own validation refuses in TOML: a config
+	// keepalived refuses too (a VRID used twice on one interface), or a
+	// bug of the translation.
 	Invalid []string
 }
 
@@ -47,7 +48,7 @@ func Translate(file string, root *Node) *Result {
 	t := &translator{}
 	t.run(root)
 	head := fmt.Sprintf("# lvsha configuration translated by `lvsha import` from %s.\n"+
-		"# keepalived's effective values are written out where its defaults differ from lvsha's.\n", file)
+		"# keepalived's effective values are written out, its defaults included: several differ from lvsha's.\n", file)
 	sortWarnings(root, t.warnings)
 	out := render(head, t.secs)
 	res := &Result{TOML: out, Warnings: t.warnings}
