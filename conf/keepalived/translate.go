@@ -252,7 +252,7 @@ func (t *translator) intArg(n *Node, lo, hi int) (int, bool) {
 	}
 	v, err := strconv.Atoi(s)
 	if err != nil || v < lo || v > hi {
-		t.warn(n, "%s: %q is not a number in %d-%d: left out (keepalived ignores it too)", n.Name, s, lo, hi)
+		t.warn(n, "%s: %q is not a number in %d-%d: left out", n.Name, s, lo, hi)
 		return 0, false
 	}
 	return v, true
