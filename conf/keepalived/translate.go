@@ -367,7 +367,12 @@ func (t *translator) instance(in *Node) {
 				prio = v
 			}
 		case "advert_int":
-			if d, ok := t.timer(n); ok {
+			d, ok := t.timer(n)
+			switch {
+			case !ok:
+			case d < 10*time.Millisecond || d > 255*time.Second:
+				t.warn(n, "advert_int %s is outside 0.01-255 s: keepalived ignores it, and so does the import", n.Args[0])
+			default:
 				advert, advertNode = d, n
 			}
 		case "version":
