@@ -384,7 +384,13 @@ func (t *translator) instance(in *Node) {
 		case "preempt":
 			preempt = true
 		case "preempt_delay":
-			if d, ok := t.timer(n); ok {
+			d, ok := t.timer(n)
+			switch {
+			case !ok:
+			case d > 1000*time.Second: // TIMER_MAX_SEC
+				t.warn(n, "preempt_delay %s is above 1000 s: keepalived sets 0, and so does the import", n.Args[0])
+				preemptDelay = 0
+			default:
 				preemptDelay = d
 			}
 		case "state":
