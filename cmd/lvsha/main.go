@@ -33,6 +33,8 @@ Usage:
                                       set up / undo / check an LVS-DR real server
   lvsha status [--json] [-S SOCKET]   show the running daemon's VRRP, IPVS and health state
   lvsha cleanup [-f FILE]             remove the VIPs a stopped (killed) daemon left behind
+  lvsha import [-o FILE] [--check] KEEPALIVED_CONF
+                                      translate a keepalived.conf into lvsha's TOML
   lvsha version                       print the version
   lvsha help                          print this help
 
@@ -71,6 +73,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return runStatus(args[1:], stdout, stderr)
 		case "cleanup":
 			return runCleanup(args[1:], stdout, stderr)
+		case "import":
+			return runImport(args[1:], stdout, stderr)
 		case checker.ChildArg: // not in the usage: the daemon starts it
 			return checker.Main(args[1:], stderr, process.Checker)
 		}
