@@ -67,8 +67,8 @@ func (t *translator) virtualServer(vs *Node) {
 	case len(vs.Args) == 2:
 		a, err := netip.ParseAddr(vs.Args[0])
 		port, perr := strconv.Atoi(vs.Args[1])
-		if err != nil || !a.Is4() {
-			t.warn(vs, "virtual_server %s: lvsha handles IPv4 services only: service left out", vs.Args[0])
+		if err != nil || a.Zone() != "" || a.Is4In6() {
+			t.warn(vs, "virtual_server %s: not an address lvsha takes: service left out", vs.Args[0])
 			return
 		}
 		if perr != nil || port < 1 || port > 65535 {
@@ -85,6 +85,7 @@ func (t *translator) virtualServer(vs *Node) {
 	var persistence time.Duration
 	quorum := 1
 	sorry := ""
+	var sorryNode *Node
 	inhibit := false
 	vsWeight := 1
 	var reals []*realServer
@@ -126,11 +127,11 @@ func (t *translator) virtualServer(vs *Node) {
 			}
 			a, err := netip.ParseAddr(n.Args[0])
 			port, perr := strconv.Atoi(n.Args[1])
-			if err != nil || !a.Is4() || perr != nil || port < 1 || port > 65535 {
-				t.warn(n, "sorry_server %s %s: lvsha needs an IPv4 address and a port 1-65535: left out", n.Args[0], n.Args[1])
+			if err != nil || a.Zone() != "" || a.Is4In6() || perr != nil || port < 1 || port > 65535 {
+				t.warn(n, "sorry_server %s %s: lvsha needs an IP address and a port 1-65535: left out", n.Args[0], n.Args[1])
 				continue
 			}
-			sorry = netip.AddrPortFrom(a, uint16(port)).String()
+			sorry, sorryNode = netip.AddrPortFrom(a, uint16(port)).String(), n
 		case "inhibit_on_failure":
 			// A flag at this level: keepalived reads no BOOL after it.
 			inhibit = true
@@ -157,6 +158,23 @@ func (t *translator) virtualServer(vs *Node) {
 		default:
 			t.dropped(n, "virtual_server:")
 		}
+	}
+	// One address family per service: the service's, or a fwmark
+	// service's first real server's; the kernel refuses a mix.
+	v6 := strings.HasPrefix(addr, "[")
+	if addr == "" && len(reals) > 0 {
+		v6 = strings.HasPrefix(reals[0].addr, "[")
+	}
+	reals = slices.DeleteFunc(reals, func(r *realServer) bool {
+		if strings.HasPrefix(r.addr, "[") != v6 {
+			t.warn(r.node, "real_server %s: not of the service's address family: left out", r.addr)
+			return true
+		}
+		return false
+	})
+	if sorry != "" && strings.HasPrefix(sorry, "[") != v6 {
+		t.warn(sorryNode, "sorry_server %s: not of the service's address family: left out", sorry)
+		sorry = ""
 	}
 	if len(reals) == 0 {
 		t.warn(vs, "virtual_server %s has no real servers: keepalived ignores it, and so does the import", strings.Join(vs.Args, " "))
@@ -295,8 +313,8 @@ func (t *translator) realServer(rn *Node, def vsDefaults) *realServer {
 	}
 	a, err := netip.ParseAddr(rn.Args[0])
 	port, perr := strconv.Atoi(rn.Args[1])
-	if err != nil || !a.Is4() || perr != nil || port < 1 || port > 65535 {
-		t.warn(rn, "real_server %s %s: lvsha needs an IPv4 address and a port 1-65535: left out", rn.Args[0], rn.Args[1])
+	if err != nil || a.Zone() != "" || a.Is4In6() || perr != nil || port < 1 || port > 65535 {
+		t.warn(rn, "real_server %s %s: lvsha needs an IP address and a port 1-65535: left out", rn.Args[0], rn.Args[1])
 		return nil
 	}
 	r := &realServer{node: rn, addr: netip.AddrPortFrom(a, uint16(port)).String(), weight: 1}

@@ -355,6 +355,8 @@ func (t *translator) instance(in *Node) {
 		refreshNode      *Node
 		authNode         *Node
 		vipNodes         []*Node
+		srcNode          *Node
+		peerNodes        []*Node
 	)
 	for _, n := range in.Children {
 		switch n.Name {
@@ -401,8 +403,8 @@ func (t *translator) instance(in *Node) {
 			vipNodes = append(vipNodes, n)
 		case "unicast_src_ip":
 			if a, ok := t.arg(n); ok {
-				if t.ipv4(n, a) {
-					src = a
+				if t.ipAddr(n, a) {
+					src, srcNode = a, n
 				}
 			}
 		case "unicast_peer":
@@ -410,8 +412,8 @@ func (t *translator) instance(in *Node) {
 				if len(p.Args) > 0 {
 					t.warn(p, "unicast_peer %s: options %q left out", p.Name, strings.Join(p.Args, " "))
 				}
-				if t.ipv4(p, p.Name) {
-					peers = append(peers, p.Name)
+				if t.ipAddr(p, p.Name) {
+					peers, peerNodes = append(peers, p.Name), append(peerNodes, p)
 				}
 			}
 		case "authentication":
@@ -481,12 +483,29 @@ func (t *translator) instance(in *Node) {
 			t.dropped(n, "vrrp_instance "+name+":")
 		}
 	}
+	var vipFrom []*Node
 	for _, n := range vipNodes {
-		vips = append(vips, t.vips(n, iface)...)
+		vs, from := t.vips(n, iface)
+		vips, vipFrom = append(vips, vs...), append(vipFrom, from...)
 	}
+	vips = t.oneFamily("virtual_ipaddress", vips, vipFrom)
 	if len(vips) == 0 {
-		t.warn(in, "vrrp_instance %s has no IPv4 virtual address lvsha can hold: instance left out", name)
+		t.warn(in, "vrrp_instance %s has no virtual address lvsha can hold: instance left out", name)
 		return
+	}
+	v6 := strings.Contains(vips[0], ":")
+	if src != "" && strings.Contains(src, ":") != v6 {
+		t.warn(srcNode, "unicast_src_ip %s: not of the instance's address family: left out", src)
+		src = ""
+	}
+	if len(peers) > 0 {
+		// The VIPs' family first, so that it decides.
+		withVIP := append([]string{vips[0]}, peers...)
+		peers = t.oneFamily("unicast_peer", withVIP, append([]*Node{nil}, peerNodes...))[1:]
+	}
+	if v6 && version == 2 {
+		t.warn(in, "vrrp_instance %s: VRRPv2 cannot carry IPv6: keepalived runs it as version 3, and so does the import", name)
+		version = 3
 	}
 	if authNode != nil && auth != "" && version == 3 {
 		t.warn(authNode, "authentication: VRRPv3 has none (keepalived ignores it with version 3): left out")
@@ -584,17 +603,15 @@ func (t *translator) trackInterface(n *Node) (track, bool) {
 	return tr, true
 }
 
-// vips translates a virtual_ipaddress block.
-func (t *translator) vips(block *Node, iface string) []string {
-	var out []string
+// vips translates a virtual_ipaddress block; from is each address's node.
+func (t *translator) vips(block *Node, iface string) (out []string, from []*Node) {
 	for _, v := range block.Children {
-		addr := v.Name
-		if !strings.Contains(addr, "/") {
-			addr += "/32" // keepalived's default prefix
+		p, err := netip.ParsePrefix(v.Name)
+		if a, aerr := netip.ParseAddr(v.Name); aerr == nil {
+			p, err = netip.PrefixFrom(a, a.BitLen()), nil // keepalived's default: a host prefix
 		}
-		p, err := netip.ParsePrefix(addr)
-		if err != nil || !p.Addr().Is4() {
-			t.warn(v, "virtual_ipaddress %s: lvsha handles IPv4 addresses only: left out", v.Name)
+		if err != nil || p.Addr().Zone() != "" || p.Addr().Is4In6() {
+			t.warn(v, "virtual_ipaddress %s: not an address lvsha can hold: left out", v.Name)
 			continue
 		}
 		keep := true
@@ -619,19 +636,38 @@ func (t *translator) vips(block *Node, iface string) []string {
 			}
 		}
 		if keep {
-			out = append(out, p.String())
+			out, from = append(out, p.String()), append(from, v)
 		}
 	}
-	return out
+	return out, from
 }
 
-func (t *translator) ipv4(n *Node, s string) bool {
+func (t *translator) ipAddr(n *Node, s string) bool {
 	a, err := netip.ParseAddr(s)
-	if err != nil || !a.Is4() {
-		t.warn(n, "%s: %q is not an IPv4 address (lvsha handles IPv4 only): left out", n.Name, s)
+	if err != nil || a.Zone() != "" || a.Is4In6() {
+		t.warn(n, "%s: %q is not an IP address lvsha takes: left out", n.Name, s)
 		return false
 	}
 	return true
+}
+
+// oneFamily keeps the addresses of the first one's family, as keepalived
+// does ("address family must match VRRP instance - ignoring"); nodes are
+// where each address came from, for the warning.
+func (t *translator) oneFamily(what string, addrs []string, nodes []*Node) []string {
+	if len(addrs) == 0 {
+		return addrs
+	}
+	v6 := strings.Contains(addrs[0], ":")
+	var out []string
+	for i, a := range addrs {
+		if strings.Contains(a, ":") != v6 {
+			t.warn(nodes[i], "%s %s: not of the instance's address family: keepalived ignores it, and so does the import", what, a)
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 // scriptArgv reads a script keyword's command as keepalived does: the raw
