@@ -32,10 +32,15 @@ import (
 )
 
 var (
-	vip   = netip.MustParsePrefix("10.99.0.100/24")
 	addrA = netip.MustParsePrefix("10.99.0.2/24")
 	addrB = netip.MustParsePrefix("10.99.0.3/24")
 	addrC = netip.MustParsePrefix("10.99.0.10/24")
+	// The VIP of each family; for IPv6 the nodes get 2001:db8:99::N/64
+	// beside 10.99.0.N/24.
+	vips = map[string]netip.Prefix{
+		"ipv4": netip.MustParsePrefix("10.99.0.100/24"),
+		"ipv6": netip.MustParsePrefix("2001:db8:99::100/64"),
+	}
 )
 
 const (
@@ -48,6 +53,8 @@ type options struct {
 	keepalived string
 	intervals  []time.Duration
 	impls      []string
+	families   []string
+	vip        netip.Prefix // of the family being measured
 	events     []string
 	runs       int
 	probe      time.Duration
@@ -67,11 +74,12 @@ func main() {
 
 func run() error {
 	var o options
-	var intervals, impls, events string
+	var intervals, impls, events, families string
 	flag.StringVar(&o.lvsha, "lvsha", "", "lvsha binary (default: go build ./cmd/lvsha)")
 	flag.StringVar(&o.keepalived, "keepalived", "keepalived", "keepalived binary")
 	flag.StringVar(&intervals, "intervals", "1s,100ms,10ms", "advert intervals")
 	flag.StringVar(&impls, "impl", "lvsha,keepalived", "implementations to measure")
+	flag.StringVar(&families, "families", "ipv4,ipv6", "address families of the VIP (VRRPv3 over IPv4, over IPv6)")
 	flag.StringVar(&events, "events", "linkdown,stop", "failures: linkdown (master's port unplugged), stop (SIGTERM)")
 	flag.IntVar(&o.runs, "runs", 5, "measurements per cell (the table shows the median and the worst)")
 	flag.DurationVar(&o.probe, "probe", 10*time.Millisecond, "client probe interval")
@@ -98,6 +106,12 @@ func run() error {
 	}
 	o.impls = strings.Split(impls, ",")
 	o.events = strings.Split(events, ",")
+	o.families = strings.Split(families, ",")
+	for _, f := range o.families {
+		if _, ok := vips[f]; !ok {
+			return fmt.Errorf("-families: %q is not ipv4 or ipv6", f)
+		}
+	}
 	var err error
 	if o.workDir, err = os.MkdirTemp("", "benchfailover"); err != nil {
 		return err
@@ -122,25 +136,41 @@ func run() error {
 	defer stop()
 
 	fmt.Printf("client probe every %v; outage = longest gap between replies; %d run(s) per cell, median (worst)\n\n", o.probe, o.runs)
-	fmt.Printf("| advert interval | failure | protocol floor |")
+	fmt.Printf("| family | advert interval | failure | protocol floor |")
 	for _, im := range o.impls {
 		fmt.Printf(" %s |", im)
 	}
-	fmt.Printf("\n|---|---|---|%s\n", strings.Repeat("---|", len(o.impls)))
+	fmt.Printf("\n|---|---|---|---|%s\n", strings.Repeat("---|", len(o.impls)))
+	for _, fam := range o.families {
+		o.vip = vips[fam]
+		if err := o.table(ctx, fam); err != nil {
+			return err
+		}
+	}
+	if o.soak > 0 {
+		fmt.Println()
+		o.vip = vips["ipv4"]
+		return soak(ctx, &o)
+	}
+	return nil
+}
+
+// table prints the rows of one address family.
+func (o *options) table(ctx context.Context, fam string) error {
 	for _, iv := range o.intervals {
 		for _, ev := range o.events {
 			floor := vrrp.SkewTime(3, prioB, iv)
 			if ev == "linkdown" {
 				floor += 3 * iv
 			}
-			fmt.Printf("| %v | %s | %s |", iv, eventName(ev), ms(floor))
+			fmt.Printf("| %s | %v | %s | %s |", map[string]string{"ipv4": "IPv4", "ipv6": "IPv6"}[fam], iv, eventName(ev), ms(floor))
 			for _, im := range o.impls {
 				var got []time.Duration
 				for r := range o.runs {
 					if ctx.Err() != nil {
 						return ctx.Err()
 					}
-					d, err := measure(ctx, &o, im, iv, ev, r)
+					d, err := measure(ctx, o, im, iv, ev, r)
 					if err != nil {
 						fmt.Printf(" error: %v |", err)
 						got = nil
@@ -155,10 +185,6 @@ func run() error {
 			}
 			fmt.Println()
 		}
-	}
-	if o.soak > 0 {
-		fmt.Println()
-		return soak(ctx, &o)
 	}
 	return nil
 }
@@ -190,7 +216,7 @@ func (o *options) measure1(ctx context.Context, impl string, interval time.Durat
 		return 0, err
 	}
 	defer p.close()
-	pg, err := probe.Start(p.c.NS, vip.Addr(), o.probe)
+	pg, err := probe.Start(p.c.NS, o.vip.Addr(), o.probe)
 	if err != nil {
 		return 0, err
 	}
@@ -224,7 +250,7 @@ func (o *options) measure1(ctx context.Context, impl string, interval time.Durat
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
 		}
-		if hb, _ := p.b.HasAddr("eth0", vip.Addr()); hb && pg.AnsweredSince(at) >= 30 {
+		if hb, _ := p.b.HasAddr("eth0", o.vip.Addr()); hb && pg.AnsweredSince(at) >= 30 {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)

@@ -59,7 +59,7 @@ priority = %d
 advert_interval = %q
 version = 3
 virtual_ipaddress = [%q]
-`, name, filepath.Join(dir, name+".sock"), filepath.Join(dir, name+"-state"), prio, interval.String(), vip.String())
+`, name, filepath.Join(dir, name+".sock"), filepath.Join(dir, name+"-state"), prio, interval.String(), o.vip.String())
 		if o.rt > 0 {
 			// -rt: the same priority as keepalived's directors get.
 			body = strings.Replace(body, "[global]\n", fmt.Sprintf("[global]\nrealtime_priority = %d\n", o.rt), 1)
@@ -84,7 +84,7 @@ vrrp_instance VI_1 {
     %s
   }
 }
-`, name, prio, interval.Seconds(), vip)
+`, name, prio, interval.Seconds(), o.vip)
 		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
 			return nil, err
 		}
@@ -146,6 +146,14 @@ func (o *options) newPair(ctx context.Context, prefix, impl string, interval tim
 	if p.c, err = lab.AddNode("c", addrC); err != nil {
 		return nil, err
 	}
+	if o.vip.Addr().Is6() {
+		for _, n := range []*netns.Node{p.a, p.b, p.c} {
+			a := fmt.Sprintf("2001:db8:99::%d/64", n.Addr.Addr().As4()[3])
+			if out, err := n.Run("ip", "-6", "addr", "add", a, "dev", "eth0", "nodad"); err != nil {
+				return nil, fmt.Errorf("%s: %w: %s", a, err, out)
+			}
+		}
+	}
 	if p.sa, err = o.start(impl, p.a, "a", prioA, interval, dir); err != nil {
 		return nil, err
 	}
@@ -160,8 +168,8 @@ func (o *options) newPair(ctx context.Context, prefix, impl string, interval tim
 		if ctx.Err() != nil {
 			return true
 		}
-		ha, _ := p.a.HasAddr("eth0", vip.Addr())
-		hb, _ := p.b.HasAddr("eth0", vip.Addr())
+		ha, _ := p.a.HasAddr("eth0", o.vip.Addr())
+		hb, _ := p.b.HasAddr("eth0", o.vip.Addr())
 		if !ha || hb {
 			stableSince = time.Time{}
 			return false

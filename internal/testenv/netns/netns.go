@@ -202,7 +202,7 @@ func (n *NS) NeighbourMAC(ip netip.Addr) (net.HardwareAddr, error) {
 	return nil, nil
 }
 
-// Addrs returns the IPv4 addresses of an interface in the namespace.
+// Addrs returns the addresses (IPv4 and IPv6) of an interface in the namespace.
 func (n *NS) Addrs(ifname string) ([]netip.Prefix, error) {
 	h, err := n.Handle()
 	if err != nil {
@@ -213,15 +213,15 @@ func (n *NS) Addrs(ifname string) ([]netip.Prefix, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netns %s: %s: %w", n.Name, ifname, err)
 	}
-	list, err := h.AddrList(l, netlink.FAMILY_V4)
+	list, err := h.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("netns %s: addresses of %s: %w", n.Name, ifname, err)
 	}
 	var out []netip.Prefix
 	for _, a := range list {
-		ip, _ := netip.AddrFromSlice(a.IP.To4())
+		ip, _ := netip.AddrFromSlice(a.IP)
 		ones, _ := a.Mask.Size()
-		out = append(out, netip.PrefixFrom(ip, ones))
+		out = append(out, netip.PrefixFrom(ip.Unmap(), ones))
 	}
 	return out, nil
 }
