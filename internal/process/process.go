@@ -76,34 +76,36 @@ func SetRealtime(prio int) error {
 // StartNormal starts cmd under normal scheduling whatever this process
 // runs under: a child inherits the policy of the thread that forks it, and
 // a notify script or a checker competing with VRRP at real-time priority
-// could delay adverts. The fork happens on a thread locked for the call
-// with SCHED_FLAG_RESET_ON_FORK set; the runtime never makes threads of its
-// own from a locked thread, so only cmd starts with the flag in effect.
+// could delay adverts. The fork happens on a thread of its own, locked to a
+// goroutine that ends without unlocking it, with SCHED_FLAG_RESET_ON_FORK
+// set: the runtime never makes threads from a locked thread, and ends the
+// thread with the goroutine, flag and all. The flag is never cleared: a
+// process without CAP_SYS_NICE (the packaged unit's daemon, real-time
+// through LimitRTPRIO=) may set it but not clear it (sched(7)). Since
+// that thread ends at once, cmd must not ask for a parent-death signal
+// (Pdeathsig follows the forking thread, not the process).
 func StartNormal(cmd *exec.Cmd) error {
-	runtime.LockOSThread()
-	attr, err := unix.SchedGetAttr(0, 0)
-	if err != nil || attr.Policy != unix.SCHED_RR && attr.Policy != unix.SCHED_FIFO {
-		runtime.UnlockOSThread()
-		return cmd.Start() // nothing to reset (or nothing known)
+	if cmd.SysProcAttr != nil && cmd.SysProcAttr.Pdeathsig != 0 {
+		return fmt.Errorf("start %s under normal scheduling: Pdeathsig would fire when the forking thread ends", cmd.Path)
 	}
-	reset := *attr
-	reset.Size = unix.SizeofSchedAttr
-	reset.Flags |= unix.SCHED_FLAG_RESET_ON_FORK
-	if err := unix.SchedSetAttr(0, &reset, 0); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("start %s under normal scheduling: %w", cmd.Path, err)
-	}
-	startErr := cmd.Start()
-	restore := *attr
-	restore.Size = unix.SizeofSchedAttr
-	restore.Flags &^= unix.SCHED_FLAG_RESET_ON_FORK
-	if err := unix.SchedSetAttr(0, &restore, 0); err != nil {
-		// Stay locked: the thread ends with this goroutine instead of
-		// making normal-scheduled threads for the runtime later.
-		return errors.Join(startErr, fmt.Errorf("restore scheduling after starting %s: %w", cmd.Path, err))
-	}
-	runtime.UnlockOSThread()
-	return startErr
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // for good: see above
+		attr, err := unix.SchedGetAttr(0, 0)
+		if err != nil || attr.Policy != unix.SCHED_RR && attr.Policy != unix.SCHED_FIFO {
+			errc <- cmd.Start() // nothing to reset (or nothing known)
+			return
+		}
+		reset := *attr
+		reset.Size = unix.SizeofSchedAttr
+		reset.Flags |= unix.SCHED_FLAG_RESET_ON_FORK
+		if err := unix.SchedSetAttr(0, &reset, 0); err != nil {
+			errc <- fmt.Errorf("start %s under normal scheduling: %w", cmd.Path, err)
+			return
+		}
+		errc <- cmd.Start()
+	}()
+	return <-errc
 }
 
 // SetAllThreads puts every thread of this process under policy at prio
