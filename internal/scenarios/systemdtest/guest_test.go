@@ -292,22 +292,50 @@ func testStart(t *testing.T) {
 	if mods, _ := sh("lsmod | grep -c '^ip_vs'"); strings.TrimSpace(mods) != "0" {
 		t.Fatalf("IPVS modules loaded before the unit's ExecStartPre: %s", mods)
 	}
-	// The ipvsadm runs right after systemctl start returns: with
-	// Type=notify that is after READY=1, which the daemon sends once the
-	// first reconcile programmed the kernel.
+	ready, err := startNotifyProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropin := "/run/systemd/system/lvsha.service.d/test-notify-proxy.conf"
+	if err := os.MkdirAll(filepath.Dir(dropin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dropin, []byte(proxyDropIn), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	must(t, "systemctl daemon-reload")
+	defer func() {
+		// The daemon keeps the proxy (it lives as long as this test
+		// binary); every later start is the unit as packaged.
+		_ = os.Remove(dropin)
+		must(t, "systemctl daemon-reload")
+	}()
+	// What an operator sees: IPVS programmed once systemctl start
+	// returns (Type=notify: after READY=1).
 	t0 := time.Now()
 	out, err := sh("systemctl start lvsha.service && ipvsadm -Ln")
 	if err != nil {
 		t.Fatalf("systemctl start lvsha: %v\n%s", err, out)
 	}
 	t.Logf("systemctl start returned after %v", time.Since(t0).Round(time.Millisecond))
-	for _, svc := range []string{vip + ":80", vip + ":443"} {
-		if service(out, svc) == "" {
-			t.Errorf("IPVS lacks %s when systemctl start returned:\n%s", svc, out)
-		}
+	var at readyTable
+	select {
+	case at = <-ready:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the notify proxy saw no READY=1 (is the daemon's NOTIFY_SOCKET the proxy's?)")
 	}
-	if w := realWeight(service(out, vip+":80"), "10.94.0.12:80"); w != 1 {
-		t.Errorf("10.94.0.12:80 weight %d when start returned, want 1:\n%s", w, out)
+	if at.err != nil {
+		t.Fatalf("reading IPVS at READY=1: %v", at.err)
+	}
+	for _, c := range []struct{ when, table string }{{"at READY=1", at.table}, {"when systemctl start returned", out}} {
+		for _, svc := range []string{vip + ":80", vip + ":443"} {
+			if service(c.table, svc) == "" {
+				t.Errorf("IPVS lacks %s %s:\n%s", svc, c.when, c.table)
+			}
+		}
+		if w := realWeight(service(c.table, vip+":80"), "10.94.0.12:80"); w != 1 {
+			t.Errorf("10.94.0.12:80 weight %d %s, want 1:\n%s", w, c.when, c.table)
+		}
 	}
 	if s := prop(t, "lvsha.service", "ActiveState"); s != "active" {
 		t.Errorf("ActiveState %s after start", s)
