@@ -27,3 +27,5 @@ go mod download
 if [ -x internal/testenv/vm/setup.sh ] || [ -f internal/testenv/vm/setup.sh ]; then
 	bash internal/testenv/vm/setup.sh
 fi
+# The systemd test's Debian root image (debootstrap once, then cached).
+bash internal/scenarios/systemdtest/mkroot.sh

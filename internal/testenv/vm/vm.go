@@ -140,6 +140,16 @@ var markerRE = regexp.MustCompile(`lvsha-vm-result ([0-9a-f]{16}) (-?[0-9]+)`)
 // means the run itself failed (no marker, qemu missing, timeout); a non-zero
 // exit code of the binary is not an error.
 func Run(ctx context.Context, o Options) (Result, error) {
+	return launch(ctx, o, func(initrd, kdir, nonce string) error {
+		return buildInitramfs(initrd, kdir, nonce, o)
+	}, nil, nil)
+}
+
+// launch is Run and BootDisk without their guests: it makes the initramfs
+// with mkInitrd, boots it with the extra qemu arguments and kernel command
+// line (cmdline, given the nonce, may be nil), and reads the result marker
+// that carries the run's nonce.
+func launch(ctx context.Context, o Options, mkInitrd func(initrd, kdir, nonce string) error, qemuArgs []string, cmdline func(nonce string) string) (Result, error) {
 	start := time.Now()
 	log := o.Logger
 	if log == nil {
@@ -177,13 +187,13 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	nonce := hex.EncodeToString(nonceb)
 	initrd := filepath.Join(tmp, "initrd.cpio")
-	if err := buildInitramfs(initrd, kdir, nonce, o); err != nil {
+	if err := mkInitrd(initrd, kdir, nonce); err != nil {
 		return Result{}, fmt.Errorf("vm: initramfs: %w", err)
 	}
 
 	rctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	cmd := exec.CommandContext(rctx, qemu,
+	args := []string{
 		"-accel", "tcg", "-nodefaults", "-display", "none", "-serial", "stdio",
 		"-nic", "none", "-no-reboot",
 		"-m", strconv.Itoa(o.MemoryMB), "-smp", strconv.Itoa(o.CPUs),
@@ -192,7 +202,12 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		// is an emulated MMIO access: the vDSO cannot use it, so each
 		// clock_gettime is a system call, which inflated a Go program's
 		// CPU (it reads the clock often) far beyond a C program's.
-		"-append", "console=ttyS0 panic=-1 quiet clocksource=tsc tsc=reliable")
+		"-append", "console=ttyS0 panic=-1 quiet clocksource=tsc tsc=reliable",
+	}
+	if cmdline != nil {
+		args[len(args)-1] += " " + cmdline(nonce)
+	}
+	cmd := exec.CommandContext(rctx, qemu, append(args, qemuArgs...)...)
 	var console bytes.Buffer
 	bootw := &bootWatch{marker: []byte("lvsha-vm-start " + nonce)}
 	ws := []io.Writer{&console, bootw}
