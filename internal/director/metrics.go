@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -146,6 +147,13 @@ var (
 		[]string{"real_server"}, nil)
 	descWeight = prometheus.NewDesc("lvsha_ipvs_weight", "Weight of a real server in the kernel's IPVS table.",
 		[]string{"service", "real_server"}, nil)
+	descSyncDaemon = prometheus.NewDesc("lvsha_ipvs_sync_daemon_running",
+		"A kernel connection sync daemon runs: 1 per running daemon, by state (master, backup).",
+		[]string{"state", "interface", "sync_id"}, nil)
+	descConnEntries = prometheus.NewDesc("lvsha_ipvs_connection_entries",
+		"Entries of the IPVS connection table (connections and persistence templates, local and synced).", nil, nil)
+	descSyncError = prometheus.NewDesc("lvsha_ipvs_sync_error",
+		"1 while the sync daemons are not as configured (see lvsha status).", nil, nil)
 )
 
 var vrrpStates = []string{"INIT", "BACKUP", "MASTER", "FAULT", "FAILED"}
@@ -154,7 +162,7 @@ var vrrpStates = []string{"INIT", "BACKUP", "MASTER", "FAULT", "FAILED"}
 type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped, descGARPSuppressed, descSendErrors, descRSUp, descChecks, descWeight} {
+	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped, descGARPSuppressed, descSendErrors, descRSUp, descChecks, descWeight, descSyncDaemon, descConnEntries, descSyncError} {
 		ch <- d
 	}
 }
@@ -180,6 +188,19 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		for reason, n := range v.Dropped {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), v.Name, reason)
 		}
+	}
+	if sy := st.Sync; sy != nil {
+		for _, d := range sy.Daemons {
+			ch <- prometheus.MustNewConstMetric(descSyncDaemon, prometheus.GaugeValue, 1, d.State, d.Interface, strconv.Itoa(d.SyncID))
+		}
+		if sy.ConnEntries >= 0 {
+			ch <- prometheus.MustNewConstMetric(descConnEntries, prometheus.GaugeValue, float64(sy.ConnEntries))
+		}
+		failing := 0.0
+		if sy.Error != "" {
+			failing = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descSyncError, prometheus.GaugeValue, failing)
 	}
 	for _, s := range st.Services {
 		for _, r := range s.Reals {

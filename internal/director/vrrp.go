@@ -16,11 +16,13 @@ import (
 // vrrpRunner runs one VRRP instance and restarts it when it fails (a socket
 // or netlink error), so one broken interface does not take the daemon down.
 type vrrpRunner struct {
-	name   string
-	log    *slog.Logger
-	vips   *vipRecord
-	cancel context.CancelFunc
-	done   chan struct{}
+	name string
+	log  *slog.Logger
+	vips *vipRecord
+	// onState hears the instance's transitions (by instance name).
+	onState func(string, vrrp.State)
+	cancel  context.CancelFunc
+	done    chan struct{}
 
 	mu   sync.Mutex
 	cfg  vrrp.Config // a reload may change it in place (update)
@@ -28,9 +30,9 @@ type vrrpRunner struct {
 	err  string // why the instance is not running, if it is not
 }
 
-func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger, vips *vipRecord) *vrrpRunner {
+func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger, vips *vipRecord, onState func(string, vrrp.State)) *vrrpRunner {
 	ctx, cancel := context.WithCancel(ctx)
-	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, vips: vips, cancel: cancel, done: make(chan struct{})}
+	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, vips: vips, onState: onState, cancel: cancel, done: make(chan struct{})}
 	go r.loop(ctx)
 	return r
 }
@@ -39,7 +41,8 @@ func (r *vrrpRunner) loop(ctx context.Context) {
 	defer close(r.done)
 	for failures := 0; ; failures++ {
 		inst, err := vrrp.New(r.config(), r.log, vrrp.WithCommandStarter(process.StartNormal),
-			vrrp.WithVIPRecorder(r.vips.recorder(r.name)))
+			vrrp.WithVIPRecorder(r.vips.recorder(r.name)),
+			vrrp.WithStateListener(func(s vrrp.State) { r.onState(r.name, s) }))
 		if err == nil {
 			r.mu.Lock()
 			r.inst, r.err = inst, ""
