@@ -6,6 +6,7 @@ import (
 	"slices"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -116,6 +117,19 @@ func TestKernelSyncDaemon(t *testing.T) {
 	}
 	if err := k2.StopDaemon(lvs.SyncMaster); !errors.Is(err, syscall.ESRCH) {
 		t.Errorf("stop of no master: %v, want ESRCH", err)
+	}
+
+	// A VRRP flap: the master daemon started and stopped again at once.
+	for i := range 20 {
+		if err := k2.StartDaemon(master("s0", 51)); err != nil {
+			t.Fatalf("flap %d: %v", i, err)
+		}
+		if i%2 == 0 {
+			time.Sleep(time.Duration(i) * 10 * time.Millisecond)
+		}
+		if err := k2.StopDaemon(lvs.SyncMaster); err != nil {
+			t.Fatalf("flap %d: %v", i, err)
+		}
 	}
 
 	// The connection table of a fresh namespace is empty.

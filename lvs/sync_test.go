@@ -100,6 +100,32 @@ func TestSyncDaemonErrors(t *testing.T) {
 	}
 }
 
+// TestStopDaemonWithoutAck: the kernel sends no ack when stopping a master
+// whose thread never ran (EINTR); the daemon is gone, and the listing
+// shows it, so the stop succeeded. One still listed is an error.
+func TestStopDaemonWithoutAck(t *testing.T) {
+	f, k := lvstest.New(t)
+	if err := f.StartDaemonBehind(master("eth0", 1)); err != nil {
+		t.Fatal(err)
+	}
+	f.LoseAcks(true)
+	if err := k.StopDaemon(lvs.SyncMaster); err != nil {
+		t.Fatalf("stop without an ack: %v", err)
+	}
+	if err := f.StartDaemonBehind(master("eth0", 1)); err != nil {
+		t.Fatal(err)
+	}
+	f.SetFail(func(c string) error {
+		if c == "DelDaemon master" {
+			return syscall.EIO // refused (not applied) and, acks lost, unanswered
+		}
+		return nil
+	})
+	if err := k.StopDaemon(lvs.SyncMaster); err == nil {
+		t.Fatal("a master still running reported stopped")
+	}
+}
+
 // TestApplySync: what a start after a crash, a state change and a reload
 // do to the kernel's daemons.
 func TestApplySync(t *testing.T) {

@@ -136,6 +136,9 @@ func (t *Table) request(m []byte) {
 		return
 	case m[nlmsgHdrLen] == ipvsCmdNewDaemon || m[nlmsgHdrLen] == ipvsCmdDelDaemon:
 		err = t.daemon(m[nlmsgHdrLen], attrs(m[nlmsgHdrLen+4:]))
+		if t.noAcks {
+			return
+		}
 	default:
 		err = t.ipvs(m[nlmsgHdrLen], attrs(m[nlmsgHdrLen+4:]))
 		if t.noAcks {
