@@ -454,68 +454,14 @@ func (f *Flow) talk(ctx context.Context, interval, phase time.Duration) {
 	}
 }
 
-// Entry is one line of /proc/net/ip_vs_conn.
-type Entry struct {
-	Client   netip.AddrPort
-	Dest     netip.AddrPort
-	State    string
-	Template bool // a persistence template (client port 0)
-}
-
-// Entries reads the IPVS connection table of a namespace.
-func Entries(n *netns.NS) ([]Entry, error) {
-	var b []byte
-	if err := n.Do(func() (err error) {
-		b, err = os.ReadFile("/proc/thread-self/net/ip_vs_conn")
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("%s: ip_vs_conn: %w", n.Name, err)
-	}
-	return parseEntries(string(b))
-}
-
-// parseEntries parses /proc/net/ip_vs_conn:
-//
-//	Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData
-//	TCP C0A85E0A A1B2 C0A85EC8 0050 C0A85E86 0050 ESTABLISHED     899
-func parseEntries(s string) ([]Entry, error) {
-	var out []Entry
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	for _, l := range lines[1:] {
-		f := strings.Fields(l)
-		if len(f) < 8 {
-			return nil, fmt.Errorf("ip_vs_conn line %q", l)
-		}
-		c, err1 := hexAddrPort(f[1], f[2])
-		d, err2 := hexAddrPort(f[5], f[6])
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, fmt.Errorf("ip_vs_conn line %q: %w", l, err)
-		}
-		out = append(out, Entry{Client: c, Dest: d, State: f[7], Template: c.Port() == 0})
-	}
-	return out, nil
-}
-
-func hexAddrPort(a, p string) (netip.AddrPort, error) {
-	ip, err := strconv.ParseUint(a, 16, 32)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	port, err := strconv.ParseUint(p, 16, 16)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{byte(ip >> 24), byte(ip >> 16), byte(ip >> 8), byte(ip)}), uint16(port)), nil
-}
-
 // Synced counts the flows whose ESTABLISHED entry the namespace's table
 // has, pointing at the real server that answers the flow.
 func Synced(n *netns.NS, flows []*Flow) (int, error) {
-	es, err := Entries(n)
+	es, err := lab.IPVSConns(n)
 	if err != nil {
 		return 0, err
 	}
-	have := map[netip.AddrPort]Entry{}
+	have := map[netip.AddrPort]lab.IPVSConn{}
 	for _, e := range es {
 		have[e.Client] = e
 	}

@@ -240,7 +240,7 @@ func testPersistence(t *testing.T) {
 		}
 	}
 	if _, err := WaitFor(ctx, "the template on director2", 30*time.Second, func() error {
-		es, err := Entries(topo.D2.Node.NS)
+		es, err := lab.IPVSConns(topo.D2.Node.NS)
 		if err != nil {
 			return err
 		}
