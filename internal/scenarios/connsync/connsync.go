@@ -37,11 +37,18 @@ const Port = 80
 
 // Options are one run's settings.
 type Options struct {
-	Lvsha       string        // the binary; default GuestLvsha
+	Lvsha string // the binary; default GuestLvsha
+	// Keepalived, if set, is a keepalived binary the directors run instead
+	// of lvsha (with lvs_sync_daemon when Sync), for the benchmark.
+	Keepalived  string
 	WorkDir     string        // configs and logs; default /tmp/lvsha-connsync-<tag>
 	Sync        bool          // [sync] in both configs
 	Persistence time.Duration // persistence_timeout of the service; 0 = none
-	Log         func(format string, args ...any)
+	// AdvertInterval is the VRRP advert interval; default 1s, long enough
+	// that a VM busy with thousands of connections fails over falsely
+	// neither with lvsha nor keepalived.
+	AdvertInterval time.Duration
+	Log            func(format string, args ...any)
 }
 
 // Topology is one lab: client, two directors running lvsha, two webs.
@@ -56,6 +63,7 @@ type Topology struct {
 
 // Director is one lvsha daemon in its namespace.
 type Director struct {
+	tool   string // "lvsha" or "keepalived"
 	Name   string
 	Node   *netns.Node
 	lvsha  string
@@ -73,6 +81,9 @@ func New(tag string, o Options) (_ *Topology, err error) {
 	}
 	if o.WorkDir == "" {
 		o.WorkDir = "/tmp/lvsha-connsync-" + tag
+	}
+	if o.AdvertInterval == 0 {
+		o.AdvertInterval = time.Second
 	}
 	if o.Log == nil {
 		o.Log = func(string, ...any) {}
@@ -99,16 +110,23 @@ func New(tag string, o Options) (_ *Topology, err error) {
 		if err != nil {
 			return nil, err
 		}
-		d := &Director{Name: name, Node: n, lvsha: o.Lvsha,
+		d := &Director{tool: "lvsha", Name: name, Node: n, lvsha: o.Lvsha,
 			Config: filepath.Join(o.WorkDir, name+".toml"),
 			Socket: filepath.Join("/run/lvsha", "cs"+tag+"-"+name+".sock"),
 			Logf:   filepath.Join(o.WorkDir, name+".log")}
 		prio := 150 - 50*i
-		if err := os.WriteFile(d.Config, []byte(t.config(d, prio, tag)), 0o644); err != nil {
+		text := t.config(d, prio)
+		if o.Keepalived != "" {
+			d.tool, d.lvsha, d.Config = "keepalived", o.Keepalived, filepath.Join(o.WorkDir, name+".conf")
+			text = t.keepalivedConfig(d, prio)
+		}
+		if err := os.WriteFile(d.Config, []byte(text), 0o644); err != nil {
 			return nil, err
 		}
-		if out, err := n.Run(o.Lvsha, "-t", "-f", d.Config); err != nil {
-			return nil, fmt.Errorf("%s: lvsha -t: %w\n%s", name, err, out)
+		if o.Keepalived == "" {
+			if out, err := n.Run(o.Lvsha, "-t", "-f", d.Config); err != nil {
+				return nil, fmt.Errorf("%s: lvsha -t: %w\n%s", name, err, out)
+			}
 		}
 		if i == 0 {
 			t.D1 = d
@@ -138,12 +156,12 @@ func New(tag string, o Options) (_ *Topology, err error) {
 	return t, nil
 }
 
-func (t *Topology) config(d *Director, prio int, tag string) string {
+func (t *Topology) config(d *Director, prio int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[global]\nrouter_id = %q\ncontrol_socket = %q\nstate_dir = %q\n\n", d.Name, d.Socket,
 		filepath.Join(t.o.WorkDir, d.Name+"-state"))
 	fmt.Fprintf(&b, "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvirtual_router_id = 51\npriority = %d\n"+
-		"advert_interval = \"1s\"\nvirtual_ipaddress = [\"%v/24\"]\n\n", prio, lab.VIP)
+		"advert_interval = %q\nvirtual_ipaddress = [\"%v/24\"]\n\n", prio, t.o.AdvertInterval.String(), lab.VIP)
 	if t.o.Sync {
 		b.WriteString("[sync]\ninstance = \"VI_1\"\n\n")
 	}
@@ -156,6 +174,34 @@ func (t *Topology) config(d *Director, prio int, tag string) string {
 	}
 	return b.String()
 }
+
+// keepalivedConfig is the same director for keepalived 2.2.7: VRRPv3, the
+// service DR round robin without checks (real servers always up), and
+// lvs_sync_daemon following VI_1 when Sync.
+func (t *Topology) keepalivedConfig(d *Director, prio int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "global_defs {\n  router_id %s\n", d.Name)
+	if t.o.Sync {
+		b.WriteString("  lvs_sync_daemon eth0 inst VI_1 id 51\n")
+	}
+	b.WriteString("}\n")
+	fmt.Fprintf(&b, "vrrp_instance VI_1 {\n  version 3\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority %d\n"+
+		"  advert_int %g\n  virtual_ipaddress {\n    %v/24\n  }\n}\n", prio, t.o.AdvertInterval.Seconds(), lab.VIP)
+	fmt.Fprintf(&b, "virtual_server %v %d {\n  lb_algo rr\n  lb_kind DR\n  protocol TCP\n", lab.VIP, Port)
+	if t.o.Persistence > 0 {
+		fmt.Fprintf(&b, "  persistence_timeout %d\n", int(t.o.Persistence.Seconds()))
+	}
+	for _, w := range []netip.Prefix{lab.Web1, lab.Web2} {
+		fmt.Fprintf(&b, "  real_server %v %d {\n    weight 1\n  }\n", w.Addr(), Port)
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+// Plug puts a node's cable in or pulls it (its bridge port up or down): a
+// killed director whose kernel still holds the VIP and its IPVS table is
+// a dead host only once unplugged.
+func (t *Topology) Plug(role string, in bool) error { return t.lab.SetPort(role, in) }
 
 // Close stops everything and removes the namespaces.
 func (t *Topology) Close() {
@@ -210,7 +256,15 @@ func (d *Director) Start() error {
 		return err
 	}
 	cmd := exec.Command(d.lvsha, "-f", d.Config)
+	if d.tool == "keepalived" {
+		dir := filepath.Dir(d.Config)
+		cmd = exec.Command(d.lvsha, "-n", "-l", "-D", "-f", d.Config,
+			"-p", filepath.Join(dir, d.Name+".pid"), "-r", filepath.Join(dir, d.Name+"-vrrp.pid"),
+			"-c", filepath.Join(dir, d.Name+"-check.pid"))
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group: a kill takes keepalived's children too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.Node.Start(cmd); err != nil {
 		logf.Close()
 		return fmt.Errorf("%s: start lvsha: %w", d.Name, err)
@@ -224,14 +278,20 @@ func (d *Director) Start() error {
 	return nil
 }
 
-// Kill is a crash: SIGKILL, nothing cleaned up.
+// Kill is a crash: SIGKILL to the process group, nothing cleaned up.
 func (d *Director) Kill() {
 	if d.cmd == nil {
 		return
 	}
-	_ = d.cmd.Process.Kill()
+	_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
 	<-d.done
 	d.cmd = nil
+}
+
+// HoldsVIP says whether the director has the VIP on eth0 (how keepalived,
+// which has no status to ask, shows it is master).
+func (d *Director) HoldsVIP() (bool, error) {
+	return d.Node.HasAddr("eth0", lab.VIP)
 }
 
 // Stop is a clean stop (SIGTERM), a kill after 10 s.
@@ -239,7 +299,11 @@ func (d *Director) Stop() {
 	if d.cmd == nil {
 		return
 	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	if d.tool == "keepalived" {
+		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGTERM)
+	} else {
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	}
 	select {
 	case <-d.done:
 	case <-time.After(10 * time.Second):

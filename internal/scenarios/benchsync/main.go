@@ -1,0 +1,409 @@
+// Command benchsync is `make bench-sync`: IPVS connection sync under load,
+// lvsha beside keepalived 2.2.7 (lvs_sync_daemon) in the same VM run. Each
+// gets a fresh copy of the connsync topology (two directors, DR round robin
+// over two webs, a client), N established connections through the VIP,
+// each sending one line (the packet that makes the kernel sync it) and then
+// idle; then the master is SIGKILLed and unplugged, and later started and
+// plugged in again, and it preempts. It prints, for each: the time from a
+// connection being established to its entry being on the backup, and the
+// share of connections that answer with the same real server after the
+// failover and after the failback. Not a test: it prints numbers.
+//
+//	go run ./internal/scenarios/benchsync [-lvsha PATH] [-n 10000]
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lvsha/lvsha/internal/scenarios/connsync"
+	"github.com/lvsha/lvsha/internal/scenarios/e2e"
+	"github.com/lvsha/lvsha/internal/testenv/lab"
+	"github.com/lvsha/lvsha/internal/testenv/vm"
+)
+
+const guestKeepalived = "/usr/sbin/keepalived"
+
+// pollEvery is how often the backup's connection table is read: the
+// resolution of the time-to-entry column.
+const pollEvery = 200 * time.Millisecond
+
+func main() {
+	n := flag.Int("n", 10000, "established connections")
+	lvsha := flag.String("lvsha", "", "static lvsha binary (default: build one from this checkout)")
+	flag.Parse()
+	var err error
+	if vm.InGuest() {
+		err = guest(*n)
+	} else {
+		err = host(*n, *lvsha)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchsync:", err)
+		os.Exit(1)
+	}
+}
+
+func host(n int, lvsha string) error {
+	ctx := context.Background()
+	tmp, err := os.MkdirTemp("", "benchsync-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if lvsha == "" {
+		lvsha = filepath.Join(tmp, "lvsha")
+		if err := e2e.BuildLvsha(ctx, lvsha); err != nil {
+			return err
+		}
+	} else if err := vm.IsStatic(lvsha); err != nil {
+		return err
+	}
+	bin := filepath.Join(tmp, "benchsync")
+	if err := vm.BuildStatic(ctx, "github.com/lvsha/lvsha/internal/scenarios/benchsync", bin); err != nil {
+		return err
+	}
+	files, err := vm.WithLibs("keepalived")
+	if err != nil {
+		return fmt.Errorf("keepalived (apt-get install keepalived): %w", err)
+	}
+	files[connsync.GuestLvsha] = lvsha
+	res, err := vm.Run(ctx, vm.Options{
+		Binary: bin, Files: files, Console: &quiet{w: os.Stdout},
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		CPUs:   2, MemoryMB: 2048, Timeout: 30 * time.Minute, Args: []string{"-n", strconv.Itoa(n)},
+	})
+	if err != nil {
+		return err
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("the run in the VM failed (exit %d)", res.ExitCode)
+	}
+	return nil
+}
+
+// result is one tool's row.
+type result struct {
+	name              string
+	n                 int
+	entry             []time.Duration // per connection seen on the backup
+	missing           int             // never seen on the backup
+	failover, failbck int             // connections answering after each
+}
+
+func guest(n int) error {
+	// A client and two web servers of n connections each in this process.
+	lim := uint64(4*n + 1024)
+	_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: lim, Max: lim})
+	var rows []result
+	for _, tool := range []string{"lvsha", "keepalived"} {
+		r, err := run(tool, n)
+		if err != nil {
+			return fmt.Errorf("%s: %w", tool, err)
+		}
+		rows = append(rows, r)
+	}
+	printTable(os.Stdout, rows)
+	return nil
+}
+
+func say(format string, args ...any) {
+	fmt.Printf("%s "+format+"\n", append([]any{time.Now().Format("15:04:05.000")}, args...)...)
+}
+
+type conn struct {
+	c      net.Conn
+	r      *bufio.Reader
+	local  netip.AddrPort
+	est    time.Time // connect returned
+	server string
+}
+
+func run(tool string, n int) (result, error) {
+	ctx := context.Background()
+	r := result{name: tool, n: n}
+	o := connsync.Options{Sync: true, WorkDir: "/tmp/benchsync-" + tool}
+	if tool == "keepalived" {
+		o.Keepalived = guestKeepalived
+		r.name = keepalivedVersion()
+	}
+	topo, err := connsync.New(tool[:1], o)
+	if err != nil {
+		return r, err
+	}
+	defer topo.Close()
+	say("%s: starting director1 and director2", r.name)
+	if err := topo.D1.Start(); err != nil {
+		return r, err
+	}
+	if err := topo.D2.Start(); err != nil {
+		return r, err
+	}
+	if err := roles(ctx, topo, topo.D1, topo.D2); err != nil {
+		return r, err
+	}
+	// keepalived starts its master daemon at the MASTER transition, lvsha
+	// too; give both a moment beyond it.
+	time.Sleep(2 * time.Second)
+
+	// Poll the backup's table while the connections open.
+	seen := map[uint16]time.Time{}
+	var seenMu sync.Mutex
+	stopPoll := make(chan struct{})
+	pollDone := make(chan struct{})
+	go func() {
+		defer close(pollDone)
+		for {
+			es, err := lab.IPVSConns(topo.D2.Node.NS)
+			now := time.Now()
+			if err == nil {
+				seenMu.Lock()
+				for _, e := range es {
+					if e.Client.Addr() == lab.Client.Addr() && !e.Template {
+						if _, ok := seen[e.Client.Port()]; !ok {
+							seen[e.Client.Port()] = now
+						}
+					}
+				}
+				seenMu.Unlock()
+			}
+			select {
+			case <-stopPoll:
+				return
+			case <-time.After(pollEvery):
+			}
+		}
+	}()
+
+	say("%s: opening %d connections through the VIP", r.name, n)
+	conns := make([]*conn, 0, n)
+	err = topo.Client.Do(func() error {
+		for i := range n {
+			d := net.Dialer{Timeout: 10 * time.Second}
+			c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(lab.VIP, connsync.Port).String())
+			if err != nil {
+				return fmt.Errorf("connection %d: %w", i, err)
+			}
+			k := &conn{c: c, r: bufio.NewReaderSize(c, 64), local: c.LocalAddr().(*net.TCPAddr).AddrPort(), est: time.Now()}
+			if _, err := io.WriteString(c, "0\n"); err != nil {
+				return fmt.Errorf("connection %d: %w", i, err)
+			}
+			conns = append(conns, k)
+		}
+		return nil
+	})
+	defer func() {
+		for _, k := range conns {
+			_ = k.c.Close()
+		}
+	}()
+	if err != nil {
+		return r, err
+	}
+	// The first echo names each connection's real server.
+	if ok := pingAll(conns, "0", true); ok != n {
+		return r, fmt.Errorf("only %d of %d connections answered", ok, n)
+	}
+	say("%s: %d connections established; waiting for their entries on director2", r.name, n)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		seenMu.Lock()
+		got := len(seen)
+		seenMu.Unlock()
+		if got >= n {
+			break
+		}
+		time.Sleep(pollEvery)
+	}
+	close(stopPoll)
+	<-pollDone
+	for _, k := range conns {
+		if t, ok := seen[k.local.Port()]; ok {
+			r.entry = append(r.entry, max(t.Sub(k.est), 0))
+		} else {
+			r.missing++
+		}
+	}
+	say("%s: %d of %d entries on director2", r.name, n-r.missing, n)
+
+	say("%s: SIGKILL director1 and pull its cable", r.name)
+	topo.D1.Kill()
+	if err := topo.Plug("director1", false); err != nil {
+		return r, err
+	}
+	if err := waitVIP(topo.D2, true); err != nil {
+		return r, err
+	}
+	time.Sleep(time.Second) // director2's gratuitous ARPs reach the client
+	r.failover = pingAll(conns, "1", false)
+	say("%s: %d of %d connections answer through director2", r.name, r.failover, n)
+
+	say("%s: director1 back (cable, start); it preempts", r.name)
+	if err := topo.Plug("director1", true); err != nil {
+		return r, err
+	}
+	if err := topo.D1.Start(); err != nil {
+		return r, err
+	}
+	if err := roles(ctx, topo, topo.D1, topo.D2); err != nil {
+		return r, err
+	}
+	time.Sleep(time.Second)
+	r.failbck = pingAll(conns, "2", false)
+	say("%s: %d of %d connections answer after the failback", r.name, r.failbck, n)
+	return r, nil
+}
+
+// roles waits until master holds the VIP and backup does not.
+func roles(ctx context.Context, topo *connsync.Topology, master, backup *connsync.Director) error {
+	_, err := connsync.WaitFor(ctx, master.Name+" holding the VIP", 60*time.Second, func() error {
+		m, err := master.HoldsVIP()
+		if err != nil {
+			return err
+		}
+		b, err := backup.HoldsVIP()
+		if err != nil {
+			return err
+		}
+		if !m || b {
+			return fmt.Errorf("%s holds it: %v, %s: %v", master.Name, m, backup.Name, b)
+		}
+		return nil
+	})
+	return err
+}
+
+func waitVIP(d *connsync.Director, want bool) error {
+	_, err := connsync.WaitFor(context.Background(), d.Name+" holding the VIP", 60*time.Second, func() error {
+		h, err := d.HoldsVIP()
+		if err == nil && h != want {
+			err = fmt.Errorf("holds it: %v", h)
+		}
+		return err
+	})
+	return err
+}
+
+// pingAll sends line on every connection and reads the echo, at most 500
+// at a time; a connection counts if its echo comes from the real server
+// that answered first (first: record it). A failed connection is closed.
+func pingAll(conns []*conn, line string, first bool) int {
+	var ok atomic.Int32
+	sem := make(chan struct{}, 500)
+	var wg sync.WaitGroup
+	for _, k := range conns {
+		if k.c == nil {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			_ = k.c.SetDeadline(time.Now().Add(5 * time.Second))
+			if !first {
+				if _, err := io.WriteString(k.c, line+"\n"); err != nil {
+					return
+				}
+			}
+			l, err := k.r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			name, num, _ := strings.Cut(strings.TrimSpace(l), " ")
+			if num != line {
+				return
+			}
+			if first {
+				k.server = name
+			}
+			if name == k.server {
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return int(ok.Load())
+}
+
+func keepalivedVersion() string {
+	out, _ := execOutput(guestKeepalived, "--version")
+	if f := strings.Fields(out); len(f) >= 2 {
+		return "keepalived " + strings.TrimPrefix(f[1], "v")
+	}
+	return "keepalived"
+}
+
+func pct(d []time.Duration, p float64) string {
+	if len(d) == 0 {
+		return "-"
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))].Round(10 * time.Millisecond).String()
+}
+
+func share(k, n int) string { return fmt.Sprintf("%.1f %% (%d)", 100*float64(k)/float64(n), k) }
+
+func printTable(w io.Writer, rows []result) {
+	fmt.Fprintf(w, "\nIPVS connection sync, %d connections, VM (TCG, 2 CPUs); the backup's table read every %v\n\n", rows[0].n, pollEvery)
+	line := func(name string, f func(result) string) {
+		fmt.Fprintf(w, "%-48s", name)
+		for _, r := range rows {
+			fmt.Fprintf(w, "%22s", f(r))
+		}
+		fmt.Fprintln(w)
+	}
+	line("", func(r result) string { return r.name })
+	line("entry on the backup after establishment, median", func(r result) string { return pct(r.entry, 0.5) })
+	line("  p99", func(r result) string { return pct(r.entry, 0.99) })
+	line("  max", func(r result) string { return pct(r.entry, 1) })
+	line("never on the backup (within 30 s)", func(r result) string { return strconv.Itoa(r.missing) })
+	line("survive the failover (SIGKILL, cable pulled)", func(r result) string { return share(r.failover, r.n) })
+	line("survive the failback (restart, preemption)", func(r result) string { return share(r.failbck, r.n) })
+}
+
+func execOutput(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}
+
+// quiet passes the guest's console through without the kernel's and
+// keepalived's messages (keepalived logs to the console too).
+type quiet struct {
+	w   io.Writer
+	buf []byte
+}
+
+func (q *quiet) Write(p []byte) (int, error) {
+	q.buf = append(q.buf, p...)
+	for {
+		i := strings.IndexByte(string(q.buf), '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		l := string(q.buf[:i+1])
+		q.buf = q.buf[i+1:]
+		if strings.HasPrefix(l, "Keepalived") || strings.HasPrefix(l, "[") || strings.HasPrefix(l, "lvsha-vm-") {
+			continue
+		}
+		if _, err := io.WriteString(q.w, l); err != nil {
+			return 0, err
+		}
+	}
+}
