@@ -36,7 +36,7 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-bench: bench-failover bench-healthcheck bench-ipvs
+bench: bench-failover bench-healthcheck bench-ipvs bench-sync
 
 bench-failover: setup build
 	$(GO) run ./internal/scenarios/benchfailover -lvsha bin/lvsha
