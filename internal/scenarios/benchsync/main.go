@@ -15,6 +15,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -106,7 +107,14 @@ type result struct {
 	missing           int             // never seen on the backup
 	failover, failbck int             // connections answering after each
 	redials           int             // dials that timed out and were retried
+	failoverWhy       map[string]int  // failures by kind
+	failbckWhy        map[string]int
 }
+
+// pingTimeout bounds one echo after a failover: long, since 500 at a time
+// through an emulated CPU shared with other work can take seconds, and a
+// slow echo is not a lost connection (a reset comes at once).
+const pingTimeout = 20 * time.Second
 
 func guest(n int) error {
 	// A client and two web servers of n connections each in this process.
@@ -273,8 +281,8 @@ func run(tool string, n int) (result, error) {
 		return r, err
 	}
 	time.Sleep(time.Second) // director2's gratuitous ARPs reach the client
-	r.failover = pingAll(conns, "1", false, 5*time.Second)
-	say("%s: %d of %d connections answer through director2", r.name, r.failover, r.n)
+	r.failover, r.failoverWhy = pingAllWhy(conns, "1", false, pingTimeout)
+	say("%s: %d of %d connections answer through director2 (failed: %v)", r.name, r.failover, r.n, r.failoverWhy)
 
 	say("%s: director1 back (cable, start); it preempts", r.name)
 	if err := topo.Plug("director1", true); err != nil {
@@ -287,8 +295,8 @@ func run(tool string, n int) (result, error) {
 		return r, err
 	}
 	time.Sleep(time.Second)
-	r.failbck = pingAll(conns, "2", false, 5*time.Second)
-	say("%s: %d of %d connections answer after the failback", r.name, r.failbck, r.n)
+	r.failbck, r.failbckWhy = pingAllWhy(conns, "2", false, pingTimeout)
+	say("%s: %d of %d connections answer after the failback (failed: %v)", r.name, r.failbck, r.n, r.failbckWhy)
 	return r, nil
 }
 
@@ -326,7 +334,30 @@ func waitVIP(d *connsync.Director, want bool) error {
 // at a time; a connection counts if its echo comes from the real server
 // that answered first (first: record it). A failed connection is closed.
 func pingAll(conns []*conn, line string, first bool, timeout time.Duration) int {
+	ok, _ := pingAllWhy(conns, line, first, timeout)
+	return ok
+}
+
+// pingAllWhy is pingAll that also counts the failures by kind: reset (or
+// closed), timeout, other server.
+func pingAllWhy(conns []*conn, line string, first bool, timeout time.Duration) (int, map[string]int) {
 	var ok atomic.Int32
+	var whyMu sync.Mutex
+	why := map[string]int{}
+	fail := func(err error) {
+		kind := "other"
+		switch {
+		case err == nil:
+			kind = "other server"
+		case connsync.Reset(err):
+			kind = "reset"
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			kind = "timeout"
+		}
+		whyMu.Lock()
+		why[kind]++
+		whyMu.Unlock()
+	}
 	sem := make(chan struct{}, 500)
 	var wg sync.WaitGroup
 	for _, k := range conns {
@@ -340,27 +371,32 @@ func pingAll(conns []*conn, line string, first bool, timeout time.Duration) int 
 			_ = k.c.SetDeadline(time.Now().Add(timeout))
 			if !first {
 				if _, err := io.WriteString(k.c, line+"\n"); err != nil {
+					fail(err)
 					return
 				}
 			}
 			l, err := k.r.ReadString('\n')
 			if err != nil {
+				fail(err)
 				return
 			}
 			name, num, _ := strings.Cut(strings.TrimSpace(l), " ")
 			if num != line {
+				fail(fmt.Errorf("echo %q", l))
 				return
 			}
 			if first {
 				k.server = name
 			}
-			if name == k.server {
-				ok.Add(1)
+			if name != k.server {
+				fail(nil)
+				return
 			}
+			ok.Add(1)
 		}()
 	}
 	wg.Wait()
-	return int(ok.Load())
+	return int(ok.Load()), why
 }
 
 func keepalivedVersion() string {
@@ -399,6 +435,12 @@ func printTable(w io.Writer, rows []result) {
 	line("never on the backup (within 30 s)", func(r result) string { return strconv.Itoa(r.missing) })
 	line("survive the failover (SIGKILL, cable pulled)", func(r result) string { return share(r.failover, r.n) })
 	line("survive the failback (restart, preemption)", func(r result) string { return share(r.failbck, r.n) })
+	line("  failed after the failover: reset / timeout", func(r result) string {
+		return fmt.Sprintf("%d / %d", r.failoverWhy["reset"], r.failoverWhy["timeout"])
+	})
+	line("  failed after the failback: reset / timeout", func(r result) string {
+		return fmt.Sprintf("%d / %d", r.failbckWhy["reset"], r.failbckWhy["timeout"])
+	})
 	line("dials retried (a SYN lost by the busy VM)", func(r result) string { return strconv.Itoa(r.redials) })
 }
 
