@@ -48,12 +48,13 @@ const pollEvery = 200 * time.Millisecond
 func main() {
 	n := flag.Int("n", 10000, "established connections")
 	lvsha := flag.String("lvsha", "", "static lvsha binary (default: build one from this checkout)")
+	keepalivedFirst := flag.Bool("keepalived-first", false, "measure keepalived first (the machine's load drifts over a run)")
 	flag.Parse()
 	var err error
 	if vm.InGuest() {
-		err = guest(*n)
+		err = guest(*n, *keepalivedFirst)
 	} else {
-		err = host(*n, *lvsha)
+		err = host(*n, *lvsha, *keepalivedFirst)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchsync:", err)
@@ -61,7 +62,7 @@ func main() {
 	}
 }
 
-func host(n int, lvsha string) error {
+func host(n int, lvsha string, keepalivedFirst bool) error {
 	ctx := context.Background()
 	tmp, err := os.MkdirTemp("", "benchsync-")
 	if err != nil {
@@ -88,7 +89,7 @@ func host(n int, lvsha string) error {
 	res, err := vm.Run(ctx, vm.Options{
 		Binary: bin, Files: files, Console: &quiet{w: os.Stdout},
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		CPUs:   2, MemoryMB: 2048, Timeout: 45 * time.Minute, Args: []string{"-n", strconv.Itoa(n)},
+		CPUs:   2, MemoryMB: 2048, Timeout: 45 * time.Minute, Args: []string{"-n", strconv.Itoa(n), "-keepalived-first=" + strconv.FormatBool(keepalivedFirst)},
 	})
 	if err != nil {
 		return err
@@ -116,17 +117,21 @@ type result struct {
 // slow echo is not a lost connection (a reset comes at once).
 const pingTimeout = 20 * time.Second
 
-func guest(n int) error {
+func guest(n int, keepalivedFirst bool) error {
 	// A client and two web servers of n connections each in this process.
 	lim := uint64(4*n + 1024)
 	_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: lim, Max: lim})
-	var rows []result
-	for _, tool := range []string{"lvsha", "keepalived"} {
+	tools := []string{"lvsha", "keepalived"}
+	if keepalivedFirst {
+		tools = []string{"keepalived", "lvsha"}
+	}
+	rows := make([]result, 2)
+	for _, tool := range tools {
 		r, err := run(tool, n)
 		if err != nil {
 			return fmt.Errorf("%s: %w", tool, err)
 		}
-		rows = append(rows, r)
+		rows[slices.Index([]string{"lvsha", "keepalived"}, tool)] = r // lvsha's column first
 	}
 	printTable(os.Stdout, rows)
 	return nil
