@@ -9,7 +9,7 @@ export LVSHA_STRICT := 1
 # Namespace tests run this binary (built by the build target) instead of building their own.
 export LVSHA_BIN := $(CURDIR)/bin/lvsha
 
-.PHONY: all build test unit setup lint bench bench-failover bench-healthcheck bench-ipvs soak demo deb clean
+.PHONY: all build test unit setup lint bench bench-failover bench-healthcheck bench-ipvs bench-sync soak demo deb clean
 
 all: build
 
@@ -36,7 +36,7 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-bench: bench-failover bench-healthcheck bench-ipvs
+bench: bench-failover bench-healthcheck bench-ipvs bench-sync
 
 bench-failover: setup build
 	$(GO) run ./internal/scenarios/benchfailover -lvsha bin/lvsha
@@ -53,6 +53,12 @@ bench-healthcheck: setup build
 
 bench-ipvs: setup build
 	$(GO) run ./internal/scenarios/benchipvs
+
+# IPVS connection sync in the VM: 10,000 established connections, time to
+# their entries on the backup and the share that survive a failover and a
+# failback, lvsha beside keepalived 2.2.7's lvs_sync_daemon.
+bench-sync: setup build
+	$(GO) run ./internal/scenarios/benchsync -lvsha bin/lvsha
 
 # Chaos soak: two real directors in namespaces under random faults for
 # SOAK (e.g. make soak SOAK=30m), every invariant checked all along; exits

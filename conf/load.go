@@ -187,6 +187,10 @@ func (c *Config) Summary() string {
 	for _, vs := range c.Services {
 		fmt.Fprintf(&b, "  service %s: %s %s, %d real server(s)\n", vs.ID, vs.Scheduler, vs.Forwarding, len(vs.Reals))
 	}
+	if sy := c.Sync; sy != nil {
+		r := sy.Runtime
+		fmt.Fprintf(&b, "  sync: following %s on %s, sync id %d, group %v port %d ttl %d\n", sy.Instance, r.Interface, r.SyncID, r.Group, r.Port, r.TTL)
+	}
 	if rs := c.Realserver; rs != nil {
 		arp := "ARP suppressed on " + rs.Interface
 		if !rs.Runtime.SuppressesARP() {

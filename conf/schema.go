@@ -27,6 +27,8 @@ type Config struct {
 	VRRP       []VRRPInstance  `toml:"vrrp_instance"`
 	Services   []VirtualServer `toml:"virtual_server"`
 	Realserver *Realserver     `toml:"realserver"`
+	// Sync runs the kernel's IPVS connection sync daemons; nil = off.
+	Sync *Sync `toml:"sync"`
 
 	// File is the path the config was loaded from.
 	File string `toml:"-"`
@@ -187,6 +189,24 @@ type Realserver struct {
 	Runtime realserver.Config `toml:"-"`
 }
 
+// Sync is IPVS connection synchronisation. One per director, not per VRRP
+// instance: the kernel runs one master and one backup daemon per network
+// namespace, whatever the number of instances.
+type Sync struct {
+	// Instance is the VRRP instance whose state the master daemon follows.
+	Instance  string `toml:"instance"`
+	Interface string `toml:"interface"` // default: the instance's
+	SyncID    *int   `toml:"sync_id"`   // default: the instance's VRID
+	MaxLen    int    `toml:"maxlen"`    // 0 = the kernel's (MTU less headers)
+	Group     string `toml:"group"`
+	Port      int    `toml:"port"`
+	TTL       int    `toml:"ttl"`
+
+	// Runtime is what both daemons are started with; the director sets
+	// its State.
+	Runtime lvs.SyncDaemon `toml:"-"`
+}
+
 // rawTable keeps a TOML table undecoded until its base is known.
 type rawTable struct{ m map[string]any }
 
@@ -251,6 +271,12 @@ func defaultService() VirtualServer {
 	}
 }
 
+// The kernel's own defaults (ip_vs_sync.c), written out so that status
+// shows them and the comparison with a running daemon is exact.
+func defaultSync() Sync {
+	return Sync{Group: "224.0.0.81", Port: 8848, TTL: 1}
+}
+
 func defaultReal() RealServer { return RealServer{Weight: 1} }
 
 func defaultCheck() Check {
@@ -279,6 +305,7 @@ var elemDefaults = map[reflect.Type]func(reflect.Value){
 	reflect.TypeFor[VirtualServer](): func(v reflect.Value) { v.Set(reflect.ValueOf(defaultService())) },
 	reflect.TypeFor[RealServer]():    func(v reflect.Value) { v.Set(reflect.ValueOf(defaultReal())) },
 	reflect.TypeFor[Check]():         func(v reflect.Value) { v.Set(reflect.ValueOf(defaultCheck())) },
+	reflect.TypeFor[Sync]():          func(v reflect.Value) { v.Set(reflect.ValueOf(defaultSync())) },
 }
 
 // choice is a key whose value is one of a few names, each standing for a

@@ -95,6 +95,9 @@ func (v *validator) run() {
 	if rs := v.cfg.Realserver; rs != nil {
 		v.realserver("realserver", rs)
 	}
+	if sy := v.cfg.Sync; sy != nil {
+		v.sync("sync", sy)
+	}
 	v.vipsHeld()
 }
 

@@ -350,6 +350,9 @@ func (d *driver) do(now time.Time, act Action) {
 		d.sendGARP()
 	case Notify:
 		d.in.count(func(s *Status) { s.Transitions++ })
+		if d.in.onState != nil {
+			d.in.onState(a.To)
+		}
 		d.in.log.Info("vrrp: transition", "from", a.From.String(), "to", a.To.String(), "priority", a.Priority, "cause", a.Cause)
 		if len(cfg.Notify) > 0 {
 			argv := append(append([]string(nil), cfg.Notify...), cfg.Name, a.To.String(), strconv.Itoa(int(a.Priority)))

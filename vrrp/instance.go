@@ -90,6 +90,8 @@ type Instance struct {
 	// recordVIPs hears of the VIPs the instance adds and removes; nil
 	// when no one keeps a record.
 	recordVIPs func(iface string, vips []netip.Prefix, held bool)
+	// onState hears of every transition; nil when no one listens.
+	onState func(State)
 
 	// updates carries a reload's in-place changes to a running driver;
 	// only the newest matters.
@@ -117,6 +119,13 @@ func WithCommandStarter(start func(*exec.Cmd) error) Option {
 // can be removed by its next start or by a cleanup after it.
 func WithVIPRecorder(record func(iface string, vips []netip.Prefix, held bool)) Option {
 	return func(in *Instance) { in.recordVIPs = record }
+}
+
+// WithStateListener calls f with the new state at every transition (the
+// shutdown's to Init included), from the instance's goroutine: f must not
+// block. The director starts and stops the IPVS sync master with it.
+func WithStateListener(f func(State)) Option {
+	return func(in *Instance) { in.onState = f }
 }
 
 // New checks cfg and returns an instance ready to Run.

@@ -76,6 +76,27 @@ func printStatus(w io.Writer, st *control.Status) {
 			}
 		}
 	}
+	if sy := st.Sync; sy != nil {
+		entries := "unknown"
+		if sy.ConnEntries >= 0 {
+			entries = strconv.Itoa(sy.ConnEntries)
+		}
+		fmt.Fprintf(w, "\nConnection sync (master follows %s), %s connection entries:\n", dash(sy.Instance), entries)
+		if sy.Error != "" {
+			fmt.Fprintf(w, "  error: %s\n", sy.Error)
+		}
+		if len(sy.Daemons) == 0 {
+			fmt.Fprintln(w, "  no sync daemon running")
+		}
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		if len(sy.Daemons) > 0 {
+			fmt.Fprintln(tw, "  DAEMON\tIF\tSYNCID\tGROUP\tPORT\tTTL\tMAXLEN")
+		}
+		for _, d := range sy.Daemons {
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%d\t%d\t%d\n", d.State, d.Interface, d.SyncID, d.Group, d.Port, d.TTL, d.MaxLen)
+		}
+		_ = tw.Flush()
+	}
 	if len(st.Services) > 0 {
 		fmt.Fprintln(w, "\nIPVS:")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

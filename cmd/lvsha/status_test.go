@@ -64,3 +64,35 @@ func TestPrintStatusSendErrors(t *testing.T) {
 		t.Errorf("a recovered instance shown as failing:\n%s", b.String())
 	}
 }
+
+// TestPrintStatusSync: the sync daemons and the connection entries.
+func TestPrintStatusSync(t *testing.T) {
+	st := &control.Status{Sync: &control.SyncStatus{Instance: "VI_1", ConnEntries: 42, Daemons: []control.SyncDaemonStatus{
+		{State: "master", Interface: "eth0", SyncID: 51, Group: "224.0.0.81", Port: 8848, TTL: 1, MaxLen: 1472},
+		{State: "backup", Interface: "eth0", SyncID: 51, Group: "224.0.0.81", Port: 8848, TTL: 1, MaxLen: 1472},
+	}}}
+	var b strings.Builder
+	printStatus(&b, st)
+	var rows []string
+	for _, l := range strings.Split(b.String(), "\n") {
+		rows = append(rows, strings.Join(strings.Fields(l), " "))
+	}
+	out := strings.Join(rows, "\n")
+	for _, want := range []string{
+		"Connection sync (master follows VI_1), 42 connection entries:",
+		"master eth0 51 224.0.0.81 8848 1 1472",
+		"backup eth0 51 224.0.0.81 8848 1 1472",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	st.Sync = &control.SyncStatus{ConnEntries: -1, Daemons: []control.SyncDaemonStatus{}, Error: "open IPVS: no module"}
+	b.Reset()
+	printStatus(&b, st)
+	for _, want := range []string{"unknown connection entries", "error: open IPVS: no module", "no sync daemon running"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status output lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -37,6 +37,9 @@ type Options struct {
 	// OpenIPVS opens the IPVS table; nil means the kernel's in the current
 	// network namespace. Tests pass an in-memory one.
 	OpenIPVS func() (lvs.Kernel, func(), error)
+	// OpenSync opens the kernel's sync daemon control; nil means the
+	// kernel's in the current network namespace. Tests pass a fake.
+	OpenSync func() (lvs.SyncControl, func(), error)
 	// CheckerCommand starts the health checker process; nil means this
 	// binary as `lvsha checker` (checker.Command).
 	CheckerCommand func() *exec.Cmd
@@ -56,7 +59,9 @@ type Daemon struct {
 	// it before Run starts it.
 	hc *checker.Client
 	// ipvs programs the kernel; set by New too, for the same reason.
-	ipvs    *ipvsPart
+	ipvs *ipvsPart
+	// syncp runs the kernel's connection sync daemons; set by New.
+	syncp   *syncPart
 	metrics *metrics
 	// vips records the VIPs the instances hold; set by Run.
 	vips *vipRecord
@@ -78,7 +83,8 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 		cmd = checker.Command(cfg.Global.LogLevel, cfg.Global.LogFormat)
 	}
 	return &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{},
-		hc: checker.NewClient(log, cmd), ipvs: newIPVSPart(cfg, log, opts.OpenIPVS)}
+		hc: checker.NewClient(log, cmd), ipvs: newIPVSPart(cfg, log, opts.OpenIPVS),
+		syncp: newSyncPart(cfg, log, opts.OpenSync)}
 }
 
 // Run starts every part, runs until ctx is done, then shuts down in order:
@@ -168,8 +174,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	debug.FreeOSMemory()
 
 	vctx := context.WithoutCancel(ctx) // stopped explicitly, in order
+	// The sync daemons follow VRRP, so they stop after it (deferred
+	// first): the last pass sees a master that has resigned.
+	d.syncp.start(vctx)
+	defer d.syncp.stop()
 	for _, in := range cfg.VRRP {
-		d.vrrp[in.Name] = startVRRP(vctx, in.Runtime, d.log, d.vips, d.startNotify)
+		d.vrrp[in.Name] = startVRRP(vctx, in.Runtime, d.log, d.vips, d.startNotify, d.onVRRPState)
 	}
 	defer d.stopVRRP()
 
@@ -267,6 +277,7 @@ func (d *Daemon) reload(vctx context.Context) {
 
 	d.reconcile("reload")
 	d.reloadVRRP(vctx, cfg)
+	d.syncp.setConfig(cfg.Sync)
 	d.metrics.observeReload(true)
 	d.log.Info("reload applied", "config", cfg.File)
 }
@@ -312,7 +323,7 @@ func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
 			d.log.Info("reload: vrrp instance changed; restarting it", "instance", in.Name)
 			cur.stop()
 		}
-		r := startVRRP(vctx, vc, d.log, d.vips, d.startNotify)
+		r := startVRRP(vctx, vc, d.log, d.vips, d.startNotify, d.onVRRPState)
 		d.mu.Lock()
 		d.vrrp[in.Name] = r
 		d.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -212,6 +213,13 @@ var (
 		"1 while the kernel sends a service's traffic to its sorry server (only for services with one).", []string{"service"}, nil)
 	descIPVSFailing = prometheus.NewDesc("lvsha_ipvs_failing",
 		"1 while IPVS cannot be opened, read or programmed (status shows ipvs_error), else 0.", nil, nil)
+	descSyncDaemon = prometheus.NewDesc("lvsha_ipvs_sync_daemon_running",
+		"A kernel connection sync daemon runs: 1 per running daemon, by state (master, backup).",
+		[]string{"state", "interface", "sync_id"}, nil)
+	descConnEntries = prometheus.NewDesc("lvsha_ipvs_connection_entries",
+		"Entries of the IPVS connection table (connections and persistence templates, local and synced).", nil, nil)
+	descSyncError = prometheus.NewDesc("lvsha_ipvs_sync_error",
+		"1 while the sync daemons are not as configured (see lvsha status).", nil, nil)
 )
 
 var vrrpStates = []string{"INIT", "BACKUP", "MASTER", "FAULT", "FAILED"}
@@ -221,7 +229,8 @@ type statusCollector struct{ d *Daemon }
 
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPSince, descVRRPInterval, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped,
-		descGARPSuppressed, descSendErrors, descRSUp, descChecks, descWeight, descLiveWeight, descQuorum, descSorry, descIPVSFailing} {
+		descGARPSuppressed, descSendErrors, descRSUp, descChecks, descWeight, descLiveWeight, descQuorum, descSorry, descIPVSFailing,
+		descSyncDaemon, descConnEntries, descSyncError} {
 		ch <- d
 	}
 }
@@ -269,6 +278,19 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		for reason, n := range v.Dropped {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), v.Name, reason)
 		}
+	}
+	if sy := st.Sync; sy != nil {
+		for _, d := range sy.Daemons {
+			ch <- prometheus.MustNewConstMetric(descSyncDaemon, prometheus.GaugeValue, 1, d.State, d.Interface, strconv.Itoa(d.SyncID))
+		}
+		if sy.ConnEntries >= 0 {
+			ch <- prometheus.MustNewConstMetric(descConnEntries, prometheus.GaugeValue, float64(sy.ConnEntries))
+		}
+		failing := 0.0
+		if sy.Error != "" {
+			failing = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descSyncError, prometheus.GaugeValue, failing)
 	}
 	for _, s := range st.Services {
 		// Live weight as the reconciler counts it for quorum: a real

@@ -44,6 +44,7 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 			hs[t.ID] = t
 		}
 	}
+	st.Sync = d.syncp.status()
 	health := d.hc.Verdicts()
 	var snap lvs.Snapshot
 	ipvsOK := false

@@ -16,12 +16,15 @@ import (
 // vrrpRunner runs one VRRP instance and restarts it when it fails (a socket
 // or netlink error), so one broken interface does not take the daemon down.
 type vrrpRunner struct {
-	name   string
-	log    *slog.Logger
-	vips   *vipRecord
-	start  func(*exec.Cmd) error // how notify commands start
-	cancel context.CancelFunc
-	done   chan struct{}
+	name string
+	log  *slog.Logger
+	vips *vipRecord
+	// start starts notify commands; onState hears the instance's
+	// transitions (by instance name).
+	start   func(*exec.Cmd) error
+	onState func(string, vrrp.State)
+	cancel  context.CancelFunc
+	done    chan struct{}
 
 	mu   sync.Mutex
 	cfg  vrrp.Config // a reload may change it in place (update)
@@ -29,9 +32,9 @@ type vrrpRunner struct {
 	err  string // why the instance is not running, if it is not
 }
 
-func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger, vips *vipRecord, start func(*exec.Cmd) error) *vrrpRunner {
+func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger, vips *vipRecord, start func(*exec.Cmd) error, onState func(string, vrrp.State)) *vrrpRunner {
 	ctx, cancel := context.WithCancel(ctx)
-	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, vips: vips, start: start, cancel: cancel, done: make(chan struct{})}
+	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, vips: vips, start: start, onState: onState, cancel: cancel, done: make(chan struct{})}
 	go r.loop(ctx)
 	return r
 }
@@ -40,7 +43,8 @@ func (r *vrrpRunner) loop(ctx context.Context) {
 	defer close(r.done)
 	for failures := 0; ; failures++ {
 		inst, err := vrrp.New(r.config(), r.log, vrrp.WithCommandStarter(r.start),
-			vrrp.WithVIPRecorder(r.vips.recorder(r.name)))
+			vrrp.WithVIPRecorder(r.vips.recorder(r.name)),
+			vrrp.WithStateListener(func(s vrrp.State) { r.onState(r.name, s) }))
 		if err == nil {
 			r.mu.Lock()
 			r.inst, r.err = inst, ""

@@ -58,6 +58,8 @@ const (
 	nlmFRequest = 0x1
 	nlmFAck     = 0x4
 	nlmFCapped  = 0x100
+	nlmFDump    = 0x300
+	nlmsgDone   = 3
 
 	genlIDCtrl         = 0x10
 	ctrlCmdNewFamily   = 1
@@ -71,7 +73,21 @@ const (
 	ipvsCmdNewDest     = 5
 	ipvsCmdSetDest     = 6
 	ipvsCmdDelDest     = 7
+	ipvsCmdNewDaemon   = 9
+	ipvsCmdDelDaemon   = 10
+	ipvsCmdGetDaemon   = 11
 	ipvsCmdAttrService = 1
+	ipvsCmdAttrDaemon  = 3
+	daemonAttrState    = 1
+	daemonAttrIfn      = 2
+	daemonAttrSyncID   = 3
+	daemonAttrMaxLen   = 4
+	daemonAttrGroup    = 5
+	daemonAttrGroup6   = 6
+	daemonAttrPort     = 7
+	daemonAttrTTL      = 8
+	stateMaster        = 1
+	stateBackup        = 2
 	ipvsCmdAttrDest    = 2
 	svcAttrAF          = 1
 	svcAttrProtocol    = 2
@@ -111,6 +127,18 @@ func (t *Table) request(m []byte) {
 		err = t.getFamily(m, seq)
 	case typ != familyID:
 		err = syscall.ENOENT
+	case m[nlmsgHdrLen] == ipvsCmdGetDaemon:
+		if flags&nlmFDump == 0 {
+			err = syscall.EOPNOTSUPP // the kernel has only a dumpit for it
+			break
+		}
+		t.dumpDaemons(seq)
+		return
+	case m[nlmsgHdrLen] == ipvsCmdNewDaemon || m[nlmsgHdrLen] == ipvsCmdDelDaemon:
+		err = t.daemon(m[nlmsgHdrLen], attrs(m[nlmsgHdrLen+4:]))
+		if t.noAcks {
+			return
+		}
 	default:
 		err = t.ipvs(m[nlmsgHdrLen], attrs(m[nlmsgHdrLen+4:]))
 		if t.noAcks {

@@ -37,6 +37,7 @@ type Table struct {
 	replies [][]byte
 	fail    func(call string) error
 	noAcks  bool
+	daemons []lvs.SyncDaemon
 }
 
 // Entry is one virtual service of the table with its real servers.
@@ -78,7 +79,9 @@ func (t *Table) LoseAcks(lose bool) {
 // Calls returns every read and every write request the table received, in
 // order, as "Services", "Destinations KEY", "NewService KEY SCHED
 // timeout=N", "UpdateService ...", "DelService KEY", "NewDestination KEY
-// ADDR weight=W FWD", "UpdateDestination ..." and "DelDestination KEY ADDR".
+// ADDR weight=W FWD", "UpdateDestination ...", "DelDestination KEY ADDR",
+// and for the sync daemons "NewDaemon " + lvs.SyncDaemon.String() (as
+// decoded, before the kernel's defaults), "DelDaemon STATE" and "Daemons".
 func (t *Table) Calls() []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()

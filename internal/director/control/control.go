@@ -30,6 +30,34 @@ type Status struct {
 	// Checker is the health checker process; absent when there is
 	// nothing to check, and so no such process.
 	Checker *CheckerStatus `json:"checker,omitempty"`
+	// Sync is IPVS connection synchronisation; absent when it is off.
+	Sync *SyncStatus `json:"sync,omitempty"`
+}
+
+// SyncStatus is the kernel's connection sync daemons and the connection
+// table they fill.
+type SyncStatus struct {
+	// Instance is the VRRP instance the master daemon follows.
+	Instance string `json:"instance,omitempty"`
+	// Daemons are the daemons running, as the kernel reports them.
+	Daemons []SyncDaemonStatus `json:"daemons"`
+	// ConnEntries counts the IPVS connection table's entries
+	// (connections and persistence templates, local and synced); -1 when
+	// it could not be read.
+	ConnEntries int `json:"conn_entries"`
+	// Error says why the daemons are not as configured.
+	Error string `json:"error,omitempty"`
+}
+
+// SyncDaemonStatus is one kernel sync daemon.
+type SyncDaemonStatus struct {
+	State     string `json:"state"` // master or backup
+	Interface string `json:"interface"`
+	SyncID    int    `json:"sync_id"`
+	Group     string `json:"group"`
+	Port      int    `json:"port"`
+	TTL       int    `json:"ttl"`
+	MaxLen    int    `json:"maxlen"`
 }
 
 // CheckerStatus is the health checker process.

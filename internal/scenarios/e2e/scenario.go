@@ -16,7 +16,10 @@
 //	c. web1's HTTP server stops: within fall x interval + timeout every
 //	   request goes to web2; it starts again: round robin resumes;
 //	d. director2's config gains web3 and gets SIGHUP: an established
-//	   keep-alive connection to the VIP keeps working and web3 is in the table.
+//	   keep-alive connection to the VIP keeps working and web3 is in the table;
+//	e. director1 comes back and preempts. A keep-alive connection opened
+//	   before b's SIGKILL talks to the same web after b and after e
+//	   (connection sync, [sync] in the examples).
 //
 // The same code is the test (TestSeedScenarioVM) and the narrated show of
 // `make demo` (internal/scenarios/demo), which sets Config.Show.
@@ -80,7 +83,7 @@ type Report struct {
 	Total time.Duration
 }
 
-const steps = 6
+const steps = 7
 
 type scenario struct {
 	cfg Config
@@ -95,6 +98,7 @@ type scenario struct {
 	d2Config                              string                // director2's running config text
 	webs                                  map[string]*webServer // by role
 	failover, health                      *requestLoop          // running request loops, for cleanup
+	synced                                *keepAlive            // opened before the SIGKILL (connection sync)
 	cleanups                              []func()
 }
 
@@ -131,7 +135,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		return &s.rep, err
 	}
-	s.printf("\nPASS: round robin, direct routing, failover, health checks and reload all work (%v)\n", s.rep.Total.Round(time.Millisecond))
+	s.printf("\nPASS: round robin, direct routing, failover, health checks, reload and connection sync all work (%v)\n", s.rep.Total.Round(time.Millisecond))
 	s.printf("  failover outage %v (%d failed requests), takeover %v, web1 out %v / back %v, reload %v\n",
 		s.rep.Outage.Round(time.Millisecond), s.rep.FailedRequests, s.rep.Takeover.Round(time.Millisecond),
 		s.rep.HealthDown.Round(time.Millisecond), s.rep.HealthUp.Round(time.Millisecond), s.rep.Reload.Round(time.Millisecond))
@@ -149,6 +153,7 @@ func (s *scenario) run(ctx context.Context) error {
 		{"b. Failover: SIGKILL director1 while the client sends a request every 10 ms", s.failoverStep},
 		{"c. Health check: stop web1's HTTP server, then start it again", s.healthStep},
 		{"d. Reload: add web3 to director2's config and send SIGHUP, keep-alive connection open", s.reloadStep},
+		{"e. Failback: director1 comes back and preempts; the connection opened before the SIGKILL goes on", s.failbackStep},
 	} {
 		s.printf("\n==> [%d/%d] %s\n", i+1, steps, st.title)
 		if err := st.f(ctx); err != nil {

@@ -12,7 +12,7 @@ import (
 )
 
 // The scenario's steps after setup, in the order Run takes them: round
-// robin, failover, health checks, reload.
+// robin, failover, health checks, reload (the failback is in syncstep.go).
 
 func (s *scenario) roundRobin(ctx context.Context) error {
 	const n = 10
@@ -65,6 +65,9 @@ func (s *scenario) failoverStep(ctx context.Context) error {
 		warmup   = 20
 		after    = 30
 	)
+	if err := s.openSynced(ctx); err != nil {
+		return err
+	}
 	loop := startLoop(ctx, s.client, period, timeout, inFlight)
 	s.failover = loop
 	t0 := time.Now()
@@ -159,6 +162,9 @@ func (s *scenario) failoverStep(ctx context.Context) error {
 	s.ok("director2 MASTER %v after SIGKILL (director1 unplugged %v after the kill); client's ARP entry for %v: %v (director2 is %v)",
 		s.rep.Takeover.Round(time.Millisecond), unplugged.Round(time.Millisecond), VIP, mac, s.d2Node.MAC)
 	s.ok("requests succeed again: %s after the kill", summarize(loop.since(killAt)))
+	if err := s.checkSynced("through director2"); err != nil {
+		return err
+	}
 	s.printf("    OUTAGE: %v without a successful reply (%d requests failed); advert_interval %v, Master_Down_Interval %v; a reply takes %v (median)\n",
 		g.Length.Round(time.Millisecond), g.Failed, s.t.AdvertInterval,
 		MasterDownInterval(s.t.AdvertInterval, st2.VRRP[0].Priority).Round(time.Millisecond), medianLatency(recs).Round(time.Millisecond))
