@@ -323,18 +323,13 @@ func (v *validator) realserver(p string, rs *Realserver) {
 // ParseRealserverVIP accepts a bare address of either family, or one with
 // its host prefix length (/32, /128): on lo a VIP is only ever that.
 func ParseRealserverVIP(s string) (netip.Addr, error) {
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		p, perr := netip.ParsePrefix(s)
-		if perr != nil {
-			return netip.Addr{}, fmt.Errorf("%q is not an IP address", s)
-		}
+	if p, err := netip.ParsePrefix(s); err == nil {
 		if p.Bits() != p.Addr().BitLen() {
 			return netip.Addr{}, fmt.Errorf("%q: a real server's VIP is a single address (/%d or no length)", s, p.Addr().BitLen())
 		}
-		a = p.Addr()
+		s = p.Addr().String()
 	}
-	return a, nil
+	return parseAddr(s)
 }
 
 // vipsHeld warns about a service whose address no VRRP instance or
@@ -358,26 +353,16 @@ func (v *validator) vipsHeld() {
 	}
 }
 
-func parseAddr4(s string) (netip.Addr, error) {
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("%q is not an IP address", s)
-	}
-	if !a.Is4() {
-		return netip.Addr{}, fmt.Errorf("%q is not an IPv4 address (lvsha handles IPv4 only for now)", s)
-	}
-	return a, nil
-}
-
-// parseAddr accepts an IPv4 or IPv6 address of a VRRP instance, without
-// a zone (the instance's interface is the zone of a link-local one).
+// parseAddr accepts an IPv4 or IPv6 address, without a zone (a VRRP
+// instance's interface is the zone of a link-local one) and not
+// IPv4-mapped: every address of the file goes through it.
 func parseAddr(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	switch {
 	case err != nil:
 		return netip.Addr{}, fmt.Errorf("%q is not an IP address", s)
 	case a.Zone() != "":
-		return netip.Addr{}, fmt.Errorf("%q has a zone: leave it out (the instance's interface is the zone)", s)
+		return netip.Addr{}, fmt.Errorf("%q has a zone: leave it out (a VRRP instance takes its interface as the zone)", s)
 	case vrrp.Family(a) == "invalid":
 		return netip.Addr{}, fmt.Errorf("%q is an IPv4-mapped IPv6 address: write the IPv4 address", s)
 	}
@@ -411,12 +396,9 @@ func parseAddrPort(s string) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("%q is not address:port (IPv6: [address]:port)", s)
 	}
-	a, err := netip.ParseAddr(host)
+	a, err := parseAddr(host)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("%q is not an IP address", host)
-	}
-	if a.Zone() != "" || a.Is4In6() {
-		return netip.AddrPort{}, fmt.Errorf("%q: a zone or an IPv4-mapped address cannot be a service or real server", host)
+		return netip.AddrPort{}, err
 	}
 	n, err := strconv.Atoi(port)
 	if err != nil || n < 1 || n > 65535 {
