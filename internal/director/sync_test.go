@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -175,4 +176,72 @@ func TestSyncRetries(t *testing.T) {
 			t.Fatalf("error stays after recovery: %+v", p.status())
 		}
 	}
+}
+
+// TestSyncStopAfterResign: the stop's last pass stops the master daemon
+// of a master that resigned while a pass was still running, whether or
+// not the loop got to the resignation (tried 20 times: which of the stop
+// and the wake-up the loop sees first is up to select).
+func TestSyncStopAfterResign(t *testing.T) {
+	for i := range 20 {
+		f, k := lvstest.New(t)
+		g := &gatedSync{SyncControl: k}
+		c := &conf.Config{Global: conf.Global{IPVSRepairInterval: conf.Duration(time.Hour)}, Sync: syncConf(51)}
+		p := newSyncPart(c, slog.New(slog.DiscardHandler), func() (lvs.SyncControl, func(), error) { return g, func() {}, nil })
+		p.setVersion = func() error { return nil }
+		p.entries = func() (int, error) { return 0, nil }
+		p.start(t.Context())
+		p.setState("VI_1", vrrp.Master)
+		h := &syncHarness{f: f}
+		h.await(t, "master eth0 51, backup eth0 51")
+
+		// A pass (a reload) is held inside its listing; meanwhile the
+		// instance resigns and the daemon is told to stop.
+		gate := make(chan struct{})
+		g.hold(gate)
+		p.setConfig(syncConf(51))
+		<-g.held
+		p.setState("VI_1", vrrp.Init)
+		stopped := make(chan struct{})
+		go func() { p.stop(); close(stopped) }()
+		time.Sleep(time.Millisecond)
+		g.hold(nil)
+		close(gate)
+		<-stopped
+		var got []string
+		for _, d := range f.Daemons() {
+			got = append(got, d.State.String())
+		}
+		if strings.Join(got, ",") != "backup" {
+			t.Fatalf("run %d: after the stop the kernel runs %v, want the backup daemon only", i, got)
+		}
+	}
+}
+
+// gatedSync holds Daemons calls while a gate is set.
+type gatedSync struct {
+	lvs.SyncControl
+	mu   sync.Mutex
+	gate chan struct{}
+	held chan struct{}
+}
+
+func (g *gatedSync) hold(gate chan struct{}) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.gate = gate
+	if gate != nil {
+		g.held = make(chan struct{})
+	}
+}
+
+func (g *gatedSync) Daemons() ([]lvs.SyncDaemon, error) {
+	g.mu.Lock()
+	gate, held := g.gate, g.held
+	g.mu.Unlock()
+	if gate != nil {
+		close(held)
+		<-gate
+	}
+	return g.SyncControl.Daemons()
 }
