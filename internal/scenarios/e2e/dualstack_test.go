@@ -1,36 +1,17 @@
 package e2e
 
 import (
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
-	"github.com/lvsha/lvsha/internal/testenv/testutil"
 	"github.com/lvsha/lvsha/internal/testenv/vm"
-	"github.com/lvsha/lvsha/internal/testenv/vm/vmtest"
 )
 
 // TestDualStackVM runs TestDualStack in the VM (real IPVS); it fails unless
 // the whole dual-stack scenario passes.
 func TestDualStackVM(t *testing.T) {
-	if testing.Short() {
-		testutil.Unavailable(t, "the VM scenario does not run with -short")
-	}
-	vmtest.Need(t)
-	root, err := ModuleRoot(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	lvsha := filepath.Join(t.TempDir(), "lvsha")
-	if err := BuildLvsha(t.Context(), lvsha); err != nil {
-		t.Fatal(err)
-	}
-	files, err := GuestFiles(root, lvsha)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := vmtest.Run(t, "^TestDualStack$", VMOptions(files))
+	res := runInVM(t, "^TestDualStack$")
 	for _, m := range regexp.MustCompile(`PASS: .*`).FindAllString(res.Console, -1) {
 		t.Log(strings.TrimSpace(m))
 	}

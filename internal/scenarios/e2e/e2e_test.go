@@ -20,10 +20,22 @@ import (
 // there; it fails unless the whole scenario passes. Under `make test`
 // (LVSHA_STRICT=1) a missing qemu or kernel is a failure.
 func TestSeedScenarioVM(t *testing.T) {
+	res := runInVM(t, "^TestSeedScenario$")
+	for _, re := range []*regexp.Regexp{regexp.MustCompile(`OUTAGE: .*`), regexp.MustCompile(`PASS: .*`), regexp.MustCompile(`failover outage .*`)} {
+		if m := re.FindString(res.Console); m != "" {
+			t.Log(strings.TrimSpace(m))
+		}
+	}
+}
+
+// runInVM builds lvsha and runs the guest tests matching pattern in the VM
+// with it and the example configs; it fails the test unless they pass.
+func runInVM(t *testing.T, pattern string) vm.Result {
+	t.Helper()
 	if testing.Short() {
 		// `make unit` (-short, LVSHA_STRICT=0) runs no VM; under
 		// LVSHA_STRICT=1 -short is no excuse.
-		testutil.Unavailable(t, "the VM scenario does not run with -short")
+		testutil.Unavailable(t, "the VM scenarios do not run with -short")
 	}
 	vmtest.Need(t)
 	root, err := ModuleRoot(t.Context())
@@ -38,12 +50,7 @@ func TestSeedScenarioVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := vmtest.Run(t, "^TestSeedScenario$", VMOptions(files))
-	for _, re := range []*regexp.Regexp{regexp.MustCompile(`OUTAGE: .*`), regexp.MustCompile(`PASS: .*`), regexp.MustCompile(`failover outage .*`)} {
-		if m := re.FindString(res.Console); m != "" {
-			t.Log(strings.TrimSpace(m))
-		}
-	}
+	return vmtest.Run(t, pattern, VMOptions(files))
 }
 
 // TestSeedScenario is the scenario itself; it runs inside the VM, started
