@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -164,35 +163,8 @@ func (d *director) Status() Status {
 	return d.statusFn()
 }
 
-// The real lvsha binary: LVSHA_BIN, or built once from ../cmd/lvsha.
-var (
-	lvshaBinOnce sync.Once
-	lvshaBin     string
-	lvshaBinErr  error
-)
-
-func buildLvsha(t *testing.T) string {
-	t.Helper()
-	lvshaBinOnce.Do(func() {
-		if lvshaBin = os.Getenv("LVSHA_BIN"); lvshaBin != "" {
-			return
-		}
-		dir, err := os.MkdirTemp("", "lvsha-vrrp-test")
-		if err != nil {
-			lvshaBinErr = err
-			return
-		}
-		lvshaBin = filepath.Join(dir, "lvsha")
-		out, err := exec.Command("go", "build", "-o", lvshaBin, "../cmd/lvsha").CombinedOutput()
-		if err != nil {
-			lvshaBinErr = fmt.Errorf("go build ../cmd/lvsha: %w\n%s", err, out)
-		}
-	})
-	if lvshaBinErr != nil {
-		t.Fatal(lvshaBinErr)
-	}
-	return lvshaBin
-}
+// buildLvsha is the real lvsha binary (testutil.LvshaBinary).
+func buildLvsha(t *testing.T) string { return testutil.LvshaBinary(t) }
 
 // daemonTOML is cfg as lvsha.toml.
 func daemonTOML(cfg Config, sock string) string {

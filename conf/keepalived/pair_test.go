@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -173,35 +172,8 @@ func startImported(t *testing.T, node *netns.Node, conf string) *speaker {
 	return s
 }
 
-var (
-	lvshaBinOnce sync.Once
-	lvshaBin     string
-	lvshaBinErr  error
-)
-
-// buildLvsha is the real lvsha binary: LVSHA_BIN, or built once.
-func buildLvsha(t *testing.T) string {
-	t.Helper()
-	lvshaBinOnce.Do(func() {
-		if lvshaBin = os.Getenv("LVSHA_BIN"); lvshaBin != "" {
-			return
-		}
-		dir, err := os.MkdirTemp("", "lvsha-bin")
-		if err != nil {
-			lvshaBinErr = err
-			return
-		}
-		lvshaBin = filepath.Join(dir, "lvsha")
-		out, err := exec.Command("go", "build", "-o", lvshaBin, "../../cmd/lvsha").CombinedOutput()
-		if err != nil {
-			lvshaBinErr = fmt.Errorf("go build ../../cmd/lvsha: %w\n%s", err, out)
-		}
-	})
-	if lvshaBinErr != nil {
-		t.Fatal(lvshaBinErr)
-	}
-	return lvshaBin
-}
+// buildLvsha is the real lvsha binary (testutil.LvshaBinary).
+func buildLvsha(t *testing.T) string { return testutil.LvshaBinary(t) }
 
 func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()

@@ -24,21 +24,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// buildLvsha returns the real binary: LVSHA_BIN (make test sets it to
-// bin/lvsha), or one built for this test.
-func buildLvsha(t *testing.T) string {
-	t.Helper()
-	if bin := os.Getenv("LVSHA_BIN"); bin != "" {
-		return bin
-	}
-	bin := filepath.Join(t.TempDir(), "lvsha")
-	cmd := exec.Command("go", "build", "-o", bin, "../../cmd/lvsha")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build lvsha: %v\n%s", err, out)
-	}
-	return bin
-}
+// buildLvsha is the real lvsha binary (testutil.LvshaBinary).
+func buildLvsha(t *testing.T) string { return testutil.LvshaBinary(t) }
 
 type director struct {
 	node *netns.Node

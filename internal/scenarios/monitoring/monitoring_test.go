@@ -410,13 +410,7 @@ func TestAlertsInRealPrometheus(t *testing.T) {
 	if err != nil {
 		testutil.Unavailable(t, "prometheus not found (Debian package prometheus)")
 	}
-	bin := os.Getenv("LVSHA_BIN")
-	if bin == "" {
-		bin = filepath.Join(t.TempDir(), "lvsha")
-		if out, err := exec.Command("go", "build", "-o", bin, "../../../cmd/lvsha").CombinedOutput(); err != nil {
-			t.Fatalf("go build ../../../cmd/lvsha: %v\n%s", err, out)
-		}
-	}
+	bin := testutil.LvshaBinary(t)
 	dir := t.TempDir()
 	l, err := netns.NewLab(netns.UniquePrefix("lvm"))
 	if err != nil {

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,13 +18,7 @@ func TestSoak(t *testing.T) {
 		testutil.Unavailable(t, "the soak needs root and network namespaces (not with -short)")
 	}
 	testutil.NeedRoot(t)
-	bin := os.Getenv("LVSHA_BIN")
-	if bin == "" {
-		bin = filepath.Join(t.TempDir(), "lvsha")
-		if out, err := exec.Command("go", "build", "-o", bin, "../../../cmd/lvsha").CombinedOutput(); err != nil {
-			t.Fatalf("go build ../../../cmd/lvsha: %v\n%s", err, out)
-		}
-	}
+	bin := testutil.LvshaBinary(t)
 	d := 60 * time.Second
 	if v := os.Getenv("LVSHA_SOAK"); v != "" {
 		var err error
