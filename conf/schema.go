@@ -8,6 +8,7 @@ package conf
 
 import (
 	"fmt"
+	"net/netip"
 	"reflect"
 	"strings"
 	"time"
@@ -29,6 +30,8 @@ type Config struct {
 	Realserver *Realserver     `toml:"realserver"`
 	// Sync runs the kernel's IPVS connection sync daemons; nil = off.
 	Sync *Sync `toml:"sync"`
+	// BGP announces VIPs to routers (active-active directors); nil = off.
+	BGP *BGP `toml:"bgp"`
 
 	// File is the path the config was loaded from.
 	File string `toml:"-"`
@@ -207,6 +210,40 @@ type Sync struct {
 	Runtime lvs.SyncDaemon `toml:"-"`
 }
 
+// BGP is the announcement of VIPs over BGP: each VIP of Announce is held
+// on Interface and announced as a /32 (/128) with next-hop self while the
+// director can serve it.
+type BGP struct {
+	ASN      int64  `toml:"asn"`
+	RouterID string `toml:"router_id"`
+	// ListenPort is where routers may connect to us; 0 = connect out only.
+	ListenPort int      `toml:"listen_port"`
+	Announce   []string `toml:"announce"`  // VIPs, each an address of a virtual_server
+	Interface  string   `toml:"interface"` // where the VIPs are held
+	// DrainTime is how long a stopping director keeps serving after its
+	// withdrawals went out, so the routers move the flows first.
+	DrainTime Duration      `toml:"drain_time"`
+	Neighbors []BGPNeighbor `toml:"neighbor"`
+
+	// The parsed forms.
+	RouterIDAddr netip.Addr     `toml:"-"`
+	VIPs         []netip.Prefix `toml:"-"` // Announce as /32 and /128
+}
+
+// BGPNeighbor is one router the director peers with.
+type BGPNeighbor struct {
+	Address  string `toml:"address"`
+	ASN      int64  `toml:"asn"`
+	Password string `toml:"password"` // TCP MD5 (RFC 2385); empty = none
+	// HoldTime is proposed in the OPEN; the session uses the smaller of
+	// both sides'. Keepalives go every third of it.
+	HoldTime     Duration `toml:"hold_time"`
+	ConnectRetry Duration `toml:"connect_retry"`
+	Port         int      `toml:"port"`
+
+	Addr netip.Addr `toml:"-"`
+}
+
 // rawTable keeps a TOML table undecoded until its base is known.
 type rawTable struct{ m map[string]any }
 
@@ -277,6 +314,29 @@ func defaultSync() Sync {
 	return Sync{Group: "224.0.0.81", Port: 8848, TTL: 1}
 }
 
+func defaultBGP() BGP {
+	return BGP{
+		ListenPort: 179,
+		Interface:  "lo",
+		// Long enough for the routers to install the withdrawal and for
+		// requests in flight to finish; short next to systemd's 90 s stop.
+		DrainTime: Duration(5e9),
+	}
+}
+
+func defaultBGPNeighbor() BGPNeighbor {
+	return BGPNeighbor{
+		// RFC 4271 suggests 90 s, which leaves a crashed director's route
+		// in place for a minute and a half; 9 s (keepalive 3 s) is the
+		// usual data-centre setting (FRR's "datacenter" profile).
+		HoldTime: Duration(9e9),
+		// GoBGP's and FRR's 120 s would keep a director out for two
+		// minutes after a router restart.
+		ConnectRetry: Duration(5e9),
+		Port:         179,
+	}
+}
+
 func defaultReal() RealServer { return RealServer{Weight: 1} }
 
 func defaultCheck() Check {
@@ -306,6 +366,8 @@ var elemDefaults = map[reflect.Type]func(reflect.Value){
 	reflect.TypeFor[RealServer]():    func(v reflect.Value) { v.Set(reflect.ValueOf(defaultReal())) },
 	reflect.TypeFor[Check]():         func(v reflect.Value) { v.Set(reflect.ValueOf(defaultCheck())) },
 	reflect.TypeFor[Sync]():          func(v reflect.Value) { v.Set(reflect.ValueOf(defaultSync())) },
+	reflect.TypeFor[BGP]():           func(v reflect.Value) { v.Set(reflect.ValueOf(defaultBGP())) },
+	reflect.TypeFor[BGPNeighbor]():   func(v reflect.Value) { v.Set(reflect.ValueOf(defaultBGPNeighbor())) },
 }
 
 // choice is a key whose value is one of a few names, each standing for a

@@ -1,0 +1,53 @@
+package conf
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// TestBGPDefaults: a minimal [bgp] gets lo, port 179, a 5 s drain and the
+// data-centre timers, and its VIPs as host prefixes of their family; an
+// announced VIP needs no VRRP instance (no "not held" warning).
+func TestBGPDefaults(t *testing.T) {
+	src := `
+[[virtual_server]]
+address = "192.0.2.10:80"
+[[virtual_server.real_server]]
+address = "10.0.0.1:80"
+[[virtual_server]]
+address = "[2001:db8::10]:80"
+[[virtual_server.real_server]]
+address = "[2001:db8:1::1]:80"
+
+[bgp]
+asn = 65001
+router_id = "10.0.0.11"
+announce = ["192.0.2.10", "2001:db8::10"]
+[[bgp.neighbor]]
+address = "10.0.0.254"
+asn = 65000
+`
+	cfg, warns, err := Parse("t.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warns) != 0 {
+		t.Errorf("warnings %v, want none", warns)
+	}
+	b := cfg.BGP
+	if b == nil {
+		t.Fatal("no bgp section")
+	}
+	if b.Interface != "lo" || b.ListenPort != 179 || b.DrainTime.D() != 5*time.Second || b.RouterIDAddr != netip.MustParseAddr("10.0.0.11") {
+		t.Errorf("bgp %+v", b)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("192.0.2.10/32"), netip.MustParsePrefix("2001:db8::10/128")}
+	if len(b.VIPs) != 2 || b.VIPs[0] != want[0] || b.VIPs[1] != want[1] {
+		t.Errorf("VIPs %v, want %v", b.VIPs, want)
+	}
+	n := b.Neighbors[0]
+	if n.Addr != netip.MustParseAddr("10.0.0.254") || n.HoldTime.D() != 9*time.Second || n.ConnectRetry.D() != 5*time.Second || n.Port != 179 {
+		t.Errorf("neighbor %+v", n)
+	}
+}
