@@ -150,14 +150,8 @@ func (r *Reconciler) Repair() (Report, error) {
 // The returned slice is ds's storage, reused across services.
 func target(s *Service, ds []KDest) (KService, []KDest, bool) {
 	ks := KService{Key: s.Key, Scheduler: s.Scheduler, Timeout: uint32(s.Persistence.Seconds())}
-	live := 0
-	for _, rs := range s.Reals {
-		if rs.Up {
-			live += rs.Weight
-		}
-	}
 	ds = ds[:0]
-	if s.Sorry.IsValid() && live < s.Quorum {
+	if s.Sorry.IsValid() && !s.HasQuorum() {
 		return ks, append(ds, KDest{Addr: s.Sorry, Weight: 1, Forwarding: s.Forwarding}), true
 	}
 	for _, rs := range s.Reals {

@@ -150,6 +150,18 @@ type Service struct {
 	Reals     []Real
 }
 
+// HasQuorum reports whether the real servers that are up weigh at least
+// Quorum together.
+func (s *Service) HasQuorum() bool {
+	live := 0
+	for _, rs := range s.Reals {
+		if rs.Up {
+			live += rs.Weight
+		}
+	}
+	return live >= s.Quorum
+}
+
 // validate checks s; seen is scratch space (reused to spare allocations
 // on every reload).
 func (s *Service) validate(seen map[netip.AddrPort]bool) error {
