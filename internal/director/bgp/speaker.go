@@ -5,8 +5,9 @@
 //
 // Each VIP is originated with next-hop 0.0.0.0 (::), which GoBGP replaces
 // with the session's local address towards each neighbour (next-hop self),
-// for eBGP and iBGP alike. Nothing is learnt: routes from the routers are
-// rejected on import, since a director needs none of them.
+// for eBGP and iBGP alike. Routes the routers send stay in GoBGP's table
+// and go nowhere: no import policy rejects them, because GoBGP applies
+// the global import policy to locally originated routes too.
 package bgp
 
 import (
@@ -72,10 +73,12 @@ type Speaker struct {
 // runs (sessions come up on their own, later).
 func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Speaker, error) {
 	lvl := &slog.LevelVar{}
-	// GoBGP is chatty at info (every FSM step); its warnings and errors
-	// are what an operator needs next to lvsha's own lines.
 	lvl.Set(slog.LevelWarn)
-	s := server.NewBgpServer(server.LoggerOption(log.With("component", "gobgp"), lvl))
+	// GoBGP logs every FSM step at info whatever the level it is given;
+	// its warnings and errors are what an operator needs next to lvsha's
+	// own lines (which say when sessions and routes change).
+	glog := slog.New(minLevel{log.Handler(), slog.LevelWarn}).With("component", "gobgp")
+	s := server.NewBgpServer(server.LoggerOption(glog, lvl))
 	go s.Serve()
 	listen := int32(cfg.ListenPort)
 	if listen == 0 {
@@ -86,14 +89,6 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Speaker, error) 
 	}}); err != nil {
 		s.Stop()
 		return nil, fmt.Errorf("bgp: start: %w", err)
-	}
-	// A director originates; it has no use for the routers' tables.
-	if err := s.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
-		Name: "global", Direction: api.PolicyDirection_POLICY_DIRECTION_IMPORT,
-		DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT,
-	}}); err != nil {
-		s.Stop()
-		return nil, fmt.Errorf("bgp: import policy: %w", err)
 	}
 	sp := &Speaker{s: s, log: log, announced: map[netip.Prefix]bool{}}
 	for _, n := range cfg.Neighbors {
@@ -216,10 +211,21 @@ func (sp *Speaker) Stop() {
 	}
 	sp.stopped = true
 	sp.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := sp.s.StopBgp(ctx, &api.StopBgpRequest{}); err != nil {
-		sp.log.Warn("bgp: stop", "err", err)
-	}
-	sp.s.Stop()
+	sp.s.Stop() // StopBgp, logging its own errors, then the rest
+
 }
+
+// minLevel drops the records of h below min.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.Handler.Enabled(ctx, l)
+}
+
+func (m minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{m.Handler.WithAttrs(a), m.min}
+}
+func (m minLevel) WithGroup(g string) slog.Handler { return minLevel{m.Handler.WithGroup(g), m.min} }
