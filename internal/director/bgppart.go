@@ -78,6 +78,7 @@ type bgpPart struct {
 	announced map[netip.Prefix]bool
 	reasons   map[netip.Prefix]string
 	last      *control.BGPWithdraw
+	withdrawn int // withdrawals so far
 }
 
 func newBGPPart(cfg conf.BGP, log *slog.Logger, open func(conf.BGP) (Speaker, error),
@@ -242,6 +243,7 @@ func (b *bgpPart) withdraw(sp Speaker, vip netip.Prefix, reason string) {
 	b.mu.Lock()
 	delete(b.announced, vip)
 	b.last = &control.BGPWithdraw{Prefix: vip.String(), Reason: reason, At: time.Now()}
+	b.withdrawn++
 	b.mu.Unlock()
 }
 
@@ -290,6 +292,7 @@ func (b *bgpPart) status(ctx context.Context) *control.BGPStatus {
 	b.mu.Lock()
 	sp := b.sp
 	st.Error = b.err
+	st.Withdrawals = b.withdrawn
 	for _, vip := range b.cfg.VIPs {
 		vs := control.BGPVIPStatus{Prefix: vip.String(), Announced: b.announced[vip], Reason: b.reasons[vip]}
 		if !vs.Announced && vs.Reason == "" {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -155,7 +157,8 @@ drain_time = "0s"
 address = "192.0.2.254"
 asn = 65000
 `
-	if err := os.WriteFile(file, fmt.Appendf(nil, daemonConfig, sock, filepath.Join(dir, "state"), freePort(t), a.addr, b.addr, bgpSection), 0o644); err != nil {
+	metricsAddr := freePort(t)
+	if err := os.WriteFile(file, fmt.Appendf(nil, daemonConfig, sock, filepath.Join(dir, "state"), metricsAddr, a.addr, b.addr, bgpSection), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg, _, err := conf.Load(file)
@@ -194,6 +197,19 @@ asn = 65000
 		st.BGP.LastWithdraw == nil || !strings.HasPrefix(st.BGP.LastWithdraw.Reason, "quorum lost") ||
 		len(st.BGP.Neighbors) != 1 || st.BGP.Neighbors[0].State != "established" {
 		t.Errorf("bgp status %+v", st.BGP)
+	}
+
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`lvsha_bgp_vip_announced{prefix="10.99.0.1/32"} 0`, `lvsha_bgp_withdrawals_total 1`,
+		`lvsha_bgp_neighbor_established{neighbor="192.0.2.254"} 1`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 
 	a.start(t)

@@ -48,6 +48,8 @@ type BGPStatus struct {
 	VIPs []BGPVIPStatus `json:"vips"`
 	// LastWithdraw is the most recent withdrawal; absent if none yet.
 	LastWithdraw *BGPWithdraw `json:"last_withdraw,omitempty"`
+	// Withdrawals counts the withdrawals since the daemon started.
+	Withdrawals int `json:"withdrawals"`
 }
 
 // BGPNeighborStatus is one BGP session.
