@@ -164,6 +164,13 @@ func target(s *Service, ds []KDest) (KService, []KDest, bool) {
 		}
 		ds = append(ds, KDest{Addr: rs.Addr, Weight: w, Forwarding: s.Forwarding})
 	}
+	if s.Scheduler == "mh" {
+		// The kernel's Maglev table depends on the order destinations
+		// were added (ip_vs_mh.c walks the list): directors that add
+		// them in one order, whatever the config's, pick the same real
+		// server for a flow.
+		slices.SortFunc(ds, func(a, b KDest) int { return a.Addr.Compare(b.Addr) })
+	}
 	return ks, ds, false
 }
 

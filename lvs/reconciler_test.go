@@ -330,3 +330,23 @@ func TestPersistOwned(t *testing.T) {
 		t.Fatalf("state file holds %v", got)
 	}
 }
+
+// TestMHDestinationsSorted: an mh service's destinations are added in
+// address order whatever the config's order, so that every director builds
+// the same Maglev table; other schedulers keep the config's order.
+func TestMHDestinationsSorted(t *testing.T) {
+	for _, sched := range []string{"mh", "rr"} {
+		f, r := newReconciler(t)
+		s := seed()
+		s.Scheduler = sched
+		s.Reals[0], s.Reals[1] = s.Reals[1], s.Reals[0] // web2 first
+		mustApply(t, r, s)
+		first, second := web1, web2
+		if sched == "rr" {
+			first, second = web2, web1
+		}
+		wantCalls(t, f, "Services", "NewService tcp/192.168.94.200:80 "+sched+" timeout=0",
+			"NewDestination tcp/192.168.94.200:80 "+first.String()+" weight=1 dr",
+			"NewDestination tcp/192.168.94.200:80 "+second.String()+" weight=1 dr")
+	}
+}
