@@ -1,6 +1,7 @@
 package conf
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -49,5 +50,29 @@ asn = 65000
 	n := b.Neighbors[0]
 	if n.Addr != netip.MustParseAddr("10.0.0.254") || n.HoldTime.D() != 9*time.Second || n.ConnectRetry.D() != 5*time.Second || n.Port != 179 {
 		t.Errorf("neighbor %+v", n)
+	}
+}
+
+// TestMHRemoveWarns: on_failure = "remove" with mh is a warning (at its
+// key), "inhibit" and other schedulers are not.
+func TestMHRemoveWarns(t *testing.T) {
+	for _, tc := range []struct {
+		sched, onFailure string
+		warn             bool
+	}{{"mh", "remove", true}, {"mh", "inhibit", false}, {"rr", "remove", false}} {
+		src := fmt.Sprintf("[[virtual_server]]\naddress = \"192.0.2.10:80\"\nscheduler = %q\non_failure = %q\n[[virtual_server.real_server]]\naddress = \"10.0.0.1:80\"\n", tc.sched, tc.onFailure)
+		_, warns, err := Parse("t.toml", []byte(src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := false
+		for _, w := range warns {
+			if w.Path == "virtual_server[0].on_failure" {
+				got = true
+			}
+		}
+		if got != tc.warn {
+			t.Errorf("%s with %s: warned %v, want %v (%v)", tc.sched, tc.onFailure, got, tc.warn, warns)
+		}
 	}
 }

@@ -73,6 +73,12 @@ func (v *validator) service(p string, vs *VirtualServer) {
 	}
 	if f, ok := onFailures.lookup(vs.OnFailure); ok {
 		svc.OnFailure = f
+		if f == lvs.Remove && vs.Scheduler == "mh" {
+			// ip_vs_mh.c rebuilds its table from the destination list: a
+			// removal moves flows of the servers still up too, and a
+			// server removed on one director only splits the directors.
+			v.warnf(p+".on_failure", `"remove" with scheduler mh reshuffles the flows of every real server on each failure; "inhibit" keeps their Maglev slots`)
+		}
 	} else {
 		v.errf(p+".on_failure", "%q is not one of %s", vs.OnFailure, onFailures.names())
 	}
