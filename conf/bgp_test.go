@@ -40,7 +40,7 @@ asn = 65000
 	if b == nil {
 		t.Fatal("no bgp section")
 	}
-	if b.Interface != "lo" || b.ListenPort != 179 || b.DrainTime.D() != 5*time.Second || b.RouterIDAddr != netip.MustParseAddr("10.0.0.11") {
+	if !b.SloppyTCP || b.Interface != "lo" || b.ListenPort != 179 || b.DrainTime.D() != 5*time.Second || b.RouterIDAddr != netip.MustParseAddr("10.0.0.11") {
 		t.Errorf("bgp %+v", b)
 	}
 	want := []netip.Prefix{netip.MustParsePrefix("192.0.2.10/32"), netip.MustParsePrefix("2001:db8::10/128")}

@@ -222,7 +222,11 @@ type BGP struct {
 	Interface  string   `toml:"interface"` // where the VIPs are held
 	// DrainTime is how long a stopping director keeps serving after its
 	// withdrawals went out, so the routers move the flows first.
-	DrainTime Duration      `toml:"drain_time"`
+	DrainTime Duration `toml:"drain_time"`
+	// SloppyTCP sets net.ipv4.vs.sloppy_tcp=1 at start: IPVS then
+	// schedules a TCP flow from any packet, not only a SYN, so a flow
+	// that ECMP moves to this director is served instead of reset.
+	SloppyTCP bool          `toml:"sloppy_tcp"`
 	Neighbors []BGPNeighbor `toml:"neighbor"`
 
 	// The parsed forms.
@@ -321,6 +325,7 @@ func defaultBGP() BGP {
 		// Long enough for the routers to install the withdrawal and for
 		// requests in flight to finish; short next to systemd's 90 s stop.
 		DrainTime: Duration(5e9),
+		SloppyTCP: true,
 	}
 }
 

@@ -333,7 +333,7 @@ func TestBGPWithFRR(t *testing.T) {
 
 	// SIGKILL: the kernel closes the dead process's TCP session, so the
 	// router drops d2's route at once, well within the hold time.
-	d1 = startBGPDirector(t, nodes[0], dirs[0], false)
+	startBGPDirector(t, nodes[0], dirs[0], false)
 	if !waitHops(t, r, "10.0.0.1 10.0.0.2", 20*time.Second) {
 		t.Fatalf("ECMP route again: next hops %v", nextHops(t, r))
 	}
@@ -346,7 +346,7 @@ func TestBGPWithFRR(t *testing.T) {
 
 	// A director cut off (a host crash or a dead link: no FIN reaches
 	// the router) is dropped when the hold time (3 s) runs out.
-	d2 = startBGPDirector(t, nodes[1], dirs[1], false)
+	startBGPDirector(t, nodes[1], dirs[1], false)
 	if !waitHops(t, r, "10.0.0.1 10.0.0.2", 20*time.Second) {
 		t.Fatalf("ECMP route before the cut: next hops %v", nextHops(t, r))
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -68,6 +70,7 @@ type bgpPart struct {
 	open     func(conf.BGP) (Speaker, error)
 	holdVIPs func(iface string, vips []netip.Prefix, add bool) error
 	verdicts func() map[netip.Prefix]string
+	sysctl   func(key, value string) error
 	kick     chan struct{} // capacity 1
 	quit     chan struct{}
 	done     chan struct{}
@@ -89,7 +92,7 @@ func newBGPPart(cfg conf.BGP, log *slog.Logger, open func(conf.BGP) (Speaker, er
 	if holdVIPs == nil {
 		holdVIPs = holdVIPsOnLink
 	}
-	return &bgpPart{log: log, cfg: cfg, open: open, holdVIPs: holdVIPs, verdicts: verdicts,
+	return &bgpPart{log: log, cfg: cfg, open: open, holdVIPs: holdVIPs, verdicts: verdicts, sysctl: writeSysctl,
 		kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
 		announced: map[netip.Prefix]bool{}, reasons: map[netip.Prefix]string{}}
 }
@@ -133,8 +136,34 @@ func holdVIPsOnLink(iface string, vips []netip.Prefix, add bool) error {
 	return nil
 }
 
+// writeSysctl writes /proc/sys/KEY (dots for slashes).
+func writeSysctl(key, value string) error {
+	path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+	// No O_CREATE: without the ip_vs module the key is missing, an error.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return fmt.Errorf("sysctl %s: %w", key, err)
+	}
+	_, err = f.WriteString(value + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sysctl %s: %w", key, err)
+	}
+	return nil
+}
+
 // start holds the VIPs and runs the speaker until stop.
 func (b *bgpPart) start() {
+	if b.cfg.SloppyTCP {
+		// Without it IPVS schedules only SYNs: a flow that ECMP moves here
+		// from another director gets a reset. Not fatal: the director
+		// still serves new flows (status and logs say so).
+		if err := b.sysctl("net.ipv4.vs.sloppy_tcp", "1"); err != nil {
+			b.log.Warn("bgp: cannot set sloppy_tcp; flows moved from another director will be reset", "err", err)
+		}
+	}
 	if err := b.holdVIPs(b.cfg.Interface, b.cfg.VIPs, true); err != nil {
 		// Announcing a VIP the director does not hold would black-hole
 		// its share of the traffic: nothing is announced then.

@@ -171,6 +171,7 @@ asn = 65000
 		OpenIPVS:    func() (lvs.Kernel, func(), error) { return k, func() {}, nil },
 		OpenBGP:     func(conf.BGP) (Speaker, error) { return sp, nil },
 		HoldBGPVIPs: func(string, []netip.Prefix, bool) error { return nil },
+		WriteSysctl: func(k, v string) error { sp.record("sysctl " + k + "=" + v); return nil },
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -181,6 +182,9 @@ asn = 65000
 	}()
 	vip := netip.MustParsePrefix("10.99.0.1/32")
 	waitFor(t, "the VIP announced", func() bool { return sp.announced(vip) })
+	if got := sp.log(); got[0] != "sysctl net.ipv4.vs.sloppy_tcp=1" {
+		t.Errorf("first calls %q, want sloppy_tcp set before any announcement", got)
+	}
 
 	b.stop()
 	waitFor(t, "b inhibited", func() bool { return k.weights()[b.addr] == 0 })
@@ -252,6 +256,7 @@ asn = 65000
 		OpenIPVS:    func() (lvs.Kernel, func(), error) { return nil, nil, errors.New("no IPVS in this kernel") },
 		OpenBGP:     func(conf.BGP) (Speaker, error) { return sp, nil },
 		HoldBGPVIPs: func(string, []netip.Prefix, bool) error { return nil },
+		WriteSysctl: func(string, string) error { return errors.New("no IPVS") },
 	})
 	ctx := runDaemon(t, d)
 	var st *control.Status

@@ -51,6 +51,9 @@ type Options struct {
 	// HoldBGPVIPs adds (add) or removes the VIPs of [bgp] on their
 	// interface; nil means the kernel's. Tests without root pass a fake.
 	HoldBGPVIPs func(iface string, vips []netip.Prefix, add bool) error
+	// WriteSysctl sets a sysctl (key as in sysctl(8), net.ipv4.vs.x);
+	// nil means /proc/sys. Tests pass a recorder.
+	WriteSysctl func(key, value string) error
 }
 
 // Daemon is a running director.
@@ -97,6 +100,9 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 		syncp: newSyncPart(cfg, log, opts.OpenSync)}
 	if cfg.BGP != nil {
 		d.bgpp = newBGPPart(*cfg.BGP, log, opts.OpenBGP, opts.HoldBGPVIPs, d.bgpVerdicts)
+		if opts.WriteSysctl != nil {
+			d.bgpp.sysctl = opts.WriteSysctl
+		}
 	}
 	return d
 }
