@@ -350,3 +350,22 @@ func TestMHDestinationsSorted(t *testing.T) {
 			"NewDestination tcp/192.168.94.200:80 "+second.String()+" weight=1 dr")
 	}
 }
+
+// TestMHFlags: the mh flags go to the kernel with the service, next to the
+// persistence flag, and a change of flags alone is one UpdateService.
+func TestMHFlags(t *testing.T) {
+	f, r := newReconciler(t)
+	s := seed()
+	s.Scheduler, s.SchedFlags, s.Persistence = "mh", lvs.MHFallback, time.Minute
+	mustApply(t, r, s)
+	if es := f.Entries(); len(es) != 1 || es[0].Service.SchedFlags != lvs.MHFallback || es[0].Service.Timeout != 60 {
+		t.Fatalf("kernel service %+v, want mh-fallback and persistence 60", es)
+	}
+	f.Reset()
+	s.SchedFlags = lvs.MHFallback | lvs.MHPort
+	mustApply(t, r, s)
+	wantCalls(t, f, "UpdateService tcp/192.168.94.200:80 mh timeout=60 flags=0x18")
+	f.Reset()
+	mustApply(t, r, s)
+	wantCalls(t, f)
+}
