@@ -3,8 +3,11 @@ package conf
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/lvsha/lvsha/lvs"
 )
 
 // TestBGPDefaults: a minimal [bgp] gets lo, port 179, a 5 s drain and the
@@ -74,5 +77,24 @@ func TestMHRemoveWarns(t *testing.T) {
 		if got != tc.warn {
 			t.Errorf("%s with %s: warned %v, want %v (%v)", tc.sched, tc.onFailure, got, tc.warn, warns)
 		}
+	}
+}
+
+// TestMHFlags: mh_fallback and mh_port become the service's scheduler
+// flags; with another scheduler they are an error at their key.
+func TestMHFlags(t *testing.T) {
+	src := func(sched string) string {
+		return fmt.Sprintf("[[virtual_server]]\naddress = \"192.0.2.10:80\"\nscheduler = %q\nmh_fallback = true\nmh_port = true\n[[virtual_server.real_server]]\naddress = \"10.0.0.1:80\"\n", sched)
+	}
+	cfg, _, err := Parse("t.toml", []byte(src("mh")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := cfg.Services[0].IPVS.SchedFlags; f != lvs.MHFallback|lvs.MHPort {
+		t.Errorf("scheduler flags %#x, want mh-fallback|mh-port", f)
+	}
+	_, _, err = Parse("t.toml", []byte(src("sh")))
+	if err == nil || !strings.Contains(err.Error(), "virtual_server[0].mh_fallback: needs scheduler") {
+		t.Errorf("mh flags with sh: %v, want an error at mh_fallback", err)
 	}
 }

@@ -115,9 +115,14 @@ type VirtualServer struct {
 	// OnFailure is what happens to a real server whose check fails:
 	// "inhibit" sets its weight to 0 (established connections drain) or
 	// "remove" deletes it from IPVS.
-	OnFailure string       `toml:"on_failure"`
-	Check     *Check       `toml:"check"`
-	Reals     []RealServer `toml:"real_server"`
+	OnFailure string `toml:"on_failure"`
+	// MHFallback and MHPort are the mh scheduler's flags: a flow whose
+	// real server has weight 0 goes to the next one, and the source port
+	// is hashed too (ipvsadm's mh-fallback, mh-port).
+	MHFallback bool         `toml:"mh_fallback"`
+	MHPort     bool         `toml:"mh_port"`
+	Check      *Check       `toml:"check"`
+	Reals      []RealServer `toml:"real_server"`
 
 	// ID names the service in status, metrics, logs and the checker's
 	// statistics, the way ipvsadm does: "TCP 10.0.0.1:80" or "FWM 5".
