@@ -298,6 +298,10 @@ func (b *bgpPart) shutdown() {
 			b.log.Info("bgp: withdrawn; draining before stopping", "drain_time", drain)
 			time.Sleep(drain)
 		}
+		// Status stops asking the speaker before it stops.
+		b.mu.Lock()
+		b.sp = nil
+		b.mu.Unlock()
 		sp.Stop()
 	}
 	if err := b.holdVIPs(b.cfg.Interface, b.cfg.VIPs, false); err != nil {
