@@ -191,6 +191,9 @@ func (c *Config) Summary() string {
 		r := sy.Runtime
 		fmt.Fprintf(&b, "  sync: following %s on %s, sync id %d, group %v port %d ttl %d\n", sy.Instance, r.Interface, r.SyncID, r.Group, r.Port, r.TTL)
 	}
+	if bg := c.BGP; bg != nil {
+		fmt.Fprintf(&b, "  bgp: AS %d, router id %s, announcing %s on %s to %d neighbour(s)\n", bg.ASN, bg.RouterID, strings.Join(bg.Announce, " "), bg.Interface, len(bg.Neighbors))
+	}
 	if rs := c.Realserver; rs != nil {
 		arp := "ARP suppressed on " + rs.Interface
 		if !rs.Runtime.SuppressesARP() {

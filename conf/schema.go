@@ -8,6 +8,7 @@ package conf
 
 import (
 	"fmt"
+	"net/netip"
 	"reflect"
 	"strings"
 	"time"
@@ -29,6 +30,8 @@ type Config struct {
 	Realserver *Realserver     `toml:"realserver"`
 	// Sync runs the kernel's IPVS connection sync daemons; nil = off.
 	Sync *Sync `toml:"sync"`
+	// BGP announces VIPs to routers (active-active directors); nil = off.
+	BGP *BGP `toml:"bgp"`
 
 	// File is the path the config was loaded from.
 	File string `toml:"-"`
@@ -112,9 +115,14 @@ type VirtualServer struct {
 	// OnFailure is what happens to a real server whose check fails:
 	// "inhibit" sets its weight to 0 (established connections drain) or
 	// "remove" deletes it from IPVS.
-	OnFailure string       `toml:"on_failure"`
-	Check     *Check       `toml:"check"`
-	Reals     []RealServer `toml:"real_server"`
+	OnFailure string `toml:"on_failure"`
+	// MHFallback and MHPort are the mh scheduler's flags: a flow whose
+	// real server has weight 0 goes to the next one, and the source port
+	// is hashed too (ipvsadm's mh-fallback, mh-port).
+	MHFallback bool         `toml:"mh_fallback"`
+	MHPort     bool         `toml:"mh_port"`
+	Check      *Check       `toml:"check"`
+	Reals      []RealServer `toml:"real_server"`
 
 	// ID names the service in status, metrics, logs and the checker's
 	// statistics, the way ipvsadm does: "TCP 10.0.0.1:80" or "FWM 5".
@@ -207,6 +215,44 @@ type Sync struct {
 	Runtime lvs.SyncDaemon `toml:"-"`
 }
 
+// BGP is the announcement of VIPs over BGP: each VIP of Announce is held
+// on Interface and announced as a /32 (/128) with next-hop self while the
+// director can serve it.
+type BGP struct {
+	ASN      int64  `toml:"asn"`
+	RouterID string `toml:"router_id"`
+	// ListenPort is where routers may connect to us; 0 = connect out only.
+	ListenPort int      `toml:"listen_port"`
+	Announce   []string `toml:"announce"`  // VIPs, each an address of a virtual_server
+	Interface  string   `toml:"interface"` // where the VIPs are held
+	// DrainTime is how long a stopping director keeps serving after its
+	// withdrawals went out, so the routers move the flows first.
+	DrainTime Duration `toml:"drain_time"`
+	// SloppyTCP sets net.ipv4.vs.sloppy_tcp=1 at start: IPVS then
+	// schedules a TCP flow from any packet, not only a SYN, so a flow
+	// that ECMP moves to this director is served instead of reset.
+	SloppyTCP bool          `toml:"sloppy_tcp"`
+	Neighbors []BGPNeighbor `toml:"neighbor"`
+
+	// The parsed forms.
+	RouterIDAddr netip.Addr     `toml:"-"`
+	VIPs         []netip.Prefix `toml:"-"` // Announce as /32 and /128
+}
+
+// BGPNeighbor is one router the director peers with.
+type BGPNeighbor struct {
+	Address  string `toml:"address"`
+	ASN      int64  `toml:"asn"`
+	Password string `toml:"password"` // TCP MD5 (RFC 2385); empty = none
+	// HoldTime is proposed in the OPEN; the session uses the smaller of
+	// both sides'. Keepalives go every third of it.
+	HoldTime     Duration `toml:"hold_time"`
+	ConnectRetry Duration `toml:"connect_retry"`
+	Port         int      `toml:"port"`
+
+	Addr netip.Addr `toml:"-"`
+}
+
 // rawTable keeps a TOML table undecoded until its base is known.
 type rawTable struct{ m map[string]any }
 
@@ -277,6 +323,30 @@ func defaultSync() Sync {
 	return Sync{Group: "224.0.0.81", Port: 8848, TTL: 1}
 }
 
+func defaultBGP() BGP {
+	return BGP{
+		ListenPort: 179,
+		Interface:  "lo",
+		// Long enough for the routers to install the withdrawal and for
+		// requests in flight to finish; short next to systemd's 90 s stop.
+		DrainTime: Duration(5e9),
+		SloppyTCP: true,
+	}
+}
+
+func defaultBGPNeighbor() BGPNeighbor {
+	return BGPNeighbor{
+		// RFC 4271 suggests 90 s, which leaves a crashed director's route
+		// in place for a minute and a half; 9 s (keepalive 3 s) is the
+		// usual data-centre setting (FRR's "datacenter" profile).
+		HoldTime: Duration(9e9),
+		// GoBGP's and FRR's 120 s would keep a director out for two
+		// minutes after a router restart.
+		ConnectRetry: Duration(5e9),
+		Port:         179,
+	}
+}
+
 func defaultReal() RealServer { return RealServer{Weight: 1} }
 
 func defaultCheck() Check {
@@ -306,6 +376,8 @@ var elemDefaults = map[reflect.Type]func(reflect.Value){
 	reflect.TypeFor[RealServer]():    func(v reflect.Value) { v.Set(reflect.ValueOf(defaultReal())) },
 	reflect.TypeFor[Check]():         func(v reflect.Value) { v.Set(reflect.ValueOf(defaultCheck())) },
 	reflect.TypeFor[Sync]():          func(v reflect.Value) { v.Set(reflect.ValueOf(defaultSync())) },
+	reflect.TypeFor[BGP]():           func(v reflect.Value) { v.Set(reflect.ValueOf(defaultBGP())) },
+	reflect.TypeFor[BGPNeighbor]():   func(v reflect.Value) { v.Set(reflect.ValueOf(defaultBGPNeighbor())) },
 }
 
 // choice is a key whose value is one of a few names, each standing for a

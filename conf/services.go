@@ -21,6 +21,21 @@ func (v *validator) service(p string, vs *VirtualServer) {
 	svc := &vs.IPVS
 	*svc = lvs.Service{Scheduler: vs.Scheduler, Persistence: vs.Persistence.D(), Quorum: vs.Quorum}
 	vs.ID = ""
+	if vs.MHFallback {
+		svc.SchedFlags |= lvs.MHFallback
+	}
+	if vs.MHPort {
+		svc.SchedFlags |= lvs.MHPort
+	}
+	if svc.SchedFlags != 0 && vs.Scheduler != "mh" {
+		// Other schedulers read the same bits with other meanings (sh's
+		// sh-fallback, sh-port): refuse rather than guess.
+		key := ".mh_fallback"
+		if !vs.MHFallback {
+			key = ".mh_port"
+		}
+		v.errf(p+key, "needs scheduler = \"mh\" (the scheduler is %q)", vs.Scheduler)
+	}
 	proto, protoOK := protocols.lookup(vs.Protocol)
 	if !protoOK {
 		v.errf(p+".protocol", "%q is not one of %s", vs.Protocol, protocols.names())
@@ -73,6 +88,12 @@ func (v *validator) service(p string, vs *VirtualServer) {
 	}
 	if f, ok := onFailures.lookup(vs.OnFailure); ok {
 		svc.OnFailure = f
+		if f == lvs.Remove && vs.Scheduler == "mh" {
+			// ip_vs_mh.c rebuilds its table from the destination list: a
+			// removal moves flows of the servers still up too, and a
+			// server removed on one director only splits the directors.
+			v.warnf(p+".on_failure", `"remove" with scheduler mh reshuffles the flows of every real server on each failure; "inhibit" keeps their Maglev slots`)
+		}
 	} else {
 		v.errf(p+".on_failure", "%q is not one of %s", vs.OnFailure, onFailures.names())
 	}

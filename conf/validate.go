@@ -98,6 +98,9 @@ func (v *validator) run() {
 	if sy := v.cfg.Sync; sy != nil {
 		v.sync("sync", sy)
 	}
+	if b := v.cfg.BGP; b != nil {
+		v.bgp("bgp", b)
+	}
 	v.vipsHeld()
 }
 
@@ -344,6 +347,11 @@ func (v *validator) vipsHeld() {
 	if rs := v.cfg.Realserver; rs != nil {
 		for _, a := range rs.Runtime.VIPs {
 			held[a] = true
+		}
+	}
+	if b := v.cfg.BGP; b != nil {
+		for _, p := range b.VIPs {
+			held[p.Addr()] = true
 		}
 	}
 	for i, vs := range v.cfg.Services {

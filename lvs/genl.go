@@ -263,9 +263,9 @@ func svcAttrs(b []byte, s KService, full bool) []byte {
 			return b
 		}
 		b = attr(b, ipvsSvcAttrSchedName, append([]byte(s.Scheduler), 0))
-		var flags uint32
+		flags := s.SchedFlags
 		if s.Timeout > 0 {
-			flags = flagPersistent
+			flags |= flagPersistent
 		}
 		b = attr(b, ipvsSvcAttrFlags, putU32(putU32(nil, flags), 0xFFFFFFFF))
 		b = attr(b, ipvsSvcAttrTimeout, putU32(nil, s.Timeout))

@@ -120,6 +120,7 @@ func fromIPVSService(s *ipvs.Service) (KService, bool) {
 	if s.Flags&flagPersistent != 0 {
 		ks.Timeout = s.Timeout
 	}
+	ks.SchedFlags = s.Flags & schedFlagsMask
 	if s.FWMark != 0 {
 		ks.Key.FWMark, ks.Key.FWMark6 = s.FWMark, s.AddressFamily == unix.AF_INET6
 		return ks, true

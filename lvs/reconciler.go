@@ -149,15 +149,9 @@ func (r *Reconciler) Repair() (Report, error) {
 // target computes what the kernel should hold for s.
 // The returned slice is ds's storage, reused across services.
 func target(s *Service, ds []KDest) (KService, []KDest, bool) {
-	ks := KService{Key: s.Key, Scheduler: s.Scheduler, Timeout: uint32(s.Persistence.Seconds())}
-	live := 0
-	for _, rs := range s.Reals {
-		if rs.Up {
-			live += rs.Weight
-		}
-	}
+	ks := KService{Key: s.Key, Scheduler: s.Scheduler, Timeout: uint32(s.Persistence.Seconds()), SchedFlags: s.SchedFlags}
 	ds = ds[:0]
-	if s.Sorry.IsValid() && live < s.Quorum {
+	if s.Sorry.IsValid() && !s.HasQuorum() {
 		return ks, append(ds, KDest{Addr: s.Sorry, Weight: 1, Forwarding: s.Forwarding}), true
 	}
 	for _, rs := range s.Reals {
@@ -169,6 +163,13 @@ func target(s *Service, ds []KDest) (KService, []KDest, bool) {
 			w = 0
 		}
 		ds = append(ds, KDest{Addr: rs.Addr, Weight: w, Forwarding: s.Forwarding})
+	}
+	if s.Scheduler == "mh" {
+		// The kernel's Maglev table depends on the order destinations
+		// were added (ip_vs_mh.c walks the list): directors that add
+		// them in one order, whatever the config's, pick the same real
+		// server for a flow.
+		slices.SortFunc(ds, func(a, b KDest) int { return a.Addr.Compare(b.Addr) })
 	}
 	return ks, ds, false
 }
@@ -330,7 +331,7 @@ func (r *Reconciler) commit(c Change) {
 	}
 	switch c.Kind {
 	case OpUpdateService:
-		st.svc.Scheduler, st.svc.Timeout = c.Service.Scheduler, c.Service.Timeout
+		st.svc.Scheduler, st.svc.Timeout, st.svc.SchedFlags = c.Service.Scheduler, c.Service.Timeout, c.Service.SchedFlags
 	case OpNewDest, OpUpdateDest:
 		st.dests[c.Dest.Addr] = c.Dest
 	case OpDelDest:
@@ -359,9 +360,12 @@ func (r *Reconciler) planService(s *Service, rep *Report, plan []planned) []plan
 	switch {
 	case !ok:
 		plan = append(plan, planned{Op{Kind: OpNewService, Service: s.Key, Detail: ks.Scheduler}, Change{Kind: OpNewService, Service: ks}})
-	case cur.svc.Scheduler != ks.Scheduler || cur.svc.Timeout != ks.Timeout:
-		plan = append(plan, planned{Op{Kind: OpUpdateService, Service: s.Key,
-			Detail: fmt.Sprintf("scheduler %s->%s timeout %d->%d", cur.svc.Scheduler, ks.Scheduler, cur.svc.Timeout, ks.Timeout)},
+	case cur.svc.Scheduler != ks.Scheduler || cur.svc.Timeout != ks.Timeout || cur.svc.SchedFlags != ks.SchedFlags:
+		detail := fmt.Sprintf("scheduler %s->%s timeout %d->%d", cur.svc.Scheduler, ks.Scheduler, cur.svc.Timeout, ks.Timeout)
+		if cur.svc.SchedFlags != ks.SchedFlags {
+			detail += fmt.Sprintf(" flags %#x->%#x", cur.svc.SchedFlags, ks.SchedFlags)
+		}
+		plan = append(plan, planned{Op{Kind: OpUpdateService, Service: s.Key, Detail: detail},
 			Change{Kind: OpUpdateService, Service: ks}})
 	}
 	if ok {

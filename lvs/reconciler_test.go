@@ -330,3 +330,42 @@ func TestPersistOwned(t *testing.T) {
 		t.Fatalf("state file holds %v", got)
 	}
 }
+
+// TestMHDestinationsSorted: an mh service's destinations are added in
+// address order whatever the config's order, so that every director builds
+// the same Maglev table; other schedulers keep the config's order.
+func TestMHDestinationsSorted(t *testing.T) {
+	for _, sched := range []string{"mh", "rr"} {
+		f, r := newReconciler(t)
+		s := seed()
+		s.Scheduler = sched
+		s.Reals[0], s.Reals[1] = s.Reals[1], s.Reals[0] // web2 first
+		mustApply(t, r, s)
+		first, second := web1, web2
+		if sched == "rr" {
+			first, second = web2, web1
+		}
+		wantCalls(t, f, "Services", "NewService tcp/192.168.94.200:80 "+sched+" timeout=0",
+			"NewDestination tcp/192.168.94.200:80 "+first.String()+" weight=1 dr",
+			"NewDestination tcp/192.168.94.200:80 "+second.String()+" weight=1 dr")
+	}
+}
+
+// TestMHFlags: the mh flags go to the kernel with the service, next to the
+// persistence flag, and a change of flags alone is one UpdateService.
+func TestMHFlags(t *testing.T) {
+	f, r := newReconciler(t)
+	s := seed()
+	s.Scheduler, s.SchedFlags, s.Persistence = "mh", lvs.MHFallback, time.Minute
+	mustApply(t, r, s)
+	if es := f.Entries(); len(es) != 1 || es[0].Service.SchedFlags != lvs.MHFallback || es[0].Service.Timeout != 60 {
+		t.Fatalf("kernel service %+v, want mh-fallback and persistence 60", es)
+	}
+	f.Reset()
+	s.SchedFlags = lvs.MHFallback | lvs.MHPort
+	mustApply(t, r, s)
+	wantCalls(t, f, "UpdateService tcp/192.168.94.200:80 mh timeout=60 flags=0x18")
+	f.Reset()
+	mustApply(t, r, s)
+	wantCalls(t, f)
+}

@@ -142,12 +142,25 @@ type Service struct {
 	Scheduler   string
 	Forwarding  Forwarding
 	Persistence time.Duration // 0: not persistent
+	SchedFlags  uint32        // MHFallback, MHPort
 	// Quorum: when the sum of the weights of the real servers that are up
 	// is below it, the sorry server (if any) replaces the real servers.
 	Quorum    int
 	Sorry     netip.AddrPort // zero: none
 	OnFailure OnFailure
 	Reals     []Real
+}
+
+// HasQuorum reports whether the real servers that are up weigh at least
+// Quorum together.
+func (s *Service) HasQuorum() bool {
+	live := 0
+	for _, rs := range s.Reals {
+		if rs.Up {
+			live += rs.Weight
+		}
+	}
+	return live >= s.Quorum
 }
 
 // validate checks s; seen is scratch space (reused to spare allocations
@@ -189,13 +202,27 @@ func (s *Service) validate(seen map[netip.AddrPort]bool) error {
 	return nil
 }
 
+// Scheduler flags of a service (IP_VS_SVC_F_SCHED1 and 2, which the mh
+// scheduler reads; include/uapi/linux/ip_vs.h, ip_vs_mh.c).
+const (
+	// MHFallback: a flow whose real server has weight 0 goes to the next
+	// one in the Maglev table instead of being dropped.
+	MHFallback uint32 = 0x08
+	// MHPort: the hash includes the source port, not only the address.
+	MHPort uint32 = 0x10
+	// schedFlagsMask covers IP_VS_SVC_F_SCHED1-3.
+	schedFlagsMask uint32 = 0x38
+)
+
 // KService is a virtual service as the kernel holds it.
 type KService struct {
 	Key       Key
 	Scheduler string
 	// Timeout is the persistence timeout in seconds; 0 means not persistent.
 	Timeout uint32
-	Stats   Stats
+	// SchedFlags are the scheduler's flags (MHFallback, MHPort).
+	SchedFlags uint32
+	Stats      Stats
 }
 
 // KDest is a real server (destination) as the kernel holds it.

@@ -97,6 +97,9 @@ func printStatus(w io.Writer, st *control.Status) {
 		}
 		_ = tw.Flush()
 	}
+	if b := st.BGP; b != nil {
+		printBGP(w, b)
+	}
 	if len(st.Services) > 0 {
 		fmt.Fprintln(w, "\nIPVS:")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -148,4 +151,37 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func printBGP(w io.Writer, b *control.BGPStatus) {
+	fmt.Fprintf(w, "\nBGP (AS %d, router id %s):\n", b.ASN, b.RouterID)
+	if b.Error != "" {
+		fmt.Fprintf(w, "  error: %s\n", b.Error)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  NEIGHBOR\tASN\tSTATE\tSINCE\tHOLD")
+	for _, n := range b.Neighbors {
+		since, hold := "-", "-"
+		if !n.Since.IsZero() {
+			since = n.Since.Format(time.TimeOnly)
+		}
+		if n.HoldTime > 0 {
+			hold = fmt.Sprintf("%gs", n.HoldTime)
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\n", n.Address, n.ASN, n.State, since, hold)
+	}
+	_ = tw.Flush()
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  PREFIX\tANNOUNCED\tWHY NOT")
+	for _, v := range b.VIPs {
+		ann := "no"
+		if v.Announced {
+			ann = "yes"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", v.Prefix, ann, dash(v.Reason))
+	}
+	_ = tw.Flush()
+	if l := b.LastWithdraw; l != nil {
+		fmt.Fprintf(w, "  last withdrawal (%d so far): %s at %s: %s\n", b.Withdrawals, l.Prefix, l.At.Format(time.TimeOnly), l.Reason)
+	}
 }

@@ -96,3 +96,26 @@ func TestPrintStatusSync(t *testing.T) {
 		}
 	}
 }
+
+func TestPrintStatusBGP(t *testing.T) {
+	at := time.Date(2026, 11, 30, 1, 2, 3, 0, time.UTC)
+	st := &control.Status{Version: "v", BGP: &control.BGPStatus{ASN: 65001, RouterID: "10.0.0.1",
+		Neighbors: []control.BGPNeighborStatus{{Address: "10.0.0.254", ASN: 65000, State: "established", Since: at, HoldTime: 3},
+			{Address: "10.0.0.253", ASN: 65000, State: "active"}},
+		VIPs:         []control.BGPVIPStatus{{Prefix: "10.99.0.1/32", Announced: true}, {Prefix: "10.99.0.2/32", Reason: "quorum lost: tcp/10.99.0.2:80"}},
+		LastWithdraw: &control.BGPWithdraw{Prefix: "10.99.0.2/32", Reason: "quorum lost: tcp/10.99.0.2:80", At: at}, Withdrawals: 2}}
+	var b strings.Builder
+	printStatus(&b, st)
+	for _, want := range []string{
+		"BGP (AS 65001, router id 10.0.0.1):",
+		"  10.0.0.254  65000  established  01:02:03  3s",
+		"  10.0.0.253  65000  active       -         -",
+		"  10.99.0.1/32  yes        -",
+		"  10.99.0.2/32  no         quorum lost: tcp/10.99.0.2:80",
+		"  last withdrawal (2 so far): 10.99.0.2/32 at 01:02:03: quorum lost: tcp/10.99.0.2:80",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
+}

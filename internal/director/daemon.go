@@ -13,9 +13,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -43,6 +45,15 @@ type Options struct {
 	// CheckerCommand starts the health checker process; nil means this
 	// binary as `lvsha checker` (checker.Command).
 	CheckerCommand func() *exec.Cmd
+	// OpenBGP starts the BGP speaker of [bgp]; nil means the embedded
+	// GoBGP. Tests pass a fake.
+	OpenBGP func(conf.BGP) (Speaker, error)
+	// HoldBGPVIPs adds (add) or removes the VIPs of [bgp] on their
+	// interface; nil means the kernel's. Tests without root pass a fake.
+	HoldBGPVIPs func(iface string, vips []netip.Prefix, add bool) error
+	// WriteSysctl sets a sysctl (key as in sysctl(8), net.ipv4.vs.x);
+	// nil means /proc/sys. Tests pass a recorder.
+	WriteSysctl func(key, value string) error
 }
 
 // Daemon is a running director.
@@ -61,7 +72,9 @@ type Daemon struct {
 	// ipvs programs the kernel; set by New too, for the same reason.
 	ipvs *ipvsPart
 	// syncp runs the kernel's connection sync daemons; set by New.
-	syncp   *syncPart
+	syncp *syncPart
+	// bgpp announces the VIPs of [bgp]; nil when there is none.
+	bgpp    *bgpPart
 	metrics *metrics
 	// vips records the VIPs the instances hold; set by Run.
 	vips *vipRecord
@@ -82,9 +95,26 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 	if cmd == nil {
 		cmd = checker.Command(cfg.Global.LogLevel, cfg.Global.LogFormat)
 	}
-	return &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{},
+	d := &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{},
 		hc: checker.NewClient(log, cmd), ipvs: newIPVSPart(cfg, log, opts.OpenIPVS),
 		syncp: newSyncPart(cfg, log, opts.OpenSync)}
+	if cfg.BGP != nil {
+		d.bgpp = newBGPPart(*cfg.BGP, log, opts.OpenBGP, opts.HoldBGPVIPs, d.bgpVerdicts)
+		if opts.WriteSysctl != nil {
+			d.bgpp.sysctl = opts.WriteSysctl
+		}
+	}
+	return d
+}
+
+// bgpVerdicts applies bgpVerdicts to the running config, the health
+// verdicts and what IPVS holds.
+func (d *Daemon) bgpVerdicts() map[netip.Prefix]string {
+	health := d.hc.Verdicts()
+	d.mu.Lock()
+	desired := desiredServices(d.cfg, health)
+	d.mu.Unlock()
+	return bgpVerdicts(d.bgpp.cfg.VIPs, desired, d.ipvs.isProgrammed)
 }
 
 // Run starts every part, runs until ctx is done, then shuts down in order:
@@ -156,7 +186,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		<-hcDone
 	}()
 
-	d.ipvs.start(ctx, d.metrics.observeApply)
+	d.ipvs.start(ctx, func(rep lvs.Report, err error, repair bool) {
+		d.metrics.observeApply(rep, err, repair)
+		if d.bgpp != nil {
+			d.bgpp.poke() // what IPVS holds may have changed
+		}
+	})
 	defer d.ipvs.stop()
 	d.reconcile("start")
 	// READY means the table is programmed (or failed loudly and is being
@@ -164,6 +199,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	select {
 	case <-d.ipvs.first:
 	case <-ctx.Done():
+	}
+	// BGP stops (withdraw, drain) before IPVS, and after VRRP (deferred
+	// later), so the director serves until the routers moved its flows.
+	if d.bgpp != nil {
+		d.bgpp.start()
+		defer d.bgpp.stop()
 	}
 	if err := sdNotify("READY=1"); err != nil {
 		d.log.Warn("systemd notify", "err", err)
@@ -263,6 +304,10 @@ func (d *Daemon) reload(vctx context.Context) {
 	if g, o := &cfg.Global, &old.Global; g.ControlSocket != o.ControlSocket || g.MetricsListen != o.MetricsListen || g.StateDir != o.StateDir {
 		d.log.Warn("reload: control_socket, metrics_listen and state_dir changes need a restart; keeping the old ones")
 		g.ControlSocket, g.MetricsListen, g.StateDir = o.ControlSocket, o.MetricsListen, o.StateDir
+	}
+	if !reflect.DeepEqual(cfg.BGP, old.BGP) {
+		d.log.Warn("reload: [bgp] changes need a restart; keeping the old one")
+		cfg.BGP = old.BGP
 	}
 	targets := healthTargets(cfg)
 	if err := d.hc.Update(targets); err != nil {

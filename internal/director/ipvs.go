@@ -37,6 +37,9 @@ type ipvsPart struct {
 	// last apply or repair, with the reason, for status.
 	failed  map[lvs.Key]string
 	applied int // Apply calls that succeeded
+	// programmed are the services the last apply left in the kernel as
+	// desired (BGP announces only what they serve).
+	programmed map[lvs.Key]bool
 }
 
 // newIPVSPart prepares the IPVS part; start runs it. It exists from New on,
@@ -167,6 +170,9 @@ func (p *ipvsPart) run(ctx context.Context) {
 				what = "applied except " + strings.Join(failedKeys(rep), ", ")
 			}
 			summary := what + ": " + err.Error()
+			if len(rep.Failed) > 0 {
+				p.recordProgrammed(pending, rep.Failed)
+			}
 			p.recordFailed(rep, err, &summary)
 			p.observe(rep, err, false)
 			p.fail(what, err, &failures, &retry)
@@ -174,6 +180,7 @@ func (p *ipvsPart) run(ctx context.Context) {
 			continue
 		}
 		none := ""
+		p.recordProgrammed(pending, nil)
 		p.recordFailed(rep, nil, &none)
 		p.observe(rep, nil, false)
 		havePend, failures, retry = false, 0, nil
@@ -217,6 +224,27 @@ func (p *ipvsPart) recordFailed(rep lvs.Report, err error, lastErr *string) {
 	if lastErr != nil {
 		p.lastErr = *lastErr
 	}
+}
+
+// recordProgrammed notes that the services of applied are in the kernel,
+// but for those failed.
+func (p *ipvsPart) recordProgrammed(applied []lvs.Service, failed map[lvs.Key]error) {
+	m := make(map[lvs.Key]bool, len(applied))
+	for i := range applied {
+		if _, bad := failed[applied[i].Key]; !bad {
+			m[applied[i].Key] = true
+		}
+	}
+	p.mu.Lock()
+	p.programmed = m
+	p.mu.Unlock()
+}
+
+// isProgrammed reports whether the last apply put service k in the kernel.
+func (p *ipvsPart) isProgrammed(k lvs.Key) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.programmed[k]
 }
 
 // serviceError says why the kernel refused service k, "" if it did not.

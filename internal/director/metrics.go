@@ -220,6 +220,12 @@ var (
 		"Entries of the IPVS connection table (connections and persistence templates, local and synced).", nil, nil)
 	descSyncError = prometheus.NewDesc("lvsha_ipvs_sync_error",
 		"1 while the sync daemons are not as configured (see lvsha status).", nil, nil)
+	descBGPEstablished = prometheus.NewDesc("lvsha_bgp_neighbor_established",
+		"1 while the BGP session with a neighbour is established, else 0.", []string{"neighbor"}, nil)
+	descBGPAnnounced = prometheus.NewDesc("lvsha_bgp_vip_announced",
+		"1 while a VIP of [bgp] is announced, else 0 (lvsha status says why).", []string{"prefix"}, nil)
+	descBGPWithdrawals = prometheus.NewDesc("lvsha_bgp_withdrawals_total",
+		"VIP withdrawals (failure, quorum loss, shutdown) since the daemon started.", nil, nil)
 )
 
 var vrrpStates = []string{"INIT", "BACKUP", "MASTER", "FAULT", "FAILED"}
@@ -230,7 +236,7 @@ type statusCollector struct{ d *Daemon }
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPSince, descVRRPInterval, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped,
 		descGARPSuppressed, descSendErrors, descRSUp, descChecks, descWeight, descLiveWeight, descQuorum, descSorry, descIPVSFailing,
-		descSyncDaemon, descConnEntries, descSyncError} {
+		descSyncDaemon, descConnEntries, descSyncError, descBGPEstablished, descBGPAnnounced, descBGPWithdrawals} {
 		ch <- d
 	}
 }
@@ -291,6 +297,23 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 			failing = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descSyncError, prometheus.GaugeValue, failing)
+	}
+	if b := st.BGP; b != nil {
+		for _, n := range b.Neighbors {
+			up := 0.0
+			if n.State == "established" {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descBGPEstablished, prometheus.GaugeValue, up, n.Address)
+		}
+		for _, v := range b.VIPs {
+			ann := 0.0
+			if v.Announced {
+				ann = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descBGPAnnounced, prometheus.GaugeValue, ann, v.Prefix)
+		}
+		ch <- prometheus.MustNewConstMetric(descBGPWithdrawals, prometheus.CounterValue, float64(b.Withdrawals))
 	}
 	for _, s := range st.Services {
 		// Live weight as the reconciler counts it for quorum: a real

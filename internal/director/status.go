@@ -45,6 +45,9 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 		}
 	}
 	st.Sync = d.syncp.status()
+	if d.bgpp != nil {
+		st.BGP = d.bgpp.status(ctx)
+	}
 	health := d.hc.Verdicts()
 	var snap lvs.Snapshot
 	ipvsOK := false

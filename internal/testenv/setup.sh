@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-pkgs=(iproute2 debootstrap iputils-ping keepalived ipvsadm prometheus qemu-system-x86 busybox-static xz-utils tcpdump procps curl gcc libc6-dev)
+pkgs=(iproute2 debootstrap iputils-ping keepalived frr ipvsadm prometheus qemu-system-x86 busybox-static xz-utils tcpdump procps curl gcc libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,7 +14,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 		echo "setup: need root to install: ${missing[*]}" >&2
 		exit 1
 	fi
-	# keepalived must not start as a service: the tests run their own.
+	# keepalived and frr must not start as services: the tests run their own.
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
 		chmod +x /usr/sbin/policy-rc.d

@@ -106,6 +106,7 @@ const (
 	destAttrLThresh    = 6
 	destAttrAF         = 11
 	svcFlagPersistent  = 0x1
+	svcSchedFlags      = 0x38 // IP_VS_SVC_F_SCHED1-3
 	connFMasq          = 0
 	connFTunnel        = 2
 	connFDRoute        = 3
@@ -260,6 +261,9 @@ func (t *Table) ipvs(cmd uint8, top map[uint16][]byte) error {
 	switch kind {
 	case lvs.OpNewService, lvs.OpUpdateService:
 		call += fmt.Sprintf(" %s timeout=%d", svc.Scheduler, svc.Timeout)
+		if svc.SchedFlags != 0 {
+			call += fmt.Sprintf(" flags=%#x", svc.SchedFlags)
+		}
 	case lvs.OpNewDest, lvs.OpUpdateDest, lvs.OpDelDest:
 		d, err := decodeDest(top[ipvsCmdAttrDest], kind != lvs.OpDelDest)
 		if err != nil {
@@ -335,6 +339,7 @@ func decodeService(b []byte, full bool) (lvs.KService, error) {
 	if flags&flagMask&svcFlagPersistent != 0 {
 		s.Timeout = timeout
 	}
+	s.SchedFlags = flags & flagMask & svcSchedFlags
 	return s, nil
 }
 

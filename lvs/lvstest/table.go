@@ -223,13 +223,13 @@ func (t *Table) apply(c lvs.Change) error {
 			if i >= 0 {
 				return syscall.EEXIST
 			}
-			t.entries = append(t.entries, Entry{Service: lvs.KService{Key: k, Scheduler: c.Service.Scheduler, Timeout: c.Service.Timeout}})
+			t.entries = append(t.entries, Entry{Service: lvs.KService{Key: k, Scheduler: c.Service.Scheduler, Timeout: c.Service.Timeout, SchedFlags: c.Service.SchedFlags}})
 			return nil
 		}
 		if i < 0 {
 			return syscall.ESRCH
 		}
-		t.entries[i].Service.Scheduler, t.entries[i].Service.Timeout = c.Service.Scheduler, c.Service.Timeout
+		t.entries[i].Service.Scheduler, t.entries[i].Service.Timeout, t.entries[i].Service.SchedFlags = c.Service.Scheduler, c.Service.Timeout, c.Service.SchedFlags
 		return nil
 	}
 	if i < 0 {

@@ -32,6 +32,50 @@ type Status struct {
 	Checker *CheckerStatus `json:"checker,omitempty"`
 	// Sync is IPVS connection synchronisation; absent when it is off.
 	Sync *SyncStatus `json:"sync,omitempty"`
+	// BGP is the announcement of VIPs over BGP; absent when it is off.
+	BGP *BGPStatus `json:"bgp,omitempty"`
+}
+
+// BGPStatus is the BGP speaker's sessions and what it announces.
+type BGPStatus struct {
+	ASN      uint32 `json:"asn"`
+	RouterID string `json:"router_id"`
+	// Error says why the speaker is not running or cannot be asked.
+	Error     string              `json:"error,omitempty"`
+	Neighbors []BGPNeighborStatus `json:"neighbors"`
+	// VIPs are the VIPs to announce, each with whether it is announced
+	// and, if not, why.
+	VIPs []BGPVIPStatus `json:"vips"`
+	// LastWithdraw is the most recent withdrawal; absent if none yet.
+	LastWithdraw *BGPWithdraw `json:"last_withdraw,omitempty"`
+	// Withdrawals counts the withdrawals since the daemon started.
+	Withdrawals int `json:"withdrawals"`
+}
+
+// BGPNeighborStatus is one BGP session.
+type BGPNeighborStatus struct {
+	Address string `json:"address"`
+	ASN     uint32 `json:"asn"`
+	// State is the session's FSM state: idle, connect, active, opensent,
+	// openconfirm or established.
+	State    string    `json:"state"`
+	Since    time.Time `json:"since,omitzero"`
+	HoldTime float64   `json:"hold_time_seconds,omitempty"`
+}
+
+// BGPVIPStatus is one VIP of [bgp] announce.
+type BGPVIPStatus struct {
+	Prefix    string `json:"prefix"`
+	Announced bool   `json:"announced"`
+	// Reason says why it is not announced.
+	Reason string `json:"reason,omitempty"`
+}
+
+// BGPWithdraw is one withdrawal and its cause.
+type BGPWithdraw struct {
+	Prefix string    `json:"prefix"`
+	Reason string    `json:"reason"`
+	At     time.Time `json:"at"`
 }
 
 // SyncStatus is the kernel's connection sync daemons and the connection
