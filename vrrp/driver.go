@@ -67,6 +67,7 @@ func (in *Instance) Run(ctx context.Context) error {
 			VRID: cfg.VRID, Priority: cfg.Priority, Version: cfg.Version,
 			AdvertInterval: cfg.AdvertInterval, Preempt: cfg.Preempt, PreemptDelay: cfg.PreemptDelay,
 			PrimaryIP: k.primary, GARPDelay: cfg.GARPDelay, GARPRefresh: cfg.GARPRefresh, Track: cfg.Track,
+			TrackFiles: cfg.TrackFiles, Scripts: cfg.TrackScripts,
 			VIPs: vipAddrs(cfg.VIPs), UnicastPeers: cfg.UnicastPeers, AuthPass: cfg.AuthPass,
 		}),
 	}
@@ -103,6 +104,9 @@ func (in *Instance) Run(ctx context.Context) error {
 
 	for _, t := range cfg.Track {
 		d.trackNow(t.Name)
+	}
+	for _, ev := range in.trackEvents() {
+		d.step(ev)
 	}
 	up, err := k.links.Up(cfg.Interface)
 	if err != nil {
@@ -151,7 +155,8 @@ func (in *Instance) Run(ctx context.Context) error {
 			in.cfg = c // cfg points here: what follows uses the new values
 			in.log.Info("vrrp: reload applied in place")
 			d.notify.setTimeout(c.NotifyTimeout)
-			d.step(Reconfigured{GARPDelay: c.GARPDelay, GARPRefresh: c.GARPRefresh, Track: c.Track})
+			d.step(Reconfigured{GARPDelay: c.GARPDelay, GARPRefresh: c.GARPRefresh, Track: c.Track,
+				TrackFiles: c.TrackFiles, Scripts: c.TrackScripts})
 			if !slices.Equal(c.Track, old) {
 				stopWatch()
 				stopWatch = watch()
@@ -162,6 +167,11 @@ func (in *Instance) Run(ctx context.Context) error {
 						d.trackNow(t.Name)
 					}
 				}
+			}
+		case <-in.trackKick:
+			// The machine ignores the values that did not change.
+			for _, ev := range in.trackEvents() {
+				d.step(ev)
 			}
 		case ls := <-linkCh:
 			switch {
