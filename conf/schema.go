@@ -29,6 +29,10 @@ type Config struct {
 	Realserver *Realserver     `toml:"realserver"`
 	// Sync runs the kernel's IPVS connection sync daemons; nil = off.
 	Sync *Sync `toml:"sync"`
+	// TrackFiles and TrackScripts are what instances may follow besides
+	// interfaces (vrrp_instance.track_file, .track_script name them).
+	TrackFiles   []TrackFile   `toml:"track_file"`
+	TrackScripts []TrackScript `toml:"track_script"`
 
 	// File is the path the config was loaded from.
 	File string `toml:"-"`
@@ -86,7 +90,11 @@ type VRRPInstance struct {
 	GARPRefresh  Duration         `toml:"garp_master_refresh"`
 	GARPInterval Duration         `toml:"garp_interval"`
 	Track        []TrackInterface `toml:"track_interface"`
-	Notify       []string         `toml:"notify"`
+	// TrackFile and TrackScript name [[track_file]] and [[track_script]]
+	// entries whose weights move this instance's priority.
+	TrackFile   []string `toml:"track_file"`
+	TrackScript []string `toml:"track_script"`
+	Notify      []string `toml:"notify"`
 
 	// Runtime is the instance as vrrp.New takes it.
 	Runtime vrrp.Config `toml:"-"`
@@ -306,6 +314,8 @@ var elemDefaults = map[reflect.Type]func(reflect.Value){
 	reflect.TypeFor[RealServer]():    func(v reflect.Value) { v.Set(reflect.ValueOf(defaultReal())) },
 	reflect.TypeFor[Check]():         func(v reflect.Value) { v.Set(reflect.ValueOf(defaultCheck())) },
 	reflect.TypeFor[Sync]():          func(v reflect.Value) { v.Set(reflect.ValueOf(defaultSync())) },
+	reflect.TypeFor[TrackFile]():     func(v reflect.Value) { v.Set(reflect.ValueOf(defaultTrackFile())) },
+	reflect.TypeFor[TrackScript]():   func(v reflect.Value) { v.Set(reflect.ValueOf(defaultTrackScript())) },
 }
 
 // choice is a key whose value is one of a few names, each standing for a

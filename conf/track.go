@@ -1,0 +1,167 @@
+package conf
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/lvsha/lvsha/vrrp"
+)
+
+// TrackFile is a file holding a number that moves the priority of the
+// instances naming it in track_file (keepalived's track_file): the number
+// times Weight is added (Reverse subtracts it); a result below -253 puts the
+// instance in FAULT; weight 0 faults on any number but 0. A missing file
+// counts as 0. `echo -254 > /run/lvsha/drain` drains a director.
+type TrackFile struct {
+	Name    string `toml:"name"`
+	Path    string `toml:"path"`
+	Weight  int    `toml:"weight"`
+	Reverse bool   `toml:"reverse"`
+}
+
+// TrackScript is a command run every Interval (keepalived's vrrp_script),
+// without a shell, under normal scheduling and without the daemon's
+// capabilities, killed with its process group at Timeout. It is failing
+// after Fall failures in a row and succeeding after Rise successes; its
+// first result counts at once. Weight moves the priority of the instances
+// naming it as keepalived's does: a positive weight is added while it
+// succeeds, a negative one while it fails, 0 is FAULT while it fails;
+// Reverse swaps success and failure.
+type TrackScript struct {
+	Name     string   `toml:"name"`
+	Argv     []string `toml:"argv"`
+	Interval Duration `toml:"interval"`
+	// Timeout defaults to Interval, as in keepalived.
+	Timeout Duration `toml:"timeout"`
+	Rise    int      `toml:"rise"`
+	Fall    int      `toml:"fall"`
+	Weight  int      `toml:"weight"`
+	Reverse bool     `toml:"reverse"`
+}
+
+func defaultTrackFile() TrackFile { return TrackFile{Weight: 1} } // keepalived's default weight
+
+func defaultTrackScript() TrackScript {
+	// keepalived's defaults: every second, rise and fall 1, weight 0.
+	return TrackScript{Interval: Duration(time.Second), Rise: 1, Fall: 1}
+}
+
+// fileWeightMax and scriptWeightMax bound the weights as keepalived does (-254..254 for
+// files, so that one file can fault an instance of any priority; -253..253
+// for scripts).
+const (
+	fileWeightMax   = 254
+	scriptWeightMax = 253
+)
+
+// tracks validates [[track_file]] and [[track_script]].
+func (v *validator) tracks() {
+	seen := map[string]string{}
+	for i := range v.cfg.TrackFiles {
+		p := fmt.Sprintf("track_file[%d]", i)
+		f := &v.cfg.TrackFiles[i]
+		v.trackName(p, f.Name, seen)
+		switch {
+		case f.Path == "":
+			v.errf(p+".path", "required but missing")
+		case !filepath.IsAbs(f.Path):
+			v.errf(p+".path", "%q is not an absolute path", f.Path)
+		}
+		if f.Weight < -fileWeightMax || f.Weight > fileWeightMax {
+			v.errf(p+".weight", "%d is outside -%d..%d (0 = FAULT on any number but 0)", f.Weight, fileWeightMax, fileWeightMax)
+		}
+	}
+	seen = map[string]string{}
+	for i := range v.cfg.TrackScripts {
+		p := fmt.Sprintf("track_script[%d]", i)
+		s := &v.cfg.TrackScripts[i]
+		v.trackName(p, s.Name, seen)
+		switch {
+		case len(s.Argv) == 0:
+			v.errf(p+".argv", "required but missing (the command and its arguments; no shell)")
+		case !filepath.IsAbs(s.Argv[0]):
+			v.errf(p+".argv[0]", "%q is not an absolute path (scripts run without a shell or PATH search)", s.Argv[0])
+		default:
+			if fi, err := os.Stat(s.Argv[0]); err != nil {
+				v.errf(p+".argv[0]", "%v", err)
+			} else if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
+				v.errf(p+".argv[0]", "%s is not an executable file", s.Argv[0])
+			}
+		}
+		if s.Interval <= 0 {
+			v.errf(p+".interval", "%s: must be positive", s.Interval)
+		}
+		if s.Timeout == 0 {
+			s.Timeout = s.Interval
+		} else if s.Timeout < 0 {
+			v.errf(p+".timeout", "%s: must be positive", s.Timeout)
+		}
+		if s.Rise < 1 {
+			v.errf(p+".rise", "%d: must be at least 1", s.Rise)
+		}
+		if s.Fall < 1 {
+			v.errf(p+".fall", "%d: must be at least 1", s.Fall)
+		}
+		if s.Weight < -scriptWeightMax || s.Weight > scriptWeightMax {
+			v.errf(p+".weight", "%d is outside -%d..%d (0 = FAULT while failing)", s.Weight, scriptWeightMax, scriptWeightMax)
+		}
+	}
+}
+
+func (v *validator) trackName(p, name string, seen map[string]string) {
+	if name == "" {
+		v.errf(p+".name", "required but missing")
+		return
+	}
+	if prev, ok := seen[name]; ok {
+		v.errf(p+".name", "%q is already the name of %s", name, prev)
+		return
+	}
+	seen[name] = p
+}
+
+// instanceTracks resolves an instance's track_file and track_script names
+// into its runtime config.
+func (v *validator) instanceTracks(p string, in *VRRPInstance) {
+	rt := &in.Runtime
+	rt.TrackFiles, rt.TrackScripts = nil, nil
+	seen := map[string]bool{}
+	for j, name := range in.TrackFile {
+		tp := fmt.Sprintf("%s.track_file[%d]", p, j)
+		f := findTrack(v.cfg.TrackFiles, func(f TrackFile) bool { return f.Name == name })
+		switch {
+		case f == nil:
+			v.errf(tp, "no [[track_file]] is named %q", name)
+		case seen[name]:
+			v.errf(tp, "%q is listed twice", name)
+		default:
+			rt.TrackFiles = append(rt.TrackFiles, vrrp.TrackFile{Name: name, Weight: f.Weight, Reverse: f.Reverse})
+		}
+		seen[name] = true
+	}
+	seen = map[string]bool{}
+	for j, name := range in.TrackScript {
+		tp := fmt.Sprintf("%s.track_script[%d]", p, j)
+		s := findTrack(v.cfg.TrackScripts, func(s TrackScript) bool { return s.Name == name })
+		switch {
+		case s == nil:
+			v.errf(tp, "no [[track_script]] is named %q", name)
+		case seen[name]:
+			v.errf(tp, "%q is listed twice", name)
+		default:
+			rt.TrackScripts = append(rt.TrackScripts, vrrp.TrackScript{Name: name, Weight: s.Weight, Reverse: s.Reverse})
+		}
+		seen[name] = true
+	}
+}
+
+func findTrack[T any](ts []T, match func(T) bool) *T {
+	for i := range ts {
+		if match(ts[i]) {
+			return &ts[i]
+		}
+	}
+	return nil
+}
