@@ -65,6 +65,9 @@ type Daemon struct {
 	metrics *metrics
 	// vips records the VIPs the instances hold; set by Run.
 	vips *vipRecord
+	// tracks reads the tracked files and runs the tracked scripts; set by
+	// New.
+	tracks *tracker
 	// notifyCaps is global.notify_capabilities, read at each start so that
 	// a reload applies to the next notify command.
 	notifyCaps atomic.Uint64
@@ -82,9 +85,21 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 	if cmd == nil {
 		cmd = checker.Command(cfg.Global.LogLevel, cfg.Global.LogFormat)
 	}
-	return &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{},
+	d := &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{},
 		hc: checker.NewClient(log, cmd), ipvs: newIPVSPart(cfg, log, opts.OpenIPVS),
 		syncp: newSyncPart(cfg, log, opts.OpenSync)}
+	// Tracked scripts check and report: normal scheduling, and none of
+	// the daemon's capabilities.
+	d.tracks = newTracker(log, process.ChildStarter(0), d.pushTracks)
+	return d
+}
+
+// pushTracks hands the tracked values to every instance (each takes only
+// the changes it tracks).
+func (d *Daemon) pushTracks() {
+	for _, r := range d.vrrpRunners() {
+		r.pushTracks()
+	}
 }
 
 // Run starts every part, runs until ctx is done, then shuts down in order:
@@ -178,8 +193,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// first): the last pass sees a master that has resigned.
 	d.syncp.start(vctx)
 	defer d.syncp.stop()
+	// Tracking stops after VRRP (deferred first): an instance never
+	// runs without its values.
+	d.tracks.update(vctx, cfg)
+	defer d.tracks.stop()
 	for _, in := range cfg.VRRP {
-		d.vrrp[in.Name] = startVRRP(vctx, in.Runtime, d.log, d.vips, d.startNotify, d.onVRRPState)
+		r := startVRRP(vctx, in.Runtime, d.log, d.vips, d.startNotify, d.onVRRPState, d.tracks)
+		d.mu.Lock()
+		d.vrrp[in.Name] = r
+		d.mu.Unlock()
 	}
 	defer d.stopVRRP()
 
@@ -276,6 +298,7 @@ func (d *Daemon) reload(vctx context.Context) {
 	d.notifyCaps.Store(cfg.Global.NotifyCaps)
 
 	d.reconcile("reload")
+	d.tracks.update(vctx, cfg)
 	d.reloadVRRP(vctx, cfg)
 	d.syncp.setConfig(cfg.Sync)
 	d.metrics.observeReload(true)
@@ -310,7 +333,7 @@ func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
 		case sameVRRP(cur.config(), vc):
 			continue
 		case vrrp.InPlace(cur.config(), vc):
-			// notify, garp_* and track_interface: a restart would be
+			// notify, garp_* and what is tracked: a restart would be
 			// a failover and back for an edit that needs neither.
 			err := cur.update(vc)
 			if err == nil {
@@ -323,7 +346,7 @@ func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
 			d.log.Info("reload: vrrp instance changed; restarting it", "instance", in.Name)
 			cur.stop()
 		}
-		r := startVRRP(vctx, vc, d.log, d.vips, d.startNotify, d.onVRRPState)
+		r := startVRRP(vctx, vc, d.log, d.vips, d.startNotify, d.onVRRPState, d.tracks)
 		d.mu.Lock()
 		d.vrrp[in.Name] = r
 		d.mu.Unlock()

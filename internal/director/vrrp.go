@@ -23,8 +23,10 @@ type vrrpRunner struct {
 	// transitions (by instance name).
 	start   func(*exec.Cmd) error
 	onState func(string, vrrp.State)
-	cancel  context.CancelFunc
-	done    chan struct{}
+	// tracks has the tracked files' and scripts' values.
+	tracks *tracker
+	cancel context.CancelFunc
+	done   chan struct{}
 
 	mu   sync.Mutex
 	cfg  vrrp.Config // a reload may change it in place (update)
@@ -32,9 +34,9 @@ type vrrpRunner struct {
 	err  string // why the instance is not running, if it is not
 }
 
-func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger, vips *vipRecord, start func(*exec.Cmd) error, onState func(string, vrrp.State)) *vrrpRunner {
+func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger, vips *vipRecord, start func(*exec.Cmd) error, onState func(string, vrrp.State), tracks *tracker) *vrrpRunner {
 	ctx, cancel := context.WithCancel(ctx)
-	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, vips: vips, start: start, onState: onState, cancel: cancel, done: make(chan struct{})}
+	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, vips: vips, start: start, onState: onState, tracks: tracks, cancel: cancel, done: make(chan struct{})}
 	go r.loop(ctx)
 	return r
 }
@@ -49,6 +51,9 @@ func (r *vrrpRunner) loop(ctx context.Context) {
 			r.mu.Lock()
 			r.inst, r.err = inst, ""
 			r.mu.Unlock()
+			// After r.inst is set: a value that changes from now on is
+			// pushed to it too.
+			r.tracks.replay(inst)
 			err = inst.Run(ctx)
 		}
 		if ctx.Err() != nil {
@@ -73,6 +78,16 @@ func (r *vrrpRunner) loop(ctx context.Context) {
 			return
 		case <-time.After(wait):
 		}
+	}
+}
+
+// pushTracks hands the running instance the tracked values.
+func (r *vrrpRunner) pushTracks() {
+	r.mu.Lock()
+	inst := r.inst
+	r.mu.Unlock()
+	if inst != nil {
+		r.tracks.replay(inst)
 	}
 }
 
