@@ -29,6 +29,7 @@ type driver struct {
 	notify   *notifier
 	garpStop context.CancelFunc
 	drops    dropLog
+	ownFault string // the last Machine.OwnFault told to onOwnFault
 	wg       sync.WaitGroup
 }
 
@@ -63,6 +64,9 @@ func (in *Instance) Run(ctx context.Context) error {
 		k:     k,
 		fired: make(chan timerEvent, 8),
 		done:  make(chan struct{}),
+		// Whatever it is after Start is news: a listener may still
+		// hold the previous run's fault.
+		ownFault: "\x00unknown",
 		m: NewMachine(MachineConfig{
 			VRID: cfg.VRID, Priority: cfg.Priority, Version: cfg.Version,
 			AdvertInterval: cfg.AdvertInterval, Preempt: cfg.Preempt, PreemptDelay: cfg.PreemptDelay,
@@ -305,8 +309,19 @@ func (d *driver) step(ev Event) {
 	d.run(now, d.m.Step(now, ev))
 }
 
+// tellOwnFault tells the listener when the machine's own fault changed.
+func (d *driver) tellOwnFault() {
+	if c := d.m.OwnFault(); c != d.ownFault && d.m.started {
+		d.ownFault = c
+		if d.in.onOwnFault != nil {
+			d.in.onOwnFault(c)
+		}
+	}
+}
+
 // run carries out the machine's actions for an event at now.
 func (d *driver) run(now time.Time, acts []Action) {
+	defer d.tellOwnFault()
 	for _, act := range acts {
 		start := time.Now()
 		d.do(now, act)

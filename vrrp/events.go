@@ -97,6 +97,10 @@ type TrackScriptResult struct {
 	OK   bool
 }
 
+// GroupFault holds the instance in FAULT, with Cause as the reason, while
+// another member of its sync group is in FAULT; an empty Cause releases it.
+type GroupFault struct{ Cause string }
+
 // Shutdown stops the machine: a master sends priority 0 and gives up its VIPs.
 type Shutdown struct{}
 
@@ -118,6 +122,7 @@ func (LinkUp) isEvent()            {}
 func (TrackChanged) isEvent()      {}
 func (TrackFileValue) isEvent()    {}
 func (TrackScriptResult) isEvent() {}
+func (GroupFault) isEvent()        {}
 func (Reconfigured) isEvent()      {}
 func (Shutdown) isEvent()          {}
 

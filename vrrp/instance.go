@@ -98,6 +98,9 @@ type Instance struct {
 	recordVIPs func(iface string, vips []netip.Prefix, held bool)
 	// onState hears of every transition; nil when no one listens.
 	onState func(State)
+	// onOwnFault hears of every change of Machine.OwnFault; nil when no
+	// one listens.
+	onOwnFault func(cause string)
 
 	// updates carries a reload's in-place changes to a running driver;
 	// only the newest matters.
@@ -107,10 +110,11 @@ type Instance struct {
 	// changes is one wake-up and the newest value always wins.
 	trackKick chan struct{}
 
-	mu      sync.Mutex
-	status  Status
-	files   map[string]int64
-	scripts map[string]bool
+	mu         sync.Mutex
+	status     Status
+	files      map[string]int64
+	scripts    map[string]bool
+	groupFault string
 }
 
 // Option sets how an Instance runs where that is not configuration.
@@ -138,6 +142,14 @@ func WithVIPRecorder(record func(iface string, vips []netip.Prefix, held bool)) 
 // block. The director starts and stops the IPVS sync master with it.
 func WithStateListener(f func(State)) Option {
 	return func(in *Instance) { in.onState = f }
+}
+
+// WithOwnFaultListener calls f with Machine.OwnFault each time it changes
+// ("" once the instance need not be in FAULT by its own link and tracking),
+// from the instance's goroutine: f must not block. The director holds the
+// other members of a sync group down with it (SetGroupFault).
+func WithOwnFaultListener(f func(cause string)) Option {
+	return func(in *Instance) { in.onOwnFault = f }
 }
 
 // New checks cfg and returns an instance ready to Run.
@@ -300,6 +312,16 @@ func (in *Instance) SetTrackScript(name string, ok bool) {
 	in.kickTrack()
 }
 
+// SetGroupFault holds the instance in FAULT with cause as the reason while
+// another member of its sync group is in FAULT; "" releases it. Like
+// SetTrackFile it never blocks.
+func (in *Instance) SetGroupFault(cause string) {
+	in.mu.Lock()
+	in.groupFault = cause
+	in.mu.Unlock()
+	in.kickTrack()
+}
+
 func (in *Instance) kickTrack() {
 	select {
 	case in.trackKick <- struct{}{}:
@@ -318,7 +340,7 @@ func (in *Instance) trackEvents() []Event {
 	for _, n := range slices.Sorted(maps.Keys(in.scripts)) {
 		evs = append(evs, TrackScriptResult{Name: n, OK: in.scripts[n]})
 	}
-	return evs
+	return append(evs, GroupFault{Cause: in.groupFault})
 }
 
 // Status returns a snapshot of the instance.

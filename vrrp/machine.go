@@ -90,6 +90,9 @@ type Machine struct {
 	// succeeding.
 	fileVal  map[string]int64
 	scriptOK map[string]bool
+	// groupFault is why the instance's sync group holds it in FAULT ("":
+	// it does not).
+	groupFault string
 
 	masterAdverInterval time.Duration // learned from the master in v3
 	master              netip.Addr    // current master as far as we know
@@ -217,6 +220,16 @@ func MasterDownInterval(version int, priority uint8, masterAdverInterval time.Du
 
 // faultCause says why the instance must be in FAULT, or "" if it need not.
 func (m *Machine) faultCause() string {
+	if c := m.OwnFault(); c != "" {
+		return c
+	}
+	return m.groupFault
+}
+
+// OwnFault says why the instance must be in FAULT by what it follows
+// itself (its link, what it tracks), leaving out its sync group; "" if it
+// need not. The members of a sync group hold each other down with it.
+func (m *Machine) OwnFault() string {
 	if !m.linkUp {
 		return "link down"
 	}
@@ -279,6 +292,11 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 			what = "succeeding"
 		}
 		return m.tracked(now, func() { m.scriptOK[ev.Name] = ev.OK }, fmt.Sprintf("tracked script %s %s", ev.Name, what))
+	case GroupFault:
+		if ev.Cause == m.groupFault {
+			return nil
+		}
+		return m.tracked(now, func() { m.groupFault = ev.Cause }, "sync group up")
 	case Reconfigured:
 		return m.reconfigure(now, ev)
 	case TimerFired:

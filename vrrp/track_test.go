@@ -106,3 +106,32 @@ func TestReconfiguredTrack(t *testing.T) {
 		t.Errorf("no advert at once: %v", acts)
 	}
 }
+
+// TestGroupFault: a sync group holds a member in FAULT while another is;
+// OwnFault leaves the group out, so that members do not hold each other
+// down for ever.
+func TestGroupFault(t *testing.T) {
+	c := cfg3(150)
+	c.Track = []TrackInterface{{Name: "eth1", Weight: 0}}
+	m := master(t, c)
+	now := t0.Add(10 * time.Second)
+	acts := m.Step(now, GroupFault{Cause: "sync group G: VI_2: link down"})
+	if m.State() != Fault || m.Cause() != "sync group G: VI_2: link down" || m.OwnFault() != "" {
+		t.Fatalf("group fault: %v %q own %q", m.State(), m.Cause(), m.OwnFault())
+	}
+	if a, ok := find[SendAdvert](acts); !ok || a.Priority != 0 {
+		t.Errorf("a master held down by its group must send priority 0: %v", acts)
+	}
+	m.Step(now, TrackChanged{Name: "eth1", Up: false})
+	if m.OwnFault() != "tracked interface eth1 down" {
+		t.Errorf("own fault %q", m.OwnFault())
+	}
+	m.Step(now, GroupFault{})
+	if m.State() != Fault {
+		t.Fatalf("released by the group but its own interface is down: %v", m.State())
+	}
+	m.Step(now, TrackChanged{Name: "eth1", Up: true})
+	if m.State() != Backup {
+		t.Fatalf("all clear: %v", m.State())
+	}
+}
