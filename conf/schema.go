@@ -33,6 +33,8 @@ type Config struct {
 	// interfaces (vrrp_instance.track_file, .track_script name them).
 	TrackFiles   []TrackFile   `toml:"track_file"`
 	TrackScripts []TrackScript `toml:"track_script"`
+	// SyncGroups are instances that fail over together.
+	SyncGroups []SyncGroup `toml:"sync_group"`
 
 	// File is the path the config was loaded from.
 	File string `toml:"-"`

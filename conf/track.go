@@ -165,3 +165,49 @@ func findTrack[T any](ts []T, match func(T) bool) *T {
 	}
 	return nil
 }
+
+// SyncGroup is instances that fail over together (keepalived's
+// vrrp_sync_group), such as a NAT director's outside VIP and the real
+// servers' inside gateway: while one member is in FAULT every member is.
+// Notify, if set, runs at each change of the group's state (FAULT if a
+// member is, MASTER if all are, else BACKUP), without a shell, with the
+// group's name and state appended.
+type SyncGroup struct {
+	Name      string   `toml:"name"`
+	Instances []string `toml:"instances"`
+	Notify    []string `toml:"notify"`
+	// NotifyTimeout bounds each notify run, as an instance's does.
+	NotifyTimeout time.Duration `toml:"-"`
+}
+
+// syncGroups validates [[sync_group]].
+func (v *validator) syncGroups() {
+	names := map[string]string{}
+	member := map[string]string{} // instance: the group it is in
+	for i := range v.cfg.SyncGroups {
+		p := fmt.Sprintf("sync_group[%d]", i)
+		g := &v.cfg.SyncGroups[i]
+		v.trackName(p, g.Name, names)
+		g.NotifyTimeout = notifyTimeout
+		if len(g.Instances) == 0 {
+			v.errf(p+".instances", "required but missing (the vrrp_instance names that fail over together)")
+		} else if len(g.Instances) == 1 {
+			v.warnf(p+".instances", "a group of one instance does nothing")
+		}
+		for j, name := range g.Instances {
+			ip := fmt.Sprintf("%s.instances[%d]", p, j)
+			if findTrack(v.cfg.VRRP, func(in VRRPInstance) bool { return in.Name == name }) == nil {
+				v.errf(ip, "no vrrp_instance is named %q", name)
+				continue
+			}
+			if prev, ok := member[name]; ok {
+				v.errf(ip, "instance %q is already in %s (an instance is in one group at most)", name, prev)
+				continue
+			}
+			member[name] = p
+		}
+		if len(g.Notify) > 0 && !filepath.IsAbs(g.Notify[0]) {
+			v.errf(p+".notify[0]", "%q is not an absolute path (notify runs without a shell or PATH search)", g.Notify[0])
+		}
+	}
+}

@@ -99,6 +99,7 @@ func (v *validator) run() {
 	if sy := v.cfg.Sync; sy != nil {
 		v.sync("sync", sy)
 	}
+	v.syncGroups()
 	v.vipsHeld()
 }
 

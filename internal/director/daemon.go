@@ -68,6 +68,8 @@ type Daemon struct {
 	// tracks reads the tracked files and runs the tracked scripts; set by
 	// New.
 	tracks *tracker
+	// groups makes sync groups fail over together; set by New.
+	groups *syncGroups
 	// notifyCaps is global.notify_capabilities, read at each start so that
 	// a reload applies to the next notify command.
 	notifyCaps atomic.Uint64
@@ -91,15 +93,23 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 	// Tracked scripts check and report: normal scheduling, and none of
 	// the daemon's capabilities.
 	d.tracks = newTracker(log, process.ChildStarter(0), d.pushTracks)
+	d.groups = newSyncGroups(log, d.startNotify, d.pushTracks)
 	return d
 }
 
-// pushTracks hands the tracked values to every instance (each takes only
-// the changes it tracks).
+// pushTracks hands the tracked values and the sync groups' holds to every
+// instance (each acts only on what changed for it).
 func (d *Daemon) pushTracks() {
 	for _, r := range d.vrrpRunners() {
 		r.pushTracks()
 	}
+}
+
+// prime hands an instance what it follows besides its links: the tracked
+// values and its sync group's hold. Neither call blocks.
+func (d *Daemon) prime(name string, inst *vrrp.Instance) {
+	d.tracks.replay(inst)
+	inst.SetGroupFault(d.groups.hold(name))
 }
 
 // Run starts every part, runs until ctx is done, then shuts down in order:
@@ -197,8 +207,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// runs without its values.
 	d.tracks.update(vctx, cfg)
 	defer d.tracks.stop()
+	d.groups.update(vctx, cfg.SyncGroups)
+	defer d.groups.stop()
 	for _, in := range cfg.VRRP {
-		r := startVRRP(vctx, in.Runtime, d.log, d.vips, d.startNotify, d.onVRRPState, d.tracks)
+		r := startVRRP(vctx, in.Runtime, d.log, d.vips, d.startNotify, d.onVRRPState, d.prime, d.groups.ownFault)
 		d.mu.Lock()
 		d.vrrp[in.Name] = r
 		d.mu.Unlock()
@@ -299,6 +311,7 @@ func (d *Daemon) reload(vctx context.Context) {
 
 	d.reconcile("reload")
 	d.tracks.update(vctx, cfg)
+	d.groups.update(vctx, cfg.SyncGroups)
 	d.reloadVRRP(vctx, cfg)
 	d.syncp.setConfig(cfg.Sync)
 	d.metrics.observeReload(true)
@@ -320,6 +333,7 @@ func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
 			d.mu.Lock()
 			delete(d.vrrp, r.name)
 			d.mu.Unlock()
+			d.groups.forget(r.name)
 		}
 	}
 	for _, in := range cfg.VRRP {
@@ -346,7 +360,7 @@ func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
 			d.log.Info("reload: vrrp instance changed; restarting it", "instance", in.Name)
 			cur.stop()
 		}
-		r := startVRRP(vctx, vc, d.log, d.vips, d.startNotify, d.onVRRPState, d.tracks)
+		r := startVRRP(vctx, vc, d.log, d.vips, d.startNotify, d.onVRRPState, d.prime, d.groups.ownFault)
 		d.mu.Lock()
 		d.vrrp[in.Name] = r
 		d.mu.Unlock()
