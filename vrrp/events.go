@@ -101,6 +101,11 @@ type TrackScriptResult struct {
 // another member of its sync group is in FAULT; an empty Cause releases it.
 type GroupFault struct{ Cause string }
 
+// GroupBackup tells a MASTER that another member of its sync group went
+// from MASTER to BACKUP: it follows, with a priority-0 advert so that its
+// peer takes over at once. In any other state it does nothing.
+type GroupBackup struct{ Cause string }
+
 // Shutdown stops the machine: a master sends priority 0 and gives up its VIPs.
 type Shutdown struct{}
 
@@ -123,6 +128,7 @@ func (TrackChanged) isEvent()      {}
 func (TrackFileValue) isEvent()    {}
 func (TrackScriptResult) isEvent() {}
 func (GroupFault) isEvent()        {}
+func (GroupBackup) isEvent()       {}
 func (Reconfigured) isEvent()      {}
 func (Shutdown) isEvent()          {}
 

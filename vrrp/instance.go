@@ -110,11 +110,12 @@ type Instance struct {
 	// changes is one wake-up and the newest value always wins.
 	trackKick chan struct{}
 
-	mu         sync.Mutex
-	status     Status
-	files      map[string]int64
-	scripts    map[string]bool
-	groupFault string
+	mu          sync.Mutex
+	status      Status
+	files       map[string]int64
+	scripts     map[string]bool
+	groupFault  string
+	groupBackup string // a pending GroupBackup's cause, "" none
 }
 
 // Option sets how an Instance runs where that is not configuration.
@@ -322,6 +323,16 @@ func (in *Instance) SetGroupFault(cause string) {
 	in.kickTrack()
 }
 
+// StepDown makes a MASTER instance BACKUP (with a priority-0 advert) because
+// another member of its sync group went from MASTER to BACKUP; an instance
+// in another state ignores it. It never blocks.
+func (in *Instance) StepDown(cause string) {
+	in.mu.Lock()
+	in.groupBackup = cause
+	in.mu.Unlock()
+	in.kickTrack()
+}
+
 func (in *Instance) kickTrack() {
 	select {
 	case in.trackKick <- struct{}{}:
@@ -340,7 +351,12 @@ func (in *Instance) trackEvents() []Event {
 	for _, n := range slices.Sorted(maps.Keys(in.scripts)) {
 		evs = append(evs, TrackScriptResult{Name: n, OK: in.scripts[n]})
 	}
-	return append(evs, GroupFault{Cause: in.groupFault})
+	evs = append(evs, GroupFault{Cause: in.groupFault})
+	if in.groupBackup != "" {
+		evs = append(evs, GroupBackup{Cause: in.groupBackup})
+		in.groupBackup = ""
+	}
+	return evs
 }
 
 // Status returns a snapshot of the instance.

@@ -297,6 +297,11 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 			return nil
 		}
 		return m.tracked(now, func() { m.groupFault = ev.Cause }, "sync group up")
+	case GroupBackup:
+		if m.state != Master {
+			return nil
+		}
+		return append([]Action{SendAdvert{0}}, m.becomeBackup(now, ev.Cause)...)
 	case Reconfigured:
 		return m.reconfigure(now, ev)
 	case TimerFired:

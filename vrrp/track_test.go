@@ -135,3 +135,23 @@ func TestGroupFault(t *testing.T) {
 		t.Fatalf("all clear: %v", m.State())
 	}
 }
+
+// TestGroupBackup: a master whose sync group partner went BACKUP follows
+// with a priority-0 advert; a backup ignores it.
+func TestGroupBackup(t *testing.T) {
+	m := master(t, cfg3(150))
+	now := t0.Add(10 * time.Second)
+	acts := m.Step(now, GroupBackup{Cause: "sync group G: VI_2 BACKUP"})
+	if m.State() != Backup || m.Cause() != "sync group G: VI_2 BACKUP" {
+		t.Fatalf("after GroupBackup: %v %q", m.State(), m.Cause())
+	}
+	if a, ok := find[SendAdvert](acts); !ok || a.Priority != 0 {
+		t.Errorf("no priority-0 advert: %v", acts)
+	}
+	if _, ok := find[RemoveVIPs](acts); !ok {
+		t.Errorf("VIPs kept: %v", acts)
+	}
+	if acts := m.Step(now, GroupBackup{Cause: "again"}); acts != nil || m.Cause() != "sync group G: VI_2 BACKUP" {
+		t.Errorf("a backup acted on GroupBackup: %v", acts)
+	}
+}

@@ -93,7 +93,7 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 	// Tracked scripts check and report: normal scheduling, and none of
 	// the daemon's capabilities.
 	d.tracks = newTracker(log, process.ChildStarter(0), d.pushTracks)
-	d.groups = newSyncGroups(log, d.startNotify, d.pushTracks)
+	d.groups = newSyncGroups(log, d.startNotify, d.pushTracks, d.stepDown)
 	return d
 }
 
@@ -102,6 +102,22 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 func (d *Daemon) pushTracks() {
 	for _, r := range d.vrrpRunners() {
 		r.pushTracks()
+	}
+}
+
+// stepDown makes a MASTER instance BACKUP for its sync group.
+func (d *Daemon) stepDown(instance, cause string) {
+	d.mu.Lock()
+	r := d.vrrp[instance]
+	d.mu.Unlock()
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	inst := r.inst
+	r.mu.Unlock()
+	if inst != nil {
+		inst.StepDown(cause)
 	}
 }
 

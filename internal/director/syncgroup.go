@@ -21,8 +21,10 @@ import (
 type syncGroups struct {
 	log   *slog.Logger
 	start func(*exec.Cmd) error // of notify commands
-	// changed hears that a member's hold changed (after it is recorded).
-	changed func()
+	// changed hears that a member's hold changed (after it is recorded);
+	// stepDown makes a MASTER instance BACKUP (vrrp.Instance.StepDown).
+	changed  func()
+	stepDown func(instance, cause string)
 
 	mu     sync.Mutex
 	groups []*syncGroup
@@ -36,8 +38,8 @@ type syncGroup struct {
 	notify chan []string // argv queue of the group's notify runner
 }
 
-func newSyncGroups(log *slog.Logger, start func(*exec.Cmd) error, changed func()) *syncGroups {
-	return &syncGroups{log: log, start: start, changed: changed, own: map[string]string{}, states: map[string]vrrp.State{}}
+func newSyncGroups(log *slog.Logger, start func(*exec.Cmd) error, changed func(), stepDown func(instance, cause string)) *syncGroups {
+	return &syncGroups{log: log, start: start, changed: changed, stepDown: stepDown, own: map[string]string{}, states: map[string]vrrp.State{}}
 }
 
 // update takes a reload's groups; a group whose config is unchanged keeps
@@ -108,16 +110,33 @@ func (s *syncGroups) forget(instance string) {
 	}
 }
 
-// state records an instance's transition and queues its group's notify
-// if the group's state changed: FAULT if a member is, MASTER if all are,
-// BACKUP if all are past INIT otherwise.
+// state records an instance's transition. A member gone from MASTER to
+// BACKUP takes the group's other masters with it. The group's notify is
+// queued if the group's state changed: FAULT if a member is, MASTER if all
+// are, BACKUP if all are past INIT otherwise.
 func (s *syncGroups) state(instance string, st vrrp.State) {
+	var down []string
+	var cause string
+	defer func() {
+		for _, m := range down {
+			s.stepDown(m, cause)
+		}
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	prev := s.states[instance]
 	s.states[instance] = st
 	for _, g := range s.groups {
 		if !slices.Contains(g.cfg.Instances, instance) {
 			continue
+		}
+		if prev == vrrp.Master && st == vrrp.Backup {
+			cause = fmt.Sprintf("sync group %s: %s went BACKUP", g.cfg.Name, instance)
+			for _, m := range g.cfg.Instances {
+				if m != instance && s.states[m] == vrrp.Master {
+					down = append(down, m)
+				}
+			}
 		}
 		gs := groupState(g.cfg.Instances, s.states)
 		if gs == "" || gs == g.state {
