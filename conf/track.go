@@ -205,9 +205,40 @@ func (v *validator) syncGroups() {
 				continue
 			}
 			member[name] = p
+			v.groupWeights(p, name)
 		}
 		if len(g.Notify) > 0 && !filepath.IsAbs(g.Notify[0]) {
 			v.errf(p+".notify[0]", "%q is not an absolute path (notify runs without a shell or PATH search)", g.Notify[0])
+		}
+	}
+}
+
+// groupWeights refuses weights other than 0 in what a sync group member
+// tracks, as keepalived does: a weight moves one member alone, and the
+// group then flaps between the directors (one member preempted, the others
+// stepped down, then preempting back). Weight 0 (FAULT) moves the group.
+func (v *validator) groupWeights(group, instance string) {
+	for i := range v.cfg.VRRP {
+		in := &v.cfg.VRRP[i]
+		if in.Name != instance {
+			continue
+		}
+		p := fmt.Sprintf("vrrp_instance[%d]", i)
+		const why = "instance %q is in %s: only weight 0 (FAULT) moves a sync group together"
+		for j, t := range in.Track {
+			if t.Weight != 0 {
+				v.errf(fmt.Sprintf("%s.track_interface[%d].weight", p, j), why, instance, group)
+			}
+		}
+		for j, name := range in.TrackFile {
+			if f := findTrack(v.cfg.TrackFiles, func(f TrackFile) bool { return f.Name == name }); f != nil && f.Weight != 0 {
+				v.errf(fmt.Sprintf("%s.track_file[%d]", p, j), "track_file %q has weight %d; "+why, name, f.Weight, instance, group)
+			}
+		}
+		for j, name := range in.TrackScript {
+			if s := findTrack(v.cfg.TrackScripts, func(s TrackScript) bool { return s.Name == name }); s != nil && s.Weight != 0 {
+				v.errf(fmt.Sprintf("%s.track_script[%d]", p, j), "track_script %q has weight %d; "+why, name, s.Weight, instance, group)
+			}
 		}
 	}
 }
