@@ -110,6 +110,16 @@ notify = [%q]
 			t.Errorf("VI_1 FAULT cause %q", v.LastCause)
 		}
 	}
+	waitCond(t, "the group FAULT in status", func() bool {
+		st := d1.status(t)
+		return st != nil && len(st.SyncGroups) == 1 && st.SyncGroups[0].State == "FAULT"
+	})
+	if m := scrapeIn(t, n1, "127.0.0.1:9610"); !strings.Contains(m, `lvsha_sync_group_state{state="FAULT",sync_group="NAT"} 1`) {
+		t.Error("metrics lack the group's FAULT")
+	}
+	if out, err := n1.Run(bin, "status", "-S", d1.sock); err != nil || !strings.Contains(out, "NAT    FAULT  VI_1 VI_in") {
+		t.Errorf("lvsha status: %v\n%s", err, out)
+	}
 	if ok, _ := n1.HasAddr("eth0", netip.MustParseAddr("10.98.0.100")); ok {
 		t.Error("d1 kept the outside VIP")
 	}

@@ -90,6 +90,17 @@ weight = -60
 
 	touch(drain, "-60\n")
 	waitCond(t, "drained to 90: d2 MASTER", state("BACKUP", "MASTER", 90))
+	m := scrapeIn(t, n1, "127.0.0.1:9610")
+	for _, want := range []string{`lvsha_track_file_value{track_file="drain"} -60`, `lvsha_track_script_succeeding{track_script="gw"} 1`,
+		`lvsha_vrrp_priority{vrrp_instance="VI_1"} 90`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if out, err := n1.Run(bin, "status", "-S", d1.sock); err != nil || !strings.Contains(out, "file    drain  1       -60") ||
+		!strings.Contains(out, "script  gw     -60     succeeding  "+script) {
+		t.Errorf("lvsha status: %v\n%s", err, out)
+	}
 	rm(drain)
 	waitCond(t, "drain removed: d1 MASTER again", state("MASTER", "BACKUP", 150))
 	touch(drain, "-254\n")
