@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/lvsha/lvsha/internal/testenv/netns"
@@ -144,5 +145,126 @@ notify = [%q]
 				t.Errorf("group notify repeated: %q", l)
 			}
 		}
+	}
+}
+
+// keepalivedGroup starts keepalived 2.2.7 in n with the same two instances
+// and a vrrp_sync_group, at priority prio.
+func keepalivedGroup(t *testing.T, n *netns.Node, prio int) {
+	t.Helper()
+	bin, err := exec.LookPath("keepalived")
+	if err != nil {
+		testutil.Unavailable(t, "keepalived not installed (make setup)")
+	}
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "keepalived.conf")
+	inst := func(name, iface string, vrid int, vip string) string {
+		return fmt.Sprintf(`vrrp_instance %s {
+  state BACKUP
+  interface %s
+  virtual_router_id %d
+  priority %d
+  advert_int 0.1
+  version 3
+  garp_master_delay 1
+  virtual_ipaddress {
+    %s
+  }
+}
+`, name, iface, vrid, prio, vip)
+	}
+	src := "global_defs {\n  router_id ka\n}\nvrrp_sync_group NAT {\n  group {\n    VI_1\n    VI_in\n  }\n}\n" +
+		inst("VI_1", "eth0", 42, "10.98.0.100/24") + inst("VI_in", "eth1", 43, "10.99.0.1/24")
+	if err := os.WriteFile(conf, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log := &syncBuffer{}
+	cmd := exec.Command(bin, "-n", "-l", "-D", "-P", "-f", conf, "-p", filepath.Join(dir, "k.pid"), "-r", filepath.Join(dir, "v.pid"))
+	cmd.Stdout, cmd.Stderr = log, log
+	// Its own process group: its VRRP child must die with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := n.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("keepalived log:\n%s", log.String())
+		}
+	})
+}
+
+// TestSyncGroupKeepalivedInterop: the same NAT pair with keepalived 2.2.7
+// and its vrrp_sync_group as the peer, in both roles. The master's inside
+// link goes down: both of its instances go to FAULT and both move to the
+// other director; the link back up, both come back (preempt).
+func TestSyncGroupKeepalivedInterop(t *testing.T) {
+	testutil.NeedRoot(t)
+	bin := buildLvsha(t)
+	outVIP, inVIP := netip.MustParseAddr("10.98.0.100"), netip.MustParseAddr("10.99.0.1")
+	holds := func(n *netns.Node) (bool, bool) {
+		o, _ := n.HasAddr("eth0", outVIP)
+		i, _ := n.HasAddr("eth1", inVIP)
+		return o, i
+	}
+	for _, lvshaMaster := range []bool{true, false} {
+		t.Run(fmt.Sprintf("lvsha_master=%v", lvshaMaster), func(t *testing.T) {
+			lab, err := netns.NewLab(netns.UniquePrefix("lvk"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { lab.Close() })
+			n1, err := lab.AddNode("d1", netip.MustParsePrefix("10.98.0.2/24"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			n2, err := lab.AddNode("d2", netip.MustParsePrefix("10.98.0.3/24"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			insideLAN(t, lab, n1, n2)
+			lprio, kprio := 100, 150
+			if lvshaMaster {
+				lprio, kprio = 150, 100
+			}
+			d := startDirectorWith(t, bin, n1, lprio, t.TempDir(), fmt.Sprintf(`
+[[vrrp_instance]]
+name = "VI_in"
+interface = "eth1"
+virtual_router_id = 43
+priority = %d
+advert_interval = "100ms"
+virtual_ipaddress = ["10.99.0.1/24"]
+
+[[sync_group]]
+name = "NAT"
+instances = ["VI_1", "VI_in"]
+`, lprio))
+			keepalivedGroup(t, n2, kprio)
+			master, backup := n1, n2
+			if !lvshaMaster {
+				master, backup = n2, n1
+			}
+			both := func(n *netns.Node, want bool) func() bool {
+				return func() bool { o, i := holds(n); return o == want && i == want }
+			}
+			waitCond(t, "the master holds both VIPs", func() bool { return both(master, true)() && both(backup, false)() })
+			if err := master.SetLink("eth1", false); err != nil {
+				t.Fatal(err)
+			}
+			waitCond(t, "both VIPs moved to the other director", func() bool { return both(backup, true)() && both(master, false)() })
+			if lvshaMaster {
+				for _, v := range d.status(t).VRRP {
+					if v.State != "FAULT" {
+						t.Errorf("lvsha %s %s after its inside link went down, want FAULT", v.Name, v.State)
+					}
+				}
+			}
+			if err := master.SetLink("eth1", true); err != nil {
+				t.Fatal(err)
+			}
+			waitCond(t, "both VIPs back on the master", func() bool { return both(master, true)() && both(backup, false)() })
+		})
 	}
 }
