@@ -138,6 +138,7 @@ func (v *validator) instanceTracks(p string, in *VRRPInstance) {
 			v.errf(tp, "%q is listed twice", name)
 		default:
 			rt.TrackFiles = append(rt.TrackFiles, vrrp.TrackFile{Name: name, Weight: f.Weight, Reverse: f.Reverse})
+			v.ownerWeight(tp, in, f.Weight)
 		}
 		seen[name] = true
 	}
@@ -152,8 +153,16 @@ func (v *validator) instanceTracks(p string, in *VRRPInstance) {
 			v.errf(tp, "%q is listed twice", name)
 		default:
 			rt.TrackScripts = append(rt.TrackScripts, vrrp.TrackScript{Name: name, Weight: s.Weight, Reverse: s.Reverse})
+			v.ownerWeight(tp, in, s.Weight)
 		}
 		seen[name] = true
+	}
+}
+
+// ownerWeight warns that an address owner's priority does not move.
+func (v *validator) ownerWeight(p string, in *VRRPInstance, weight int) {
+	if in.Priority == 255 && weight != 0 {
+		v.warnf(p, "priority 255 (address owner) never changes: weight %d has no effect, only weight 0 (FAULT) does", weight)
 	}
 }
 

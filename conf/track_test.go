@@ -54,3 +54,25 @@ reverse = true
 		t.Errorf("runtime scripts %+v, want %+v", rt.TrackScripts, want)
 	}
 }
+
+// TestTrackOwnerWarning: an address owner's priority does not move, so a
+// weight other than 0 is a warning.
+func TestTrackOwnerWarning(t *testing.T) {
+	_, warnings, err := Parse("t.toml", []byte(syncBase+`priority = 255
+track_file = ["drain"]
+
+[[track_file]]
+name = "drain"
+path = "/run/lvsha/drain"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, w := range warnings {
+		found = found || w.Path == "vrrp_instance[0].track_file[0]"
+	}
+	if !found {
+		t.Errorf("no warning for weight 1 on an address owner: %v", warnings)
+	}
+}

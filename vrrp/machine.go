@@ -119,7 +119,8 @@ func NewMachine(cfg MachineConfig) *Machine {
 func (m *Machine) State() State { return m.state }
 
 // Priority returns the effective priority: the configured one adjusted by
-// the weights of tracked interfaces, kept within 1..254 (255 never changes).
+// the weights of tracked interfaces, scripts and files, kept within 1..254
+// (255 never changes).
 func (m *Machine) Priority() uint8 {
 	if m.cfg.Priority == 255 {
 		return 255
