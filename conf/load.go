@@ -184,6 +184,16 @@ func (c *Config) Summary() string {
 		fmt.Fprintf(&b, "  vrrp %s: VRID %d on %s, priority %d, v%d every %s, VIPs %s\n",
 			in.Name, in.VRID, in.Interface, in.Priority, in.Version, in.AdvertInterval, strings.Join(in.VIPs, " "))
 	}
+	for _, g := range c.SyncGroups {
+		fmt.Fprintf(&b, "  sync_group %s: %s\n", g.Name, strings.Join(g.Instances, " "))
+	}
+	for _, f := range c.TrackFiles {
+		fmt.Fprintf(&b, "  track_file %s: %s, weight %d\n", f.Name, f.Path, f.Weight)
+	}
+	for _, s := range c.TrackScripts {
+		fmt.Fprintf(&b, "  track_script %s: %s every %s (timeout %s, rise %d, fall %d), weight %d\n",
+			s.Name, strings.Join(s.Argv, " "), s.Interval, s.Timeout, s.Rise, s.Fall, s.Weight)
+	}
 	for _, vs := range c.Services {
 		fmt.Fprintf(&b, "  service %s: %s %s, %d real server(s)\n", vs.ID, vs.Scheduler, vs.Forwarding, len(vs.Reals))
 	}

@@ -32,6 +32,12 @@ type Config struct {
 	Sync *Sync `toml:"sync"`
 	// BGP announces VIPs to routers (active-active directors); nil = off.
 	BGP *BGP `toml:"bgp"`
+	// TrackFiles and TrackScripts are what instances may follow besides
+	// interfaces (vrrp_instance.track_file, .track_script name them).
+	TrackFiles   []TrackFile   `toml:"track_file"`
+	TrackScripts []TrackScript `toml:"track_script"`
+	// SyncGroups are instances that fail over together.
+	SyncGroups []SyncGroup `toml:"sync_group"`
 
 	// File is the path the config was loaded from.
 	File string `toml:"-"`
@@ -89,7 +95,11 @@ type VRRPInstance struct {
 	GARPRefresh  Duration         `toml:"garp_master_refresh"`
 	GARPInterval Duration         `toml:"garp_interval"`
 	Track        []TrackInterface `toml:"track_interface"`
-	Notify       []string         `toml:"notify"`
+	// TrackFile and TrackScript name [[track_file]] and [[track_script]]
+	// entries whose weights move this instance's priority.
+	TrackFile   []string `toml:"track_file"`
+	TrackScript []string `toml:"track_script"`
+	Notify      []string `toml:"notify"`
 
 	// Runtime is the instance as vrrp.New takes it.
 	Runtime vrrp.Config `toml:"-"`
@@ -378,6 +388,8 @@ var elemDefaults = map[reflect.Type]func(reflect.Value){
 	reflect.TypeFor[Sync]():          func(v reflect.Value) { v.Set(reflect.ValueOf(defaultSync())) },
 	reflect.TypeFor[BGP]():           func(v reflect.Value) { v.Set(reflect.ValueOf(defaultBGP())) },
 	reflect.TypeFor[BGPNeighbor]():   func(v reflect.Value) { v.Set(reflect.ValueOf(defaultBGPNeighbor())) },
+	reflect.TypeFor[TrackFile]():     func(v reflect.Value) { v.Set(reflect.ValueOf(defaultTrackFile())) },
+	reflect.TypeFor[TrackScript]():   func(v reflect.Value) { v.Set(reflect.ValueOf(defaultTrackScript())) },
 }
 
 // choice is a key whose value is one of a few names, each standing for a

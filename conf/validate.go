@@ -45,6 +45,7 @@ func (v *validator) warnf(path, format string, args ...any) {
 
 func (v *validator) run() {
 	v.global()
+	v.tracks() // before the instances, which name them
 	// A VRID is unique per interface and address family (RFC 9568: IPv4
 	// and IPv6 virtual routers are separate, with their own adverts).
 	type ifVRID struct {
@@ -101,6 +102,7 @@ func (v *validator) run() {
 	if b := v.cfg.BGP; b != nil {
 		v.bgp("bgp", b)
 	}
+	v.syncGroups()
 	v.vipsHeld()
 }
 
@@ -286,6 +288,7 @@ func (v *validator) vrrp(p string, in *VRRPInstance) {
 		}
 		rt.Track = append(rt.Track, vrrp.TrackInterface{Name: t.Name, Weight: t.Weight})
 	}
+	v.instanceTracks(p, in)
 	if len(in.Notify) > 0 && !filepath.IsAbs(in.Notify[0]) {
 		v.errf(p+".notify[0]", "%q is not an absolute path (notify runs without a shell or PATH search)", in.Notify[0])
 	}

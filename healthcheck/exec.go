@@ -14,10 +14,8 @@ import (
 	"time"
 )
 
-// execChecker runs a command without a shell; exit status 0 means healthy.
-// The command gets its own process group so that at the deadline the whole
-// group (children of a script too) is killed, and whatever it left behind is
-// killed when it exits; it is killed as well if the checker dies.
+// execChecker runs a command without a shell (RunCommand); exit status 0
+// means healthy.
 type execChecker struct {
 	argv  []string
 	port  uint16
@@ -39,23 +37,34 @@ func (b *cappedBuffer) Write(p []byte) (int, error) {
 
 func (c *execChecker) Check(ctx context.Context, target netip.AddrPort) error {
 	addr := probeAddr(target, c.port)
-	cmd := exec.CommandContext(ctx, c.argv[0], c.argv[1:]...)
-	cmd.Env = append(os.Environ(),
-		"LVSHA_RS_ADDR="+addr.Addr().String(),
-		"LVSHA_RS_PORT="+strconv.Itoa(int(addr.Port())))
+	return RunCommand(ctx, c.argv, []string{
+		"LVSHA_RS_ADDR=" + addr.Addr().String(),
+		"LVSHA_RS_PORT=" + strconv.Itoa(int(addr.Port())),
+	}, c.start)
+}
+
+// RunCommand runs argv without a shell, with env added to the environment,
+// and returns nil if it exits 0, else why not (its exit status and the
+// start of its output). The command gets its own process group: when ctx
+// ends the whole group (children of a script too) is killed, and whatever
+// it left behind is killed when it exits; it is killed as well if the
+// caller dies. start starts it (nil: exec.Cmd.Start). Exec checks and the
+// director's tracked scripts both run their commands with it.
+func RunCommand(ctx context.Context, argv, env []string, start func(*exec.Cmd) error) error {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
 	var out cappedBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	// Pdeathsig: if the checker dies (or is killed as wedged) mid-check,
-	// the command dies too instead of running on with nobody to time it
+	// Pdeathsig: if the caller (the checker process, or the daemon for a
+	// tracked script) dies or is killed as wedged mid-run, the command dies too instead of running on with nobody to time it
 	// out. It fires when the forking thread exits, and Go ends a thread
 	// only when a goroutine locked to it returns, which neither this nor
-	// the checker process's starter (process.ChildStarter) does.
+	// process.ChildStarter's spawner thread does.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return killGroup(cmd) }
 	// A grandchild that keeps the output pipe open must not hold Wait.
 	cmd.WaitDelay = 100 * time.Millisecond
 
-	start := c.start
 	if start == nil {
 		start = (*exec.Cmd).Start
 	}
@@ -67,7 +76,7 @@ func (c *execChecker) Check(ctx context.Context, target netip.AddrPort) error {
 		_ = killGroup(cmd)
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil {
-		return stage("running "+c.argv[0], ctxErr)
+		return stage("running "+argv[0], ctxErr)
 	}
 	if err == nil {
 		return nil
@@ -80,7 +89,7 @@ func (c *execChecker) Check(ctx context.Context, target netip.AddrPort) error {
 		}
 		return errors.New(msg)
 	}
-	return fmt.Errorf("exec %s: %w", c.argv[0], err)
+	return fmt.Errorf("exec %s: %w", argv[0], err)
 }
 
 // killGroup sends SIGKILL to the command's process group (its pgid is its

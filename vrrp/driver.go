@@ -29,6 +29,7 @@ type driver struct {
 	notify   *notifier
 	garpStop context.CancelFunc
 	drops    dropLog
+	ownFault string // the last Machine.OwnFault told to onOwnFault
 	wg       sync.WaitGroup
 }
 
@@ -63,10 +64,14 @@ func (in *Instance) Run(ctx context.Context) error {
 		k:     k,
 		fired: make(chan timerEvent, 8),
 		done:  make(chan struct{}),
+		// Whatever it is after Start is news: a listener may still
+		// hold the previous run's fault.
+		ownFault: "\x00unknown",
 		m: NewMachine(MachineConfig{
 			VRID: cfg.VRID, Priority: cfg.Priority, Version: cfg.Version,
 			AdvertInterval: cfg.AdvertInterval, Preempt: cfg.Preempt, PreemptDelay: cfg.PreemptDelay,
 			PrimaryIP: k.primary, GARPDelay: cfg.GARPDelay, GARPRefresh: cfg.GARPRefresh, Track: cfg.Track,
+			TrackFiles: cfg.TrackFiles, Scripts: cfg.TrackScripts,
 			VIPs: vipAddrs(cfg.VIPs), UnicastPeers: cfg.UnicastPeers, AuthPass: cfg.AuthPass,
 		}),
 	}
@@ -103,6 +108,9 @@ func (in *Instance) Run(ctx context.Context) error {
 
 	for _, t := range cfg.Track {
 		d.trackNow(t.Name)
+	}
+	for _, ev := range in.trackEvents() {
+		d.step(ev)
 	}
 	up, err := k.links.Up(cfg.Interface)
 	if err != nil {
@@ -151,7 +159,8 @@ func (in *Instance) Run(ctx context.Context) error {
 			in.cfg = c // cfg points here: what follows uses the new values
 			in.log.Info("vrrp: reload applied in place")
 			d.notify.setTimeout(c.NotifyTimeout)
-			d.step(Reconfigured{GARPDelay: c.GARPDelay, GARPRefresh: c.GARPRefresh, Track: c.Track})
+			d.step(Reconfigured{GARPDelay: c.GARPDelay, GARPRefresh: c.GARPRefresh, Track: c.Track,
+				TrackFiles: c.TrackFiles, Scripts: c.TrackScripts})
 			if !slices.Equal(c.Track, old) {
 				stopWatch()
 				stopWatch = watch()
@@ -162,6 +171,11 @@ func (in *Instance) Run(ctx context.Context) error {
 						d.trackNow(t.Name)
 					}
 				}
+			}
+		case <-in.trackKick:
+			// The machine ignores the values that did not change.
+			for _, ev := range in.trackEvents() {
+				d.step(ev)
 			}
 		case ls := <-linkCh:
 			switch {
@@ -295,8 +309,19 @@ func (d *driver) step(ev Event) {
 	d.run(now, d.m.Step(now, ev))
 }
 
+// tellOwnFault tells the listener when the machine's own fault changed.
+func (d *driver) tellOwnFault() {
+	if c := d.m.OwnFault(); c != d.ownFault && d.m.started {
+		d.ownFault = c
+		if d.in.onOwnFault != nil {
+			d.in.onOwnFault(c)
+		}
+	}
+}
+
 // run carries out the machine's actions for an event at now.
 func (d *driver) run(now time.Time, acts []Action) {
+	defer d.tellOwnFault()
 	for _, act := range acts {
 		start := time.Now()
 		d.do(now, act)

@@ -82,24 +82,55 @@ type TrackChanged struct {
 	Up   bool
 }
 
+// TrackFileValue reports the number now in a tracked file (0 for a missing
+// file or one without a number).
+type TrackFileValue struct {
+	Name  string
+	Value int64
+}
+
+// TrackScriptResult reports a tracked script's state after its rise and
+// fall counts: OK is true once it succeeded rise times in a row, false once
+// it failed fall times in a row.
+type TrackScriptResult struct {
+	Name string
+	OK   bool
+}
+
+// GroupFault holds the instance in FAULT, with Cause as the reason, while
+// another member of its sync group is in FAULT; an empty Cause releases it.
+type GroupFault struct{ Cause string }
+
+// GroupBackup tells a MASTER that another member of its sync group went
+// from MASTER to BACKUP: it follows, with a priority-0 advert so that its
+// peer takes over at once. In any other state it does nothing.
+type GroupBackup struct{ Cause string }
+
 // Shutdown stops the machine: a master sends priority 0 and gives up its VIPs.
 type Shutdown struct{}
 
 // Reconfigured replaces what a reload changes in place: the GARP timers and
-// the tracked interfaces. A newly tracked interface counts as up until a
-// TrackChanged says otherwise.
+// what is tracked. A newly tracked interface counts as up until a
+// TrackChanged says otherwise; files and scripts keep the last values
+// reported under their names.
 type Reconfigured struct {
 	GARPDelay, GARPRefresh time.Duration
 	Track                  []TrackInterface
+	TrackFiles             []TrackFile
+	Scripts                []TrackScript
 }
 
-func (Start) isEvent()        {}
-func (TimerFired) isEvent()   {}
-func (LinkDown) isEvent()     {}
-func (LinkUp) isEvent()       {}
-func (TrackChanged) isEvent() {}
-func (Reconfigured) isEvent() {}
-func (Shutdown) isEvent()     {}
+func (Start) isEvent()             {}
+func (TimerFired) isEvent()        {}
+func (LinkDown) isEvent()          {}
+func (LinkUp) isEvent()            {}
+func (TrackChanged) isEvent()      {}
+func (TrackFileValue) isEvent()    {}
+func (TrackScriptResult) isEvent() {}
+func (GroupFault) isEvent()        {}
+func (GroupBackup) isEvent()       {}
+func (Reconfigured) isEvent()      {}
+func (Shutdown) isEvent()          {}
 
 // Action is an output of Machine.Step, to be carried out in order.
 type Action interface{ isAction() }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 )
@@ -42,6 +43,11 @@ type Config struct {
 	GARPRefresh  time.Duration
 	GARPInterval time.Duration
 	Track        []TrackInterface
+	// TrackFiles and TrackScripts name the files and scripts the instance
+	// follows; their values come from the caller (SetTrackFile,
+	// SetTrackScript), which reads the files and runs the scripts.
+	TrackFiles   []TrackFile
+	TrackScripts []TrackScript
 	// Notify is a command run on every state change, without a shell, with
 	// the instance name, new state and priority appended to its arguments.
 	// NotifyTimeout (>0) bounds each run, and the wait for queued ones at
@@ -92,13 +98,24 @@ type Instance struct {
 	recordVIPs func(iface string, vips []netip.Prefix, held bool)
 	// onState hears of every transition; nil when no one listens.
 	onState func(State)
+	// onOwnFault hears of every change of Machine.OwnFault; nil when no
+	// one listens.
+	onOwnFault func(cause string)
 
 	// updates carries a reload's in-place changes to a running driver;
 	// only the newest matters.
 	updates chan Config
+	// trackKick tells a running driver that tracked values changed; the
+	// values themselves are in files and scripts (under mu), so a burst of
+	// changes is one wake-up and the newest value always wins.
+	trackKick chan struct{}
 
-	mu     sync.Mutex
-	status Status
+	mu          sync.Mutex
+	status      Status
+	files       map[string]int64
+	scripts     map[string]bool
+	groupFault  string
+	groupBackup string // a pending GroupBackup's cause, "" none
 }
 
 // Option sets how an Instance runs where that is not configuration.
@@ -128,6 +145,14 @@ func WithStateListener(f func(State)) Option {
 	return func(in *Instance) { in.onState = f }
 }
 
+// WithOwnFaultListener calls f with Machine.OwnFault each time it changes
+// ("" once the instance need not be in FAULT by its own link and tracking),
+// from the instance's goroutine: f must not block. The director holds the
+// other members of a sync group down with it (SetGroupFault).
+func WithOwnFaultListener(f func(cause string)) Option {
+	return func(in *Instance) { in.onOwnFault = f }
+}
+
 // New checks cfg and returns an instance ready to Run.
 func New(cfg Config, log *slog.Logger, opts ...Option) (*Instance, error) {
 	if log == nil {
@@ -141,6 +166,8 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Instance, error) {
 		o(in)
 	}
 	in.updates = make(chan Config, 1)
+	in.trackKick = make(chan struct{}, 1)
+	in.files, in.scripts = map[string]int64{}, map[string]bool{}
 	in.open = func() (*kernel, error) { return openKernel(&in.cfg, in.log) }
 	in.status = Status{Name: cfg.Name, State: Init, Priority: cfg.Priority, Dropped: map[string]uint64{}}
 	return in, nil
@@ -248,7 +275,7 @@ func CheckAdvertInterval(version int, d time.Duration) error {
 func InPlace(old, new Config) bool {
 	old.Notify, old.NotifyTimeout = new.Notify, new.NotifyTimeout
 	old.GARPRepeat, old.GARPDelay, old.GARPRefresh, old.GARPInterval = new.GARPRepeat, new.GARPDelay, new.GARPRefresh, new.GARPInterval
-	old.Track = new.Track
+	old.Track, old.TrackFiles, old.TrackScripts = new.Track, new.TrackFiles, new.TrackScripts
 	return reflect.DeepEqual(old, new)
 }
 
@@ -265,6 +292,71 @@ func (in *Instance) Update(cfg Config) error {
 	}
 	in.updates <- cfg
 	return nil
+}
+
+// SetTrackFile hands the instance the number now in the tracked file name.
+// It never blocks: the instance's loop takes the newest value between two
+// events. A value set before Run counts from the start.
+func (in *Instance) SetTrackFile(name string, value int64) {
+	in.mu.Lock()
+	in.files[name] = value
+	in.mu.Unlock()
+	in.kickTrack()
+}
+
+// SetTrackScript hands the instance the state of the tracked script name
+// (after its rise and fall counts), like SetTrackFile.
+func (in *Instance) SetTrackScript(name string, ok bool) {
+	in.mu.Lock()
+	in.scripts[name] = ok
+	in.mu.Unlock()
+	in.kickTrack()
+}
+
+// SetGroupFault holds the instance in FAULT with cause as the reason while
+// another member of its sync group is in FAULT; "" releases it. Like
+// SetTrackFile it never blocks.
+func (in *Instance) SetGroupFault(cause string) {
+	in.mu.Lock()
+	in.groupFault = cause
+	in.mu.Unlock()
+	in.kickTrack()
+}
+
+// StepDown makes a MASTER instance BACKUP (with a priority-0 advert) because
+// another member of its sync group went from MASTER to BACKUP; an instance
+// in another state ignores it. It never blocks.
+func (in *Instance) StepDown(cause string) {
+	in.mu.Lock()
+	in.groupBackup = cause
+	in.mu.Unlock()
+	in.kickTrack()
+}
+
+func (in *Instance) kickTrack() {
+	select {
+	case in.trackKick <- struct{}{}:
+	default: // one is pending: it reads the newest values
+	}
+}
+
+// trackEvents returns the tracked values as events, in a stable order.
+func (in *Instance) trackEvents() []Event {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	var evs []Event
+	for _, n := range slices.Sorted(maps.Keys(in.files)) {
+		evs = append(evs, TrackFileValue{Name: n, Value: in.files[n]})
+	}
+	for _, n := range slices.Sorted(maps.Keys(in.scripts)) {
+		evs = append(evs, TrackScriptResult{Name: n, OK: in.scripts[n]})
+	}
+	evs = append(evs, GroupFault{Cause: in.groupFault})
+	if in.groupBackup != "" {
+		evs = append(evs, GroupBackup{Cause: in.groupBackup})
+		in.groupBackup = ""
+	}
+	return evs
 }
 
 // Status returns a snapshot of the instance.

@@ -764,6 +764,8 @@ func TestInPlace(t *testing.T) {
 			c.GARPRepeat, c.GARPDelay, c.GARPRefresh, c.GARPInterval = 1, 0, time.Minute, time.Millisecond
 		}, true},
 		{"track", func(c *Config) { c.Track = []TrackInterface{{"eth1", -10}} }, true},
+		{"track file", func(c *Config) { c.TrackFiles = []TrackFile{{Name: "drain", Weight: 1}} }, true},
+		{"track script", func(c *Config) { c.TrackScripts = []TrackScript{{Name: "gw", Weight: -60}} }, true},
 		{"priority", func(c *Config) { c.Priority = 101 }, false},
 		{"interval", func(c *Config) { c.AdvertInterval = 2 * time.Second }, false},
 		{"vips", func(c *Config) { c.VIPs = append(c.VIPs, netip.MustParsePrefix("10.0.0.101/24")) }, false},
@@ -778,6 +780,44 @@ func TestInPlace(t *testing.T) {
 			t.Errorf("%s: InPlace %v, want %v", tc.name, got, tc.want)
 		}
 	}
+}
+
+// TestDriverTrackValues: a tracked value set before Run counts from the
+// start; one set while running changes the priority or faults; a reload
+// that stops tracking the file applies in place.
+func TestDriverTrackValues(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeKernel()
+		var cfg Config
+		in := testInstance(t, f, func(c *Config) {
+			c.Priority = 150
+			c.TrackFiles = []TrackFile{{Name: "drain", Weight: 1}}
+			cfg = *c
+		})
+		in.SetTrackFile("drain", -50)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		go in.Run(ctx)
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		if st := in.Status(); st.State != Master || st.Priority != 100 {
+			t.Fatalf("started with drain -50: %v %d, want MASTER 100", st.State, st.Priority)
+		}
+		in.SetTrackFile("drain", -300)
+		synctest.Wait()
+		if st := in.Status(); st.State != Fault {
+			t.Fatalf("drain -300: %v, want FAULT", st.State)
+		}
+		cfg.TrackFiles = nil
+		if err := in.Update(cfg); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(4 * time.Second)
+		synctest.Wait()
+		if st := in.Status(); st.State != Master || st.Priority != 150 {
+			t.Fatalf("file no longer tracked: %v %d, want MASTER 150", st.State, st.Priority)
+		}
+	})
 }
 
 // TestDriverUpdateInPlace: a running master takes new GARP and notify

@@ -28,6 +28,31 @@ type TrackInterface struct {
 	Weight int
 }
 
+// TrackFile is a file holding a number that changes the instance's
+// priority (keepalived's track_file): the number times Weight (negated by
+// Reverse) is added; a result below -253 puts the instance in FAULT. With
+// weight 0 any number but 0 puts it in FAULT. A missing or unreadable file,
+// or one without a number, counts as 0, as keepalived does.
+type TrackFile struct {
+	Name    string
+	Weight  int
+	Reverse bool
+}
+
+// TrackScript is a command whose result changes the instance's priority
+// (keepalived's vrrp_script): a positive weight is added while it succeeds,
+// a negative one while it fails, and weight 0 puts the instance in FAULT
+// while it fails. Reverse swaps success and failure.
+type TrackScript struct {
+	Name    string
+	Weight  int
+	Reverse bool
+}
+
+// trackFault is the lowest tracked-file result that does not put the
+// instance in FAULT (keepalived's rule: "less than -253" faults).
+const trackFault = -253
+
 // MachineConfig is what the pure state machine needs to know.
 type MachineConfig struct {
 	VRID           uint8
@@ -42,6 +67,8 @@ type MachineConfig struct {
 	GARPDelay   time.Duration // >0: a second GARP burst this long after takeover
 	GARPRefresh time.Duration // >0: a GARP burst this often while master
 	Track       []TrackInterface
+	TrackFiles  []TrackFile
+	Scripts     []TrackScript
 	// VIPs are the addresses our adverts carry.
 	VIPs []netip.Addr
 	// UnicastPeers, if any, are the only sources adverts are accepted from.
@@ -58,6 +85,14 @@ type Machine struct {
 	started bool
 	linkUp  bool
 	trackUp map[string]bool
+	// fileVal and scriptOK are the last values of tracked files and
+	// scripts; a file not yet read counts as 0, a script not yet run as
+	// succeeding.
+	fileVal  map[string]int64
+	scriptOK map[string]bool
+	// groupFault is why the instance's sync group holds it in FAULT ("":
+	// it does not).
+	groupFault string
 
 	masterAdverInterval time.Duration // learned from the master in v3
 	master              netip.Addr    // current master as far as we know
@@ -72,7 +107,8 @@ type Machine struct {
 
 // NewMachine returns a machine in INIT; send it Start.
 func NewMachine(cfg MachineConfig) *Machine {
-	m := &Machine{cfg: cfg, linkUp: true, trackUp: map[string]bool{}, masterAdverInterval: cfg.AdvertInterval}
+	m := &Machine{cfg: cfg, linkUp: true, trackUp: map[string]bool{},
+		fileVal: map[string]int64{}, scriptOK: map[string]bool{}, masterAdverInterval: cfg.AdvertInterval}
 	for _, t := range cfg.Track {
 		m.trackUp[t.Name] = true
 	}
@@ -83,19 +119,51 @@ func NewMachine(cfg MachineConfig) *Machine {
 func (m *Machine) State() State { return m.state }
 
 // Priority returns the effective priority: the configured one adjusted by
-// the weights of tracked interfaces, kept within 1..254 (255 never changes).
+// the weights of tracked interfaces, scripts and files, kept within 1..254
+// (255 never changes).
 func (m *Machine) Priority() uint8 {
 	if m.cfg.Priority == 255 {
 		return 255
 	}
-	p := int(m.cfg.Priority)
+	p := int64(m.cfg.Priority)
 	for _, t := range m.cfg.Track {
-		up := m.trackUp[t.Name]
-		if (t.Weight > 0 && up) || (t.Weight < 0 && !up) {
-			p += t.Weight
+		p += int64(weightIf(t.Weight, m.trackUp[t.Name]))
+	}
+	for _, t := range m.cfg.Scripts {
+		p += int64(weightIf(t.Weight, m.scriptGood(t)))
+	}
+	for _, t := range m.cfg.TrackFiles {
+		if r := m.fileResult(t); t.Weight != 0 && r >= trackFault {
+			p += r
 		}
 	}
 	return uint8(min(max(p, 1), 254))
+}
+
+// weightIf is what a tracked interface or script of weight w adds to the
+// priority in state good: a positive weight while good, a negative one
+// while not.
+func weightIf(w int, good bool) int {
+	if (w > 0 && good) || (w < 0 && !good) {
+		return w
+	}
+	return 0
+}
+
+func (m *Machine) scriptGood(t TrackScript) bool {
+	ok, known := m.scriptOK[t.Name]
+	return (ok || !known) != t.Reverse
+}
+
+// fileResult is a tracked file's number times its weight (negated by
+// Reverse); the number is kept within ±2^31 so the product cannot overflow.
+func (m *Machine) fileResult(t TrackFile) int64 {
+	v := min(max(m.fileVal[t.Name], -1<<31), 1<<31)
+	r := v * int64(t.Weight)
+	if t.Reverse {
+		r = -r
+	}
+	return r
 }
 
 // Master returns the address of the current master: ours when MASTER, the
@@ -153,12 +221,32 @@ func MasterDownInterval(version int, priority uint8, masterAdverInterval time.Du
 
 // faultCause says why the instance must be in FAULT, or "" if it need not.
 func (m *Machine) faultCause() string {
+	if c := m.OwnFault(); c != "" {
+		return c
+	}
+	return m.groupFault
+}
+
+// OwnFault says why the instance must be in FAULT by what it follows
+// itself (its link, what it tracks), leaving out its sync group; "" if it
+// need not. The members of a sync group hold each other down with it.
+func (m *Machine) OwnFault() string {
 	if !m.linkUp {
 		return "link down"
 	}
 	for _, t := range m.cfg.Track {
 		if t.Weight == 0 && !m.trackUp[t.Name] {
 			return fmt.Sprintf("tracked interface %s down", t.Name)
+		}
+	}
+	for _, t := range m.cfg.Scripts {
+		if t.Weight == 0 && !m.scriptGood(t) {
+			return fmt.Sprintf("tracked script %s failing", t.Name)
+		}
+	}
+	for _, t := range m.cfg.TrackFiles {
+		if v := m.fileVal[t.Name]; (t.Weight == 0 && v != 0) || m.fileResult(t) < trackFault {
+			return fmt.Sprintf("tracked file %s: %d", t.Name, v)
 		}
 	}
 	return ""
@@ -190,17 +278,31 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 		if _, ok := m.trackUp[ev.Name]; !ok {
 			return nil
 		}
-		before := m.Priority()
-		m.trackUp[ev.Name] = ev.Up
-		if !m.started {
+		return m.tracked(now, func() { m.trackUp[ev.Name] = ev.Up }, fmt.Sprintf("tracked interface %s up", ev.Name))
+	case TrackFileValue:
+		if v, ok := m.fileVal[ev.Name]; ok && v == ev.Value {
 			return nil
 		}
-		acts := m.settle(now, fmt.Sprintf("tracked interface %s up", ev.Name))
-		if acts == nil && m.state == Master && m.Priority() != before {
-			// Tell the peers at once so a now-better backup can preempt.
-			acts = append(acts, SendAdvert{m.Priority()}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval})
+		return m.tracked(now, func() { m.fileVal[ev.Name] = ev.Value }, fmt.Sprintf("tracked file %s: %d", ev.Name, ev.Value))
+	case TrackScriptResult:
+		if ok, known := m.scriptOK[ev.Name]; known && ok == ev.OK {
+			return nil
 		}
-		return acts
+		what := "failing"
+		if ev.OK {
+			what = "succeeding"
+		}
+		return m.tracked(now, func() { m.scriptOK[ev.Name] = ev.OK }, fmt.Sprintf("tracked script %s %s", ev.Name, what))
+	case GroupFault:
+		if ev.Cause == m.groupFault {
+			return nil
+		}
+		return m.tracked(now, func() { m.groupFault = ev.Cause }, "sync group up")
+	case GroupBackup:
+		if m.state != Master {
+			return nil
+		}
+		return append([]Action{SendAdvert{0}}, m.becomeBackup(now, ev.Cause)...)
 	case Reconfigured:
 		return m.reconfigure(now, ev)
 	case TimerFired:
@@ -220,6 +322,22 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 	return nil
 }
 
+// tracked applies a change of something tracked (set records it): FAULT
+// entered or left, or, for a master whose priority changed, an advert at
+// once so that a now-better backup can preempt.
+func (m *Machine) tracked(now time.Time, set func(), recoverCause string) []Action {
+	before := m.Priority()
+	set()
+	if !m.started {
+		return nil
+	}
+	acts := m.settle(now, recoverCause)
+	if acts == nil && m.state == Master && m.Priority() != before {
+		acts = append(acts, SendAdvert{m.Priority()}, ArmTimer{TimerAdvert, m.cfg.AdvertInterval})
+	}
+	return acts
+}
+
 // reconfigure applies a reload's in-place changes: a master arms or stops
 // its GARP refresh for the new period and, if the tracked interfaces change
 // its priority, tells its peers at once, as a tracked interface changing
@@ -227,6 +345,7 @@ func (m *Machine) Step(now time.Time, ev Event) []Action {
 func (m *Machine) reconfigure(now time.Time, ev Reconfigured) []Action {
 	before, refresh := m.Priority(), m.cfg.GARPRefresh
 	m.cfg.GARPDelay, m.cfg.GARPRefresh, m.cfg.Track = ev.GARPDelay, ev.GARPRefresh, ev.Track
+	m.cfg.TrackFiles, m.cfg.Scripts = ev.TrackFiles, ev.Scripts
 	trackUp := make(map[string]bool, len(ev.Track))
 	for _, t := range ev.Track {
 		up, known := m.trackUp[t.Name]

@@ -37,8 +37,9 @@ func TestImport(t *testing.T) {
 	if fi, err := os.Stat(o); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("-o: %v %v", fi, err)
 	}
-	// Something dropped: --check fails, and says where.
-	if err := os.WriteFile(in, []byte(src+"vrrp_script chk {\n script /bin/true\n}\n"), 0o644); err != nil {
+	// Something dropped (a script without an absolute path): --check fails,
+	// and says where.
+	if err := os.WriteFile(in, []byte(src+"vrrp_script chk {\n script true\n}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	errOut.Reset()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -75,6 +76,28 @@ func printStatus(w io.Writer, st *control.Status) {
 				fmt.Fprintf(w, "  %s: adverts not sent (%d so far): %s\n", v.Name, v.SendErrors, v.LastSendError)
 			}
 		}
+	}
+	if len(st.SyncGroups) > 0 {
+		fmt.Fprintln(w, "\nSync groups:")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  GROUP\tSTATE\tINSTANCES")
+		for _, g := range st.SyncGroups {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\n", g.Name, dash(g.State), strings.Join(g.Instances, " "))
+		}
+		_ = tw.Flush()
+	}
+	if len(st.Tracks) > 0 {
+		fmt.Fprintln(w, "\nTracked:")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  KIND\tNAME\tWEIGHT\tNOW\tWHAT")
+		for _, t := range st.Tracks {
+			now := t.State
+			if t.Kind == "file" {
+				now = strconv.FormatInt(t.Value, 10)
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%s\n", t.Kind, t.Name, t.Weight, now, t.What)
+		}
+		_ = tw.Flush()
 	}
 	if sy := st.Sync; sy != nil {
 		entries := "unknown"

@@ -75,6 +75,8 @@ type translator struct {
 	// synced are the instances of vrrp_sync_groups: keepalived ignores
 	// their tracked interfaces' weights.
 	synced map[string]bool
+	// defs are the vrrp_scripts and track_files, by kind and name.
+	defs map[string]*trackDef
 }
 
 func (t *translator) warn(n *Node, format string, args ...any) {
@@ -96,9 +98,6 @@ func (t *translator) dropped(n *Node, what string) {
 
 // noEquivalent names, for the keywords the issue lists, what lvsha lacks.
 var noEquivalent = map[string]string{
-	"vrrp_script":             "vrrp_script has no lvsha equivalent yet (track a script): left out",
-	"track_script":            "tracked scripts have no lvsha equivalent yet: left out",
-	"vrrp_sync_group":         "sync groups have no lvsha equivalent yet: the instances fail over independently",
 	"virtual_server_group":    "virtual server groups have no lvsha equivalent yet: left out",
 	"static_ipaddress":        "static addresses are not lvsha's: left out",
 	"static_routes":           "static routes have no lvsha equivalent: left out",
@@ -139,7 +138,6 @@ var noEquivalent = map[string]string{
 	"notify_down":             "real server notify scripts have no lvsha equivalent: left out",
 	"smtp_alert":              "SMTP alerts have no lvsha equivalent: left out",
 	"delay_before_retry":      "lvsha retries a failed check after the check interval, not after a delay of its own: left out",
-	"track_file":              "tracked files have no lvsha equivalent yet: left out",
 	"track_process":           "tracked processes have no lvsha equivalent yet: left out",
 	"track_bfd":               "BFD has no lvsha equivalent: left out",
 }
@@ -167,11 +165,18 @@ func (t *translator) run(root *Node) {
 			}
 		}
 	}
+	t.scanTracks(root)
 	for _, n := range root.Children {
 		switch n.Name {
 		case "global_defs":
 		case "vrrp_instance":
 			t.instance(n)
+		case "vrrp_script":
+			t.emitDef(n, "track_script")
+		case "track_file", "vrrp_track_file":
+			t.emitDef(n, "track_file")
+		case "vrrp_sync_group":
+			t.syncGroup(n)
 		case "virtual_server":
 			t.virtualServer(n)
 		default:
@@ -347,6 +352,7 @@ func (t *translator) instance(in *Node) {
 		preemptDelay     time.Duration
 		vips, peers      []string
 		tracks           []track
+		scripts, files   []string
 		notify           []string
 		garpRepeat       = t.garpRepeat
 		garpDelay        = t.garpDelay
@@ -447,6 +453,10 @@ func (t *translator) instance(in *Node) {
 					tracks = append(tracks, tr)
 				}
 			}
+		case "track_script":
+			scripts = append(scripts, t.trackRefs(name, n)...)
+		case "track_file":
+			files = append(files, t.trackRefs(name, n)...)
 		case "notify":
 			argv, user, err := scriptArgv(n)
 			if err != nil {
@@ -573,6 +583,12 @@ func (t *translator) instance(in *Node) {
 			q[i] = fmt.Sprintf("{name = %s, weight = %d}", tomlString(tr.name), tr.weight)
 		}
 		s.set("track_interface", "["+strings.Join(q, ", ")+"]")
+	}
+	if len(files) > 0 {
+		s.strs("track_file", files)
+	}
+	if len(scripts) > 0 {
+		s.strs("track_script", scripts)
 	}
 	if len(notify) > 0 {
 		s.strs("notify", notify)

@@ -78,6 +78,11 @@ type Daemon struct {
 	metrics *metrics
 	// vips records the VIPs the instances hold; set by Run.
 	vips *vipRecord
+	// tracks reads the tracked files and runs the tracked scripts; set by
+	// New.
+	tracks *tracker
+	// groups makes sync groups fail over together; set by New.
+	groups *syncGroups
 	// notifyCaps is global.notify_capabilities, read at each start so that
 	// a reload applies to the next notify command.
 	notifyCaps atomic.Uint64
@@ -104,6 +109,10 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 			d.bgpp.sysctl = opts.WriteSysctl
 		}
 	}
+	// Tracked scripts check and report: normal scheduling, and none of
+	// the daemon's capabilities.
+	d.tracks = newTracker(log, process.ChildStarter(0), d.pushTracks)
+	d.groups = newSyncGroups(log, d.startNotify, d.pushTracks, d.stepDown)
 	return d
 }
 
@@ -115,6 +124,37 @@ func (d *Daemon) bgpVerdicts() map[netip.Prefix]string {
 	desired := desiredServices(d.cfg, health)
 	d.mu.Unlock()
 	return bgpVerdicts(d.bgpp.cfg.VIPs, desired, d.ipvs.isProgrammed)
+}
+
+// pushTracks hands the tracked values and the sync groups' holds to every
+// instance (each acts only on what changed for it).
+func (d *Daemon) pushTracks() {
+	for _, r := range d.vrrpRunners() {
+		r.pushTracks()
+	}
+}
+
+// stepDown makes a MASTER instance BACKUP for its sync group.
+func (d *Daemon) stepDown(instance, cause string) {
+	d.mu.Lock()
+	r := d.vrrp[instance]
+	d.mu.Unlock()
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	inst := r.inst
+	r.mu.Unlock()
+	if inst != nil {
+		inst.StepDown(cause)
+	}
+}
+
+// prime hands an instance what it follows besides its links: the tracked
+// values and its sync group's hold. Neither call blocks.
+func (d *Daemon) prime(name string, inst *vrrp.Instance) {
+	d.tracks.replay(inst)
+	inst.SetGroupFault(d.groups.hold(name))
 }
 
 // Run starts every part, runs until ctx is done, then shuts down in order:
@@ -219,8 +259,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// first): the last pass sees a master that has resigned.
 	d.syncp.start(vctx)
 	defer d.syncp.stop()
+	// Tracking stops after VRRP (deferred first): an instance never
+	// runs without its values.
+	d.tracks.update(vctx, cfg)
+	defer d.tracks.stop()
+	d.groups.update(vctx, cfg.SyncGroups)
+	defer d.groups.stop()
 	for _, in := range cfg.VRRP {
-		d.vrrp[in.Name] = startVRRP(vctx, in.Runtime, d.log, d.vips, d.startNotify, d.onVRRPState)
+		r := startVRRP(vctx, in.Runtime, d.log, d.vips, d.startNotify, d.onVRRPState, d.prime, d.groups.ownFault)
+		d.mu.Lock()
+		d.vrrp[in.Name] = r
+		d.mu.Unlock()
 	}
 	defer d.stopVRRP()
 
@@ -321,6 +370,8 @@ func (d *Daemon) reload(vctx context.Context) {
 	d.notifyCaps.Store(cfg.Global.NotifyCaps)
 
 	d.reconcile("reload")
+	d.tracks.update(vctx, cfg)
+	d.groups.update(vctx, cfg.SyncGroups)
 	d.reloadVRRP(vctx, cfg)
 	d.syncp.setConfig(cfg.Sync)
 	d.metrics.observeReload(true)
@@ -342,6 +393,7 @@ func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
 			d.mu.Lock()
 			delete(d.vrrp, r.name)
 			d.mu.Unlock()
+			d.groups.forget(r.name)
 		}
 	}
 	for _, in := range cfg.VRRP {
@@ -355,7 +407,7 @@ func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
 		case sameVRRP(cur.config(), vc):
 			continue
 		case vrrp.InPlace(cur.config(), vc):
-			// notify, garp_* and track_interface: a restart would be
+			// notify, garp_* and what is tracked: a restart would be
 			// a failover and back for an edit that needs neither.
 			err := cur.update(vc)
 			if err == nil {
@@ -368,7 +420,7 @@ func (d *Daemon) reloadVRRP(vctx context.Context, cfg *conf.Config) {
 			d.log.Info("reload: vrrp instance changed; restarting it", "instance", in.Name)
 			cur.stop()
 		}
-		r := startVRRP(vctx, vc, d.log, d.vips, d.startNotify, d.onVRRPState)
+		r := startVRRP(vctx, vc, d.log, d.vips, d.startNotify, d.onVRRPState, d.prime, d.groups.ownFault)
 		d.mu.Lock()
 		d.vrrp[in.Name] = r
 		d.mu.Unlock()

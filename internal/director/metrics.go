@@ -184,7 +184,7 @@ var (
 		"When the instance entered its current state (Unix time).", []string{"vrrp_instance"}, nil)
 	descVRRPInterval = prometheus.NewDesc("lvsha_vrrp_advert_interval_seconds",
 		"Configured VRRP advert interval: Master_Down_Interval is 3 times it plus a skew below it.", []string{"vrrp_instance"}, nil)
-	descVRRPPrio = prometheus.NewDesc("lvsha_vrrp_priority", "Current VRRP priority (after tracked interfaces).",
+	descVRRPPrio = prometheus.NewDesc("lvsha_vrrp_priority", "Current VRRP priority (after tracked interfaces, files and scripts).",
 		[]string{"vrrp_instance"}, nil)
 	descVRRPTrans = prometheus.NewDesc("lvsha_vrrp_transitions_total", "VRRP state transitions.",
 		[]string{"vrrp_instance"}, nil)
@@ -218,6 +218,13 @@ var (
 		[]string{"state", "interface", "sync_id"}, nil)
 	descConnEntries = prometheus.NewDesc("lvsha_ipvs_connection_entries",
 		"Entries of the IPVS connection table (connections and persistence templates, local and synced).", nil, nil)
+	descTrackFile = prometheus.NewDesc("lvsha_track_file_value",
+		"The number a tracked file holds (0 when missing).", []string{"track_file"}, nil)
+	descTrackScript = prometheus.NewDesc("lvsha_track_script_succeeding",
+		"1 while a tracked script succeeds (after rise and fall), 0 while it fails; absent before its first run.", []string{"track_script"}, nil)
+	descSyncGroup = prometheus.NewDesc("lvsha_sync_group_state",
+		"State of a sync group: 1 for the current state (FAULT if a member is, MASTER if all are, else BACKUP).",
+		[]string{"sync_group", "state"}, nil)
 	descSyncError = prometheus.NewDesc("lvsha_ipvs_sync_error",
 		"1 while the sync daemons are not as configured (see lvsha status).", nil, nil)
 	descBGPEstablished = prometheus.NewDesc("lvsha_bgp_neighbor_established",
@@ -236,7 +243,8 @@ type statusCollector struct{ d *Daemon }
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPSince, descVRRPInterval, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped,
 		descGARPSuppressed, descSendErrors, descRSUp, descChecks, descWeight, descLiveWeight, descQuorum, descSorry, descIPVSFailing,
-		descSyncDaemon, descConnEntries, descSyncError, descBGPEstablished, descBGPAnnounced, descBGPWithdrawals} {
+		descSyncDaemon, descConnEntries, descSyncError, descBGPEstablished, descBGPAnnounced, descBGPWithdrawals,
+		descTrackFile, descTrackScript, descSyncGroup} {
 		ch <- d
 	}
 }
@@ -283,6 +291,30 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descSendErrors, prometheus.CounterValue, float64(v.SendErrors), v.Name)
 		for reason, n := range v.Dropped {
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(n), v.Name, reason)
+		}
+	}
+	for _, t := range st.Tracks {
+		switch {
+		case t.Kind == "file":
+			ch <- prometheus.MustNewConstMetric(descTrackFile, prometheus.GaugeValue, float64(t.Value), t.Name)
+		case t.State != "unknown":
+			ok := 0.0
+			if t.State == "succeeding" {
+				ok = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descTrackScript, prometheus.GaugeValue, ok, t.Name)
+		}
+	}
+	for _, g := range st.SyncGroups {
+		if g.State == "" {
+			continue
+		}
+		for _, s := range []string{"BACKUP", "MASTER", "FAULT"} {
+			val := 0.0
+			if s == g.State {
+				val = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descSyncGroup, prometheus.GaugeValue, val, g.Name, s)
 		}
 	}
 	if sy := st.Sync; sy != nil {

@@ -53,9 +53,15 @@ virtual_ipaddress = ["10.98.0.100/24"]
 
 func startDirector(t *testing.T, bin string, node *netns.Node, prio int) *director {
 	t.Helper()
-	dir := t.TempDir()
+	return startDirectorWith(t, bin, node, prio, t.TempDir(), "")
+}
+
+// startDirectorWith starts a director whose files are in dir and whose
+// config has extra after the instance's keys.
+func startDirectorWith(t *testing.T, bin string, node *netns.Node, prio int, dir, extra string) *director {
+	t.Helper()
 	d := &director{node: node, file: filepath.Join(dir, "lvsha.toml"), sock: filepath.Join(dir, "lvsha.sock"), log: &syncBuffer{}, done: make(chan error, 1)}
-	d.write(t, prio, "")
+	d.write(t, prio, extra)
 	d.cmd = exec.Command(bin, "-f", d.file)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := node.Start(d.cmd); err != nil {

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"time"
 
+	"github.com/lvsha/lvsha/conf"
 	"github.com/lvsha/lvsha/healthcheck"
 	"github.com/lvsha/lvsha/internal/director/control"
 	"github.com/lvsha/lvsha/lvs"
@@ -48,6 +50,7 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 	if d.bgpp != nil {
 		st.BGP = d.bgpp.status(ctx)
 	}
+	st.Tracks, st.SyncGroups = d.trackStatus(cfg)
 	health := d.hc.Verdicts()
 	var snap lvs.Snapshot
 	ipvsOK := false
@@ -105,4 +108,29 @@ func (d *Daemon) controlHandler() http.Handler {
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	return mux
+}
+
+// trackStatus reports the tracked files and scripts and the sync groups of
+// cfg with their current values.
+func (d *Daemon) trackStatus(cfg *conf.Config) ([]control.TrackStatus, []control.SyncGroupStatus) {
+	files, scripts := d.tracks.snapshot()
+	var ts []control.TrackStatus
+	for _, f := range cfg.TrackFiles {
+		ts = append(ts, control.TrackStatus{Kind: "file", Name: f.Name, What: f.Path, Value: files[f.Name], Weight: f.Weight})
+	}
+	for _, s := range cfg.TrackScripts {
+		state := "unknown"
+		if ok, known := scripts[s.Name]; known && ok {
+			state = "succeeding"
+		} else if known {
+			state = "failing"
+		}
+		ts = append(ts, control.TrackStatus{Kind: "script", Name: s.Name, What: strings.Join(s.Argv, " "), State: state, Weight: s.Weight})
+	}
+	states := d.groups.snapshot()
+	var gs []control.SyncGroupStatus
+	for _, g := range cfg.SyncGroups {
+		gs = append(gs, control.SyncGroupStatus{Name: g.Name, Instances: g.Instances, State: states[g.Name]})
+	}
+	return ts, gs
 }

@@ -251,4 +251,5 @@ func (p *syncPart) status() *control.SyncStatus {
 // decides whether the master daemon runs.
 func (d *Daemon) onVRRPState(instance string, s vrrp.State) {
 	d.syncp.setState(instance, s)
+	d.groups.state(instance, s)
 }

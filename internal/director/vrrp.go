@@ -23,8 +23,12 @@ type vrrpRunner struct {
 	// transitions (by instance name).
 	start   func(*exec.Cmd) error
 	onState func(string, vrrp.State)
-	cancel  context.CancelFunc
-	done    chan struct{}
+	// prime hands a new instance what it follows besides its links;
+	// onOwnFault hears its own fault cause (by instance name).
+	prime      func(string, *vrrp.Instance)
+	onOwnFault func(string, string)
+	cancel     context.CancelFunc
+	done       chan struct{}
 
 	mu   sync.Mutex
 	cfg  vrrp.Config // a reload may change it in place (update)
@@ -32,9 +36,11 @@ type vrrpRunner struct {
 	err  string // why the instance is not running, if it is not
 }
 
-func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger, vips *vipRecord, start func(*exec.Cmd) error, onState func(string, vrrp.State)) *vrrpRunner {
+func startVRRP(ctx context.Context, cfg vrrp.Config, log *slog.Logger, vips *vipRecord, start func(*exec.Cmd) error, onState func(string, vrrp.State),
+	prime func(string, *vrrp.Instance), onOwnFault func(string, string)) *vrrpRunner {
 	ctx, cancel := context.WithCancel(ctx)
-	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, vips: vips, start: start, onState: onState, cancel: cancel, done: make(chan struct{})}
+	r := &vrrpRunner{name: cfg.Name, cfg: cfg, log: log, vips: vips, start: start, onState: onState,
+		prime: prime, onOwnFault: onOwnFault, cancel: cancel, done: make(chan struct{})}
 	go r.loop(ctx)
 	return r
 }
@@ -44,11 +50,15 @@ func (r *vrrpRunner) loop(ctx context.Context) {
 	for failures := 0; ; failures++ {
 		inst, err := vrrp.New(r.config(), r.log, vrrp.WithCommandStarter(r.start),
 			vrrp.WithVIPRecorder(r.vips.recorder(r.name)),
-			vrrp.WithStateListener(func(s vrrp.State) { r.onState(r.name, s) }))
+			vrrp.WithStateListener(func(s vrrp.State) { r.onState(r.name, s) }),
+			vrrp.WithOwnFaultListener(func(c string) { r.onOwnFault(r.name, c) }))
 		if err == nil {
 			r.mu.Lock()
 			r.inst, r.err = inst, ""
 			r.mu.Unlock()
+			// After r.inst is set: a value that changes from now on is
+			// pushed to it too.
+			r.prime(r.name, inst)
 			err = inst.Run(ctx)
 		}
 		if ctx.Err() != nil {
@@ -73,6 +83,17 @@ func (r *vrrpRunner) loop(ctx context.Context) {
 			return
 		case <-time.After(wait):
 		}
+	}
+}
+
+// pushTracks hands the running instance the tracked values and its sync
+// group's hold.
+func (r *vrrpRunner) pushTracks() {
+	r.mu.Lock()
+	inst := r.inst
+	r.mu.Unlock()
+	if inst != nil {
+		r.prime(r.name, inst)
 	}
 }
 

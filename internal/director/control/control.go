@@ -34,6 +34,10 @@ type Status struct {
 	Sync *SyncStatus `json:"sync,omitempty"`
 	// BGP is the announcement of VIPs over BGP; absent when it is off.
 	BGP *BGPStatus `json:"bgp,omitempty"`
+	// Tracks are the tracked files and scripts; SyncGroups the sync
+	// groups. Absent when the config has none.
+	Tracks     []TrackStatus     `json:"tracks,omitempty"`
+	SyncGroups []SyncGroupStatus `json:"sync_groups,omitempty"`
 }
 
 // BGPStatus is the BGP speaker's sessions and what it announces.
@@ -76,6 +80,29 @@ type BGPWithdraw struct {
 	Prefix string    `json:"prefix"`
 	Reason string    `json:"reason"`
 	At     time.Time `json:"at"`
+}
+
+// TrackStatus is one tracked file or script.
+type TrackStatus struct {
+	Kind string `json:"kind"` // file or script
+	Name string `json:"name"`
+	// What is the file's path or the script's command line.
+	What string `json:"what"`
+	// Value is a file's number (0 when missing); State a script's:
+	// succeeding, failing or unknown (not run yet).
+	Value int64  `json:"value"`
+	State string `json:"state,omitempty"`
+	// Weight is the configured weight (0: FAULT).
+	Weight int `json:"weight"`
+}
+
+// SyncGroupStatus is one sync group.
+type SyncGroupStatus struct {
+	Name      string   `json:"name"`
+	Instances []string `json:"instances"`
+	// State is FAULT if a member is, MASTER if all are, BACKUP otherwise;
+	// empty until every member has started.
+	State string `json:"state"`
 }
 
 // SyncStatus is the kernel's connection sync daemons and the connection
