@@ -79,10 +79,16 @@ func (v *validator) run() {
 		}
 	}
 	seenSvc := map[string]string{}
+	viaChecks := 0
 	for i := range v.cfg.Services {
 		p := fmt.Sprintf("virtual_server[%d]", i)
 		vs := &v.cfg.Services[i]
 		v.service(p, vs)
+		for _, rs := range vs.Reals {
+			if rs.ViaVIP {
+				viaChecks++
+			}
+		}
 		if vs.ID == "" {
 			continue
 		}
@@ -91,6 +97,9 @@ func (v *validator) run() {
 		} else {
 			seenSvc[vs.ID] = p
 		}
+	}
+	if g := &v.cfg.Global; g.ViaVIPMarkCount > 0 && uint64(viaChecks) > uint64(g.ViaVIPMarkCount) {
+		v.errf("global.via_vip_marks", "%s has %d marks for %d via_vip checks", g.ViaVIPMarks, g.ViaVIPMarkCount, viaChecks)
 	}
 	if rs := v.cfg.Realserver; rs != nil {
 		v.realserver("realserver", rs)

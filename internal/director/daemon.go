@@ -52,6 +52,7 @@ type Daemon struct {
 
 	mu      sync.Mutex
 	cfg     *conf.Config
+	marks   map[string]uint32 // via_vip marks of cfg's real servers, by ID
 	started time.Time
 	vrrp    map[string]*vrrpRunner // by instance name
 	// hc owns the real servers' health verdicts (hc.Verdicts, by real
@@ -140,7 +141,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 
 	// Health checks first, so IPVS starts from their initial verdicts.
-	targets := healthTargets(cfg)
+	marks := assignMarks(nil, cfg)
+	d.mu.Lock()
+	d.marks = marks
+	d.mu.Unlock()
+	acceptLocal(cfg, marks, d.log)
+	targets := healthTargets(cfg, marks)
 	hcCtx, hcStop := context.WithCancel(context.WithoutCancel(ctx))
 	if err := d.hc.Update(targets); err != nil {
 		hcStop()
@@ -264,15 +270,19 @@ func (d *Daemon) reload(vctx context.Context) {
 		d.log.Warn("reload: control_socket, metrics_listen and state_dir changes need a restart; keeping the old ones")
 		g.ControlSocket, g.MetricsListen, g.StateDir = o.ControlSocket, o.MetricsListen, o.StateDir
 	}
-	targets := healthTargets(cfg)
+	d.mu.Lock()
+	marks := assignMarks(d.marks, cfg)
+	d.mu.Unlock()
+	targets := healthTargets(cfg, marks)
 	if err := d.hc.Update(targets); err != nil {
 		d.log.Error("reload rejected: keeping the running config", "config", old.File, "err", err)
 		d.metrics.observeReload(false)
 		return
 	}
 	d.mu.Lock()
-	d.cfg = cfg
+	d.cfg, d.marks = cfg, marks
 	d.mu.Unlock()
+	acceptLocal(cfg, marks, d.log)
 	d.notifyCaps.Store(cfg.Global.NotifyCaps)
 
 	d.reconcile("reload")

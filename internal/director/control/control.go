@@ -115,6 +115,9 @@ type RealStatus struct {
 	LastResult     string    `json:"last_result,omitempty"` // "ok" or why the last check failed
 	LastCheck      time.Time `json:"last_check,omitzero"`
 	LastTransition time.Time `json:"last_transition,omitzero"`
+	// ViaMark is the firewall mark of a via_vip check (its IPVS fwmark
+	// service), 0 for a check to the real server's own address.
+	ViaMark uint32 `json:"via_vip_mark,omitempty"`
 }
 
 // ErrNotRunning says no daemon answers on the control socket.
