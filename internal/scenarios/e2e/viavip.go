@@ -21,14 +21,18 @@ import (
 // web1 set up right and web2 listening on its own address only. Service
 // VIP:80 checks both through the VIP; service VIP:81 checks the same webs
 // the usual way, to their own address (port 80): the negative control
-// that shows what via_vip adds.
+// that shows what via_vip adds. The VIP is a /32: the master's kernel then
+// picks the VIP itself as the source of connections to it (a secondary
+// address in the director's own subnet, like the examples' /24, gets the
+// primary address as source), the case where the check's bind to the
+// director's own address matters.
 
 const viaCtlPort = 81
 
 func viaConfig(t Tuning, priority int, web2 bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[global]\ncontrol_socket = %q\nstate_dir = %q\n\n", t.ControlSocket, t.StateDir)
-	fmt.Fprintf(&b, "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = %q\nvirtual_router_id = 51\npriority = %d\nadvert_interval = %q\nvirtual_ipaddress = [\"%v/24\"]\n\n",
+	fmt.Fprintf(&b, "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = %q\nvirtual_router_id = 51\npriority = %d\nadvert_interval = %q\nvirtual_ipaddress = [\"%v/32\"]\n\n",
 		t.Interface, priority, t.AdvertInterval, VIP)
 	webs := []netip.Addr{Web1Addr.Addr()}
 	if web2 {
@@ -134,6 +138,14 @@ func RunViaVIP(ctx context.Context, lvsha, workDir string, logf func(string, ...
 					}
 					if err := realsIn(ctx, d, addr, health, weight); err != nil {
 						return err
+					}
+					// Not just the initial state: a check has said so.
+					st, err := d.status(ctx)
+					if err != nil {
+						return err
+					}
+					if r, _ := findReal(st, addr); (r.LastResult == "ok") != (health == "up") || r.LastResult == "" {
+						return fmt.Errorf("%s: %s's last check: %q", d.name, addr, r.LastResult)
 					}
 				}
 				return nil
