@@ -2,13 +2,21 @@ package director
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
+	"sync"
 	"time"
+
+	"github.com/lvsha/lvsha/conf"
+	"github.com/lvsha/lvsha/internal/director/control"
+	"github.com/lvsha/lvsha/vrrp"
 
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ethernet"
@@ -82,6 +90,7 @@ func probeARP(ifname string, vip netip.Addr, wait time.Duration) ([]arpLeak, err
 	if len(out) > 0 {
 		nameNeighbours(ifi.Index, vip, out)
 	}
+	slices.SortFunc(out, func(a, b arpLeak) int { return bytes.Compare(a.MAC, b.MAC) })
 	return out, nil
 }
 
@@ -117,4 +126,151 @@ func nameNeighbours(ifindex int, vip netip.Addr, leaks []arpLeak) {
 			}
 		}
 	}
+}
+
+// arpProbeEvery is how often the master probes its VIPs for ARP leaks, and
+// arpProbeWait how long it listens for answers (a LAN answers in well under
+// a millisecond; a busy host's ARP reply can take tens).
+const (
+	arpProbeEvery = 10 * time.Second
+	arpProbeWait  = 300 * time.Millisecond
+)
+
+// arpWatch probes the VIPs of the instances in MASTER state every
+// arpProbeEvery and at once after a takeover, keeps what it found for
+// status and metrics, and logs each change.
+type arpWatch struct {
+	log     *slog.Logger
+	masters func() []vrrp.Config // the instances now MASTER
+	probe   func(ifname string, vip netip.Addr, wait time.Duration) ([]arpLeak, error)
+	kick    chan struct{}
+
+	mu    sync.Mutex
+	leaks map[netip.Addr][]arpLeak // by VIP
+}
+
+func newARPWatch(log *slog.Logger, masters func() []vrrp.Config) *arpWatch {
+	return &arpWatch{log: log, masters: masters, probe: probeARP, kick: make(chan struct{}, 1), leaks: map[netip.Addr][]arpLeak{}}
+}
+
+// takeover asks for a probe now.
+func (w *arpWatch) takeover() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (w *arpWatch) run(ctx context.Context) {
+	t := time.NewTicker(arpProbeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-w.kick:
+		}
+		w.round()
+	}
+}
+
+// round probes every IPv4 VIP of the instances that are MASTER; the VIPs
+// of the others are no longer this node's to watch and are forgotten.
+func (w *arpWatch) round() {
+	found := map[netip.Addr][]arpLeak{}
+	probed := map[netip.Addr]bool{}
+	for _, cfg := range w.masters() {
+		for _, p := range cfg.VIPs {
+			vip := p.Addr()
+			if !vip.Is4() || probed[vip] {
+				continue
+			}
+			probed[vip] = true
+			leaks, err := w.probe(cfg.Interface, vip, arpProbeWait)
+			if err != nil {
+				w.log.Warn("arp leak probe failed", "vip", vip, "interface", cfg.Interface, "err", err)
+				// Keep what the last probe found.
+				w.mu.Lock()
+				found[vip] = w.leaks[vip]
+				w.mu.Unlock()
+				continue
+			}
+			found[vip] = leaks
+		}
+	}
+	w.mu.Lock()
+	old := w.leaks
+	w.leaks = found
+	w.mu.Unlock()
+	for vip, leaks := range found {
+		if leakKey(leaks) == leakKey(old[vip]) {
+			continue
+		}
+		if len(leaks) == 0 {
+			w.log.Info("arp leak cleared: only this director answers ARP for the VIP", "vip", vip)
+			continue
+		}
+		for _, l := range leaks {
+			w.log.Warn("arp leak: another host answers ARP for the VIP (a real server without arp_ignore=1?)",
+				"vip", vip, "mac", l.MAC.String(), "ip", ipString(l.IP))
+		}
+	}
+}
+
+// snapshot is what the last round found, sorted by VIP.
+func (w *arpWatch) snapshot() []arpLeak {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []arpLeak
+	for _, leaks := range w.leaks {
+		out = append(out, leaks...)
+	}
+	slices.SortStableFunc(out, func(a, b arpLeak) int { return a.VIP.Compare(b.VIP) })
+	return out
+}
+
+// masterConfigs are the configs of the instances now MASTER.
+func (d *Daemon) masterConfigs() []vrrp.Config {
+	var out []vrrp.Config
+	for _, r := range d.vrrpRunners() {
+		if r.status().State == vrrp.Master.String() {
+			out = append(out, r.config())
+		}
+	}
+	return out
+}
+
+// arpLeakStatus is the watch's findings with the real servers at each
+// leaking address.
+func arpLeakStatus(leaks []arpLeak, cfg *conf.Config) []control.ARPLeak {
+	var out []control.ARPLeak
+	for _, l := range leaks {
+		cl := control.ARPLeak{VIP: l.VIP.String(), MAC: l.MAC.String(), IP: ipString(l.IP)}
+		for i := range cfg.Services {
+			vs := &cfg.Services[i]
+			for j, rs := range vs.Reals {
+				if l.IP.IsValid() && vs.IPVS.Reals[j].Addr.Addr() == l.IP {
+					cl.RealServers = append(cl.RealServers, rs.ID)
+				}
+			}
+		}
+		out = append(out, cl)
+	}
+	return out
+}
+
+func leakKey(leaks []arpLeak) string {
+	var b strings.Builder
+	for _, l := range leaks {
+		b.WriteString(l.MAC.String() + "/" + ipString(l.IP) + " ")
+	}
+	return b.String()
+}
+
+func ipString(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	return ip.String()
 }

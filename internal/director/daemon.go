@@ -62,7 +62,9 @@ type Daemon struct {
 	// ipvs programs the kernel; set by New too, for the same reason.
 	ipvs *ipvsPart
 	// syncp runs the kernel's connection sync daemons; set by New.
-	syncp   *syncPart
+	syncp *syncPart
+	// arp probes the VIPs this node is master of for ARP leaks; set by New.
+	arp     *arpWatch
 	metrics *metrics
 	// vips records the VIPs the instances hold; set by Run.
 	vips *vipRecord
@@ -83,9 +85,11 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 	if cmd == nil {
 		cmd = checker.Command(cfg.Global.LogLevel, cfg.Global.LogFormat)
 	}
-	return &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{},
+	d := &Daemon{cfg: cfg, log: log, opts: opts, vrrp: map[string]*vrrpRunner{},
 		hc: checker.NewClient(log, cmd), ipvs: newIPVSPart(cfg, log, opts.OpenIPVS),
 		syncp: newSyncPart(cfg, log, opts.OpenSync)}
+	d.arp = newARPWatch(log, d.masterConfigs)
+	return d
 }
 
 // Run starts every part, runs until ctx is done, then shuts down in order:
@@ -188,6 +192,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.vrrp[in.Name] = startVRRP(vctx, in.Runtime, d.log, d.vips, d.startNotify, d.onVRRPState)
 	}
 	defer d.stopVRRP()
+	arpCtx, arpStop := context.WithCancel(vctx)
+	arpDone := make(chan struct{})
+	go func() { defer close(arpDone); d.arp.run(arpCtx) }()
+	defer func() { arpStop(); <-arpDone }() // before VRRP stops: no probe of a VIP being released
 
 	for {
 		select {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/lvsha/lvsha/healthcheck"
 	"github.com/lvsha/lvsha/internal/director/checker"
 	"github.com/lvsha/lvsha/lvs"
+	"github.com/lvsha/lvsha/vrrp"
 )
 
 // metrics are lvsha's Prometheus series. Counters that the parts keep
@@ -218,6 +220,9 @@ var (
 		[]string{"state", "interface", "sync_id"}, nil)
 	descConnEntries = prometheus.NewDesc("lvsha_ipvs_connection_entries",
 		"Entries of the IPVS connection table (connections and persistence templates, local and synced).", nil, nil)
+	descARPLeaks = prometheus.NewDesc("lvsha_arp_leaks",
+		"Hosts other than this master that answered its last ARP request for a VIP it holds (real servers without ARP suppression), by VIP.",
+		[]string{"vip"}, nil)
 	descSyncError = prometheus.NewDesc("lvsha_ipvs_sync_error",
 		"1 while the sync daemons are not as configured (see lvsha status).", nil, nil)
 )
@@ -230,7 +235,7 @@ type statusCollector struct{ d *Daemon }
 func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPSince, descVRRPInterval, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped,
 		descGARPSuppressed, descSendErrors, descRSUp, descChecks, descWeight, descLiveWeight, descQuorum, descSorry, descIPVSFailing,
-		descSyncDaemon, descConnEntries, descSyncError} {
+		descSyncDaemon, descConnEntries, descSyncError, descARPLeaks} {
 		ch <- d
 	}
 }
@@ -255,6 +260,22 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		failing = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descIPVSFailing, prometheus.GaugeValue, failing)
+	leaks := map[string]int{}
+	for _, v := range st.VRRP {
+		if v.State == vrrp.Master.String() {
+			for _, p := range v.VIPs {
+				if pp, err := netip.ParsePrefix(p); err == nil && pp.Addr().Is4() {
+					leaks[pp.Addr().String()] += 0
+				}
+			}
+		}
+	}
+	for _, l := range st.ARPLeaks {
+		leaks[l.VIP]++
+	}
+	for vip, n := range leaks {
+		ch <- prometheus.MustNewConstMetric(descARPLeaks, prometheus.GaugeValue, float64(n), vip)
+	}
 	for _, v := range st.VRRP {
 		if iv, ok := interval[v.Name]; ok {
 			ch <- prometheus.MustNewConstMetric(descVRRPInterval, prometheus.GaugeValue, iv.Seconds(), v.Name)

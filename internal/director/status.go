@@ -45,6 +45,7 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 		}
 	}
 	st.Sync = d.syncp.status()
+	st.ARPLeaks = arpLeakStatus(d.arp.snapshot(), cfg)
 	health := d.hc.Verdicts()
 	var snap lvs.Snapshot
 	ipvsOK := false

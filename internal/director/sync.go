@@ -251,4 +251,7 @@ func (p *syncPart) status() *control.SyncStatus {
 // decides whether the master daemon runs.
 func (d *Daemon) onVRRPState(instance string, s vrrp.State) {
 	d.syncp.setState(instance, s)
+	if s == vrrp.Master {
+		d.arp.takeover()
+	}
 }

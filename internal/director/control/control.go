@@ -32,6 +32,20 @@ type Status struct {
 	Checker *CheckerStatus `json:"checker,omitempty"`
 	// Sync is IPVS connection synchronisation; absent when it is off.
 	Sync *SyncStatus `json:"sync,omitempty"`
+	// ARPLeaks are hosts other than this master answering ARP for a VIP
+	// it holds: real servers without ARP suppression.
+	ARPLeaks []ARPLeak `json:"arp_leaks,omitempty"`
+}
+
+// ARPLeak is a host that answered the master's ARP request for a VIP.
+type ARPLeak struct {
+	VIP string `json:"vip"`
+	MAC string `json:"mac"`
+	// IP is the host's address by the master's neighbour table ("" if it
+	// has no entry for the MAC); RealServers are the configured real
+	// servers at that address.
+	IP          string   `json:"ip,omitempty"`
+	RealServers []string `json:"real_servers,omitempty"`
 }
 
 // SyncStatus is the kernel's connection sync daemons and the connection
