@@ -587,3 +587,14 @@ func TestReactorEarliestDeadline(t *testing.T) {
 		t.Errorf("after the fast timeout: %d probes in flight, wake %v; want the slow one and its deadline", n, wake)
 	}
 }
+
+// TestSourceToward: the source the kernel picks toward an address, of
+// either family (loopback has both).
+func TestSourceToward(t *testing.T) {
+	for _, dst := range []string{"127.0.0.1", "::1"} {
+		src, err := sourceToward(netip.MustParseAddr(dst))
+		if err != nil || src != netip.MustParseAddr(dst) {
+			t.Errorf("sourceToward(%s) = %v, %v", dst, src, err)
+		}
+	}
+}

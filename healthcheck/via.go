@@ -76,11 +76,11 @@ func viaSetup(fd int, v dialVia) error {
 // sourceToward asks the kernel which source address it would use to reach
 // dst: a connected UDP socket sends nothing and carries the route's choice.
 func sourceToward(dst netip.Addr) (netip.Addr, error) {
-	family := syscall.AF_INET
-	var sa syscall.Sockaddr = &syscall.SockaddrInet4{Port: 9, Addr: dst.Unmap().As4()}
-	if !dst.Unmap().Is4() {
-		family = syscall.AF_INET6
-		sa = &syscall.SockaddrInet6{Port: 9, Addr: dst.As16()}
+	family := syscall.AF_INET6
+	var sa syscall.Sockaddr = &syscall.SockaddrInet6{Port: 9, Addr: dst.As16()}
+	if dst.Unmap().Is4() {
+		family = syscall.AF_INET
+		sa = &syscall.SockaddrInet4{Port: 9, Addr: dst.Unmap().As4()}
 	}
 	fd, err := syscall.Socket(family, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/lvsha/lvsha/internal/testenv/lab"
 	"github.com/lvsha/lvsha/internal/testenv/netns"
@@ -32,25 +33,37 @@ const viaCtlPort = 81
 func viaConfig(t Tuning, priority int, web2 bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[global]\ncontrol_socket = %q\nstate_dir = %q\n\n", t.ControlSocket, t.StateDir)
-	fmt.Fprintf(&b, "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = %q\nvirtual_router_id = 51\npriority = %d\nadvert_interval = %q\nvirtual_ipaddress = [\"%v/32\"]\n\n",
-		t.Interface, priority, t.AdvertInterval, VIP)
-	webs := []netip.Addr{Web1Addr.Addr()}
-	if web2 {
-		webs = append(webs, Web2Addr.Addr())
+	for _, in := range []struct{ name, vip string }{{"VI_4", VIP.String() + "/32"}, {"VI_6", VIP6.String() + "/64"}} {
+		fmt.Fprintf(&b, "[[vrrp_instance]]\nname = %q\ninterface = %q\nvirtual_router_id = 51\npriority = %d\nadvert_interval = %q\nvirtual_ipaddress = [%q]\n\n",
+			in.name, t.Interface, priority, t.AdvertInterval, in.vip)
 	}
-	for _, svc := range []struct {
-		port uint16
-		via  bool
-	}{{ServicePort, true}, {viaCtlPort, false}} {
-		fmt.Fprintf(&b, "[[virtual_server]]\naddress = \"%v:%d\"\nscheduler = \"rr\"\n", VIP, svc.port)
-		fmt.Fprintf(&b, "[virtual_server.check]\ntype = \"tcp\"\nport = %d\nvia_vip = %v\ninterval = %q\ntimeout = %q\nfall = %d\nrise = %d\n",
-			ServicePort, svc.via, t.CheckInterval, t.CheckTimeout, t.Fall, t.Rise)
-		for _, w := range webs {
-			fmt.Fprintf(&b, "[[virtual_server.real_server]]\naddress = \"%v:%d\"\n", w, svc.port)
+	for _, fam := range []struct {
+		vip  netip.Addr
+		webs []netip.Addr
+	}{{VIP, []netip.Addr{Web1Addr.Addr(), Web2Addr.Addr()}}, {VIP6, []netip.Addr{web6(Web1Addr), web6(Web2Addr)}}} {
+		webs := fam.webs
+		if !web2 {
+			webs = webs[:1]
 		}
-		b.WriteString("\n")
+		for _, svc := range []struct {
+			port uint16
+			via  bool
+		}{{ServicePort, true}, {viaCtlPort, false}} {
+			fmt.Fprintf(&b, "[[virtual_server]]\naddress = %q\nscheduler = \"rr\"\n", netip.AddrPortFrom(fam.vip, svc.port).String())
+			fmt.Fprintf(&b, "[virtual_server.check]\ntype = \"tcp\"\nport = %d\nvia_vip = %v\ninterval = %q\ntimeout = %q\nfall = %d\nrise = %d\n",
+				ServicePort, svc.via, t.CheckInterval, t.CheckTimeout, t.Fall, t.Rise)
+			for _, w := range webs {
+				fmt.Fprintf(&b, "[[virtual_server.real_server]]\naddress = %q\n", netip.AddrPortFrom(w, svc.port).String())
+			}
+			b.WriteString("\n")
+		}
 	}
 	return b.String()
+}
+
+// web6 is a host's IPv6 address in the dual-stack lab (same host number).
+func web6(p netip.Prefix) netip.Addr {
+	return netip.MustParseAddr(fmt.Sprintf("%s%d", dualPrefix6, p.Addr().As4()[3]))
 }
 
 // RunViaVIP runs the via_vip scenario in the VM; logf narrates.
@@ -78,11 +91,17 @@ func RunViaVIP(ctx context.Context, lvsha, workDir string, logf func(string, ...
 		if err != nil {
 			return err
 		}
+		if err := addAddr6(node, netip.PrefixFrom(web6(n.addr), 64)); err != nil {
+			return fmt.Errorf("%s: %w", n.role, err)
+		}
 		nodes[n.role] = node
 	}
 	web1, web2 := nodes["web1"], nodes["web2"]
 	for _, w := range []*netns.Node{web1, web2} {
 		if err := lab.RealServer(w.NS, VIP); err != nil {
+			return fmt.Errorf("%s: %w", w.Role, err)
+		}
+		if err := addVIP6Lo(w); err != nil {
 			return fmt.Errorf("%s: %w", w.Role, err)
 		}
 	}
@@ -91,14 +110,14 @@ func RunViaVIP(ctx context.Context, lvsha, workDir string, logf func(string, ...
 	for _, s := range []struct {
 		node *netns.Node
 		addr netip.Addr
-	}{{web1, netip.IPv4Unspecified()}, {web2, Web2Addr.Addr()}} {
+	}{{web1, netip.IPv6Unspecified()}, {web2, Web2Addr.Addr()}, {web2, web6(Web2Addr)}} {
 		srv, err := lab.ServeText(s.node.NS, netip.AddrPortFrom(s.addr, ServicePort), "this is "+s.node.Role+"\n")
 		if err != nil {
 			return err
 		}
 		cleanups = append(cleanups, func() { _ = srv.Close() })
 	}
-	logf("web1: VIP on lo, HTTP on *:80; web2: VIP on lo, HTTP on %v:80 only", Web2Addr.Addr())
+	logf("web1: VIPs on lo, HTTP on *:80; web2: VIPs on lo, HTTP on %v:80 and [%v]:80 only", Web2Addr.Addr(), web6(Web2Addr))
 
 	t := DefaultTuning()
 	dirs := map[string]*director{}
@@ -122,7 +141,7 @@ func RunViaVIP(ctx context.Context, lvsha, workDir string, logf func(string, ...
 	}
 	d1, d2 := dirs["director1"], dirs["director2"]
 	if _, err := waitFor(ctx, "director1 MASTER, director2 BACKUP", 20*time.Second, 20*time.Millisecond, func() error {
-		return instancesInN(ctx, 1, map[*director]string{d1: "MASTER", d2: "BACKUP"})
+		return instancesInN(ctx, 2, map[*director]string{d1: "MASTER", d2: "BACKUP"})
 	}); err != nil {
 		return err
 	}
@@ -159,11 +178,13 @@ func RunViaVIP(ctx context.Context, lvsha, workDir string, logf func(string, ...
 	}
 	w1, w2 := fmt.Sprintf("%v:%d", Web1Addr.Addr(), ServicePort), fmt.Sprintf("%v:%d", Web2Addr.Addr(), ServicePort)
 	c1, c2 := fmt.Sprintf("%v:%d", Web1Addr.Addr(), viaCtlPort), fmt.Sprintf("%v:%d", Web2Addr.Addr(), viaCtlPort)
-	if err := expect("web2 down through the VIP, up checked directly; web1 up both ways",
-		map[string]string{w1: "up", w2: "down", c1: "up", c2: "up"}); err != nil {
+	v6 := func(p netip.Prefix, port uint16) string { return netip.AddrPortFrom(web6(p), port).String() }
+	if err := expect("web2 down through the VIP, up checked directly; web1 up both ways (IPv4 and IPv6)",
+		map[string]string{w1: "up", w2: "down", c1: "up", c2: "up",
+			v6(Web1Addr, ServicePort): "up", v6(Web2Addr, ServicePort): "down", v6(Web1Addr, viaCtlPort): "up", v6(Web2Addr, viaCtlPort): "up"}); err != nil {
 		return err
 	}
-	logf("PASS: on the master and the backup, web2 (listening on its own address only) fails its via_vip check (weight 0) and passes the direct one; web1 passes both")
+	logf("PASS: on the master and the backup, over IPv4 and IPv6, web2 (listening on its own addresses only) fails its via_vip check (weight 0) and passes the direct one; web1 passes both")
 
 	// web1 loses the VIP from lo: clients' packets for the VIP are dropped
 	// there, which only the check through the VIP sees.
@@ -235,6 +256,21 @@ func RunViaVIP(ctx context.Context, lvsha, workDir string, logf func(string, ...
 	}
 	logf("PASS: a reload without web2 removed its fwmark service %#x and kept web1's %#x", r2.ViaMark, r1.ViaMark)
 	return nil
+}
+
+// addVIP6Lo puts the IPv6 VIP on the node's lo as /128 without DAD, as
+// `lvsha realserver up` does.
+func addVIP6Lo(n *netns.Node) error {
+	h, err := n.Handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	return h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: VIP6.AsSlice(), Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD})
 }
 
 // instancesInN is instancesIn for directors with n VRRP instances.
