@@ -313,3 +313,24 @@ func hasFWMark(ns *netns.NS, m uint32) (bool, error) {
 	}
 	return false, fmt.Errorf("the table has %s", strings.Join(keys, ", "))
 }
+
+// readServiceStats reads the counters of one TCP service of the
+// namespace's IPVS table (over netlink, like ipvsadm -Ln --stats).
+func readServiceStats(ns *netns.NS, addr netip.AddrPort) (ipvsStats, error) {
+	k, err := lvs.OpenIPVS(ns.Path())
+	if err != nil {
+		return ipvsStats{}, err
+	}
+	defer k.Close()
+	svcs, err := k.Services()
+	if err != nil {
+		return ipvsStats{}, err
+	}
+	for _, s := range svcs {
+		if s.Key.Addr == addr && s.Key.Proto == lvs.TCP {
+			st := s.Stats
+			return ipvsStats{Conns: uint64(st.Conns), InPkts: uint64(st.PacketsIn), OutPkts: uint64(st.PacketsOut), InBytes: st.BytesIn, OutBytes: st.BytesOut}, nil
+		}
+	}
+	return ipvsStats{}, fmt.Errorf("%s: no service tcp %v", ns.Name, addr)
+}
