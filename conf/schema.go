@@ -68,6 +68,13 @@ type Global struct {
 	NotifyCapabilities []string `toml:"notify_capabilities"`
 	// NotifyCaps is NotifyCapabilities as a set, bit n for capability n.
 	NotifyCaps uint64 `toml:"-"`
+	// ViaVIPMarks is the firewall marks via_vip checks use, one per
+	// checked real server: "BASE/BITS", the marks whose top BITS bits are
+	// BASE's. No fwmark service of the file may use one.
+	ViaVIPMarks string `toml:"via_vip_marks"`
+	// ViaVIPMarkFirst and ViaVIPMarkCount are ViaVIPMarks as a range.
+	ViaVIPMarkFirst uint32 `toml:"-"`
+	ViaVIPMarkCount uint32 `toml:"-"`
 }
 
 // VRRPInstance is one virtual router.
@@ -160,6 +167,8 @@ type RealServer struct {
 	// Without an override it is the service's Spec, shared (10,000 copies
 	// would cost megabytes): read-only.
 	Spec *healthcheck.Spec `toml:"-"`
+	// ViaVIP says Spec runs through the service's VIP (the check's via_vip).
+	ViaVIP bool `toml:"-"`
 
 	check *Check // the effective check as the file says it
 }
@@ -195,6 +204,10 @@ type Check struct {
 	Rise          int                       `toml:"rise"`
 	Fall          int                       `toml:"fall"`
 	InitialState  string                    `toml:"initial_state"` // up (keepalived's default) or down (keepalived's alpha)
+	// ViaVIP checks through the VIP with the director's own DR forwarding
+	// (a firewall-mark IPVS service per real server), not the real
+	// server's own address.
+	ViaVIP bool `toml:"via_vip"`
 }
 
 // Realserver is the setup of an LVS-DR real server (`lvsha realserver`).
@@ -296,6 +309,9 @@ func defaultGlobal() Global {
 		// fails over falsely at short advert intervals (see
 		// internal/scenarios/benchfailover/RESULTS.md).
 		RealtimePriority: 10,
+		// "LV" in the top half: far from the small marks people give
+		// their own fwmark services and iptables rules.
+		ViaVIPMarks: "0x4c560000/16",
 	}
 }
 

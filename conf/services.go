@@ -60,6 +60,9 @@ func (v *validator) service(p string, vs *VirtualServer) {
 		// (or sorry server) say which one this is.
 		svc.Key = lvs.Key{FWMark: uint32(vs.FWMark), FWMark6: fwmarkIPv6(vs)}
 		vs.ID = serviceID(svc.Key)
+		if g := &v.cfg.Global; uint32(vs.FWMark) >= g.ViaVIPMarkFirst && uint32(vs.FWMark)-g.ViaVIPMarkFirst < g.ViaVIPMarkCount {
+			v.errf(p+".fwmark", "%d (%#x) is in global.via_vip_marks %s, which via_vip checks use", vs.FWMark, vs.FWMark, g.ViaVIPMarks)
+		}
 	}
 	if !slices.Contains(lvs.Schedulers, vs.Scheduler) {
 		v.errf(p+".scheduler", "unknown scheduler %q (one of %s)", vs.Scheduler, strings.Join(lvs.Schedulers, " "))
@@ -106,6 +109,7 @@ func (v *validator) service(p string, vs *VirtualServer) {
 	}
 	svc.Reals = make([]lvs.Real, len(vs.Reals))
 	seen := map[netip.AddrPort]string{}
+	viaReported := map[string]bool{} // an inherited check is judged once
 	for j := range vs.Reals {
 		rp := fmt.Sprintf("%s.real_server[%d]", p, j)
 		rs := &vs.Reals[j]
@@ -137,9 +141,27 @@ func (v *validator) service(p string, vs *VirtualServer) {
 		// A check that is only inherited was validated with the service; an
 		// override reports only the problems it brings.
 		rs.Spec = spec
+		cp := p + ".check"
 		if rs.CheckOverride != nil && rs.check != nil {
 			rs.Spec = v.overrideCheck(p+".check", rp+".check", vs.Check, rs.check)
+			cp = rp + ".check"
 		}
+		rs.ViaVIP = rs.Spec != nil && rs.check != nil && rs.check.ViaVIP
+		if rs.ViaVIP && !viaReported[cp] {
+			viaReported[cp] = true
+			v.viaVIP(cp, vs)
+		}
+	}
+}
+
+// viaVIP checks that the service of a via_vip check (on path p) can carry
+// it.
+func (v *validator) viaVIP(p string, vs *VirtualServer) {
+	switch {
+	case vs.Address == "":
+		v.errf(p+".via_vip", "needs the service's address (VIP:port) to connect to; a fwmark service has none")
+	case vs.IPVS.Forwarding != lvs.DR:
+		v.errf(p+".via_vip", "needs forwarding = \"dr\": the check rides the director's direct routing")
 	}
 }
 
@@ -255,6 +277,9 @@ func (v *validator) check(p string, c *Check) *healthcheck.Spec {
 			v.errf(p+".argv", "required for type = \"exec\"")
 		} else if !filepath.IsAbs(c.Argv[0]) {
 			v.errf(p+".argv[0]", "%q is not an absolute path (exec runs without a shell or PATH search)", c.Argv[0])
+		}
+		if c.ViaVIP {
+			v.errf(p+".via_vip", "an exec check makes its own connections; via_vip applies to http, https and tcp")
 		}
 	} else if len(c.Argv) > 0 {
 		v.errf(p+".argv", "applies only to type = \"exec\"")

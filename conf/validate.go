@@ -80,10 +80,16 @@ func (v *validator) run() {
 		}
 	}
 	seenSvc := map[string]string{}
+	viaChecks := 0
 	for i := range v.cfg.Services {
 		p := fmt.Sprintf("virtual_server[%d]", i)
 		vs := &v.cfg.Services[i]
 		v.service(p, vs)
+		for _, rs := range vs.Reals {
+			if rs.ViaVIP {
+				viaChecks++
+			}
+		}
 		if vs.ID == "" {
 			continue
 		}
@@ -92,6 +98,9 @@ func (v *validator) run() {
 		} else {
 			seenSvc[vs.ID] = p
 		}
+	}
+	if g := &v.cfg.Global; g.ViaVIPMarkCount > 0 && uint64(viaChecks) > uint64(g.ViaVIPMarkCount) {
+		v.errf("global.via_vip_marks", "%s has %d marks for %d via_vip checks", g.ViaVIPMarks, g.ViaVIPMarkCount, viaChecks)
 	}
 	if rs := v.cfg.Realserver; rs != nil {
 		v.realserver("realserver", rs)
@@ -146,6 +155,37 @@ func (v *validator) global() {
 		}
 		g.NotifyCaps |= 1 << c
 	}
+	g.ViaVIPMarkFirst, g.ViaVIPMarkCount = 0, 0
+	if first, count, err := parseMarkRange(g.ViaVIPMarks); err != nil {
+		v.errf("global.via_vip_marks", "%v", err)
+	} else {
+		g.ViaVIPMarkFirst, g.ViaVIPMarkCount = first, count
+	}
+}
+
+// parseMarkRange reads "BASE/BITS" (BASE in decimal or 0x hex): the marks
+// whose top BITS bits are BASE's, less mark 0 (no mark).
+func parseMarkRange(s string) (first, count uint32, err error) {
+	base, bits, ok := strings.Cut(s, "/")
+	b, err1 := strconv.ParseUint(strings.TrimSpace(base), 0, 32)
+	n, err2 := strconv.Atoi(strings.TrimSpace(bits))
+	if !ok || err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("%q is not BASE/BITS, e.g. \"0x4c560000/16\"", s)
+	}
+	if n < 1 || n > 31 {
+		return 0, 0, fmt.Errorf("%q: BITS %d is outside 1-31", s, n)
+	}
+	size := uint64(1) << (32 - n)
+	if b%size != 0 {
+		return 0, 0, fmt.Errorf("%q: BASE %#x has bits set below the top %d", s, b, n)
+	}
+	first, count = uint32(b), uint32(size-1)
+	if b == 0 {
+		first++ // mark 0 is no mark
+	} else {
+		count++
+	}
+	return first, count, nil
 }
 
 // notifyCapabilities are the capabilities a notify command may keep: the

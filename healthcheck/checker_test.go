@@ -83,7 +83,7 @@ func reactorCheck(t *testing.T, p prober, target netip.AddrPort, timeout time.Du
 		t.Fatal(err)
 	}
 	defer rx.close()
-	rx.start(p, target, timeout, "probe")
+	rx.start(p, target, dialVia{}, timeout, "probe")
 	return <-done
 }
 
@@ -568,8 +568,8 @@ func TestReactorEarliestDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rx.close()
-	rx.start(p, target, 5*time.Second, "slow")
-	rx.start(p, target, 200*time.Millisecond, "fast")
+	rx.start(p, target, dialVia{}, 5*time.Second, "slow")
+	rx.start(p, target, dialVia{}, 200*time.Millisecond, "fast")
 	r := <-done
 	if r.tag != "fast" || !errors.Is(r.err, os.ErrDeadlineExceeded) {
 		t.Fatalf("first outcome %v: %v, want fast: timeout", r.tag, r.err)
@@ -585,5 +585,16 @@ func TestReactorEarliestDeadline(t *testing.T) {
 	rx.mu.Unlock()
 	if n != 1 || wake.IsZero() {
 		t.Errorf("after the fast timeout: %d probes in flight, wake %v; want the slow one and its deadline", n, wake)
+	}
+}
+
+// TestSourceToward: the source the kernel picks toward an address, of
+// either family (loopback has both).
+func TestSourceToward(t *testing.T) {
+	for _, dst := range []string{"127.0.0.1", "::1"} {
+		src, err := sourceToward(netip.MustParseAddr(dst))
+		if err != nil || src != netip.MustParseAddr(dst) {
+			t.Errorf("sourceToward(%s) = %v, %v", dst, src, err)
+		}
 	}
 }

@@ -20,7 +20,7 @@ import (
 // runtime poller through os.NewFile (non-blocking descriptor), so reads,
 // writes and deadlines behave as for a net.Conn.
 func dial(ctx context.Context, addr netip.AddrPort) (*sockConn, error) {
-	fd, err := connectNonblock(addr)
+	fd, err := connectNonblock(addr, viaFrom(ctx))
 	if err != nil {
 		return nil, stage("connect", err)
 	}
@@ -66,8 +66,9 @@ func dial(ctx context.Context, addr netip.AddrPort) (*sockConn, error) {
 }
 
 // connectNonblock opens a non-blocking TCP socket and starts connecting it
-// to addr: the one way both the reactor and dial open a connection.
-func connectNonblock(addr netip.AddrPort) (int, error) {
+// to addr (through via, if set): the one way both the reactor and dial open
+// a connection.
+func connectNonblock(addr netip.AddrPort, via dialVia) (int, error) {
 	family, zone := syscall.AF_INET, uint32(0)
 	if ip := addr.Addr().Unmap(); !ip.Is4() {
 		family = syscall.AF_INET6
@@ -82,6 +83,12 @@ func connectNonblock(addr netip.AddrPort) (int, error) {
 	fd, err := rawSocket(family, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_TCP)
 	if err != nil {
 		return -1, os.NewSyscallError("socket", err)
+	}
+	if via.mark != 0 {
+		if err := viaSetup(fd, via); err != nil {
+			rawClose(fd)
+			return -1, err
+		}
 	}
 	err = rawConnect(fd, addr, zone)
 	if err != nil && err != syscall.EINPROGRESS && err != syscall.EINTR {

@@ -20,6 +20,9 @@ type Target struct {
 	ID   string
 	Addr netip.AddrPort
 	Spec Spec
+	// Via, if set, checks the real server through its virtual address
+	// (see Via); Addr still names the real server.
+	Via Via
 	// Resume, if set, is the state the target starts in when it is new to
 	// the Manager, instead of Spec.InitialUp: the verdict an earlier
 	// checker (a checker process that was restarted) had reached, so a

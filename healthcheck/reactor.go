@@ -204,7 +204,7 @@ func (rx *reactor) close() {
 // start begins p's probe of target. rx.done is called exactly once with
 // tag and the outcome, possibly before start returns (then the id is 0).
 // The id ends the probe early through cancel.
-func (rx *reactor) start(p prober, target netip.AddrPort, timeout time.Duration, tag any) (id uint32) {
+func (rx *reactor) start(p prober, target netip.AddrPort, via dialVia, timeout time.Duration, tag any) (id uint32) {
 	now := time.Now()
 	ps := probePool.Get().(*probeState)
 	addr, req := p.probe(ps.reqBuf, target)
@@ -213,7 +213,7 @@ func (rx *reactor) start(p prober, target netip.AddrPort, timeout time.Duration,
 	if len(req) == 0 {
 		ps.req = nil
 	}
-	fd, err := connectNonblock(addr)
+	fd, err := connectNonblock(addr, via)
 	if err != nil {
 		rx.finishProbe(ps, stage("connect", err))
 		return 0

@@ -134,17 +134,22 @@ func (r *runner) loop() {
 
 func (r *runner) start(t *tracked) {
 	c := r.checkers[t.spec].c
+	addr, via := t.addr, dialVia{}
+	if t.via.set() {
+		addr = netip.AddrPortFrom(t.via.VIP, t.addr.Port())
+		via = dialVia{mark: t.via.Mark, real: t.addr.Addr()}
+	}
 	if p, ok := c.(prober); ok && p.reactorOK() && r.reactor() != nil {
 		r.rxRunning++
-		r.inflight[t] = inflight{rxID: r.rx.start(p, t.addr, t.spec.Timeout, t)}
+		r.inflight[t] = inflight{rxID: r.rx.start(p, addr, via, t.spec.Timeout, t)}
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.ctx, t.spec.Timeout)
+	ctx, cancel := context.WithTimeout(withVia(r.ctx, via), t.spec.Timeout)
 	r.inflight[t] = inflight{cancel: cancel}
 	r.goRuns++
 	go func() {
 		start := time.Now()
-		err := c.Check(ctx, t.addr)
+		err := c.Check(ctx, addr)
 		if err == nil && ctx.Err() != nil {
 			err = ctx.Err() // finished, but too late to count
 		}

@@ -61,6 +61,7 @@ func newSchedule(maxInFlight int, offset func(time.Duration) time.Duration) *sch
 type tracked struct {
 	id   string
 	addr netip.AddrPort
+	via  Via
 	spec *Spec // shared by the targets with the same check
 	due  time.Time
 	idx  int  // heap index, -1 when not in the heap (running, ready or removed)
@@ -100,7 +101,7 @@ func (s *schedule) Update(now time.Time, desired []Target) (added, removed []*tr
 	for _, d := range desired {
 		k := d.Spec.Key()
 		if old := s.targets[d.ID]; old != nil {
-			if old.addr == d.Addr && keys[old.spec] == k {
+			if old.addr == d.Addr && old.via == d.Via && keys[old.spec] == k {
 				keep[d.ID] = true
 				continue
 			}
@@ -112,7 +113,7 @@ func (s *schedule) Update(now time.Time, desired []Target) (added, removed []*tr
 			spec = &sp
 			specs[k] = spec
 		}
-		t := &tracked{id: d.ID, addr: d.Addr, spec: spec, idx: -1, up: d.Spec.InitialUp}
+		t := &tracked{id: d.ID, addr: d.Addr, via: d.Via, spec: spec, idx: -1, up: d.Spec.InitialUp}
 		if d.Resume != nil && !replaced[d.ID] {
 			t.up, t.lastChange = d.Resume.Up, d.Resume.Since
 		}

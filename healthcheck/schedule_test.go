@@ -356,3 +356,24 @@ func TestScheduleSpread(t *testing.T) {
 		}
 	}
 }
+
+// TestScheduleUpdateVia: a target whose Via changes (its check now goes
+// through a VIP, or with another mark) is a new check; the same Via keeps
+// it.
+func TestScheduleUpdateVia(t *testing.T) {
+	s := newSchedule(10, offsets(0, 0, 0, 0))
+	spec := coreSpec(1, 1)
+	a := coreTarget("a", spec)
+	s.Update(t0, []Target{a})
+	a.Via = Via{VIP: netip.MustParseAddr("10.0.0.100"), Mark: 7}
+	if added, _ := s.Update(at(time.Millisecond), []Target{a}); len(added) != 1 || added[0].via != a.Via {
+		t.Fatalf("via set: added %v", ids(added))
+	}
+	if added, _ := s.Update(at(2*time.Millisecond), []Target{a}); len(added) != 0 {
+		t.Fatalf("same via: added %v", ids(added))
+	}
+	a.Via.Mark = 8
+	if added, _ := s.Update(at(3*time.Millisecond), []Target{a}); len(added) != 1 {
+		t.Fatalf("new mark: added %v", ids(added))
+	}
+}

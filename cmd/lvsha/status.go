@@ -99,6 +99,12 @@ func printStatus(w io.Writer, st *control.Status) {
 		}
 		_ = tw.Flush()
 	}
+	if len(st.ARPLeaks) > 0 {
+		fmt.Fprintln(w, "\nARP leaks (hosts answering ARP for a VIP this master holds: set arp_ignore=1, arp_announce=2 there, or run lvsha realserver up):")
+		for _, l := range st.ARPLeaks {
+			fmt.Fprintf(w, "  %s answered by %s (%s) %s\n", l.VIP, l.MAC, dash(l.IP), strings.Join(l.RealServers, ", "))
+		}
+	}
 	if sy := st.Sync; sy != nil {
 		entries := "unknown"
 		if sy.ConnEntries >= 0 {

@@ -63,6 +63,7 @@ type Daemon struct {
 
 	mu      sync.Mutex
 	cfg     *conf.Config
+	marks   map[string]uint32 // via_vip marks of cfg's real servers, by ID
 	started time.Time
 	vrrp    map[string]*vrrpRunner // by instance name
 	// hc owns the real servers' health verdicts (hc.Verdicts, by real
@@ -74,7 +75,9 @@ type Daemon struct {
 	// syncp runs the kernel's connection sync daemons; set by New.
 	syncp *syncPart
 	// bgpp announces the VIPs of [bgp]; nil when there is none.
-	bgpp    *bgpPart
+	bgpp *bgpPart
+	// arp probes the VIPs this node is master of for ARP leaks; set by New.
+	arp     *arpWatch
 	metrics *metrics
 	// vips records the VIPs the instances hold; set by Run.
 	vips *vipRecord
@@ -113,6 +116,7 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 	// the daemon's capabilities.
 	d.tracks = newTracker(log, process.ChildStarter(0), d.pushTracks)
 	d.groups = newSyncGroups(log, d.startNotify, d.pushTracks, d.stepDown)
+	d.arp = newARPWatch(log, d.masterConfigs)
 	return d
 }
 
@@ -121,7 +125,7 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 func (d *Daemon) bgpVerdicts() map[netip.Prefix]string {
 	health := d.hc.Verdicts()
 	d.mu.Lock()
-	desired := desiredServices(d.cfg, health)
+	desired := desiredServices(d.cfg, health, d.marks)
 	d.mu.Unlock()
 	return bgpVerdicts(d.bgpp.cfg.VIPs, desired, d.ipvs.isProgrammed)
 }
@@ -210,7 +214,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 
 	// Health checks first, so IPVS starts from their initial verdicts.
-	targets := healthTargets(cfg)
+	marks := assignMarks(nil, cfg)
+	d.mu.Lock()
+	d.marks = marks
+	d.mu.Unlock()
+	acceptLocal(cfg, marks, d.log)
+	targets := healthTargets(cfg, marks)
 	hcCtx, hcStop := context.WithCancel(context.WithoutCancel(ctx))
 	if err := d.hc.Update(targets); err != nil {
 		hcStop()
@@ -272,6 +281,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.mu.Unlock()
 	}
 	defer d.stopVRRP()
+	arpCtx, arpStop := context.WithCancel(vctx)
+	arpDone := make(chan struct{})
+	go func() { defer close(arpDone); d.arp.run(arpCtx) }()
+	defer func() { arpStop(); <-arpDone }() // before VRRP stops: no probe of a VIP being released
 
 	for {
 		select {
@@ -358,15 +371,19 @@ func (d *Daemon) reload(vctx context.Context) {
 		d.log.Warn("reload: [bgp] changes need a restart; keeping the old one")
 		cfg.BGP = old.BGP
 	}
-	targets := healthTargets(cfg)
+	d.mu.Lock()
+	marks := assignMarks(d.marks, cfg)
+	d.mu.Unlock()
+	targets := healthTargets(cfg, marks)
 	if err := d.hc.Update(targets); err != nil {
 		d.log.Error("reload rejected: keeping the running config", "config", old.File, "err", err)
 		d.metrics.observeReload(false)
 		return
 	}
 	d.mu.Lock()
-	d.cfg = cfg
+	d.cfg, d.marks = cfg, marks
 	d.mu.Unlock()
+	acceptLocal(cfg, marks, d.log)
 	d.notifyCaps.Store(cfg.Global.NotifyCaps)
 
 	d.reconcile("reload")

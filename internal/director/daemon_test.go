@@ -353,7 +353,7 @@ address = "10.0.1.3:53"
 	if err != nil {
 		t.Fatal(err)
 	}
-	targets := healthTargets(cfg)
+	targets := healthTargets(cfg, nil)
 	if len(targets) != 2 || targets[1].Spec.InitialUp || !targets[0].Spec.InitialUp {
 		t.Fatalf("targets: %+v", targets)
 	}
@@ -362,7 +362,7 @@ address = "10.0.1.3:53"
 		t.Fatal(err)
 	}
 	health := hc.Verdicts()
-	got := desiredServices(cfg, health)
+	got := desiredServices(cfg, health, nil)
 	if len(got) != 2 {
 		t.Fatalf("services: %+v", got)
 	}
@@ -376,7 +376,7 @@ address = "10.0.1.3:53"
 	}
 	// A health transition flips exactly that real server.
 	health[targets[1].ID] = true
-	if got := desiredServices(cfg, health); !got[0].Reals[1].Up {
+	if got := desiredServices(cfg, health, nil); !got[0].Reals[1].Up {
 		t.Errorf("health up not applied")
 	}
 }

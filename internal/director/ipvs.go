@@ -286,9 +286,9 @@ func (p *ipvsPart) snapshot(ctx context.Context) (lvs.Snapshot, string, bool) {
 }
 
 // desiredServices combines the config's IPVS services with the health
-// verdicts.
-func desiredServices(cfg *conf.Config, health map[string]bool) []lvs.Service {
-	out := make([]lvs.Service, 0, len(cfg.Services))
+// verdicts, and adds the fwmark services of the via_vip marks.
+func desiredServices(cfg *conf.Config, health map[string]bool, marks map[string]uint32) []lvs.Service {
+	out := make([]lvs.Service, 0, len(cfg.Services)+len(marks))
 	for i := range cfg.Services {
 		vs := &cfg.Services[i]
 		s := vs.IPVS
@@ -300,14 +300,14 @@ func desiredServices(cfg *conf.Config, health map[string]bool) []lvs.Service {
 		}
 		out = append(out, s)
 	}
-	return out
+	return append(out, viaServices(cfg, marks)...)
 }
 
 // reconcile hands IPVS the table the config and health now call for.
 func (d *Daemon) reconcile(reason string) {
 	health := d.hc.Verdicts()
 	d.mu.Lock()
-	desired := desiredServices(d.cfg, health)
+	desired := desiredServices(d.cfg, health, d.marks)
 	d.mu.Unlock()
 	d.log.Debug("ipvs: reconcile", "reason", reason, "services", len(desired))
 	d.ipvs.set(desired)

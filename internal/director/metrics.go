@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/lvsha/lvsha/healthcheck"
 	"github.com/lvsha/lvsha/internal/director/checker"
 	"github.com/lvsha/lvsha/lvs"
+	"github.com/lvsha/lvsha/vrrp"
 )
 
 // metrics are lvsha's Prometheus series. Counters that the parts keep
@@ -225,6 +227,9 @@ var (
 	descSyncGroup = prometheus.NewDesc("lvsha_sync_group_state",
 		"State of a sync group: 1 for the current state (FAULT if a member is, MASTER if all are, else BACKUP).",
 		[]string{"sync_group", "state"}, nil)
+	descARPLeaks = prometheus.NewDesc("lvsha_arp_leaks",
+		"Hosts other than this master that answered its last ARP request for a VIP it holds (real servers without ARP suppression), by VIP.",
+		[]string{"vip"}, nil)
 	descSyncError = prometheus.NewDesc("lvsha_ipvs_sync_error",
 		"1 while the sync daemons are not as configured (see lvsha status).", nil, nil)
 	descBGPEstablished = prometheus.NewDesc("lvsha_bgp_neighbor_established",
@@ -244,7 +249,7 @@ func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPSince, descVRRPInterval, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped,
 		descGARPSuppressed, descSendErrors, descRSUp, descChecks, descWeight, descLiveWeight, descQuorum, descSorry, descIPVSFailing,
 		descSyncDaemon, descConnEntries, descSyncError, descBGPEstablished, descBGPAnnounced, descBGPWithdrawals,
-		descTrackFile, descTrackScript, descSyncGroup} {
+		descTrackFile, descTrackScript, descSyncGroup, descARPLeaks} {
 		ch <- d
 	}
 }
@@ -269,6 +274,22 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 		failing = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descIPVSFailing, prometheus.GaugeValue, failing)
+	leaks := map[string]int{}
+	for _, v := range st.VRRP {
+		if v.State == vrrp.Master.String() {
+			for _, p := range v.VIPs {
+				if pp, err := netip.ParsePrefix(p); err == nil && pp.Addr().Is4() {
+					leaks[pp.Addr().String()] += 0
+				}
+			}
+		}
+	}
+	for _, l := range st.ARPLeaks {
+		leaks[l.VIP]++
+	}
+	for vip, n := range leaks {
+		ch <- prometheus.MustNewConstMetric(descARPLeaks, prometheus.GaugeValue, float64(n), vip)
+	}
 	for _, v := range st.VRRP {
 		if iv, ok := interval[v.Name]; ok {
 			ch <- prometheus.MustNewConstMetric(descVRRPInterval, prometheus.GaugeValue, iv.Seconds(), v.Name)

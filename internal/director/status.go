@@ -20,7 +20,7 @@ const checkerAnswerTimeout = 2 * time.Second
 
 func (d *Daemon) status(ctx context.Context) control.Status {
 	d.mu.Lock()
-	cfg, started := d.cfg, d.started
+	cfg, started, marks := d.cfg, d.started, d.marks
 	d.mu.Unlock()
 	st := control.Status{Version: d.opts.Version, Config: cfg.File, Started: started, VRRP: []control.VRRPStatus{}, Services: []control.ServiceStatus{}}
 	for _, in := range cfg.VRRP {
@@ -51,6 +51,7 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 		st.BGP = d.bgpp.status(ctx)
 	}
 	st.Tracks, st.SyncGroups = d.trackStatus(cfg)
+	st.ARPLeaks = arpLeakStatus(d.arp.snapshot(), cfg)
 	health := d.hc.Verdicts()
 	var snap lvs.Snapshot
 	ipvsOK := false
@@ -65,7 +66,8 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 		for j := range vs.Reals {
 			rs := &vs.Reals[j]
 			addr := vs.IPVS.Reals[j].Addr
-			r := control.RealStatus{Address: addr.String(), Weight: rs.Weight, KernelWeight: -1, Health: "unchecked"}
+			r := control.RealStatus{Address: addr.String(), Weight: rs.Weight, KernelWeight: -1, Health: "unchecked",
+				ViaMark: marks[rs.ID]}
 			if kd, ok := ks.Dest(addr); ok {
 				r.KernelWeight, r.ActiveConns, r.InactiveConns = kd.Weight, kd.ActiveConns, kd.InactConns
 			}

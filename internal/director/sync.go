@@ -252,4 +252,7 @@ func (p *syncPart) status() *control.SyncStatus {
 func (d *Daemon) onVRRPState(instance string, s vrrp.State) {
 	d.syncp.setState(instance, s)
 	d.groups.state(instance, s)
+	if s == vrrp.Master {
+		d.arp.takeover()
+	}
 }

@@ -9,15 +9,16 @@ import (
 
 // healthTargets lists every real server that has a check, with the Spec
 // conf built for it (shared by the real servers of a service without an
-// override of their own).
-func healthTargets(cfg *conf.Config) []checker.Target {
+// override of their own), and for via_vip checks their mark.
+func healthTargets(cfg *conf.Config, marks map[string]uint32) []checker.Target {
 	var out []checker.Target
 	for i := range cfg.Services {
 		vs := &cfg.Services[i]
 		for j := range vs.Reals {
 			rs := &vs.Reals[j]
 			if rs.Spec != nil {
-				out = append(out, checker.Target{ID: rs.ID, Addr: vs.IPVS.Reals[j].Addr, Spec: rs.Spec, Group: vs.ID})
+				out = append(out, checker.Target{ID: rs.ID, Addr: vs.IPVS.Reals[j].Addr, Spec: rs.Spec, Group: vs.ID,
+					Via: viaVia(vs, j, marks)})
 			}
 		}
 	}

@@ -29,6 +29,7 @@ type Target struct {
 	Addr  netip.AddrPort
 	Spec  *healthcheck.Spec
 	Group string
+	Via   healthcheck.Via // zero: the real server is checked directly
 }
 
 // request goes from the parent to the child.
@@ -58,11 +59,12 @@ type wireResume struct {
 }
 
 type wireTarget struct {
-	ID     string         `json:"id"`
-	Group  int            `json:"group"` // index in request.Groups
-	Addr   netip.AddrPort `json:"addr"`
-	Spec   int            `json:"spec"` // index in request.Specs
-	Resume *wireResume    `json:"resume,omitempty"`
+	ID     string          `json:"id"`
+	Group  int             `json:"group"` // index in request.Groups
+	Addr   netip.AddrPort  `json:"addr"`
+	Spec   int             `json:"spec"` // index in request.Specs
+	Via    healthcheck.Via `json:"via,omitzero"`
+	Resume *wireResume     `json:"resume,omitempty"`
 }
 
 // encodeUpdate builds an update request, each distinct Spec sent once;
@@ -84,7 +86,7 @@ func encodeUpdate(targets []Target, resume func(id string) healthcheck.Resume) r
 			groups[t.Group] = gi
 			req.Groups = append(req.Groups, t.Group)
 		}
-		req.Targets[i] = wireTarget{ID: t.ID, Group: gi, Addr: t.Addr, Spec: si}
+		req.Targets[i] = wireTarget{ID: t.ID, Group: gi, Addr: t.Addr, Spec: si, Via: t.Via}
 		if resume != nil {
 			r := resume(t.ID)
 			req.Targets[i].Resume = &wireResume{Up: r.Up, Since: r.Since}
@@ -106,7 +108,7 @@ func decodeUpdate(req request) ([]healthcheck.Target, map[string]string, error) 
 		if wt.Group < 0 || wt.Group >= len(req.Groups) {
 			return nil, nil, fmt.Errorf("target %s: group %d of %d", wt.ID, wt.Group, len(req.Groups))
 		}
-		ts[i] = healthcheck.Target{ID: wt.ID, Addr: wt.Addr, Spec: *specs[wt.Spec]}
+		ts[i] = healthcheck.Target{ID: wt.ID, Addr: wt.Addr, Spec: *specs[wt.Spec], Via: wt.Via}
 		if r := wt.Resume; r != nil {
 			ts[i].Resume = &healthcheck.Resume{Up: r.Up, Since: r.Since}
 		}

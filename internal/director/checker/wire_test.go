@@ -22,7 +22,8 @@ func TestUpdateRoundTrip(t *testing.T) {
 		Interval: time.Second, Timeout: 500 * time.Millisecond, Rise: 1, Fall: 1}
 	in := []Target{
 		{ID: "a", Addr: netip.MustParseAddrPort("10.0.0.1:80"), Spec: web, Group: "g1"},
-		{ID: "b", Addr: netip.MustParseAddrPort("10.0.0.2:80"), Spec: web, Group: "g1"},
+		{ID: "b", Addr: netip.MustParseAddrPort("10.0.0.2:80"), Spec: web, Group: "g1",
+			Via: healthcheck.Via{VIP: netip.MustParseAddr("10.0.9.9"), Mark: 0x4c560001}},
 		{ID: "c", Addr: netip.MustParseAddrPort("[2001:db8::3]:443"), Spec: cmd, Group: "g2"},
 	}
 	since := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
@@ -47,7 +48,7 @@ func TestUpdateRoundTrip(t *testing.T) {
 	}
 	for i, got := range ts {
 		want := in[i]
-		if got.ID != want.ID || got.Addr != want.Addr || got.Spec.Key() != want.Spec.Key() || groups[got.ID] != want.Group {
+		if got.ID != want.ID || got.Addr != want.Addr || got.Via != want.Via || got.Spec.Key() != want.Spec.Key() || groups[got.ID] != want.Group {
 			t.Errorf("target %d: %+v (group %q), want %+v", i, got, groups[got.ID], want)
 		}
 		if got.Resume == nil || got.Resume.Up != (want.ID == "b") || !got.Resume.Since.Equal(since) {

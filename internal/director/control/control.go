@@ -38,6 +38,9 @@ type Status struct {
 	// groups. Absent when the config has none.
 	Tracks     []TrackStatus     `json:"tracks,omitempty"`
 	SyncGroups []SyncGroupStatus `json:"sync_groups,omitempty"`
+	// ARPLeaks are hosts other than this master answering ARP for a VIP
+	// it holds: real servers without ARP suppression.
+	ARPLeaks []ARPLeak `json:"arp_leaks,omitempty"`
 }
 
 // BGPStatus is the BGP speaker's sessions and what it announces.
@@ -103,6 +106,17 @@ type SyncGroupStatus struct {
 	// State is FAULT if a member is, MASTER if all are, BACKUP otherwise;
 	// empty until every member has started.
 	State string `json:"state"`
+}
+
+// ARPLeak is a host that answered the master's ARP request for a VIP.
+type ARPLeak struct {
+	VIP string `json:"vip"`
+	MAC string `json:"mac"`
+	// IP is the host's address by the master's neighbour table ("" if it
+	// has no entry for the MAC); RealServers are the configured real
+	// servers at that address.
+	IP          string   `json:"ip,omitempty"`
+	RealServers []string `json:"real_servers,omitempty"`
 }
 
 // SyncStatus is the kernel's connection sync daemons and the connection
@@ -186,6 +200,9 @@ type RealStatus struct {
 	LastResult     string    `json:"last_result,omitempty"` // "ok" or why the last check failed
 	LastCheck      time.Time `json:"last_check,omitzero"`
 	LastTransition time.Time `json:"last_transition,omitzero"`
+	// ViaMark is the firewall mark of a via_vip check (its IPVS fwmark
+	// service), 0 for a check to the real server's own address.
+	ViaMark uint32 `json:"via_vip_mark,omitempty"`
 }
 
 // ErrNotRunning says no daemon answers on the control socket.

@@ -19,7 +19,9 @@
 //	   keep-alive connection to the VIP keeps working and web3 is in the table;
 //	e. director1 comes back and preempts. A keep-alive connection opened
 //	   before b's SIGKILL talks to the same web after b and after e
-//	   (connection sync, [sync] in the examples).
+//	   (connection sync, [sync] in the examples);
+//	f. web1 loses the VIP from lo: its via_vip check fails, director1 takes
+//	   it out and every request goes to web2; with the VIP back it returns.
 //
 // The same code is the test (TestSeedScenarioVM) and the narrated show of
 // `make demo` (internal/scenarios/demo), which sets Config.Show.
@@ -83,7 +85,7 @@ type Report struct {
 	Total time.Duration
 }
 
-const steps = 7
+const steps = 8
 
 type scenario struct {
 	cfg Config
@@ -154,6 +156,7 @@ func (s *scenario) run(ctx context.Context) error {
 		{"c. Health check: stop web1's HTTP server, then start it again", s.healthStep},
 		{"d. Reload: add web3 to director2's config and send SIGHUP, keep-alive connection open", s.reloadStep},
 		{"e. Failback: director1 comes back and preempts; the connection opened before the SIGKILL goes on", s.failbackStep},
+		{"f. Misconfigured real server: web1 loses the VIP from lo, is caught by its via_vip check, then fixed", s.misconfStep},
 	} {
 		s.printf("\n==> [%d/%d] %s\n", i+1, steps, st.title)
 		if err := st.f(ctx); err != nil {

@@ -1,0 +1,276 @@
+package director
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lvsha/lvsha/conf"
+	"github.com/lvsha/lvsha/internal/director/control"
+	"github.com/lvsha/lvsha/vrrp"
+
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
+	"github.com/vishvananda/netlink"
+)
+
+// ARP-leak detection (README, "ARP-leak detection"): a DR real server must
+// hold the VIP on lo without answering ARP for it. One that answers (its
+// arp_ignore left at 0) competes with the master for the clients' and the
+// router's ARP caches, and whoever it wins sends its traffic to that one
+// server, past the director. The master asks who has the VIP, as a client
+// would, and every answer from a MAC that is not its own is such a leak.
+
+// arpLeak is one host that answered ARP for a VIP.
+type arpLeak struct {
+	VIP netip.Addr
+	MAC net.HardwareAddr
+	// IP is the host's address by the master's neighbour table (the MAC's
+	// entry); invalid when the table has none.
+	IP netip.Addr
+}
+
+// probeARP asks, on ifname, who has vip, and returns every host other than
+// this one that answered within wait. The request is sent from the
+// interface's own address (not the VIP): it must not move anyone's ARP
+// entry for the VIP.
+func probeARP(ifname string, vip netip.Addr, wait time.Duration) ([]arpLeak, error) {
+	ifi, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("arp probe: %w", err)
+	}
+	src, err := ownAddr(ifi, vip)
+	if err != nil {
+		return nil, err
+	}
+	c, err := arp.Dial(ifi)
+	if err != nil {
+		return nil, fmt.Errorf("arp probe on %s: %w", ifname, err)
+	}
+	defer c.Close()
+	p, err := arp.NewPacket(arp.OperationRequest, ifi.HardwareAddr, src, ethernet.Broadcast, vip)
+	if err != nil {
+		return nil, fmt.Errorf("arp probe for %s: %w", vip, err)
+	}
+	if err := c.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		return nil, fmt.Errorf("arp probe: %w", err)
+	}
+	if err := c.WriteTo(p, ethernet.Broadcast); err != nil {
+		return nil, fmt.Errorf("arp probe for %s on %s: %w", vip, ifname, err)
+	}
+	var out []arpLeak
+	for {
+		r, _, err := c.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				break
+			}
+			// A malformed frame on the wire is no reason to stop listening.
+			continue
+		}
+		if r.Operation != arp.OperationReply || r.SenderIP != vip || bytes.Equal(r.SenderHardwareAddr, ifi.HardwareAddr) ||
+			slices.ContainsFunc(out, func(l arpLeak) bool { return bytes.Equal(l.MAC, r.SenderHardwareAddr) }) {
+			continue
+		}
+		out = append(out, arpLeak{VIP: vip, MAC: slices.Clone(r.SenderHardwareAddr)})
+	}
+	if len(out) > 0 {
+		nameNeighbours(ifi.Index, vip, out)
+	}
+	slices.SortFunc(out, func(a, b arpLeak) int { return bytes.Compare(a.MAC, b.MAC) })
+	return out, nil
+}
+
+// ownAddr is an IPv4 address of ifi other than vip.
+func ownAddr(ifi *net.Interface, vip netip.Addr) (netip.Addr, error) {
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("arp probe: addresses of %s: %w", ifi.Name, err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP.To4()); ok && ip != vip {
+				return ip, nil
+			}
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("arp probe: %s has no IPv4 address of its own to ask from", ifi.Name)
+}
+
+// nameNeighbours fills in each leak's IP from the neighbour table of the
+// interface: the entry with its MAC and an address other than the VIP.
+func nameNeighbours(ifindex int, vip netip.Addr, leaks []arpLeak) {
+	neighs, err := netlink.NeighList(ifindex, netlink.FAMILY_V4)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return
+	}
+	for i := range leaks {
+		for _, n := range neighs {
+			ip, ok := netip.AddrFromSlice(n.IP.To4())
+			if ok && ip != vip && bytes.Equal(n.HardwareAddr, leaks[i].MAC) {
+				leaks[i].IP = ip
+				break
+			}
+		}
+	}
+}
+
+// arpProbeEvery is how often the master probes its VIPs for ARP leaks, and
+// arpProbeWait how long it listens for answers (a LAN answers in well under
+// a millisecond; a busy host's ARP reply can take tens).
+const (
+	arpProbeEvery = 10 * time.Second
+	arpProbeWait  = 300 * time.Millisecond
+)
+
+// arpWatch probes the VIPs of the instances in MASTER state every
+// arpProbeEvery and at once after a takeover, keeps what it found for
+// status and metrics, and logs each change.
+type arpWatch struct {
+	log     *slog.Logger
+	masters func() []vrrp.Config // the instances now MASTER
+	probe   func(ifname string, vip netip.Addr, wait time.Duration) ([]arpLeak, error)
+	kick    chan struct{}
+
+	mu    sync.Mutex
+	leaks map[netip.Addr][]arpLeak // by VIP
+}
+
+func newARPWatch(log *slog.Logger, masters func() []vrrp.Config) *arpWatch {
+	return &arpWatch{log: log, masters: masters, probe: probeARP, kick: make(chan struct{}, 1), leaks: map[netip.Addr][]arpLeak{}}
+}
+
+// takeover asks for a probe now.
+func (w *arpWatch) takeover() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (w *arpWatch) run(ctx context.Context) {
+	t := time.NewTicker(arpProbeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-w.kick:
+		}
+		w.round()
+	}
+}
+
+// round probes every IPv4 VIP of the instances that are MASTER; the VIPs
+// of the others are no longer this node's to watch and are forgotten.
+func (w *arpWatch) round() {
+	found := map[netip.Addr][]arpLeak{}
+	probed := map[netip.Addr]bool{}
+	for _, cfg := range w.masters() {
+		for _, p := range cfg.VIPs {
+			vip := p.Addr()
+			if !vip.Is4() || probed[vip] {
+				continue
+			}
+			probed[vip] = true
+			leaks, err := w.probe(cfg.Interface, vip, arpProbeWait)
+			if err != nil {
+				w.log.Warn("arp leak probe failed", "vip", vip, "interface", cfg.Interface, "err", err)
+				// Keep what the last probe found.
+				w.mu.Lock()
+				found[vip] = w.leaks[vip]
+				w.mu.Unlock()
+				continue
+			}
+			found[vip] = leaks
+		}
+	}
+	w.mu.Lock()
+	old := w.leaks
+	w.leaks = found
+	w.mu.Unlock()
+	for vip, leaks := range found {
+		if leakKey(leaks) == leakKey(old[vip]) {
+			continue
+		}
+		if len(leaks) == 0 {
+			w.log.Info("arp leak cleared: only this director answers ARP for the VIP", "vip", vip)
+			continue
+		}
+		for _, l := range leaks {
+			w.log.Warn("arp leak: another host answers ARP for the VIP (a real server without arp_ignore=1?)",
+				"vip", vip, "mac", l.MAC.String(), "ip", ipString(l.IP))
+		}
+	}
+}
+
+// snapshot is what the last round found, sorted by VIP.
+func (w *arpWatch) snapshot() []arpLeak {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []arpLeak
+	for _, leaks := range w.leaks {
+		out = append(out, leaks...)
+	}
+	slices.SortStableFunc(out, func(a, b arpLeak) int { return a.VIP.Compare(b.VIP) })
+	return out
+}
+
+// masterConfigs are the configs of the instances now MASTER.
+func (d *Daemon) masterConfigs() []vrrp.Config {
+	var out []vrrp.Config
+	for _, r := range d.vrrpRunners() {
+		if r.status().State == vrrp.Master.String() {
+			out = append(out, r.config())
+		}
+	}
+	return out
+}
+
+// arpLeakStatus is the watch's findings with the real servers at each
+// leaking address.
+func arpLeakStatus(leaks []arpLeak, cfg *conf.Config) []control.ARPLeak {
+	var out []control.ARPLeak
+	for _, l := range leaks {
+		cl := control.ARPLeak{VIP: l.VIP.String(), MAC: l.MAC.String(), IP: ipString(l.IP)}
+		for i := range cfg.Services {
+			vs := &cfg.Services[i]
+			for j, rs := range vs.Reals {
+				if l.IP.IsValid() && vs.IPVS.Reals[j].Addr.Addr() == l.IP {
+					cl.RealServers = append(cl.RealServers, rs.ID)
+				}
+			}
+		}
+		out = append(out, cl)
+	}
+	return out
+}
+
+func leakKey(leaks []arpLeak) string {
+	var b strings.Builder
+	for _, l := range leaks {
+		b.WriteString(l.MAC.String() + "/" + ipString(l.IP) + " ")
+	}
+	return b.String()
+}
+
+func ipString(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	return ip.String()
+}
