@@ -27,6 +27,26 @@ import (
 // buildLvsha is the real lvsha binary (testutil.LvshaBinary).
 func buildLvsha(t *testing.T) string { return testutil.LvshaBinary(t) }
 
+// pairLab is a lab of two director hosts, d1 (10.98.0.2) and d2
+// (10.98.0.3), removed when the test ends; tag names its namespaces.
+func pairLab(t *testing.T, tag string) (*netns.Lab, *netns.Node, *netns.Node) {
+	t.Helper()
+	lab, err := netns.NewLab(netns.UniquePrefix(tag))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	n1, err := lab.AddNode("d1", netip.MustParsePrefix("10.98.0.2/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2, err := lab.AddNode("d2", netip.MustParsePrefix("10.98.0.3/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lab, n1, n2
+}
+
 type director struct {
 	node *netns.Node
 	cmd  *exec.Cmd
@@ -145,19 +165,7 @@ func waitCond(t *testing.T, what string, cond func() bool) {
 func TestReloadKeepsMasterAndStatusAndMetrics(t *testing.T) {
 	testutil.NeedRoot(t)
 	bin := buildLvsha(t)
-	lab, err := netns.NewLab(netns.UniquePrefix("lvd"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lab.Close() })
-	n1, err := lab.AddNode("d1", netip.MustParsePrefix("10.98.0.2/24"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n2, err := lab.AddNode("d2", netip.MustParsePrefix("10.98.0.3/24"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, n1, n2 := pairLab(t, "lvd")
 	d1 := startDirector(t, bin, n1, 150)
 	d2 := startDirector(t, bin, n2, 100)
 	waitCond(t, "d1 MASTER, d2 BACKUP", func() bool {

@@ -45,19 +45,7 @@ func insideLAN(t *testing.T, lab *netns.Lab, nodes ...*netns.Node) {
 func TestSyncGroupFailsOverTogether(t *testing.T) {
 	testutil.NeedRoot(t)
 	bin := buildLvsha(t)
-	lab, err := netns.NewLab(netns.UniquePrefix("lvg"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lab.Close() })
-	n1, err := lab.AddNode("d1", netip.MustParsePrefix("10.98.0.2/24"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n2, err := lab.AddNode("d2", netip.MustParsePrefix("10.98.0.3/24"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	lab, n1, n2 := pairLab(t, "lvg")
 	insideLAN(t, lab, n1, n2)
 
 	start := func(n *netns.Node, prio int) (*director, string) {
@@ -210,19 +198,7 @@ func TestSyncGroupKeepalivedInterop(t *testing.T) {
 	}
 	for _, lvshaMaster := range []bool{true, false} {
 		t.Run(fmt.Sprintf("lvsha_master=%v", lvshaMaster), func(t *testing.T) {
-			lab, err := netns.NewLab(netns.UniquePrefix("lvk"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { lab.Close() })
-			n1, err := lab.AddNode("d1", netip.MustParsePrefix("10.98.0.2/24"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			n2, err := lab.AddNode("d2", netip.MustParsePrefix("10.98.0.3/24"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			lab, n1, n2 := pairLab(t, "lvk")
 			insideLAN(t, lab, n1, n2)
 			lprio, kprio := 100, 150
 			if lvshaMaster {

@@ -2,7 +2,6 @@ package director
 
 import (
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,7 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/lvsha/lvsha/internal/testenv/netns"
 	"github.com/lvsha/lvsha/internal/testenv/testutil"
 )
 
@@ -26,19 +24,7 @@ import (
 func TestTrackedFileAndScriptHandOver(t *testing.T) {
 	testutil.NeedRoot(t)
 	bin := buildLvsha(t)
-	lab, err := netns.NewLab(netns.UniquePrefix("lvt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lab.Close() })
-	n1, err := lab.AddNode("d1", netip.MustParsePrefix("10.98.0.2/24"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	n2, err := lab.AddNode("d2", netip.MustParsePrefix("10.98.0.3/24"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, n1, n2 := pairLab(t, "lvt")
 	dir := t.TempDir()
 	drain := filepath.Join(dir, "run", "drain")
 	if err := os.Mkdir(filepath.Dir(drain), 0o755); err != nil {
