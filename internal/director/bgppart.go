@@ -71,7 +71,11 @@ type bgpPart struct {
 	holdVIPs func(iface string, vips []netip.Prefix, add bool) error
 	verdicts func() map[netip.Prefix]string
 	sysctl   func(key, value string) error
-	kick     chan struct{} // capacity 1
+	// record notes in the state directory the VIPs held (vipRecord), so
+	// that a VIP a killed run left, and since dropped from announce, is
+	// removed at the next start or by `lvsha cleanup`.
+	record func(iface string, vips []netip.Prefix, held bool)
+	kick   chan struct{} // capacity 1
 	quit     chan struct{}
 	done     chan struct{}
 
@@ -93,6 +97,7 @@ func newBGPPart(cfg conf.BGP, log *slog.Logger, open func(conf.BGP) (Speaker, er
 		holdVIPs = holdVIPsOnLink
 	}
 	return &bgpPart{log: log, cfg: cfg, open: open, holdVIPs: holdVIPs, verdicts: verdicts, sysctl: writeSysctl,
+		record: func(string, []netip.Prefix, bool) {},
 		kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
 		announced: map[netip.Prefix]bool{}, reasons: map[netip.Prefix]string{}}
 }
@@ -164,6 +169,9 @@ func (b *bgpPart) start() {
 			b.log.Warn("bgp: cannot set sloppy_tcp; flows moved from another director will be reset", "err", err)
 		}
 	}
+	// Recorded before they are added: a crash in between leaves a record
+	// of VIPs not there, which the cleanup skips.
+	b.record(b.cfg.Interface, b.cfg.VIPs, true)
 	if err := b.holdVIPs(b.cfg.Interface, b.cfg.VIPs, true); err != nil {
 		// Announcing a VIP the director does not hold would black-hole
 		// its share of the traffic: nothing is announced then.
@@ -305,8 +313,11 @@ func (b *bgpPart) shutdown() {
 		sp.Stop()
 	}
 	if err := b.holdVIPs(b.cfg.Interface, b.cfg.VIPs, false); err != nil {
+		// Kept recorded: the next start or `lvsha cleanup` tries again.
 		b.log.Error("bgp: cannot release the VIPs", "interface", b.cfg.Interface, "err", err)
+		return
 	}
+	b.record(b.cfg.Interface, b.cfg.VIPs, false)
 }
 
 func (b *bgpPart) stop() {

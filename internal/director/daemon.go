@@ -252,6 +252,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// BGP stops (withdraw, drain) before IPVS, and after VRRP (deferred
 	// later), so the director serves until the routers moved its flows.
 	if d.bgpp != nil {
+		d.bgpp.record = d.vips.recorder(bgpRecordKey)
 		d.bgpp.start()
 		defer d.bgpp.stop()
 	}

@@ -29,9 +29,13 @@ const (
 	// ownedFile lists the IPVS services the daemon owns, so one removed
 	// from the config while it was stopped is still deleted.
 	ownedFile = "ipvs-owned"
-	// vipsFile records the VIPs each VRRP instance holds, so VIPs a killed
-	// process never released can be removed (vipRecord).
+	// vipsFile records the VIPs each VRRP instance holds, and those of
+	// [bgp], so VIPs a killed process never released can be removed
+	// (vipRecord).
 	vipsFile = "vips.json"
+	// bgpRecordKey is [bgp]'s entry in vipsFile, beside the instances'
+	// names; brackets, which no sane instance name has, keep it apart.
+	bgpRecordKey = "[bgp]"
 )
 
 func stateFile(cfg *conf.Config, name string) string {
@@ -73,7 +77,7 @@ type heldVIPs struct {
 }
 
 // vipRecord keeps in a file the VIPs each VRRP instance holds (by instance
-// name). A process killed while master leaves its VIPs on the interface,
+// name), and those [bgp] holds (bgpRecordKey). A process killed while master leaves its VIPs on the interface,
 // answering ARP for an address the other director now holds; the record
 // lets its next start, or `lvsha cleanup` after it, remove them whatever
 // the config says by then.

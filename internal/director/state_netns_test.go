@@ -165,3 +165,105 @@ func TestLeftoverVIPsAfterKill(t *testing.T) {
 		t.Errorf("lvsha cleanup after a clean stop: %v\n%s", err, out)
 	}
 }
+
+const leftoverBGPConfig = `
+[global]
+control_socket = %[1]q
+state_dir = %[2]q
+
+[[virtual_server]]
+address = "%[3]s:80"
+[[virtual_server.real_server]]
+address = "10.98.0.10:80"
+
+[bgp]
+asn = 65001
+router_id = "10.98.0.2"
+announce = [%[3]q]
+drain_time = "0s"
+[[bgp.neighbor]]
+address = "10.98.0.254"
+asn = 65000
+`
+
+// TestLeftoverBGPVIPsAfterKill: the VIPs [bgp] holds on lo are recorded
+// like VRRP's, so a SIGKILLed director's VIP, since dropped from announce,
+// is removed by the next start; a clean stop leaves nothing recorded.
+func TestLeftoverBGPVIPsAfterKill(t *testing.T) {
+	if testing.Short() {
+		testutil.Unavailable(t, "namespace tests do not run with -short")
+	}
+	testutil.NeedRoot(t)
+	lab, err := netns.NewLab(netns.UniquePrefix("lbk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	node, err := lab.AddNode("d1", netip.MustParsePrefix("10.98.0.2/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	bin := buildLvsha(t)
+	file, sock, state := filepath.Join(dir, "lvsha.toml"), filepath.Join(dir, "lvsha.sock"), filepath.Join(dir, "state")
+	record := filepath.Join(state, vipsFile)
+	onLo := func(vip netip.Addr) bool {
+		ok, err := node.HasAddr("lo", vip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	start := func(vip string) *director {
+		if err := os.WriteFile(file, fmt.Appendf(nil, leftoverBGPConfig, sock, state, vip), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		d := &director{node: node, file: file, sock: sock, log: &syncBuffer{}, done: make(chan error, 1)}
+		d.cmd = exec.Command(bin, "-f", file)
+		d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+		if err := node.Start(d.cmd); err != nil {
+			t.Fatal(err)
+		}
+		go func() { d.done <- d.cmd.Wait() }()
+		t.Cleanup(func() {
+			if d.cmd.ProcessState == nil {
+				_ = d.cmd.Process.Kill()
+				<-d.done
+			}
+			if t.Failed() {
+				t.Logf("log:\n%s", d.log.String())
+			}
+		})
+		waitCond(t, vip+" recorded and on lo", func() bool {
+			held, err := readVIPRecord(record)
+			return err == nil && held[bgpRecordKey].Interface == "lo" &&
+				fmt.Sprint(held[bgpRecordKey].VIPs) == "["+vip+"/32]" && onLo(netip.MustParseAddr(vip))
+		})
+		return d
+	}
+	vip1, vip2 := netip.MustParseAddr("10.99.0.1"), netip.MustParseAddr("10.99.0.2")
+
+	d := start(vip1.String())
+	_ = d.cmd.Process.Signal(syscall.SIGKILL)
+	<-d.done
+	if !onLo(vip1) {
+		t.Fatal("the killed director's VIP is gone by itself: nothing left to test")
+	}
+	d = start(vip2.String())
+	if onLo(vip1) {
+		t.Error("a start whose announce no longer lists the VIP left the killed run's VIP on lo")
+	}
+	if lg := d.log.String(); !strings.Contains(lg, "removing a VIP a previous run left") || !strings.Contains(lg, "vip=10.99.0.1/32") {
+		t.Errorf("the removal is not logged:\n%s", lg)
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-d.done; err != nil {
+		t.Errorf("lvsha exited with %v after SIGTERM", err)
+	}
+	if onLo(vip2) {
+		t.Error("the VIP stayed on lo after a clean stop")
+	}
+	if held, err := readVIPRecord(record); err != nil || len(held) != 0 {
+		t.Errorf("record after a clean stop: %+v %v", held, err)
+	}
+}
