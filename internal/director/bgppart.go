@@ -76,8 +76,8 @@ type bgpPart struct {
 	// removed at the next start or by `lvsha cleanup`.
 	record func(iface string, vips []netip.Prefix, held bool)
 	kick   chan struct{} // capacity 1
-	quit     chan struct{}
-	done     chan struct{}
+	quit   chan struct{}
+	done   chan struct{}
 
 	mu        sync.Mutex
 	sp        Speaker
@@ -98,7 +98,7 @@ func newBGPPart(cfg conf.BGP, log *slog.Logger, open func(conf.BGP) (Speaker, er
 	}
 	return &bgpPart{log: log, cfg: cfg, open: open, holdVIPs: holdVIPs, verdicts: verdicts, sysctl: writeSysctl,
 		record: func(string, []netip.Prefix, bool) {},
-		kick: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
+		kick:   make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{}),
 		announced: map[netip.Prefix]bool{}, reasons: map[netip.Prefix]string{}}
 }
 
