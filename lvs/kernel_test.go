@@ -389,3 +389,53 @@ func TestKernelBatchErrors(t *testing.T) {
 		t.Fatalf("table %q", got)
 	}
 }
+
+// TestKernelMHOrder: the kernel keeps an mh service's destinations in the
+// order they were added (its Maglev table is built walking that list). A
+// real server joining a running service between two others ends up where
+// a fresh start puts it, so a director restarted later builds the same
+// table; the control, the same join made by a plain add, does not.
+func TestKernelMHOrder(t *testing.T) {
+	needVM(t)
+	k, other := freshIPVS(t, "mho")
+	r := lvs.NewReconciler(k, nil)
+	a, b, c := netip.MustParseAddrPort("192.168.94.131:80"), netip.MustParseAddrPort("192.168.94.132:80"), netip.MustParseAddrPort("192.168.94.133:80")
+	svc := func(port uint16, reals ...netip.AddrPort) lvs.Service {
+		s := lvs.Service{Key: lvs.Key{Proto: lvs.TCP, Addr: netip.AddrPortFrom(vip.Addr(), port)}, Scheduler: "mh", Forwarding: lvs.DR}
+		for _, x := range reals {
+			s.Reals = append(s.Reals, lvs.Real{Addr: x, Weight: 1, Up: true})
+		}
+		return s
+	}
+	order := func(port uint16) string {
+		t.Helper()
+		ds, err := other.Destinations(lvs.Key{Proto: lvs.TCP, Addr: netip.AddrPortFrom(vip.Addr(), port)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s []string
+		for _, d := range ds {
+			s = append(s, d.Addr.String())
+		}
+		return strings.Join(s, " ")
+	}
+	if _, err := r.Apply([]lvs.Service{svc(82, a, c)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Apply([]lvs.Service{svc(82, a, b, c), svc(81, a, b, c)}); err != nil {
+		t.Fatal(err)
+	}
+	ctl := lvs.KService{Key: lvs.Key{Proto: lvs.TCP, Addr: netip.AddrPortFrom(vip.Addr(), 83)}, Scheduler: "mh"}
+	write(t, other, lvs.Change{Kind: lvs.OpNewService, Service: ctl})
+	for _, x := range []netip.AddrPort{a, c, b} {
+		write(t, other, lvs.Change{Kind: lvs.OpNewDest, Service: ctl, Dest: lvs.KDest{Addr: x, Weight: 1, Forwarding: lvs.DR}})
+	}
+	fresh, grown, plain := order(81), order(82), order(83)
+	t.Logf("kernel order: fresh %s; joined by lvsha %s; joined by a plain add %s", fresh, grown, plain)
+	if grown != fresh {
+		t.Errorf("after the join the kernel holds %s, a fresh start %s", grown, fresh)
+	}
+	if plain == fresh {
+		t.Errorf("control: a plain add gives the fresh order too (%s): the kernel's order does not depend on the additions, the test cannot fail", plain)
+	}
+}

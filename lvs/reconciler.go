@@ -339,6 +339,30 @@ func (r *Reconciler) commit(c Change) {
 	}
 }
 
+// mhReAdd returns, for an mh service that gains a destination, the first
+// new one in address order (dests are sorted), or the zero AddrPort. The
+// kernel's Maglev table depends on the order the destinations were added
+// in; a director that starts now adds them all in address order, so the
+// ones after the new one must be deleted and added again after it for
+// this director to build the same table. The kernel keeps a deleted
+// destination's connections and takes it back from its trash when it is
+// added again; packets for it in between (one netlink batch) are dropped,
+// not reset.
+func mhReAdd(scheduler string, dests []KDest, cur map[netip.AddrPort]KDest) netip.AddrPort {
+	if scheduler != "mh" || cur == nil {
+		return netip.AddrPort{}
+	}
+	for i, d := range dests {
+		if _, ok := cur[d.Addr]; !ok {
+			if i == len(dests)-1 {
+				return netip.AddrPort{} // last in order: appending is the fresh order
+			}
+			return d.Addr
+		}
+	}
+	return netip.AddrPort{}
+}
+
 // planService appends the changes that make the kernel's copy of s match.
 func (r *Reconciler) planService(s *Service, rep *Report, plan []planned) []planned {
 	ks, dests, lost := target(s, r.scratchDests)
@@ -372,11 +396,23 @@ func (r *Reconciler) planService(s *Service, rep *Report, plan []planned) []plan
 		curDests = cur.dests
 	}
 	key := KService{Key: s.Key}
+	readd := mhReAdd(s.Scheduler, dests, curDests)
+	for _, d := range dests {
+		if readd.IsValid() && d.Addr.Compare(readd) > 0 {
+			if _, ok := curDests[d.Addr]; ok {
+				plan = append(plan, planned{Op{Kind: OpDelDest, Service: s.Key, Dest: d.Addr, Detail: "re-added after " + readd.String() + " to keep the mh order"},
+					Change{Kind: OpDelDest, Service: key, Dest: KDest{Addr: d.Addr}}})
+			}
+		}
+	}
 	keep := r.scratchAddrs
 	clear(keep)
 	for _, d := range dests {
 		keep[d.Addr] = true
 		have, ok := curDests[d.Addr]
+		if ok && readd.IsValid() && d.Addr.Compare(readd) > 0 {
+			ok = false // deleted above, added again in order
+		}
 		switch {
 		case !ok:
 			plan = append(plan, planned{Op{Kind: OpNewDest, Service: s.Key, Dest: d.Addr, Detail: fmt.Sprintf("weight %d %v", d.Weight, d.Forwarding)},

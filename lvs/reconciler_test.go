@@ -369,3 +369,41 @@ func TestMHFlags(t *testing.T) {
 	mustApply(t, r, s)
 	wantCalls(t, f)
 }
+
+// TestMHDestinationAddedInOrder: a destination that joins a running mh
+// service between others is added where a fresh start would add it: the
+// ones after it are deleted and added again after it (the kernel's Maglev
+// table follows the order of addition). One joining last is simply added;
+// other schedulers never re-add.
+func TestMHDestinationAddedInOrder(t *testing.T) {
+	web0 := netip.MustParseAddrPort("192.168.94.130:80")
+	web9 := netip.MustParseAddrPort("192.168.94.139:80")
+	for _, tc := range []struct {
+		sched string
+		add   netip.AddrPort
+		want  []string
+	}{
+		{"mh", web0, []string{
+			"DelDestination tcp/192.168.94.200:80 192.168.94.134:80",
+			"DelDestination tcp/192.168.94.200:80 192.168.94.135:80",
+			"NewDestination tcp/192.168.94.200:80 192.168.94.130:80 weight=1 dr",
+			"NewDestination tcp/192.168.94.200:80 192.168.94.134:80 weight=1 dr",
+			"NewDestination tcp/192.168.94.200:80 192.168.94.135:80 weight=1 dr"}},
+		{"mh", web9, []string{"NewDestination tcp/192.168.94.200:80 192.168.94.139:80 weight=1 dr"}},
+		{"rr", web0, []string{"NewDestination tcp/192.168.94.200:80 192.168.94.130:80 weight=1 dr"}},
+	} {
+		t.Run(tc.sched+"-"+tc.add.String(), func(t *testing.T) {
+			f, r := newReconciler(t)
+			s := seed()
+			s.Scheduler = tc.sched
+			mustApply(t, r, s)
+			f.Reset()
+			s.Reals = append(s.Reals, lvs.Real{Addr: tc.add, Weight: 1, Up: true})
+			mustApply(t, r, s)
+			wantCalls(t, f, tc.want...)
+			f.Reset()
+			mustApply(t, r, s)
+			wantCalls(t, f)
+		})
+	}
+}
