@@ -124,9 +124,15 @@ type bgpDirector struct {
 
 func startBGPDirector(t *testing.T, node *netns.Node, dir string, mute bool) *bgpDirector {
 	t.Helper()
+	return startBGPDirectorConf(t, node, dir, fmt.Sprintf(bgpDirectorConfig, dir, node.Addr.Addr()), mute)
+}
+
+// startBGPDirectorConf runs a director of config (its files in dir).
+func startBGPDirectorConf(t *testing.T, node *netns.Node, dir, config string, mute bool) *bgpDirector {
+	t.Helper()
 	d := &bgpDirector{node: node, dir: dir, log: &syncBuffer{}, done: make(chan error, 1)}
 	file := filepath.Join(dir, "lvsha.toml")
-	if err := os.WriteFile(file, fmt.Appendf(nil, bgpDirectorConfig, dir, node.Addr.Addr()), 0o644); err != nil {
+	if err := os.WriteFile(file, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	d.cmd = exec.Command(os.Args[0], "-test.run=^TestBGPDirectorChild$", "-test.count=1")
@@ -209,11 +215,6 @@ func TestBGPWithFRR(t *testing.T) {
 		t.Skip("namespaces and FRR: not in -short")
 	}
 	testutil.NeedRoot(t)
-	for _, bin := range []string{"/usr/lib/frr/bgpd", "/usr/lib/frr/zebra"} {
-		if _, err := os.Stat(bin); err != nil {
-			testutil.Unavailable(t, "FRR is not installed (internal/testenv/setup.sh installs it): "+err.Error())
-		}
-	}
 	lab, err := netns.NewLab(netns.UniquePrefix("bgp"))
 	if err != nil {
 		t.Fatal(err)
@@ -230,45 +231,8 @@ func TestBGPWithFRR(t *testing.T) {
 		}
 	}
 
-	// FRR in the router's namespace, all its files in one directory.
-	// FRR drops to user frr (as root it insists on the frrvty group):
-	// its directory must be frr's, under a parent it can enter.
-	fdir, err := os.MkdirTemp("", "lvsha-frr-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(fdir) })
-	if uid, gid := frrIDs(t); os.Chown(fdir, uid, gid) != nil {
-		t.Fatal("chown the FRR directory")
-	}
-	if err := os.WriteFile(filepath.Join(fdir, "bgpd.conf"), []byte(frrBGPConfig), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(fdir, "zebra.conf"), []byte("hostname r\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	zsock := filepath.Join(fdir, "zserv.api")
-	var frrLog syncBuffer
-	for _, daemon := range []string{"zebra", "bgpd"} {
-		cmd := exec.Command("/usr/lib/frr/"+daemon, "-u", "frr", "-g", "frr", "-z", zsock, "--vty_socket", fdir,
-			"-i", filepath.Join(fdir, daemon+".pid"), "-f", filepath.Join(fdir, daemon+".conf"), "--log", "stdout")
-		cmd.Stdout, cmd.Stderr = &frrLog, &frrLog
-		if err := r.Start(cmd); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		})
-		if daemon == "zebra" && !netns.WaitFor(5*time.Second, 20*time.Millisecond, func() bool { _, err := os.Stat(zsock); return err == nil }) {
-			t.Fatalf("zebra did not start:\n%s", frrLog.String())
-		}
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("FRR log:\n%s", frrLog.String())
-		}
-	})
+	startFRR(t, r, frrBGPConfig)
+
 
 	dirs := [2]string{t.TempDir(), t.TempDir()}
 	// d1 muted (its session comes up, it announces nothing), d2 normal.
@@ -364,6 +328,55 @@ func TestBGPWithFRR(t *testing.T) {
 	}
 }
 
+// startFRR runs FRR's zebra and bgpd with bgpdConf in the router's
+// namespace, all their files in one directory. FRR drops to user frr (as
+// root it insists on the frrvty group): its directory must be frr's,
+// under a parent it can enter.
+func startFRR(t *testing.T, r *netns.Node, bgpdConf string) {
+	t.Helper()
+	for _, bin := range []string{"/usr/lib/frr/bgpd", "/usr/lib/frr/zebra"} {
+		if _, err := os.Stat(bin); err != nil {
+			testutil.Unavailable(t, "FRR is not installed (internal/testenv/setup.sh installs it): "+err.Error())
+		}
+	}
+	fdir, err := os.MkdirTemp("", "lvsha-frr-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(fdir) })
+	if uid, gid := frrIDs(t); os.Chown(fdir, uid, gid) != nil {
+		t.Fatal("chown the FRR directory")
+	}
+	if err := os.WriteFile(filepath.Join(fdir, "bgpd.conf"), []byte(bgpdConf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(fdir, "zebra.conf"), []byte("hostname r\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	zsock := filepath.Join(fdir, "zserv.api")
+	var frrLog syncBuffer
+	for _, daemon := range []string{"zebra", "bgpd"} {
+		cmd := exec.Command("/usr/lib/frr/"+daemon, "-u", "frr", "-g", "frr", "-z", zsock, "--vty_socket", fdir,
+			"-i", filepath.Join(fdir, daemon+".pid"), "-f", filepath.Join(fdir, daemon+".conf"), "--log", "stdout")
+		cmd.Stdout, cmd.Stderr = &frrLog, &frrLog
+		if err := r.Start(cmd); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+		if daemon == "zebra" && !netns.WaitFor(5*time.Second, 20*time.Millisecond, func() bool { _, err := os.Stat(zsock); return err == nil }) {
+			t.Fatalf("zebra did not start:\n%s", frrLog.String())
+		}
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("FRR log:\n%s", frrLog.String())
+		}
+	})
+}
+
 // frrIDs are the uid and gid of the frr user the package creates.
 func frrIDs(t *testing.T) (int, int) {
 	t.Helper()
@@ -374,4 +387,119 @@ func frrIDs(t *testing.T) (int, int) {
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 	return uid, gid
+}
+
+const bgpDirectorConfig6 = `
+[global]
+control_socket = "%[1]s/lvsha.sock"
+state_dir = "%[1]s/state"
+realtime_priority = 0
+
+[[virtual_server]]
+address = "[fd99::1]:80"
+scheduler = "rr"
+[virtual_server.check]
+type = "exec"
+argv = ["/bin/sh", "-c", "! test -e %[1]s/down"]
+interval = "500ms"
+timeout = "400ms"
+rise = 1
+fall = 1
+[[virtual_server.real_server]]
+address = "[fd00::100]:80"
+
+[bgp]
+asn = 65001
+router_id = "%[2]s"
+announce = ["fd99::1"]
+drain_time = "2s"
+[[bgp.neighbor]]
+address = "fd00::254"
+asn = 65000
+hold_time = "3s"
+connect_retry = "1s"
+`
+
+const frrBGPConfig6 = `frr defaults datacenter
+hostname r
+router bgp 65000
+ bgp router-id 10.0.0.254
+ no bgp ebgp-requires-policy
+ neighbor fd00::1 remote-as 65001
+ neighbor fd00::2 remote-as 65001
+ address-family ipv6 unicast
+  neighbor fd00::1 activate
+  neighbor fd00::2 activate
+  maximum-paths 4
+ exit-address-family
+`
+
+// TestBGPWithFRRIPv6: directors peering with FRR over IPv6 announce an
+// IPv6 VIP as a /128 with next-hop self; the router's kernel route has one
+// next hop per director that can serve it, and loses each one on a quorum
+// loss and on a clean stop.
+func TestBGPWithFRRIPv6(t *testing.T) {
+	if testing.Short() {
+		t.Skip("namespaces and FRR: not in -short")
+	}
+	testutil.NeedRoot(t)
+	lab, err := netns.NewLab(netns.UniquePrefix("bg6"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lab.Close() })
+	addNode := func(role string, n int) *netns.Node {
+		node, err := lab.AddNode(role, netip.MustParsePrefix(fmt.Sprintf("10.0.0.%d/24", n)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := node.Run("ip", "-6", "addr", "add", fmt.Sprintf("fd00::%d/64", n), "dev", "eth0", "nodad"); err != nil {
+			t.Fatalf("%s: %v %s", role, err, out)
+		}
+		return node
+	}
+	r := addNode("r", 254)
+	d1n, d2n := addNode("d1", 1), addNode("d2", 2)
+	startFRR(t, r, frrBGPConfig6)
+
+	hops := func() string {
+		out, err := r.Run("ip", "-6", "route", "show", "fd99::1")
+		if err != nil {
+			t.Fatalf("ip route: %v: %s", err, out)
+		}
+		var hs []string
+		for f := range strings.FieldsSeq(out) {
+			if strings.HasPrefix(f, "fd00::") {
+				hs = append(hs, f)
+			}
+		}
+		slices.Sort(hs)
+		return strings.Join(hs, " ")
+	}
+	wait := func(want string, timeout time.Duration) {
+		t.Helper()
+		if !netns.WaitFor(timeout, 50*time.Millisecond, func() bool { return hops() == want }) {
+			t.Fatalf("route to fd99::1: next hops %q, want %q", hops(), want)
+		}
+	}
+	start := func(node *netns.Node) *bgpDirector {
+		dir := t.TempDir()
+		return startBGPDirectorConf(t, node, dir, fmt.Sprintf(bgpDirectorConfig6, dir, node.Addr.Addr()), false)
+	}
+	d1 := start(d1n)
+	wait("fd00::1", 20*time.Second)
+	d2 := start(d2n)
+	wait("fd00::1 fd00::2", 20*time.Second)
+	if st := d2.status(); st == nil || st.BGP == nil || len(st.BGP.VIPs) != 1 || st.BGP.VIPs[0].Prefix != "fd99::1/128" || !st.BGP.VIPs[0].Announced {
+		t.Errorf("d2 status does not show fd99::1/128 announced: %+v", st)
+	}
+	if err := os.WriteFile(filepath.Join(d2.dir, "down"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wait("fd00::1", 10*time.Second)
+	_ = d1.cmd.Process.Signal(syscall.SIGTERM)
+	wait("", 2*time.Second)
+	if d1.exited() {
+		t.Error("d1 exited before its drain time: the route went with the process, not with the withdrawal")
+	}
 }
