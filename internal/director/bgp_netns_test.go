@@ -66,6 +66,9 @@ func TestBGPDirectorChild(t *testing.T) {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	opts.Reload = hup
 	if err := New(cfg, slog.New(slog.NewTextHandler(os.Stderr, nil)), opts).Run(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -407,11 +410,11 @@ rise = 1
 fall = 1
 [[virtual_server.real_server]]
 address = "[fd00::100]:80"
-
+%[3]s
 [bgp]
 asn = 65001
 router_id = "%[2]s"
-announce = ["fd99::1"]
+announce = [%[4]s]
 drain_time = "2s"
 [[bgp.neighbor]]
 address = "fd00::254"
@@ -437,7 +440,7 @@ router bgp 65000
 // TestBGPWithFRRIPv6: directors peering with FRR over IPv6 announce an
 // IPv6 VIP as a /128 with next-hop self; the router's kernel route has one
 // next hop per director that can serve it, and loses each one on a quorum
-// loss and on a clean stop.
+// loss and on a clean stop. A reload adds and removes a VIP live.
 func TestBGPWithFRRIPv6(t *testing.T) {
 	if testing.Short() {
 		t.Skip("namespaces and FRR: not in -short")
@@ -462,8 +465,8 @@ func TestBGPWithFRRIPv6(t *testing.T) {
 	d1n, d2n := addNode("d1", 1), addNode("d2", 2)
 	startFRR(t, r, frrBGPConfig6)
 
-	hops := func() string {
-		out, err := r.Run("ip", "-6", "route", "show", "fd99::1")
+	hops := func(vip string) string {
+		out, err := r.Run("ip", "-6", "route", "show", vip)
 		if err != nil {
 			t.Fatalf("ip route: %v: %s", err, out)
 		}
@@ -476,29 +479,58 @@ func TestBGPWithFRRIPv6(t *testing.T) {
 		slices.Sort(hs)
 		return strings.Join(hs, " ")
 	}
-	wait := func(want string, timeout time.Duration) {
+	wait := func(vip, want string, timeout time.Duration) {
 		t.Helper()
-		if !netns.WaitFor(timeout, 50*time.Millisecond, func() bool { return hops() == want }) {
-			t.Fatalf("route to fd99::1: next hops %q, want %q", hops(), want)
+		if !netns.WaitFor(timeout, 50*time.Millisecond, func() bool { return hops(vip) == want }) {
+			t.Fatalf("route to %s: next hops %q, want %q", vip, hops(vip), want)
 		}
+	}
+	config := func(dir string, node *netns.Node, second bool) string {
+		extra, announce := "", `"fd99::1"`
+		if second {
+			extra = "[[virtual_server]]\naddress = \"[fd99::2]:80\"\n[[virtual_server.real_server]]\naddress = \"[fd00::100]:80\"\n"
+			announce += `, "fd99::2"`
+		}
+		return fmt.Sprintf(bgpDirectorConfig6, dir, node.Addr.Addr(), extra, announce)
 	}
 	start := func(node *netns.Node) *bgpDirector {
 		dir := t.TempDir()
-		return startBGPDirectorConf(t, node, dir, fmt.Sprintf(bgpDirectorConfig6, dir, node.Addr.Addr()), false)
+		return startBGPDirectorConf(t, node, dir, config(dir, node, false), false)
 	}
 	d1 := start(d1n)
-	wait("fd00::1", 20*time.Second)
+	wait("fd99::1", "fd00::1", 20*time.Second)
 	d2 := start(d2n)
-	wait("fd00::1 fd00::2", 20*time.Second)
+	wait("fd99::1", "fd00::1 fd00::2", 20*time.Second)
 	if st := d2.status(); st == nil || st.BGP == nil || len(st.BGP.VIPs) != 1 || st.BGP.VIPs[0].Prefix != "fd99::1/128" || !st.BGP.VIPs[0].Announced {
 		t.Errorf("d2 status does not show fd99::1/128 announced: %+v", st)
+	}
+
+	// A reload adds a VIP to d2's announce, then removes it: the router
+	// gains and loses that route, and the other VIP's two next hops stay.
+	reload := func(second bool) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(d2.dir, "lvsha.toml"), []byte(config(d2.dir, d2n, second)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_ = d2.cmd.Process.Signal(syscall.SIGHUP)
+	}
+	reload(true)
+	wait("fd99::2", "fd00::2", 10*time.Second)
+	if ok, err := d2n.HasAddr("lo", netip.MustParseAddr("fd99::2")); err != nil || !ok {
+		t.Errorf("d2 does not hold the reloaded VIP on lo: %v %v", ok, err)
+	}
+	reload(false)
+	wait("fd99::2", "", 10*time.Second)
+	wait("fd99::1", "fd00::1 fd00::2", time.Second)
+	if ok, err := d2n.HasAddr("lo", netip.MustParseAddr("fd99::2")); err != nil || ok {
+		t.Errorf("d2 still holds the VIP removed by the reload on lo: %v %v", ok, err)
 	}
 	if err := os.WriteFile(filepath.Join(d2.dir, "down"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	wait("fd00::1", 10*time.Second)
+	wait("fd99::1", "fd00::1", 10*time.Second)
 	_ = d1.cmd.Process.Signal(syscall.SIGTERM)
-	wait("", 2*time.Second)
+	wait("fd99::1", "", 2*time.Second)
 	if d1.exited() {
 		t.Error("d1 exited before its drain time: the route went with the process, not with the withdrawal")
 	}

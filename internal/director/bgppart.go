@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,6 +25,8 @@ import (
 type Speaker interface {
 	Announce(netip.Prefix) error
 	Withdraw(netip.Prefix) error
+	AddNeighbor(bgp.Neighbor) error
+	DeleteNeighbor(netip.Addr) error
 	Neighbors(context.Context) ([]bgp.NeighborStatus, error)
 	Stop()
 }
@@ -62,14 +65,36 @@ func bgpVerdicts(vips []netip.Prefix, desired []lvs.Service, programmed func(lvs
 	return out
 }
 
+// bgpRestartNeeded says why a reload cannot apply new to a running [bgp]
+// (old), "" if it can: the speaker's identity and the VIPs' interface are
+// fixed for its life, and a [bgp] section is added or removed only by a
+// restart (a removal would have to withdraw and drain inside a reload).
+func bgpRestartNeeded(old, new *conf.BGP) string {
+	switch {
+	case old == nil && new == nil:
+		return ""
+	case old == nil:
+		return "adding [bgp] needs a restart"
+	case new == nil:
+		return "removing [bgp] needs a restart"
+	case old.ASN != new.ASN || old.RouterID != new.RouterID || old.ListenPort != new.ListenPort || old.Interface != new.Interface:
+		return "changes of bgp.asn, bgp.router_id, bgp.listen_port and bgp.interface need a restart"
+	}
+	return ""
+}
+
 // bgpPart holds the VIPs of [bgp] on their interface and keeps their
-// announcements in line with bgpVerdicts. [bgp] is read at start only.
+// announcements in line with bgpVerdicts. A reload may change what is
+// announced, the neighbours and the drain time (update); the rest needs a
+// restart (bgpRestartNeeded).
 type bgpPart struct {
-	log      *slog.Logger
+	log *slog.Logger
+	// cfg is written by the run goroutine only (update hands it over),
+	// under mu for status.
 	cfg      conf.BGP
 	open     func(conf.BGP) (Speaker, error)
 	holdVIPs func(iface string, vips []netip.Prefix, add bool) error
-	verdicts func() map[netip.Prefix]string
+	verdicts func(vips []netip.Prefix) map[netip.Prefix]string
 	sysctl   func(key, value string) error
 	// record notes in the state directory the VIPs held (vipRecord), so
 	// that a VIP a killed run left, and since dropped from announce, is
@@ -80,6 +105,7 @@ type bgpPart struct {
 	done   chan struct{}
 
 	mu        sync.Mutex
+	pending   *conf.BGP // from a reload, for the run goroutine
 	sp        Speaker
 	err       string
 	announced map[netip.Prefix]bool
@@ -89,7 +115,7 @@ type bgpPart struct {
 }
 
 func newBGPPart(cfg conf.BGP, log *slog.Logger, open func(conf.BGP) (Speaker, error),
-	holdVIPs func(string, []netip.Prefix, bool) error, verdicts func() map[netip.Prefix]string) *bgpPart {
+	holdVIPs func(string, []netip.Prefix, bool) error, verdicts func([]netip.Prefix) map[netip.Prefix]string) *bgpPart {
 	if open == nil {
 		open = openGoBGP(log)
 	}
@@ -107,13 +133,17 @@ func openGoBGP(log *slog.Logger) func(conf.BGP) (Speaker, error) {
 	return func(c conf.BGP) (Speaker, error) {
 		bc := bgp.Config{ASN: uint32(c.ASN), RouterID: c.RouterIDAddr, ListenPort: uint16(c.ListenPort)}
 		for _, n := range c.Neighbors {
-			bc.Neighbors = append(bc.Neighbors, bgp.Neighbor{Addr: n.Addr, ASN: uint32(n.ASN), Password: n.Password,
-				HoldTime: n.HoldTime.D(), ConnectRetry: n.ConnectRetry.D(), Port: uint16(n.Port)})
+			bc.Neighbors = append(bc.Neighbors, bgpNeighbor(n))
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		return bgp.Start(ctx, bc, log)
 	}
+}
+
+func bgpNeighbor(n conf.BGPNeighbor) bgp.Neighbor {
+	return bgp.Neighbor{Addr: n.Addr, ASN: uint32(n.ASN), Password: n.Password,
+		HoldTime: n.HoldTime.D(), ConnectRetry: n.ConnectRetry.D(), Port: uint16(n.Port)}
 }
 
 // holdVIPsOnLink adds (or removes) the VIPs on iface, scope host so that
@@ -233,8 +263,12 @@ func (b *bgpPart) run() {
 		case <-tick.C:
 		}
 		b.mu.Lock()
-		sp = b.sp
+		sp, nc := b.sp, b.pending
+		b.pending = nil
 		b.mu.Unlock()
+		if nc != nil {
+			b.apply(sp, *nc)
+		}
 		if sp != nil {
 			b.evaluate(sp)
 		}
@@ -243,7 +277,7 @@ func (b *bgpPart) run() {
 
 // evaluate announces and withdraws what bgpVerdicts calls for.
 func (b *bgpPart) evaluate(sp Speaker) {
-	v := b.verdicts()
+	v := b.verdicts(b.cfg.VIPs)
 	for _, vip := range b.cfg.VIPs {
 		reason := v[vip]
 		b.mu.Lock()
@@ -265,6 +299,97 @@ func (b *bgpPart) evaluate(sp Speaker) {
 			b.mu.Unlock()
 		case reason != "" && was:
 			b.withdraw(sp, vip, reason)
+		}
+	}
+}
+
+// update hands a reloaded [bgp] to the run goroutine; bgpRestartNeeded
+// must have accepted it.
+func (b *bgpPart) update(nc conf.BGP) {
+	b.mu.Lock()
+	b.pending = &nc
+	b.mu.Unlock()
+	b.poke()
+}
+
+// apply makes a reloaded [bgp] the running one: new VIPs are held (and
+// announced once they may be, by evaluate), removed ones withdrawn at once
+// and released, and neighbours added, removed or, when changed, replaced
+// (only that session restarts). Without a running speaker, the next start
+// uses nc.
+func (b *bgpPart) apply(sp Speaker, nc conf.BGP) {
+	old := b.cfg
+	added := slices.DeleteFunc(slices.Clone(nc.VIPs), func(p netip.Prefix) bool { return slices.Contains(old.VIPs, p) })
+	removed := slices.DeleteFunc(slices.Clone(old.VIPs), func(p netip.Prefix) bool { return slices.Contains(nc.VIPs, p) })
+	if len(added) > 0 {
+		b.record(nc.Interface, slices.Concat(old.VIPs, added), true)
+		if err := b.holdVIPs(nc.Interface, added, true); err != nil {
+			// Announcing a VIP not held would black-hole its traffic.
+			b.log.Error("bgp: reload: cannot hold the new VIPs; not announcing them", "vips", added, "err", err)
+			b.setErr("hold VIPs on " + nc.Interface + ": " + err.Error())
+			nc.VIPs = slices.DeleteFunc(nc.VIPs, func(p netip.Prefix) bool { return slices.Contains(added, p) })
+		}
+	}
+	for _, vip := range removed {
+		b.mu.Lock()
+		was := b.announced[vip]
+		b.mu.Unlock()
+		if was && sp != nil {
+			b.withdraw(sp, vip, "removed from announce by a reload")
+		}
+	}
+	if len(removed) > 0 {
+		if err := b.holdVIPs(old.Interface, removed, false); err != nil {
+			b.log.Error("bgp: reload: cannot release the VIPs removed from announce", "vips", removed, "err", err)
+		}
+	}
+	if sp != nil {
+		b.applyNeighbors(sp, old.Neighbors, nc.Neighbors)
+	}
+	b.mu.Lock()
+	b.cfg = nc
+	for _, vip := range removed {
+		delete(b.reasons, vip)
+		delete(b.announced, vip) // a failed withdrawal: the session's next reset drops it
+	}
+	b.mu.Unlock()
+	b.record(nc.Interface, nc.VIPs, true)
+	if nc.SloppyTCP && !old.SloppyTCP {
+		if err := b.sysctl("net.ipv4.vs.sloppy_tcp", "1"); err != nil {
+			b.log.Warn("bgp: cannot set sloppy_tcp; flows moved from another director will be reset", "err", err)
+		}
+	}
+	b.log.Info("bgp: reload applied", "added", added, "removed", removed, "neighbors", len(nc.Neighbors))
+	if sp != nil {
+		b.evaluate(sp)
+	}
+}
+
+// applyNeighbors adds the new neighbours, removes the gone ones and
+// replaces the changed ones.
+func (b *bgpPart) applyNeighbors(sp Speaker, old, nc []conf.BGPNeighbor) {
+	find := func(list []conf.BGPNeighbor, a netip.Addr) (conf.BGPNeighbor, bool) {
+		for _, n := range list {
+			if n.Addr == a {
+				return n, true
+			}
+		}
+		return conf.BGPNeighbor{}, false
+	}
+	for _, o := range old {
+		if n, ok := find(nc, o.Addr); ok && n == o {
+			continue
+		}
+		if err := sp.DeleteNeighbor(o.Addr); err != nil {
+			b.log.Error("bgp: reload: cannot remove a neighbour", "neighbor", o.Addr, "err", err)
+		}
+	}
+	for _, n := range nc {
+		if o, ok := find(old, n.Addr); ok && n == o {
+			continue
+		}
+		if err := sp.AddNeighbor(bgpNeighbor(n)); err != nil {
+			b.log.Error("bgp: reload: cannot add a neighbour", "neighbor", n.Addr, "err", err)
 		}
 	}
 }
@@ -332,8 +457,8 @@ func (b *bgpPart) stop() {
 
 // status reports the sessions and the VIPs' announcements.
 func (b *bgpPart) status(ctx context.Context) *control.BGPStatus {
-	st := &control.BGPStatus{ASN: uint32(b.cfg.ASN), RouterID: b.cfg.RouterID, Neighbors: []control.BGPNeighborStatus{}, VIPs: []control.BGPVIPStatus{}}
 	b.mu.Lock()
+	st := &control.BGPStatus{ASN: uint32(b.cfg.ASN), RouterID: b.cfg.RouterID, Neighbors: []control.BGPNeighborStatus{}, VIPs: []control.BGPVIPStatus{}}
 	sp := b.sp
 	st.Error = b.err
 	st.Withdrawals = b.withdrawn

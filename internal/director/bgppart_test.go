@@ -55,6 +55,16 @@ func (f *fakeSpeaker) Withdraw(p netip.Prefix) error {
 	return nil
 }
 
+func (f *fakeSpeaker) AddNeighbor(n bgp.Neighbor) error {
+	f.record(fmt.Sprintf("add-neighbor %s hold=%s", n.Addr, n.HoldTime))
+	return nil
+}
+
+func (f *fakeSpeaker) DeleteNeighbor(a netip.Addr) error {
+	f.record("delete-neighbor " + a.String())
+	return nil
+}
+
 func (f *fakeSpeaker) Neighbors(context.Context) ([]bgp.NeighborStatus, error) {
 	return []bgp.NeighborStatus{{Address: "192.0.2.254", ASN: 65000, State: "established"}}, nil
 }
@@ -120,7 +130,7 @@ func TestBGPShutdownWithdrawsThenDrains(t *testing.T) {
 			return nil
 		}
 		b := newBGPPart(cfg, slog.New(slog.DiscardHandler), func(conf.BGP) (Speaker, error) { return sp, nil }, hold,
-			func() map[netip.Prefix]string { return map[netip.Prefix]string{vip: ""} })
+			func([]netip.Prefix) map[netip.Prefix]string { return map[netip.Prefix]string{vip: ""} })
 		b.start()
 		synctest.Wait()
 		b.stop()
@@ -270,4 +280,87 @@ asn = 65000
 	if got := sp.log(); len(got) != 0 {
 		t.Errorf("speaker calls %q, want none", got)
 	}
+}
+
+// TestBGPReload: a reload that changes what is announced and the
+// neighbours applies it to the running speaker: the new VIP is held before
+// it is announced, the removed one is withdrawn before it is released, an
+// unchanged neighbour is left alone, a changed one is replaced, a new one
+// added; both records follow. Identity changes are refused (restart).
+func TestBGPReload(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a, b := netip.MustParsePrefix("192.0.2.10/32"), netip.MustParsePrefix("192.0.2.11/32")
+		n1, n2, n3 := netip.MustParseAddr("192.0.2.254"), netip.MustParseAddr("192.0.2.253"), netip.MustParseAddr("192.0.2.252")
+		nb := func(a netip.Addr, hold time.Duration) conf.BGPNeighbor {
+			return conf.BGPNeighbor{Addr: a, ASN: 65000, HoldTime: conf.Duration(hold)}
+		}
+		cfg := conf.BGP{ASN: 65001, Interface: "lo", VIPs: []netip.Prefix{a},
+			Neighbors: []conf.BGPNeighbor{nb(n1, 9*time.Second), nb(n3, 9*time.Second)}}
+		sp := &fakeSpeaker{live: map[netip.Prefix]bool{}}
+		hold := func(iface string, vips []netip.Prefix, add bool) error {
+			sp.record(fmt.Sprintf("hold %s %v %v", iface, vips, add))
+			return nil
+		}
+		b2 := newBGPPart(cfg, slog.New(slog.DiscardHandler), func(conf.BGP) (Speaker, error) { return sp, nil }, hold,
+			func(vips []netip.Prefix) map[netip.Prefix]string {
+				v := map[netip.Prefix]string{}
+				for _, p := range vips {
+					v[p] = ""
+				}
+				return v
+			})
+		var records []string
+		b2.record = func(iface string, vips []netip.Prefix, held bool) {
+			records = append(records, fmt.Sprintf("%s %v %v", iface, vips, held))
+		}
+		b2.start()
+		synctest.Wait()
+		nc := cfg
+		nc.VIPs = []netip.Prefix{b}
+		nc.Neighbors = []conf.BGPNeighbor{nb(n1, 3*time.Second), nb(n2, 9*time.Second), nb(n3, 9*time.Second)}
+		if why := bgpRestartNeeded(&cfg, &nc); why != "" {
+			t.Fatalf("restart needed for announce and neighbours: %s", why)
+		}
+		before := len(sp.log())
+		b2.update(nc)
+		synctest.Wait()
+		want := []string{"hold lo [192.0.2.11/32] true", "withdraw 192.0.2.10/32", "hold lo [192.0.2.10/32] false",
+			"delete-neighbor 192.0.2.254", "add-neighbor 192.0.2.254 hold=3s", "add-neighbor 192.0.2.253 hold=9s",
+			"announce 192.0.2.11/32"}
+		if got := sp.log()[before:]; !slices.Equal(got, want) {
+			t.Errorf("reload calls %q, want %q", got, want)
+		}
+		if !sp.announced(b) || sp.announced(a) {
+			t.Errorf("announced %v, want only %s", sp.live, b)
+		}
+		st := b2.status(t.Context())
+		if len(st.VIPs) != 1 || st.VIPs[0].Prefix != b.String() || !st.VIPs[0].Announced ||
+			st.LastWithdraw == nil || st.LastWithdraw.Reason != "removed from announce by a reload" {
+			t.Errorf("status after the reload %+v (last withdraw %+v)", st.VIPs, st.LastWithdraw)
+		}
+		wantRec := []string{"lo [192.0.2.10/32] true", "lo [192.0.2.10/32 192.0.2.11/32] true", "lo [192.0.2.11/32] true"}
+		if !slices.Equal(records, wantRec) {
+			t.Errorf("records %q, want %q", records, wantRec)
+		}
+		b2.stop()
+
+		for _, tc := range []struct {
+			name string
+			mod  func(*conf.BGP)
+		}{
+			{"asn", func(c *conf.BGP) { c.ASN++ }},
+			{"router_id", func(c *conf.BGP) { c.RouterID = "192.0.2.99" }},
+			{"listen_port", func(c *conf.BGP) { c.ListenPort = 1179 }},
+			{"interface", func(c *conf.BGP) { c.Interface = "dummy0" }},
+		} {
+			c := cfg
+			tc.mod(&c)
+			if bgpRestartNeeded(&cfg, &c) == "" {
+				t.Errorf("a change of %s is applied live", tc.name)
+			}
+		}
+		if bgpRestartNeeded(nil, &cfg) == "" || bgpRestartNeeded(&cfg, nil) == "" || bgpRestartNeeded(nil, nil) != "" {
+			t.Error("adding or removing [bgp] by a reload is not refused")
+		}
+	})
 }

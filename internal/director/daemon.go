@@ -122,12 +122,12 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 
 // bgpVerdicts applies bgpVerdicts to the running config, the health
 // verdicts and what IPVS holds.
-func (d *Daemon) bgpVerdicts() map[netip.Prefix]string {
+func (d *Daemon) bgpVerdicts(vips []netip.Prefix) map[netip.Prefix]string {
 	health := d.hc.Verdicts()
 	d.mu.Lock()
 	desired := desiredServices(d.cfg, health, d.marks)
 	d.mu.Unlock()
-	return bgpVerdicts(d.bgpp.cfg.VIPs, desired, d.ipvs.isProgrammed)
+	return bgpVerdicts(vips, desired, d.ipvs.isProgrammed)
 }
 
 // pushTracks hands the tracked values and the sync groups' holds to every
@@ -368,9 +368,10 @@ func (d *Daemon) reload(vctx context.Context) {
 		d.log.Warn("reload: control_socket, metrics_listen and state_dir changes need a restart; keeping the old ones")
 		g.ControlSocket, g.MetricsListen, g.StateDir = o.ControlSocket, o.MetricsListen, o.StateDir
 	}
-	if !reflect.DeepEqual(cfg.BGP, old.BGP) {
-		d.log.Warn("reload: [bgp] changes need a restart; keeping the old one")
-		cfg.BGP = old.BGP
+	bgpChanged := !reflect.DeepEqual(cfg.BGP, old.BGP)
+	if why := bgpRestartNeeded(old.BGP, cfg.BGP); bgpChanged && why != "" {
+		d.log.Warn("reload: "+why+"; keeping the running [bgp]", "config", old.File)
+		cfg.BGP, bgpChanged = old.BGP, false
 	}
 	d.mu.Lock()
 	marks := assignMarks(d.marks, cfg)
@@ -392,6 +393,9 @@ func (d *Daemon) reload(vctx context.Context) {
 	d.groups.update(vctx, cfg.SyncGroups)
 	d.reloadVRRP(vctx, cfg)
 	d.syncp.setConfig(cfg.Sync)
+	if bgpChanged {
+		d.bgpp.update(*cfg.BGP)
+	}
 	d.metrics.observeReload(true)
 	d.log.Info("reload applied", "config", cfg.File)
 }

@@ -176,6 +176,23 @@ func (sp *Speaker) Withdraw(p netip.Prefix) error {
 	return nil
 }
 
+// AddNeighbor adds a router to peer with.
+func (sp *Speaker) AddNeighbor(n Neighbor) error {
+	if err := sp.s.AddPeer(context.Background(), &api.AddPeerRequest{Peer: peer(n)}); err != nil {
+		return fmt.Errorf("bgp: add neighbour %s: %w", n.Addr, err)
+	}
+	return nil
+}
+
+// DeleteNeighbor ends the session with a router (a CEASE notification,
+// which withdraws what it learnt from us) and forgets it.
+func (sp *Speaker) DeleteNeighbor(a netip.Addr) error {
+	if err := sp.s.DeletePeer(context.Background(), &api.DeletePeerRequest{Address: a.String()}); err != nil {
+		return fmt.Errorf("bgp: remove neighbour %s: %w", a, err)
+	}
+	return nil
+}
+
 // Neighbors reports each session's state, sorted by address.
 func (sp *Speaker) Neighbors(ctx context.Context) ([]NeighborStatus, error) {
 	var out []NeighborStatus
