@@ -388,14 +388,16 @@ func (d *Daemon) reload(vctx context.Context) {
 	acceptLocal(cfg, marks, d.log)
 	d.notifyCaps.Store(cfg.Global.NotifyCaps)
 
+	if bgpChanged {
+		// Before IPVS: a VIP leaving announce (its service too, perhaps)
+		// is withdrawn as early as can be.
+		d.bgpp.update(*cfg.BGP)
+	}
 	d.reconcile("reload")
 	d.tracks.update(vctx, cfg)
 	d.groups.update(vctx, cfg.SyncGroups)
 	d.reloadVRRP(vctx, cfg)
 	d.syncp.setConfig(cfg.Sync)
-	if bgpChanged {
-		d.bgpp.update(*cfg.BGP)
-	}
 	d.metrics.observeReload(true)
 	d.log.Info("reload applied", "config", cfg.File)
 }
