@@ -117,11 +117,11 @@ func openSocket(nsPath string) (*fdSocket, error) {
 	// Room for a whole batch of acks; FORCE needs CAP_NET_ADMIN, which
 	// programming IPVS needs anyway.
 	_ = unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
-	tv := unix.Timeval{Sec: 10}
-	if err := unix.SetsockoptTimeval(s.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		sock.Close()
-		return nil, fmt.Errorf("generic netlink socket: %w", err)
-	}
+	// The socket does not block (vishvananda/netlink opens it so), and
+	// needs no receive timeout: the kernel queues a request's ack within
+	// the sendmsg that carries it, and each further part of a dump within
+	// the recvmsg that takes the one before, so an empty queue means no
+	// more is coming (errNoAck).
 	return s, nil
 }
 
