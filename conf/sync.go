@@ -30,8 +30,14 @@ func (v *validator) sync(p string, sy *Sync) {
 		}
 	}
 	switch {
+	case sy.Instance == "" && v.cfg.BGP == nil:
+		v.errf(p+".instance", "required but missing (the vrrp_instance whose MASTER state runs the master daemon; only directors with [bgp] run it without one)")
 	case sy.Instance == "":
-		v.errf(p+".instance", "required but missing (the vrrp_instance whose MASTER state runs the master daemon)")
+		// Active-active: the master daemon runs all the time, and there
+		// is no instance to take the interface from.
+		if sy.Interface == "" {
+			v.errf(p+".interface", "required when [sync] follows no vrrp_instance")
+		}
 	case in == nil:
 		v.errf(p+".instance", "no vrrp_instance is named %q", sy.Instance)
 	default:

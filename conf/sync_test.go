@@ -42,3 +42,34 @@ func TestSyncDefaults(t *testing.T) {
 		t.Fatalf("no [sync]: %+v %v, want sync off", cfg.Sync, err)
 	}
 }
+
+// TestSyncActiveActive: with [bgp], [sync] may follow no instance (the
+// master daemon runs all the time); its interface must be given then, and
+// its sync_id defaults to 0, which takes every id.
+func TestSyncActiveActive(t *testing.T) {
+	const bgpBase = `
+[[virtual_server]]
+address = "10.99.0.1:80"
+[[virtual_server.real_server]]
+address = "10.0.0.100:80"
+
+[bgp]
+asn = 65001
+router_id = "10.0.0.1"
+announce = ["10.99.0.1"]
+[[bgp.neighbor]]
+address = "10.0.0.254"
+asn = 65000
+`
+	cfg, _, err := Parse("t.toml", []byte(bgpBase+"[sync]\ninterface = \"eth1\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := lvs.SyncDaemon{Interface: "eth1", Group: netip.MustParseAddr("224.0.0.81"), Port: 8848, TTL: 1}
+	if cfg.Sync == nil || cfg.Sync.Instance != "" || cfg.Sync.Runtime != want {
+		t.Fatalf("sync %+v, want %+v", cfg.Sync, want)
+	}
+	if _, _, err := Parse("t.toml", []byte("[sync]\ninterface = \"eth1\"\n")); err == nil {
+		t.Fatal("[sync] without instance and without [bgp] accepted")
+	}
+}

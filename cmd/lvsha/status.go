@@ -110,7 +110,11 @@ func printStatus(w io.Writer, st *control.Status) {
 		if sy.ConnEntries >= 0 {
 			entries = strconv.Itoa(sy.ConnEntries)
 		}
-		fmt.Fprintf(w, "\nConnection sync (master follows %s), %s connection entries:\n", dash(sy.Instance), entries)
+		follows := "master follows " + sy.Instance
+		if sy.Instance == "" {
+			follows = "master always on: active-active"
+		}
+		fmt.Fprintf(w, "\nConnection sync (%s), %s connection entries:\n", follows, entries)
 		if sy.Error != "" {
 			fmt.Fprintf(w, "  error: %s\n", sy.Error)
 		}

@@ -37,6 +37,14 @@ func wantSync(cfg *conf.Sync, master bool) []lvs.SyncDaemon {
 	return []lvs.SyncDaemon{m, b}
 }
 
+// syncMaster says whether the master daemon runs: while the followed VRRP
+// instance is MASTER, and all the time without one (active-active
+// directors under [bgp]: each syncs the connections it serves to the
+// others, and takes theirs as a backup).
+func syncMaster(cfg *conf.Sync, masters map[string]bool) bool {
+	return cfg != nil && (cfg.Instance == "" || masters[cfg.Instance])
+}
+
 // syncPart keeps the kernel's sync daemons as wantSync says, from its own
 // goroutine: a VRRP transition only records the state and wakes it. It
 // re-reads the daemons every interval (someone ran ipvsadm
@@ -136,7 +144,7 @@ func (p *syncPart) run(ctx context.Context) {
 	)
 	defer func() {
 		if k != nil {
-			p.pass(&k, &closeK) // the master daemon of a node no longer master
+			p.pass(&k, &closeK, true) // the master daemon of a node no longer master
 			closeK()
 		}
 	}()
@@ -151,7 +159,7 @@ func (p *syncPart) run(ctx context.Context) {
 		case <-tick.C:
 		}
 		wait := p.interval
-		if err := p.pass(&k, &closeK); err != nil {
+		if err := p.pass(&k, &closeK, false); err != nil {
 			wait = min(backoff(failures), p.interval)
 			failures++
 		} else {
@@ -161,11 +169,12 @@ func (p *syncPart) run(ctx context.Context) {
 	}
 }
 
-// pass brings the kernel's daemons to what is wanted now.
-func (p *syncPart) pass(k *lvs.SyncControl, closeK *func()) error {
+// pass brings the kernel's daemons to what is wanted now; final is the
+// pass at shutdown, which stops any master daemon.
+func (p *syncPart) pass(k *lvs.SyncControl, closeK *func(), final bool) error {
 	p.mu.Lock()
 	cfg := p.cfg
-	want := wantSync(cfg, cfg != nil && p.masters[cfg.Instance])
+	want := wantSync(cfg, !final && syncMaster(cfg, p.masters))
 	if len(want) > 0 {
 		p.used = true
 	}

@@ -245,3 +245,26 @@ func (g *gatedSync) Daemons() ([]lvs.SyncDaemon, error) {
 	}
 	return g.SyncControl.Daemons()
 }
+
+// TestSyncActiveActive: a [sync] that follows no instance (directors under
+// [bgp]) runs the master daemon beside the backup from the start, whatever
+// VRRP does, and stops it at shutdown, leaving the backup.
+func TestSyncActiveActive(t *testing.T) {
+	c := syncConf(7)
+	c.Instance = ""
+	h := newSyncHarness(t, c)
+	h.await(t, "master eth0 7, backup eth0 7")
+	h.p.setState("VI_1", vrrp.Backup)
+	h.p.setState("VI_1", vrrp.Fault)
+	h.f.Reset()
+	h.p.wake()
+	// The pass after the transitions lists the daemons and changes none.
+	waitFor(t, "a pass", func() bool { return len(h.f.Calls()) > 0 })
+	for _, c := range h.f.Calls() {
+		if c != "Daemons" {
+			t.Errorf("a VRRP transition made %q", c)
+		}
+	}
+	h.p.stop()
+	h.await(t, "backup eth0 7")
+}
