@@ -106,7 +106,7 @@ type VRRPInstance struct {
 	// entries whose weights move this instance's priority.
 	TrackFile   []TrackRef `toml:"track_file"`
 	TrackScript []TrackRef `toml:"track_script"`
-	Notify      []string `toml:"notify"`
+	Notify      []string   `toml:"notify"`
 
 	// Runtime is the instance as vrrp.New takes it.
 	Runtime vrrp.Config `toml:"-"`
