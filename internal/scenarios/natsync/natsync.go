@@ -56,6 +56,9 @@ type Options struct {
 	Lvsha     string // the binary; default GuestLvsha
 	WorkDir   string // configs and logs; default /tmp/lvsha-natsync-<tag>
 	SyncGroup bool   // both instances in one [[sync_group]]
+	// Preempt lets director1 (priority 150) take both instances back
+	// when it recovers; without it the master stays where it is.
+	Preempt bool
 }
 
 // Topology is one lab: a client on the outside network, two directors on
@@ -143,9 +146,7 @@ func New(tag string, o Options) (_ *Topology, err error) {
 	return t, nil
 }
 
-// config is a director's lvsha.toml. No preemption, so that a director
-// whose link comes back stays BACKUP and the next failure, on the other
-// side, moves the instances back to it.
+// config is a director's lvsha.toml.
 func (t *Topology) config(d *Director, prio int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[global]\nrouter_id = %q\ncontrol_socket = %q\nstate_dir = %q\n\n", d.Name, d.Socket,
@@ -157,7 +158,7 @@ func (t *Topology) config(d *Director, prio int) string {
 		// Adverts every second: 100 ms made the emulated CPUs fail over
 		// falsely under load.
 		fmt.Fprintf(&b, "[[vrrp_instance]]\nname = %q\ninterface = %q\nvirtual_router_id = %d\npriority = %d\n"+
-			"preempt = false\nadvert_interval = \"1s\"\nvirtual_ipaddress = [\"%v\"]\n\n", Instances[i], in.ifname, 51+i, prio, in.vip)
+			"preempt = %v\nadvert_interval = \"1s\"\nvirtual_ipaddress = [\"%v\"]\n\n", Instances[i], in.ifname, 51+i, prio, t.o.Preempt, in.vip)
 	}
 	if t.o.SyncGroup {
 		fmt.Fprintf(&b, "[[sync_group]]\nname = \"NAT\"\ninstances = [%q, %q]\n\n", Instances[0], Instances[1])

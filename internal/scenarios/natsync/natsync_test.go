@@ -39,6 +39,7 @@ func TestNATSync(t *testing.T) {
 		t.Skip("runs inside the VM, started by TestNATSyncVM")
 	}
 	t.Run("group", testGroup)
+	t.Run("preempt", testPreempt)
 	t.Run("nogroup", testNoGroup)
 }
 
@@ -46,7 +47,7 @@ func TestNATSync(t *testing.T) {
 const timeout = 2 * time.Second
 
 // setup builds the lab and starts director1, then director2 once director1
-// is master of both instances (no preemption: the first master stays).
+// is master of both instances (without preemption the first master stays).
 func setup(t *testing.T, tag string, o Options) *Topology {
 	t.Helper()
 	topo, err := New(tag, o)
@@ -156,6 +157,32 @@ func testGroup(t *testing.T) {
 	if len(st.SyncGroups) != 1 || st.SyncGroups[0].State != "FAULT" {
 		t.Errorf("director2's sync groups %+v, want NAT FAULT", st.SyncGroups)
 	}
+}
+
+// testPreempt: with preemption, director1's inside cable pulled moves both
+// instances to director2, and the cable back, director1 (the higher
+// priority) takes both back.
+func testPreempt(t *testing.T) {
+	topo := setup(t, "p", Options{SyncGroup: true, Preempt: true})
+	start := time.Now()
+	if err := topo.Unplug(0, "inside", true); err != nil {
+		t.Fatal(err)
+	}
+	moved := waitStates(t, topo, Want("FAULT", "FAULT", "MASTER", "MASTER"))
+	announced(t, topo, topo.D[1])
+	answered(t, topo, "after the inside failure")
+	t.Logf("RESULT preempt, inside failure (director1's inside cable pulled): both instances MASTER on director2 %v later, requests answered %v later",
+		moved.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+
+	start = time.Now()
+	if err := topo.Unplug(0, "inside", false); err != nil {
+		t.Fatal(err)
+	}
+	moved = waitStates(t, topo, Want("MASTER", "MASTER", "BACKUP", "BACKUP"))
+	announced(t, topo, topo.D[0])
+	answered(t, topo, "after the failback")
+	t.Logf("RESULT preempt, failback (the cable back): both instances MASTER on director1 %v later, requests answered %v later",
+		moved.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }
 
 // testNoGroup: without the sync group, director1's inside cable pulled
