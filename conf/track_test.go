@@ -2,6 +2,7 @@ package conf
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -129,6 +130,10 @@ reverse = true
 	}
 	if want := []vrrp.TrackScript{{Name: "gw"}}; !reflect.DeepEqual(cfg.VRRP[1].Runtime.TrackScripts, want) {
 		t.Errorf("VI_2 runtime scripts %+v, want %+v", cfg.VRRP[1].Runtime.TrackScripts, want)
+	}
+	if sum := cfg.Summary(); !strings.Contains(sum, "tracks file drain weight -2 reverse, script agent weight 10 reverse, script gw weight -20, script agent2 weight 10\n") ||
+		!strings.Contains(sum, "VIPs 10.0.0.1/24, tracks script gw weight 0\n") {
+		t.Errorf("summary lacks the weights each instance uses:\n%s", sum)
 	}
 	// The entry keeps its own weight for the status.
 	if cfg.TrackScripts[0].Weight != -60 {
