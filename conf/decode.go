@@ -25,9 +25,17 @@ type tomlDecoder interface {
 	decodeTOML(v any) error
 }
 
+// nameShorthand is implemented by tables that may also be written as a
+// bare string, their name (an instance's track_script = ["gw", {name =
+// "agent", weight = -20}]); the table form is decoded key by key.
+type nameShorthand interface {
+	setName(s string)
+}
+
 var (
 	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
 	tomlDecoderType     = reflect.TypeFor[tomlDecoder]()
+	nameShorthandType   = reflect.TypeFor[nameShorthand]()
 )
 
 // typeDecoders decode types of other packages that accept more than one
@@ -79,6 +87,14 @@ func (d *decoder) decode(path string, v any, rv reflect.Value) {
 		d.decode(path, v, rv.Elem())
 	case reflect.Struct:
 		m, ok := v.(map[string]any)
+		if !ok && rv.CanAddr() && rv.Addr().Type().Implements(nameShorthandType) {
+			if s, isStr := v.(string); isStr {
+				rv.Addr().Interface().(nameShorthand).setName(s)
+			} else {
+				d.errorf(path, "want a name or a table, got %s", tomlType(v))
+			}
+			return
+		}
 		if !ok {
 			d.errorf(path, "want a table, got %s", tomlType(v))
 			return

@@ -181,8 +181,20 @@ func (c *Config) Summary() string {
 	}
 	b.WriteString("\n")
 	for _, in := range c.VRRP {
-		fmt.Fprintf(&b, "  vrrp %s: VRID %d on %s, priority %d, v%d every %s, VIPs %s\n",
+		fmt.Fprintf(&b, "  vrrp %s: VRID %d on %s, priority %d, v%d every %s, VIPs %s",
 			in.Name, in.VRID, in.Interface, in.Priority, in.Version, in.AdvertInterval, strings.Join(in.VIPs, " "))
+		// The weights this instance uses, its own where it sets them.
+		var tracks []string
+		for _, f := range in.Runtime.TrackFiles {
+			tracks = append(tracks, trackSummary("file", f.Name, f.Weight, f.Reverse))
+		}
+		for _, s := range in.Runtime.TrackScripts {
+			tracks = append(tracks, trackSummary("script", s.Name, s.Weight, s.Reverse))
+		}
+		if len(tracks) > 0 {
+			b.WriteString(", tracks " + strings.Join(tracks, ", "))
+		}
+		b.WriteString("\n")
 	}
 	for _, g := range c.SyncGroups {
 		fmt.Fprintf(&b, "  sync_group %s: %s\n", g.Name, strings.Join(g.Instances, " "))
@@ -212,6 +224,14 @@ func (c *Config) Summary() string {
 		fmt.Fprintf(&b, "  realserver: VIPs %s on lo, %s\n", strings.Join(rs.VIPs, " "), arp)
 	}
 	return b.String()
+}
+
+func trackSummary(kind, name string, weight int, reverse bool) string {
+	s := fmt.Sprintf("%s %s weight %d", kind, name, weight)
+	if reverse {
+		s += " reverse"
+	}
+	return s
 }
 
 func underAny(path string, decodeErrs []Diag) bool {

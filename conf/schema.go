@@ -104,9 +104,9 @@ type VRRPInstance struct {
 	Track        []TrackInterface `toml:"track_interface"`
 	// TrackFile and TrackScript name [[track_file]] and [[track_script]]
 	// entries whose weights move this instance's priority.
-	TrackFile   []string `toml:"track_file"`
-	TrackScript []string `toml:"track_script"`
-	Notify      []string `toml:"notify"`
+	TrackFile   []TrackRef `toml:"track_file"`
+	TrackScript []TrackRef `toml:"track_script"`
+	Notify      []string   `toml:"notify"`
 
 	// Runtime is the instance as vrrp.New takes it.
 	Runtime vrrp.Config `toml:"-"`

@@ -41,6 +41,31 @@ type TrackScript struct {
 	Reverse bool     `toml:"reverse"`
 }
 
+// TrackRef is an instance's reference to a [[track_file]] or
+// [[track_script]]: its name, or a table with the name and this instance's
+// own weight or reverse, as keepalived's `track_script { chk weight -20 }`
+// in a vrrp_instance. Unset, they are the tracked entry's.
+type TrackRef struct {
+	Name    string `toml:"name"`
+	Weight  *int   `toml:"weight"`
+	Reverse *bool  `toml:"reverse"`
+}
+
+// setName takes the short form, a bare name.
+func (r *TrackRef) setName(s string) { r.Name = s }
+
+// resolve is the weight and reverse this instance uses, given the tracked
+// entry's.
+func (r TrackRef) resolve(weight int, reverse bool) (int, bool) {
+	if r.Weight != nil {
+		weight = *r.Weight
+	}
+	if r.Reverse != nil {
+		reverse = *r.Reverse
+	}
+	return weight, reverse
+}
+
 func defaultTrackFile() TrackFile { return TrackFile{Weight: 1} } // keepalived's default weight
 
 func defaultTrackScript() TrackScript {
@@ -69,9 +94,7 @@ func (v *validator) tracks() {
 		case !filepath.IsAbs(f.Path):
 			v.errf(p+".path", "%q is not an absolute path", f.Path)
 		}
-		if f.Weight < -fileWeightMax || f.Weight > fileWeightMax {
-			v.errf(p+".weight", "%d is outside -%d..%d (0 = FAULT on any number but 0)", f.Weight, fileWeightMax, fileWeightMax)
-		}
+		v.fileWeight(p+".weight", f.Weight)
 	}
 	seen = map[string]string{}
 	for i := range v.cfg.TrackScripts {
@@ -104,9 +127,19 @@ func (v *validator) tracks() {
 		if s.Fall < 1 {
 			v.errf(p+".fall", "%d: must be at least 1", s.Fall)
 		}
-		if s.Weight < -scriptWeightMax || s.Weight > scriptWeightMax {
-			v.errf(p+".weight", "%d is outside -%d..%d (0 = FAULT while failing)", s.Weight, scriptWeightMax, scriptWeightMax)
-		}
+		v.scriptWeight(p+".weight", s.Weight)
+	}
+}
+
+func (v *validator) fileWeight(p string, w int) {
+	if w < -fileWeightMax || w > fileWeightMax {
+		v.errf(p, "%d is outside -%d..%d (0 = FAULT on any number but 0)", w, fileWeightMax, fileWeightMax)
+	}
+}
+
+func (v *validator) scriptWeight(p string, w int) {
+	if w < -scriptWeightMax || w > scriptWeightMax {
+		v.errf(p, "%d is outside -%d..%d (0 = FAULT while failing)", w, scriptWeightMax, scriptWeightMax)
 	}
 }
 
@@ -122,40 +155,52 @@ func (v *validator) trackName(p, name string, seen map[string]string) {
 	seen[name] = p
 }
 
-// instanceTracks resolves an instance's track_file and track_script names
-// into its runtime config.
+// instanceTracks resolves an instance's track_file and track_script
+// references into its runtime config, with the weights it uses.
 func (v *validator) instanceTracks(p string, in *VRRPInstance) {
 	rt := &in.Runtime
 	rt.TrackFiles, rt.TrackScripts = nil, nil
 	seen := map[string]bool{}
-	for j, name := range in.TrackFile {
+	for j, ref := range in.TrackFile {
 		tp := fmt.Sprintf("%s.track_file[%d]", p, j)
-		f := findTrack(v.cfg.TrackFiles, func(f TrackFile) bool { return f.Name == name })
-		switch {
-		case f == nil:
-			v.errf(tp, "no [[track_file]] is named %q", name)
-		case seen[name]:
-			v.errf(tp, "%q is listed twice", name)
-		default:
-			rt.TrackFiles = append(rt.TrackFiles, vrrp.TrackFile{Name: name, Weight: f.Weight, Reverse: f.Reverse})
-			v.ownerWeight(tp, in, f.Weight)
+		f := findTrack(v.cfg.TrackFiles, func(f TrackFile) bool { return f.Name == ref.Name })
+		if ref.Weight != nil {
+			v.fileWeight(tp+".weight", *ref.Weight)
 		}
-		seen[name] = true
+		switch {
+		case ref.Name == "":
+			v.errf(tp+".name", "required but missing")
+		case f == nil:
+			v.errf(tp, "no [[track_file]] is named %q", ref.Name)
+		case seen[ref.Name]:
+			v.errf(tp, "%q is listed twice", ref.Name)
+		default:
+			w, rev := ref.resolve(f.Weight, f.Reverse)
+			rt.TrackFiles = append(rt.TrackFiles, vrrp.TrackFile{Name: ref.Name, Weight: w, Reverse: rev})
+			v.ownerWeight(tp, in, w)
+		}
+		seen[ref.Name] = true
 	}
 	seen = map[string]bool{}
-	for j, name := range in.TrackScript {
+	for j, ref := range in.TrackScript {
 		tp := fmt.Sprintf("%s.track_script[%d]", p, j)
-		s := findTrack(v.cfg.TrackScripts, func(s TrackScript) bool { return s.Name == name })
-		switch {
-		case s == nil:
-			v.errf(tp, "no [[track_script]] is named %q", name)
-		case seen[name]:
-			v.errf(tp, "%q is listed twice", name)
-		default:
-			rt.TrackScripts = append(rt.TrackScripts, vrrp.TrackScript{Name: name, Weight: s.Weight, Reverse: s.Reverse})
-			v.ownerWeight(tp, in, s.Weight)
+		s := findTrack(v.cfg.TrackScripts, func(s TrackScript) bool { return s.Name == ref.Name })
+		if ref.Weight != nil {
+			v.scriptWeight(tp+".weight", *ref.Weight)
 		}
-		seen[name] = true
+		switch {
+		case ref.Name == "":
+			v.errf(tp+".name", "required but missing")
+		case s == nil:
+			v.errf(tp, "no [[track_script]] is named %q", ref.Name)
+		case seen[ref.Name]:
+			v.errf(tp, "%q is listed twice", ref.Name)
+		default:
+			w, rev := ref.resolve(s.Weight, s.Reverse)
+			rt.TrackScripts = append(rt.TrackScripts, vrrp.TrackScript{Name: ref.Name, Weight: w, Reverse: rev})
+			v.ownerWeight(tp, in, w)
+		}
+		seen[ref.Name] = true
 	}
 }
 
@@ -239,14 +284,18 @@ func (v *validator) groupWeights(group, instance string) {
 				v.errf(fmt.Sprintf("%s.track_interface[%d].weight", p, j), why, instance, group)
 			}
 		}
-		for j, name := range in.TrackFile {
-			if f := findTrack(v.cfg.TrackFiles, func(f TrackFile) bool { return f.Name == name }); f != nil && f.Weight != 0 {
-				v.errf(fmt.Sprintf("%s.track_file[%d]", p, j), "track_file %q has weight %d; "+why, name, f.Weight, instance, group)
+		for j, ref := range in.TrackFile {
+			if f := findTrack(v.cfg.TrackFiles, func(f TrackFile) bool { return f.Name == ref.Name }); f != nil {
+				if w, _ := ref.resolve(f.Weight, f.Reverse); w != 0 {
+					v.errf(fmt.Sprintf("%s.track_file[%d]", p, j), "track_file %q has weight %d; "+why, ref.Name, w, instance, group)
+				}
 			}
 		}
-		for j, name := range in.TrackScript {
-			if s := findTrack(v.cfg.TrackScripts, func(s TrackScript) bool { return s.Name == name }); s != nil && s.Weight != 0 {
-				v.errf(fmt.Sprintf("%s.track_script[%d]", p, j), "track_script %q has weight %d; "+why, name, s.Weight, instance, group)
+		for j, ref := range in.TrackScript {
+			if s := findTrack(v.cfg.TrackScripts, func(s TrackScript) bool { return s.Name == ref.Name }); s != nil {
+				if w, _ := ref.resolve(s.Weight, s.Reverse); w != 0 {
+					v.errf(fmt.Sprintf("%s.track_script[%d]", p, j), "track_script %q has weight %d; "+why, ref.Name, w, instance, group)
+				}
 			}
 		}
 	}

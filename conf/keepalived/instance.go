@@ -268,10 +268,10 @@ func (t *translator) instance(in *Node) {
 		s.set("track_interface", "["+strings.Join(q, ", ")+"]")
 	}
 	if len(files) > 0 {
-		s.strs("track_file", files)
+		s.set("track_file", "["+strings.Join(files, ", ")+"]")
 	}
 	if len(scripts) > 0 {
-		s.strs("track_script", scripts)
+		s.set("track_script", "["+strings.Join(scripts, ", ")+"]")
 	}
 	if len(notify) > 0 {
 		s.strs("notify", notify)

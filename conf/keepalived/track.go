@@ -9,10 +9,11 @@ import (
 
 // trackDef is a vrrp_script or track_file as lvsha will run it.
 type trackDef struct {
-	node   *Node
-	sec    *section
-	weight int
-	ok     bool // translated; a reference to one that is not is left out
+	node    *Node
+	sec     *section
+	weight  int
+	reverse bool
+	ok      bool // translated; a reference to one that is not is left out
 }
 
 // scanTracks reads the vrrp_script and track_file blocks before any
@@ -30,6 +31,9 @@ func (t *translator) scanTracks(root *Node) {
 	for _, d := range t.defs {
 		if d.ok {
 			d.sec.num("weight", d.weight)
+			if d.reverse {
+				d.sec.flag("reverse", true)
+			}
 		}
 	}
 }
@@ -47,7 +51,6 @@ func (t *translator) scriptDef(n *Node) {
 	var argv []string
 	var interval, timeout time.Duration
 	rise, fall := 1, 1
-	reverse := false
 	for _, c := range n.Children {
 		switch c.Name {
 		case "script":
@@ -81,7 +84,7 @@ func (t *translator) scriptDef(n *Node) {
 			}
 		case "weight":
 			if w, rev, ok := t.weightArgs(c, 253); ok {
-				d.weight, reverse = w, rev
+				d.weight, d.reverse = w, rev
 			}
 		case "init_fail":
 			t.warn(c, "vrrp_script %s: init_fail has no lvsha equivalent (a script's first result counts at once): left out", name)
@@ -105,9 +108,6 @@ func (t *translator) scriptDef(n *Node) {
 	}
 	s.num("rise", rise)
 	s.num("fall", fall)
-	if reverse {
-		s.flag("reverse", true)
-	}
 }
 
 func (t *translator) fileDef(n *Node) {
@@ -118,7 +118,7 @@ func (t *translator) fileDef(n *Node) {
 	s := &section{header: "[[track_file]]", comment: n.Pos() + ": " + n.Name + " " + name}
 	d := &trackDef{node: n, sec: s, weight: 1} // keepalived's default weight
 	t.defs[trackKey("track_file", name)] = d
-	path, reverse := "", false
+	path := ""
 	for _, c := range n.Children {
 		switch c.Name {
 		case "file":
@@ -131,7 +131,7 @@ func (t *translator) fileDef(n *Node) {
 			}
 		case "weight":
 			if w, rev, ok := t.weightArgs(c, 254); ok {
-				d.weight, reverse = w, rev
+				d.weight, d.reverse = w, rev
 			}
 		case "init_file":
 			t.warn(c, "track_file %s: init_file has no lvsha equivalent (a missing file counts as 0): left out", name)
@@ -146,9 +146,6 @@ func (t *translator) fileDef(n *Node) {
 	d.ok = true
 	s.str("name", name)
 	s.str("path", path)
-	if reverse {
-		s.flag("reverse", true)
-	}
 }
 
 // weightArgs reads "weight W [reverse]" arguments.
@@ -177,30 +174,67 @@ func (t *translator) emitDef(n *Node, kind string) {
 }
 
 // trackRefs translates an instance's track_script or track_file block into
-// the names it tracks.
+// its references as TOML values: the name, or a table with the instance's
+// own weight and reverse ("NAME weight W [reverse|noreverse]").
 func (t *translator) trackRefs(instance string, b *Node) []string {
-	var names []string
+	kind := strings.TrimPrefix(b.Name, "track_")
+	limit := 253
+	if kind == "file" {
+		limit = 254
+	}
+	var refs []string
 	for _, r := range b.Children {
 		d := t.defs[trackKey(b.Name, r.Name)]
 		switch {
 		case d == nil:
-			t.warn(r, "%s %s: no such %s: left out", b.Name, r.Name, strings.TrimPrefix(b.Name, "track_"))
+			t.warn(r, "%s %s: no such %s: left out", b.Name, r.Name, kind)
 			continue
 		case !d.ok:
 			continue // warned at its definition
-		case t.synced[instance] && d.weight != 0:
+		}
+		weight, own := d.weight, map[string]string{}
+		if len(r.Args) > 0 {
+			// keepalived 2.2.7 leaves out a reference with another option
+			// or a weight without a value; a bad value falls back to the
+			// tracked entry's weight, a bad third word is ignored.
+			if r.Args[0] != "weight" || len(r.Args) == 1 {
+				t.warn(r, "%s %s: %q is not weight W [reverse|noreverse]: left out, as keepalived does", b.Name, r.Name, strings.Join(r.Args, " "))
+				continue
+			}
+			if w, err := strconv.Atoi(r.Args[1]); err != nil || w < -limit || w > limit {
+				t.warn(r, "%s %s: weight %q is not in -%d..%d: the %s's own weight (%d) applies, as in keepalived", b.Name, r.Name, r.Args[1], limit, limit, kind, d.weight)
+			} else if w != d.weight {
+				weight, own["weight"] = w, strconv.Itoa(w)
+			}
+			if len(r.Args) > 2 {
+				switch rev := r.Args[2]; {
+				case rev != "reverse" && rev != "noreverse" || len(r.Args) > 3:
+					t.warn(r, "%s %s: %q after the weight is not reverse or noreverse: ignored, as keepalived does", b.Name, r.Name, strings.Join(r.Args[2:], " "))
+				case (rev == "reverse") != d.reverse:
+					own["reverse"] = strconv.FormatBool(rev == "reverse")
+				}
+			}
+		}
+		if t.synced[instance] && weight != 0 {
 			// keepalived 2.2.7: "ignoring tracked script ... with weights
 			// due to SYNC group".
 			t.warn(r, "%s %s: keepalived ignores a tracked %s with a weight (%d) in a sync group, and so does the import: left out",
-				b.Name, r.Name, strings.TrimPrefix(b.Name, "track_"), d.weight)
+				b.Name, r.Name, kind, weight)
 			continue
 		}
-		if len(r.Args) > 0 && strings.Join(r.Args, " ") != "weight "+strconv.Itoa(d.weight) {
-			t.warn(r, "%s %s: a weight of the instance's own has no lvsha equivalent (it uses the weight of the %s, %d)", b.Name, r.Name, strings.TrimPrefix(b.Name, "track_"), d.weight)
+		if len(own) == 0 {
+			refs = append(refs, tomlString(r.Name))
+			continue
 		}
-		names = append(names, r.Name)
+		ref := "{name = " + tomlString(r.Name)
+		for _, k := range []string{"weight", "reverse"} {
+			if v, ok := own[k]; ok {
+				ref += ", " + k + " = " + v
+			}
+		}
+		refs = append(refs, ref+"}")
 	}
-	return names
+	return refs
 }
 
 // syncGroup translates a vrrp_sync_group.

@@ -155,3 +155,33 @@ func capEff(t *testing.T, pid int) uint64 {
 	t.Fatal("no CapEff")
 	return 0
 }
+
+// TestTrackRefWeightOverride: an instance's own weight for a tracked file
+// ({name, weight}) is the one its priority follows: the file's weight 1
+// would raise the master to 180 on "30"; the instance's -2 lowers it to 90
+// and the backup (100) takes over.
+func TestTrackRefWeightOverride(t *testing.T) {
+	testutil.NeedRoot(t)
+	bin := buildLvsha(t)
+	_, n1, n2 := pairLab(t, "lvw")
+	dir := t.TempDir()
+	drain := filepath.Join(dir, "drain")
+	d1 := startDirectorWith(t, bin, n1, 150, dir, fmt.Sprintf(`track_file = [{name = "drain", weight = -2}]
+
+[[track_file]]
+name = "drain"
+path = %q
+`, drain))
+	d2 := startDirector(t, bin, n2, 100)
+	waitCond(t, "d1 MASTER 150, d2 BACKUP", func() bool {
+		v1 := d1.vrrp(t)
+		return v1.State == "MASTER" && v1.Priority == 150 && d2.vrrp(t).State == "BACKUP"
+	})
+	if err := os.WriteFile(drain, []byte("30\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitCond(t, "d1 at 150 - 2*30 = 90, d2 MASTER", func() bool {
+		v1 := d1.vrrp(t)
+		return v1.State == "BACKUP" && v1.Priority == 90 && d2.vrrp(t).State == "MASTER"
+	})
+}
