@@ -154,6 +154,9 @@ func printStatus(w io.Writer, st *control.Status) {
 				if lastErr == r.LastResult {
 					lastErr = "" // already shown as the last check's result
 				}
+				if r.FailedBy != "" {
+					lastErr = r.FailedBy // why it is down though its check passes
+				}
 				fmt.Fprintf(tw, "    -> %s\t%s\t%d/%s\t%d\t%d\t%s\t%s\t%s\n", r.Address, forwardName(s.Forwarding), r.Weight, kw,
 					r.ActiveConns, r.InactiveConns, r.Health, dash(r.LastResult), dash(lastErr))
 			}
