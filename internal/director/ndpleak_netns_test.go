@@ -48,7 +48,7 @@ func TestNDPLeakNetns(t *testing.T) {
 		}
 	}
 	addVIP(dir, "eth0")
-	addVIP(web1, "eth0") // the leak
+	addVIP(web1, "eth0")        // the leak
 	addVIP(nodes["web2"], "lo") // set up right: the control
 	// Link-local addresses out of DAD: the probe is sent from the
 	// director's, the answers from the webs'.
