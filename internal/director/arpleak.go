@@ -166,20 +166,26 @@ type arpWatch struct {
 	mu    sync.Mutex
 	leaks map[netip.Addr][]arpLeak // reported (confirmed), by VIP
 	seen  map[netip.Addr][]arpLeak // what the last probe of each VIP got
-	// fresh says a takeover happened since the last round began: what
-	// seen holds predates it and confirms nothing.
-	fresh bool
+	// fresh are the VIPs taken over since the last round began (allFresh:
+	// every VIP): what seen holds for them predates the takeover and
+	// confirms nothing.
+	fresh    map[netip.Addr]bool
+	allFresh bool
 }
 
 func newARPWatch(log *slog.Logger, masters func() []vrrp.Config, changed func()) *arpWatch {
 	return &arpWatch{log: log, masters: masters, probe: probeVIP, changed: changed, kick: make(chan struct{}, 1),
-		leaks: map[netip.Addr][]arpLeak{}, seen: map[netip.Addr][]arpLeak{}}
+		leaks: map[netip.Addr][]arpLeak{}, seen: map[netip.Addr][]arpLeak{}, fresh: map[netip.Addr]bool{}}
 }
 
-// takeover asks for a probe now.
-func (w *arpWatch) takeover() {
+// takeover asks for a probe now: this node just became master of vips
+// (nil: of an instance it cannot name, so of every VIP).
+func (w *arpWatch) takeover(vips []netip.Prefix) {
 	w.mu.Lock()
-	w.fresh = true
+	w.allFresh = w.allFresh || vips == nil
+	for _, p := range vips {
+		w.fresh[p.Addr()] = true
+	}
 	w.mu.Unlock()
 	select {
 	case w.kick <- struct{}{}:
@@ -223,11 +229,8 @@ func confirmLeaks(prev, now []arpLeak) (confirmed []arpLeak, unconfirmed bool) {
 // whether an answer awaits confirmation by the next probe.
 func (w *arpWatch) round() (pending bool) {
 	w.mu.Lock()
-	prevSeen := w.seen
-	if w.fresh {
-		prevSeen = nil
-	}
-	w.fresh = false
+	prevSeen, fresh, allFresh := w.seen, w.fresh, w.allFresh
+	w.fresh, w.allFresh = map[netip.Addr]bool{}, false
 	w.mu.Unlock()
 	found := map[netip.Addr][]arpLeak{}
 	seen := map[netip.Addr][]arpLeak{}
@@ -248,8 +251,12 @@ func (w *arpWatch) round() (pending bool) {
 				w.mu.Unlock()
 				continue
 			}
+			prev := prevSeen[vip]
+			if allFresh || fresh[vip] {
+				prev = nil
+			}
 			var unconfirmed bool
-			found[vip], unconfirmed = confirmLeaks(prevSeen[vip], leaks)
+			found[vip], unconfirmed = confirmLeaks(prev, leaks)
 			seen[vip] = leaks
 			pending = pending || unconfirmed
 		}

@@ -113,10 +113,32 @@ func TestARPWatchIgnoresTheYieldingMaster(t *testing.T) {
 	// to the takeover probe is a new one.
 	fp.set(peer)
 	w.round()
-	w.takeover()
+	w.takeover(nil)
 	w.round()
 	if len(w.snapshot()) != 0 {
 		t.Fatalf("an answer from before the takeover confirmed one after it: %+v", w.snapshot())
+	}
+}
+
+// TestARPWatchTakeoverOfOneInstance: a takeover resets the confirmation of
+// that instance's VIPs only; a leak confirmed on another instance's VIP
+// stays reported (with arp_leak = "fail" it would otherwise be restored and
+// failed again, a second later, at every takeover of any instance).
+func TestARPWatchTakeoverOfOneInstance(t *testing.T) {
+	fp := &fakeProbe{}
+	w := newARPWatch(slog.New(slog.DiscardHandler), masterOf("10.0.0.1/24", "10.0.0.2/24"), nil)
+	w.probe = fp.probe
+	other := netip.MustParseAddr("10.0.0.2")
+	fp.set(arpLeak{VIP: testVIP, MAC: leakyMAC}, arpLeak{VIP: other, MAC: leakyMAC})
+	w.round()
+	w.round()
+	if len(w.snapshot()) != 2 {
+		t.Fatalf("leaks %+v, want one per VIP", w.snapshot())
+	}
+	w.takeover([]netip.Prefix{netip.MustParsePrefix("10.0.0.1/24")})
+	w.round()
+	if got := w.snapshot(); len(got) != 1 || got[0].VIP != other {
+		t.Fatalf("after a takeover of 10.0.0.1: leaks %+v, want 10.0.0.2's alone", got)
 	}
 }
 
@@ -191,7 +213,7 @@ func TestARPLeakFailsRealServer(t *testing.T) {
 			waitFor(t, "both services programmed", func() bool { return hasAll(k.table.Dump(), up) })
 
 			fp.set(arpLeak{VIP: testVIP, MAC: leakyMAC, IP: netip.MustParseAddr("10.0.1.1")})
-			d.arp.takeover()
+			d.arp.takeover(nil)
 			waitFor(t, "the leak reported", func() bool { return len(d.arp.snapshot()) == 1 })
 			st, err := control.QueryStatus(ctx, filepath.Join(dir, "lvsha.sock"))
 			if err != nil {
@@ -226,7 +248,7 @@ func TestARPLeakFailsRealServer(t *testing.T) {
 			}
 
 			fp.set()
-			d.arp.takeover()
+			d.arp.takeover(nil)
 			waitFor(t, "10.0.1.1 back in both services", func() bool { return hasAll(k.table.Dump(), up) })
 			if !strings.Contains(logs.String(), "real server no longer failed for an ARP leak") {
 				t.Errorf("no log line for the restored server")
