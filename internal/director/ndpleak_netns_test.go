@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lvsha/lvsha/internal/director/control"
 	"github.com/lvsha/lvsha/internal/testenv/lab"
 	"github.com/lvsha/lvsha/internal/testenv/netns"
 	"github.com/lvsha/lvsha/internal/testenv/testutil"
@@ -93,5 +94,100 @@ func TestNDPLeakNetns(t *testing.T) {
 	addVIP(web1, "lo")
 	if leaks := probe(); len(leaks) != 0 {
 		t.Fatalf("after web1's VIP moved to lo: leaks %+v, want none", leaks)
+	}
+}
+
+// TestNDPLeakDaemonNetns runs a real lvsha director with an IPv6 instance:
+// once master it reports the real server holding the VIP on its LAN
+// interface (with its address and real server, in status and metrics), not
+// the one holding it on lo (the control), and clears the report once the
+// VIP is moved to lo.
+func TestNDPLeakDaemonNetns(t *testing.T) {
+	testutil.NeedRoot(t)
+	bin := buildLvsha(t)
+	l, err := netns.NewLab(netns.UniquePrefix("ndpd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	vip := netip.MustParseAddr("2001:db8:98::100")
+	nodes := map[string]*netns.Node{}
+	for _, n := range []struct{ role, v4, v6 string }{
+		{"d1", "10.98.0.2/24", "2001:db8:98::2/64"}, {"web1", "10.98.0.20/24", "2001:db8:98::20/64"}, {"web2", "10.98.0.21/24", "2001:db8:98::21/64"},
+	} {
+		node, err := l.AddNode(n.role, netip.MustParsePrefix(n.v4))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := node.Run("ip", "-6", "addr", "add", n.v6, "dev", "eth0", "nodad"); err != nil {
+			t.Fatalf("%s: %v: %s", n.role, err, out)
+		}
+		nodes[n.role] = node
+	}
+	web1 := nodes["web1"]
+	vip128 := netip.PrefixFrom(vip, 128).String()
+	if out, err := web1.Run("ip", "-6", "addr", "add", vip128, "dev", "eth0", "nodad"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out, err := nodes["web2"].Run("ip", "-6", "addr", "add", vip128, "dev", "lo", "nodad"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	for _, n := range nodes {
+		if !netns.WaitFor(5*time.Second, 50*time.Millisecond, func() bool {
+			out, err := n.Run("ip", "-6", "addr", "show", "dev", "eth0", "tentative")
+			return err == nil && strings.TrimSpace(out) == ""
+		}) {
+			t.Fatalf("%s: addresses still tentative", n.Role)
+		}
+	}
+	d := startDirectorWith(t, bin, nodes["d1"], 150, t.TempDir(), `
+[[vrrp_instance]]
+name = "VI_6"
+interface = "eth0"
+virtual_router_id = 43
+priority = 150
+advert_interval = "100ms"
+virtual_ipaddress = ["2001:db8:98::100/64"]
+
+[[virtual_server]]
+address = "[2001:db8:98::100]:80"
+[virtual_server.check]
+type = "tcp"
+interval = "200ms"
+timeout = "100ms"
+[[virtual_server.real_server]]
+address = "[2001:db8:98::20]:80"
+[[virtual_server.real_server]]
+address = "[2001:db8:98::21]:80"
+`)
+	var leak control.ARPLeak
+	if !netns.WaitFor(2*arpProbeEvery+5*time.Second, 100*time.Millisecond, func() bool {
+		st := d.status(t)
+		if st == nil || len(st.ARPLeaks) != 1 || len(st.ARPLeaks[0].RealServers) != 1 {
+			return false
+		}
+		leak = st.ARPLeaks[0]
+		return true
+	}) {
+		t.Fatalf("no IPv6 leak reported with its real server; status: %+v", d.status(t))
+	}
+	if leak.VIP != vip.String() || leak.IP != "2001:db8:98::20" || leak.MAC != web1.MAC.String() ||
+		leak.RealServers[0] != "TCP [2001:db8:98::100]:80 -> [2001:db8:98::20]:80" {
+		t.Errorf("leak %+v, want web1 (%s)", leak, web1.MAC)
+	}
+	if m := scrapeIn(t, nodes["d1"], "127.0.0.1:9610"); !strings.Contains(m, `lvsha_arp_leaks{vip="2001:db8:98::100"} 1`) {
+		t.Errorf("metrics: no lvsha_arp_leaks 1 for the IPv6 VIP:\n%s", grepLines(m, "arp"))
+	}
+	if out, err := web1.Run("ip", "-6", "addr", "del", vip128, "dev", "eth0"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out, err := web1.Run("ip", "-6", "addr", "add", vip128, "dev", "lo", "nodad"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if !netns.WaitFor(arpProbeEvery+5*time.Second, 100*time.Millisecond, func() bool {
+		st := d.status(t)
+		return st != nil && len(st.ARPLeaks) == 0
+	}) {
+		t.Fatalf("leak still reported after the VIP moved to lo: %+v", d.status(t).ARPLeaks)
 	}
 }
