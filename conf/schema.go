@@ -75,6 +75,12 @@ type Global struct {
 	// ViaVIPMarkFirst and ViaVIPMarkCount are ViaVIPMarks as a range.
 	ViaVIPMarkFirst uint32 `toml:"-"`
 	ViaVIPMarkCount uint32 `toml:"-"`
+	// ARPLeak is what the master does with a real server that answers ARP
+	// (or neighbour solicitations) for a VIP it holds: "report" it, or
+	// also "fail" it in every service, as a failed check would.
+	ARPLeak string `toml:"arp_leak"`
+	// ARPLeakFails is ARPLeak == "fail".
+	ARPLeakFails bool `toml:"-"`
 }
 
 // VRRPInstance is one virtual router.
@@ -312,6 +318,10 @@ func defaultGlobal() Global {
 		// "LV" in the top half: far from the small marks people give
 		// their own fwmark services and iptables rules.
 		ViaVIPMarks: "0x4c560000/16",
+		// Report only: taking a server out does not undo the leak (the
+		// hosts that cached its MAC keep going to it), and a wrong match
+		// would take a healthy server out (README, ARP-leak detection).
+		ARPLeak: "report",
 	}
 }
 
@@ -440,4 +450,5 @@ var (
 	onFailures    = choice[lvs.OnFailure]{{"inhibit", lvs.Inhibit}, {"remove", lvs.Remove}}
 	checksumModes = choice[vrrp.ChecksumMode]{{"keepalived", vrrp.ChecksumPseudoHeader}, {"rfc", vrrp.ChecksumMessage}}
 	initialStates = choice[bool]{{"up", true}, {"down", false}}
+	arpLeakModes  = choice[bool]{{"report", false}, {"fail", true}}
 )

@@ -161,6 +161,11 @@ func (v *validator) global() {
 	} else {
 		g.ViaVIPMarkFirst, g.ViaVIPMarkCount = first, count
 	}
+	fails, ok := arpLeakModes.lookup(g.ARPLeak)
+	if !ok {
+		v.errf("global.arp_leak", "%q is not one of %s", g.ARPLeak, arpLeakModes.names())
+	}
+	g.ARPLeakFails = fails
 }
 
 // parseMarkRange reads "BASE/BITS" (BASE in decimal or 0x hex): the marks

@@ -100,7 +100,8 @@ func printStatus(w io.Writer, st *control.Status) {
 		_ = tw.Flush()
 	}
 	if len(st.ARPLeaks) > 0 {
-		fmt.Fprintln(w, "\nARP leaks (hosts answering ARP for a VIP this master holds: set arp_ignore=1, arp_announce=2 there, or run lvsha realserver up):")
+		fmt.Fprintln(w, "\nARP leaks (hosts answering ARP for a VIP this master holds: set arp_ignore=1, arp_announce=2 there, or run lvsha realserver up;")
+		fmt.Fprintln(w, "for an IPv6 VIP, put it on lo instead of the LAN interface):")
 		for _, l := range st.ARPLeaks {
 			fmt.Fprintf(w, "  %s answered by %s (%s) %s\n", l.VIP, l.MAC, dash(l.IP), strings.Join(l.RealServers, ", "))
 		}
@@ -157,6 +158,9 @@ func printStatus(w io.Writer, st *control.Status) {
 				lastErr := r.LastError
 				if lastErr == r.LastResult {
 					lastErr = "" // already shown as the last check's result
+				}
+				if r.FailedBy != "" {
+					lastErr = r.FailedBy // why it is down though its check passes
 				}
 				fmt.Fprintf(tw, "    -> %s\t%s\t%d/%s\t%d\t%d\t%s\t%s\t%s\n", r.Address, forwardName(s.Forwarding), r.Weight, kw,
 					r.ActiveConns, r.InactiveConns, r.Health, dash(r.LastResult), dash(lastErr))

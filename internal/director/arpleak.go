@@ -111,16 +111,23 @@ func ownAddr(ifi *net.Interface, vip netip.Addr) (netip.Addr, error) {
 }
 
 // nameNeighbours fills in each leak's IP from the neighbour table of the
-// interface: the entry with its MAC and an address other than the VIP.
+// interface: the entry with its MAC and an address of vip's family other
+// than the VIP (and, for IPv6, not link-local: real servers are known by
+// their global addresses).
 func nameNeighbours(ifindex int, vip netip.Addr, leaks []arpLeak) {
-	neighs, err := netlink.NeighList(ifindex, netlink.FAMILY_V4)
+	family := netlink.FAMILY_V4
+	if vip.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	neighs, err := netlink.NeighList(ifindex, family)
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return
 	}
 	for i := range leaks {
 		for _, n := range neighs {
-			ip, ok := netip.AddrFromSlice(n.IP.To4())
-			if ok && ip != vip && bytes.Equal(n.HardwareAddr, leaks[i].MAC) {
+			ip, ok := netip.AddrFromSlice(n.IP)
+			ip = ip.Unmap()
+			if ok && ip != vip && !ip.IsLinkLocalUnicast() && bytes.Equal(n.HardwareAddr, leaks[i].MAC) {
 				leaks[i].IP = ip
 				break
 			}
@@ -130,31 +137,56 @@ func nameNeighbours(ifindex int, vip netip.Addr, leaks []arpLeak) {
 
 // arpProbeEvery is how often the master probes its VIPs for ARP leaks, and
 // arpProbeWait how long it listens for answers (a LAN answers in well under
-// a millisecond; a busy host's ARP reply can take tens).
+// a millisecond; a busy host's ARP reply can take tens). arpConfirmAfter is
+// when a VIP whose probe got an answer not yet confirmed is probed again.
 const (
-	arpProbeEvery = 10 * time.Second
-	arpProbeWait  = 300 * time.Millisecond
+	arpProbeEvery   = 10 * time.Second
+	arpProbeWait    = 300 * time.Millisecond
+	arpConfirmAfter = time.Second
 )
 
 // arpWatch probes the VIPs of the instances in MASTER state every
 // arpProbeEvery and at once after a takeover, keeps what it found for
 // status and metrics, and logs each change.
+//
+// A host is reported only when two probes in a row got its answer: the
+// director that held the VIP until this one took over still answers the
+// probe sent at the takeover, for as long as it takes to hear the new
+// master's first advert and drop the VIP (seen in CI: a false report 300 ms
+// after a takeover). A second probe arpConfirmAfter later no longer hears
+// it, while a real server that leaks answers both.
 type arpWatch struct {
 	log     *slog.Logger
 	masters func() []vrrp.Config // the instances now MASTER
 	probe   func(ifname string, vip netip.Addr, wait time.Duration) ([]arpLeak, error)
+	// changed is called after a round that changed the reported leaks.
+	changed func()
 	kick    chan struct{}
 
 	mu    sync.Mutex
-	leaks map[netip.Addr][]arpLeak // by VIP
+	leaks map[netip.Addr][]arpLeak // reported (confirmed), by VIP
+	seen  map[netip.Addr][]arpLeak // what the last probe of each VIP got
+	// fresh are the VIPs taken over since the last round began (allFresh:
+	// every VIP): what seen holds for them predates the takeover and
+	// confirms nothing.
+	fresh    map[netip.Addr]bool
+	allFresh bool
 }
 
-func newARPWatch(log *slog.Logger, masters func() []vrrp.Config) *arpWatch {
-	return &arpWatch{log: log, masters: masters, probe: probeARP, kick: make(chan struct{}, 1), leaks: map[netip.Addr][]arpLeak{}}
+func newARPWatch(log *slog.Logger, masters func() []vrrp.Config, changed func()) *arpWatch {
+	return &arpWatch{log: log, masters: masters, probe: probeVIP, changed: changed, kick: make(chan struct{}, 1),
+		leaks: map[netip.Addr][]arpLeak{}, seen: map[netip.Addr][]arpLeak{}, fresh: map[netip.Addr]bool{}}
 }
 
-// takeover asks for a probe now.
-func (w *arpWatch) takeover() {
+// takeover asks for a probe now: this node just became master of vips
+// (nil: of an instance it cannot name, so of every VIP).
+func (w *arpWatch) takeover(vips []netip.Prefix) {
+	w.mu.Lock()
+	w.allFresh = w.allFresh || vips == nil
+	for _, p := range vips {
+		w.fresh[p.Addr()] = true
+	}
+	w.mu.Unlock()
 	select {
 	case w.kick <- struct{}{}:
 	default:
@@ -162,7 +194,7 @@ func (w *arpWatch) takeover() {
 }
 
 func (w *arpWatch) run(ctx context.Context) {
-	t := time.NewTicker(arpProbeEvery)
+	t := time.NewTimer(arpProbeEvery)
 	defer t.Stop()
 	for {
 		select {
@@ -171,19 +203,42 @@ func (w *arpWatch) run(ctx context.Context) {
 		case <-t.C:
 		case <-w.kick:
 		}
-		w.round()
+		next := arpProbeEvery
+		if w.round() {
+			next = arpConfirmAfter
+		}
+		t.Reset(next)
 	}
 }
 
-// round probes every IPv4 VIP of the instances that are MASTER; the VIPs
-// of the others are no longer this node's to watch and are forgotten.
-func (w *arpWatch) round() {
+// confirmLeaks is the leaks of now that the previous probe of the same VIP
+// (prev) got too, by MAC; unconfirmed says now holds an answer prev did not.
+func confirmLeaks(prev, now []arpLeak) (confirmed []arpLeak, unconfirmed bool) {
+	for _, l := range now {
+		if slices.ContainsFunc(prev, func(p arpLeak) bool { return bytes.Equal(p.MAC, l.MAC) }) {
+			confirmed = append(confirmed, l)
+		} else {
+			unconfirmed = true
+		}
+	}
+	return confirmed, unconfirmed
+}
+
+// round probes every VIP of the instances that are MASTER; the VIPs of the
+// others are no longer this node's to watch and are forgotten. It says
+// whether an answer awaits confirmation by the next probe.
+func (w *arpWatch) round() (pending bool) {
+	w.mu.Lock()
+	prevSeen, fresh, allFresh := w.seen, w.fresh, w.allFresh
+	w.fresh, w.allFresh = map[netip.Addr]bool{}, false
+	w.mu.Unlock()
 	found := map[netip.Addr][]arpLeak{}
+	seen := map[netip.Addr][]arpLeak{}
 	probed := map[netip.Addr]bool{}
 	for _, cfg := range w.masters() {
 		for _, p := range cfg.VIPs {
 			vip := p.Addr()
-			if !vip.Is4() || probed[vip] {
+			if probed[vip] {
 				continue
 			}
 			probed[vip] = true
@@ -192,23 +247,39 @@ func (w *arpWatch) round() {
 				w.log.Warn("arp leak probe failed", "vip", vip, "interface", cfg.Interface, "err", err)
 				// Keep what the last probe found.
 				w.mu.Lock()
-				found[vip] = w.leaks[vip]
+				found[vip], seen[vip] = w.leaks[vip], w.seen[vip]
 				w.mu.Unlock()
 				continue
 			}
-			found[vip] = leaks
+			prev := prevSeen[vip]
+			if allFresh || fresh[vip] {
+				prev = nil
+			}
+			var unconfirmed bool
+			found[vip], unconfirmed = confirmLeaks(prev, leaks)
+			seen[vip] = leaks
+			pending = pending || unconfirmed
 		}
 	}
 	w.mu.Lock()
 	old := w.leaks
-	w.leaks = found
+	w.leaks, w.seen = found, seen
 	w.mu.Unlock()
+	changed := false
+	for vip := range old {
+		if _, ok := found[vip]; !ok && len(old[vip]) > 0 {
+			changed = true // no longer this node's VIP: its leaks fail no one
+		}
+	}
 	for vip, leaks := range found {
 		if leakKey(leaks) == leakKey(old[vip]) {
 			continue
 		}
+		changed = true
 		if len(leaks) == 0 {
-			w.log.Info("arp leak cleared: only this director answers ARP for the VIP", "vip", vip)
+			if len(old[vip]) > 0 {
+				w.log.Info("arp leak cleared: only this director answers ARP for the VIP", "vip", vip)
+			}
 			continue
 		}
 		for _, l := range leaks {
@@ -216,6 +287,10 @@ func (w *arpWatch) round() {
 				"vip", vip, "mac", l.MAC.String(), "ip", ipString(l.IP))
 		}
 	}
+	if changed && w.changed != nil {
+		w.changed()
+	}
+	return pending
 }
 
 // snapshot is what the last round found, sorted by VIP.
@@ -246,18 +321,81 @@ func (d *Daemon) masterConfigs() []vrrp.Config {
 func arpLeakStatus(leaks []arpLeak, cfg *conf.Config) []control.ARPLeak {
 	var out []control.ARPLeak
 	for _, l := range leaks {
-		cl := control.ARPLeak{VIP: l.VIP.String(), MAC: l.MAC.String(), IP: ipString(l.IP)}
-		for i := range cfg.Services {
-			vs := &cfg.Services[i]
-			for j, rs := range vs.Reals {
-				if l.IP.IsValid() && vs.IPVS.Reals[j].Addr.Addr() == l.IP {
-					cl.RealServers = append(cl.RealServers, rs.ID)
-				}
-			}
-		}
-		out = append(out, cl)
+		out = append(out, control.ARPLeak{VIP: l.VIP.String(), MAC: l.MAC.String(), IP: ipString(l.IP), RealServers: realsAt(cfg, l.IP)})
 	}
 	return out
+}
+
+// realsAt are the IDs of cfg's real servers at address ip, in config order.
+func realsAt(cfg *conf.Config, ip netip.Addr) []string {
+	if !ip.IsValid() {
+		return nil
+	}
+	var out []string
+	for i := range cfg.Services {
+		vs := &cfg.Services[i]
+		for j, rs := range vs.Reals {
+			if vs.IPVS.Reals[j].Addr.Addr() == ip {
+				out = append(out, rs.ID)
+			}
+		}
+	}
+	return out
+}
+
+// arpFailed are the real servers that global.arp_leak = "fail" takes out
+// of every service, by ID, each with why: those at the address of a
+// reported leak (the MAC's neighbour entry). A leak whose MAC has no entry
+// names no one and fails no one.
+func arpFailed(cfg *conf.Config, leaks []arpLeak) map[string]string {
+	if !cfg.Global.ARPLeakFails {
+		return nil
+	}
+	out := map[string]string{}
+	for _, l := range leaks {
+		for _, id := range realsAt(cfg, l.IP) {
+			if _, ok := out[id]; !ok {
+				out[id] = fmt.Sprintf("arp leak: %s answers for VIP %s (global.arp_leak = \"fail\")", l.MAC, l.VIP)
+			}
+		}
+	}
+	return out
+}
+
+// verdicts are the health verdicts IPVS follows: the checker's, with the
+// real servers arpFailed names down (failed the way a check fails them:
+// their service's on_failure applies); failed says why for those.
+func (d *Daemon) verdicts(cfg *conf.Config) (health map[string]bool, failed map[string]string) {
+	health = d.hc.Verdicts()
+	failed = arpFailed(cfg, d.arp.snapshot())
+	for id := range failed {
+		health[id] = false
+	}
+	return health, failed
+}
+
+// onARPLeaks applies a change of the reported leaks: IPVS gets the real
+// servers arp_leak fails, and each one failed or restored is logged once.
+func (d *Daemon) onARPLeaks() {
+	d.noteARPFailed(d.config())
+	d.reconcile("arp leak")
+}
+
+// noteARPFailed logs each real server that cfg's arp_leak newly fails or
+// no longer fails, before IPVS is given the change.
+func (d *Daemon) noteARPFailed(cfg *conf.Config) {
+	failed := arpFailed(cfg, d.arp.snapshot())
+	for id, why := range failed {
+		if _, was := d.arpDown[id]; !was {
+			d.log.Warn("real server DOWN: it answers ARP for a VIP", "real_server", id, "reason", why)
+		}
+	}
+	for id := range d.arpDown {
+		if _, still := failed[id]; !still {
+			d.log.Info("real server no longer failed for an ARP leak", "real_server", id)
+		}
+	}
+	d.arpDown = failed
 }
 
 func leakKey(leaks []arpLeak) string {

@@ -77,8 +77,13 @@ type Daemon struct {
 	// bgpp announces the VIPs of [bgp]; nil when there is none.
 	bgpp *bgpPart
 	// arp probes the VIPs this node is master of for ARP leaks; set by New.
-	arp     *arpWatch
-	metrics *metrics
+	// arpChanged hears of each change of what it reports; arpDown are the
+	// real servers global.arp_leak = "fail" took out when the main loop
+	// last applied one (main loop only).
+	arp        *arpWatch
+	arpChanged chan struct{}
+	arpDown    map[string]string
+	metrics    *metrics
 	// vips records the VIPs the instances hold; set by Run.
 	vips *vipRecord
 	// tracks reads the tracked files and runs the tracked scripts; set by
@@ -116,17 +121,24 @@ func New(cfg *conf.Config, log *slog.Logger, opts Options) *Daemon {
 	// the daemon's capabilities.
 	d.tracks = newTracker(log, process.ChildStarter(0), d.pushTracks)
 	d.groups = newSyncGroups(log, d.startNotify, d.pushTracks, d.stepDown)
-	d.arp = newARPWatch(log, d.masterConfigs)
+	d.arpChanged = make(chan struct{}, 1)
+	d.arp = newARPWatch(log, d.masterConfigs, func() {
+		select {
+		case d.arpChanged <- struct{}{}:
+		default:
+		}
+	})
 	return d
 }
 
 // bgpVerdicts applies bgpVerdicts to the running config, the health
 // verdicts and what IPVS holds.
 func (d *Daemon) bgpVerdicts(vips []netip.Prefix) map[netip.Prefix]string {
-	health := d.hc.Verdicts()
 	d.mu.Lock()
-	desired := desiredServices(d.cfg, health, d.marks)
+	cfg, marks := d.cfg, d.marks
 	d.mu.Unlock()
+	health, _ := d.verdicts(cfg)
+	desired := desiredServices(cfg, health, marks)
 	return bgpVerdicts(vips, desired, d.ipvs.isProgrammed)
 }
 
@@ -298,6 +310,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.reload(vctx)
 			_ = sdNotify("READY=1")
 			debug.FreeOSMemory()
+		case <-d.arpChanged:
+			d.onARPLeaks()
 		case tr, ok := <-d.hc.Transitions():
 			if !ok {
 				return errors.New("health checks stopped")
@@ -393,6 +407,7 @@ func (d *Daemon) reload(vctx context.Context) {
 		// is withdrawn as early as can be.
 		d.bgpp.update(*cfg.BGP)
 	}
+	d.noteARPFailed(cfg) // arp_leak may have changed
 	d.reconcile("reload")
 	d.tracks.update(vctx, cfg)
 	d.groups.update(vctx, cfg.SyncGroups)

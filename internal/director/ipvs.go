@@ -305,10 +305,11 @@ func desiredServices(cfg *conf.Config, health map[string]bool, marks map[string]
 
 // reconcile hands IPVS the table the config and health now call for.
 func (d *Daemon) reconcile(reason string) {
-	health := d.hc.Verdicts()
 	d.mu.Lock()
-	desired := desiredServices(d.cfg, health, d.marks)
+	cfg, marks := d.cfg, d.marks
 	d.mu.Unlock()
+	health, _ := d.verdicts(cfg)
+	desired := desiredServices(cfg, health, marks)
 	d.log.Debug("ipvs: reconcile", "reason", reason, "services", len(desired))
 	d.ipvs.set(desired)
 }

@@ -227,8 +227,11 @@ var (
 	descSyncGroup = prometheus.NewDesc("lvsha_sync_group_state",
 		"State of a sync group: 1 for the current state (FAULT if a member is, MASTER if all are, else BACKUP).",
 		[]string{"sync_group", "state"}, nil)
+	descRSFailedBy = prometheus.NewDesc("lvsha_realserver_failed_by",
+		"1 while the director fails a real server whatever its check says, by reason (arp_leak: it answers ARP for a VIP, global.arp_leak = \"fail\").",
+		[]string{"service", "real_server", "reason"}, nil)
 	descARPLeaks = prometheus.NewDesc("lvsha_arp_leaks",
-		"Hosts other than this master that answered its last ARP request for a VIP it holds (real servers without ARP suppression), by VIP.",
+		"Hosts other than this master that answered its ARP requests (IPv6: neighbour solicitations) for a VIP it holds, two probes in a row (real servers without ARP suppression), by VIP.",
 		[]string{"vip"}, nil)
 	descSyncError = prometheus.NewDesc("lvsha_ipvs_sync_error",
 		"1 while the sync daemons are not as configured (see lvsha status).", nil, nil)
@@ -249,7 +252,7 @@ func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descVRRPState, descVRRPSince, descVRRPInterval, descVRRPPrio, descVRRPTrans, descAdvSent, descAdvRecv, descDropped,
 		descGARPSuppressed, descSendErrors, descRSUp, descChecks, descWeight, descLiveWeight, descQuorum, descSorry, descIPVSFailing,
 		descSyncDaemon, descConnEntries, descSyncError, descBGPEstablished, descBGPAnnounced, descBGPWithdrawals,
-		descTrackFile, descTrackScript, descSyncGroup, descARPLeaks} {
+		descTrackFile, descTrackScript, descSyncGroup, descARPLeaks, descRSFailedBy} {
 		ch <- d
 	}
 }
@@ -278,7 +281,7 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, v := range st.VRRP {
 		if v.State == vrrp.Master.String() {
 			for _, p := range v.VIPs {
-				if pp, err := netip.ParsePrefix(p); err == nil && pp.Addr().Is4() {
+				if pp, err := netip.ParsePrefix(p); err == nil {
 					leaks[pp.Addr().String()] += 0
 				}
 			}
@@ -396,6 +399,9 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 				}
 				ch <- prometheus.MustNewConstMetric(descRSUp, prometheus.GaugeValue, up, s.Key, r.Address)
 				ch <- prometheus.MustNewConstMetric(descChecks, prometheus.CounterValue, float64(r.Checks), conf.RealServerID(s.Key, r.Address))
+			}
+			if r.FailedBy != "" {
+				ch <- prometheus.MustNewConstMetric(descRSFailedBy, prometheus.GaugeValue, 1, s.Key, r.Address, "arp_leak")
 			}
 			if r.KernelWeight >= 0 {
 				ch <- prometheus.MustNewConstMetric(descWeight, prometheus.GaugeValue, float64(r.KernelWeight), s.Key, r.Address)

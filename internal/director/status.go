@@ -52,7 +52,7 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 	}
 	st.Tracks, st.SyncGroups = d.trackStatus(cfg)
 	st.ARPLeaks = arpLeakStatus(d.arp.snapshot(), cfg)
-	health := d.hc.Verdicts()
+	health, failed := d.verdicts(cfg)
 	var snap lvs.Snapshot
 	ipvsOK := false
 	snap, st.IPVSError, ipvsOK = d.ipvs.snapshot(ctx)
@@ -67,12 +67,13 @@ func (d *Daemon) status(ctx context.Context) control.Status {
 			rs := &vs.Reals[j]
 			addr := vs.IPVS.Reals[j].Addr
 			r := control.RealStatus{Address: addr.String(), Weight: rs.Weight, KernelWeight: -1, Health: "unchecked",
-				ViaMark: marks[rs.ID]}
+				ViaMark: marks[rs.ID], FailedBy: failed[rs.ID]}
 			if kd, ok := ks.Dest(addr); ok {
 				r.KernelWeight, r.ActiveConns, r.InactiveConns = kd.Weight, kd.ActiveConns, kd.InactConns
 			}
-			// Health is the verdict IPVS follows (the checker client's);
-			// the checker process adds the details.
+			// Health is the verdict IPVS follows (the checker client's,
+			// down for an ARP leak under arp_leak = "fail": FailedBy); the
+			// checker process adds the details.
 			if up, ok := health[rs.ID]; ok {
 				r.Health = "down"
 				if up {

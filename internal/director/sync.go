@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -262,6 +263,13 @@ func (d *Daemon) onVRRPState(instance string, s vrrp.State) {
 	d.syncp.setState(instance, s)
 	d.groups.state(instance, s)
 	if s == vrrp.Master {
-		d.arp.takeover()
+		var vips []netip.Prefix // nil, as a new runner may not be recorded yet
+		d.mu.Lock()
+		r := d.vrrp[instance]
+		d.mu.Unlock()
+		if r != nil {
+			vips = r.config().VIPs
+		}
+		d.arp.takeover(vips)
 	}
 }

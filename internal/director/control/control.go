@@ -203,6 +203,10 @@ type RealStatus struct {
 	// ViaMark is the firewall mark of a via_vip check (its IPVS fwmark
 	// service), 0 for a check to the real server's own address.
 	ViaMark uint32 `json:"via_vip_mark,omitempty"`
+	// FailedBy says why the director fails a real server whatever its
+	// check says (Health is then down): an ARP leak under
+	// global.arp_leak = "fail".
+	FailedBy string `json:"failed_by,omitempty"`
 }
 
 // ErrNotRunning says no daemon answers on the control socket.
