@@ -32,7 +32,7 @@ const viaCtlPort = 81
 
 func viaConfig(t Tuning, priority int, web2 bool) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "[global]\ncontrol_socket = %q\nstate_dir = %q\n\n", t.ControlSocket, t.StateDir)
+	fmt.Fprintf(&b, "[global]\ncontrol_socket = %q\nstate_dir = %q\narp_leak = \"fail\"\n\n", t.ControlSocket, t.StateDir)
 	for _, in := range []struct{ name, vip string }{{"VI_4", VIP.String() + "/32"}, {"VI_6", VIP6.String() + "/64"}} {
 		fmt.Fprintf(&b, "[[vrrp_instance]]\nname = %q\ninterface = %q\nvirtual_router_id = 51\npriority = %d\nadvert_interval = %q\nvirtual_ipaddress = [%q]\n\n",
 			in.name, t.Interface, priority, t.AdvertInterval, in.vip)
@@ -219,6 +219,64 @@ func RunViaVIP(ctx context.Context, lvsha, workDir string, logf func(string, ...
 		return err
 	}
 	logf("PASS: web1 with the VIP back on lo is up again")
+
+	// web1 loses its ARP suppression: it answers ARP for the VIP, and
+	// clients could bypass the director. The master's probe (every 10 s)
+	// reports it with web1's MAC and address; arp_leak = "fail" takes web1
+	// out of every service of the master's IPVS (the backup, which does
+	// not probe, keeps it). Fixing it brings web1 back.
+	setARP := func(ignore, announce string) error {
+		for _, ifc := range []string{"all", "eth0"} {
+			if err := lab.Sysctl(web1.NS, "net/ipv4/conf/"+ifc+"/arp_ignore", ignore); err != nil {
+				return err
+			}
+			if err := lab.Sysctl(web1.NS, "net/ipv4/conf/"+ifc+"/arp_announce", announce); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	leakIs := func(want bool) func() error {
+		return func() error {
+			st, err := d1.status(ctx)
+			if err != nil {
+				return err
+			}
+			found := false
+			for _, l := range st.ARPLeaks {
+				if l.VIP == VIP.String() && l.MAC == web1.MAC.String() && l.IP == Web1Addr.Addr().String() {
+					found = true
+				}
+			}
+			if found != want {
+				return fmt.Errorf("director1: ARP leaks %+v", st.ARPLeaks)
+			}
+			for _, a := range []string{w1, c1} {
+				r, _ := findReal(st, a)
+				if failed := strings.HasPrefix(r.FailedBy, "arp leak"); failed != want || (r.KernelWeight == 0) != want {
+					return fmt.Errorf("director1: %s failed_by %q, kernel weight %d", a, r.FailedBy, r.KernelWeight)
+				}
+			}
+			return nil
+		}
+	}
+	if err := setARP("0", "0"); err != nil {
+		return fmt.Errorf("web1: ARP suppression off: %w", err)
+	}
+	if _, err := waitFor(ctx, "director1 reports web1's ARP leak and fails it", 30*time.Second, 100*time.Millisecond, leakIs(true)); err != nil {
+		return fmt.Errorf("%w\n%s", err, d1.logTail(20))
+	}
+	if err := realsIn(ctx, d2, w1, "up", 1); err != nil {
+		return fmt.Errorf("the backup, which does not probe, failed web1 too: %w", err)
+	}
+	logf("PASS: web1 answering ARP for the VIP is reported by the master with its MAC and address, and arp_leak = \"fail\" puts it at weight 0 in both services")
+	if err := setARP("1", "2"); err != nil {
+		return fmt.Errorf("web1: ARP suppression back: %w", err)
+	}
+	if _, err := waitFor(ctx, "director1 clears web1's ARP leak", 30*time.Second, 100*time.Millisecond, leakIs(false)); err != nil {
+		return err
+	}
+	logf("PASS: with ARP suppression back, the report clears and web1 is back at weight 1")
 
 	// A reload without web2 removes its fwmark service.
 	st, err := d1.status(ctx)
