@@ -49,8 +49,12 @@ var (
 )
 
 // DirectorAddr is director i's (1-based) address, WebAddr web i's.
-func DirectorAddr(i int) netip.Prefix { return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 24) }
-func WebAddr(i int) netip.Prefix      { return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(10 + i)}), 24) }
+func DirectorAddr(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 24)
+}
+func WebAddr(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(10 + i)}), 24)
+}
 
 // Options are one lab's settings.
 type Options struct {
@@ -254,7 +258,9 @@ func (l *Lab) config(i int, socket string) string {
 
 // WebDownFile fails web w's checks on every director; DirectorDownFile
 // fails all of director i's checks.
-func (l *Lab) WebDownFile(w int) string { return filepath.Join(l.o.WorkDir, fmt.Sprintf("down-web%d", w)) }
+func (l *Lab) WebDownFile(w int) string {
+	return filepath.Join(l.o.WorkDir, fmt.Sprintf("down-web%d", w))
+}
 func (l *Lab) DirectorDownFile(i int) string {
 	return filepath.Join(l.o.WorkDir, fmt.Sprintf("d%d-down", i))
 }
