@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -28,6 +29,7 @@ import (
 	"github.com/lvsha/lvsha/internal/scenarios/connsync"
 	"github.com/lvsha/lvsha/internal/testenv/lab"
 	"github.com/lvsha/lvsha/internal/testenv/netns"
+	"github.com/lvsha/lvsha/internal/testenv/vm"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
 )
@@ -349,6 +351,34 @@ func frrUser() (int, int, error) {
 		}
 	}
 	return uid, gid, fmt.Errorf("no frr user in /etc/passwd (install frr)")
+}
+
+// GuestFiles are the files the VM needs beside the test binary: lvsha,
+// FRR's bgpd and zebra and iproute2's ip, with their shared libraries.
+func GuestFiles(lvsha string) (map[string]string, error) {
+	files := map[string]string{GuestLvsha: lvsha}
+	for _, exe := range []string{BGPD, Zebra} {
+		if _, err := os.Stat(exe); err != nil {
+			return nil, fmt.Errorf("FRR is not installed (internal/testenv/setup.sh installs it): %w", err)
+		}
+		fs, err := vm.WithLibs(exe)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(files, fs)
+	}
+	ip, err := filepath.EvalSymlinks("/usr/sbin/ip")
+	if err != nil {
+		return nil, fmt.Errorf("iproute2's ip: %w", err)
+	}
+	fs, err := vm.WithLibs(ip)
+	if err != nil {
+		return nil, err
+	}
+	delete(fs, ip)
+	maps.Copy(files, fs)
+	files[GuestIP] = ip
+	return files, nil
 }
 
 // Start starts director i (1-based).

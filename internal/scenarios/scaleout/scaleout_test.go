@@ -25,34 +25,6 @@ const (
 	FlowInterval = 200 * time.Millisecond
 )
 
-// GuestFiles are the files the VM needs beside the test binary: lvsha,
-// FRR's bgpd and zebra and iproute2's ip, with their shared libraries.
-func GuestFiles(lvsha string) (map[string]string, error) {
-	files := map[string]string{GuestLvsha: lvsha}
-	for _, exe := range []string{BGPD, Zebra} {
-		if _, err := os.Stat(exe); err != nil {
-			return nil, fmt.Errorf("FRR is not installed (internal/testenv/setup.sh installs it): %w", err)
-		}
-		fs, err := vm.WithLibs(exe)
-		if err != nil {
-			return nil, err
-		}
-		maps.Copy(files, fs)
-	}
-	ip, err := filepath.EvalSymlinks("/usr/sbin/ip")
-	if err != nil {
-		return nil, fmt.Errorf("iproute2's ip: %w", err)
-	}
-	fs, err := vm.WithLibs(ip)
-	if err != nil {
-		return nil, err
-	}
-	delete(fs, ip)
-	maps.Copy(files, fs)
-	files[GuestIP] = ip
-	return files, nil
-}
-
 // TestScaleOutVM builds lvsha, boots the VM and runs TestScaleOut there.
 func TestScaleOutVM(t *testing.T) {
 	if testing.Short() {
