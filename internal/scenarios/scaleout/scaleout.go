@@ -70,7 +70,10 @@ type Options struct {
 	// HoldTime is the directors' proposed BGP hold time; default 9s (the
 	// router's datacenter profile proposes 9 s too).
 	HoldTime time.Duration
-	Log      func(format string, args ...any)
+	// CheckInterval is the interval of the exec checks (3 per director,
+	// each a fork and exec of sh); default 1s.
+	CheckInterval time.Duration
+	Log           func(format string, args ...any)
 }
 
 // Lab is the router, the directors, the webs and the client.
@@ -103,6 +106,9 @@ func New(tag string, o Options) (_ *Lab, err error) {
 	}
 	if o.HoldTime == 0 {
 		o.HoldTime = 9 * time.Second
+	}
+	if o.CheckInterval == 0 {
+		o.CheckInterval = time.Second
 	}
 	if o.Log == nil {
 		o.Log = func(string, ...any) {}
@@ -235,8 +241,8 @@ func defaultRoute(ns *netns.NS, gw netip.Addr) error {
 	return nil
 }
 
-// config is director i's: the VIP's service with mh over the webs (sorted
-// order, fallback, port hashing), each web checked by an exec check that
+// config is director i's: the VIP's service with mh over the webs
+// (fallback, port hashing), each web checked by an exec check that
 // fails while the file down-webN (all directors) or dN-down (this
 // director only) exists; [bgp] towards the router.
 func (l *Lab) config(i int, socket string) string {
@@ -245,11 +251,16 @@ func (l *Lab) config(i int, socket string) string {
 	fmt.Fprintf(&b, "[global]\nrouter_id = %q\ncontrol_socket = %q\nstate_dir = %q\nrealtime_priority = 0\n\n",
 		name, socket, filepath.Join(l.o.WorkDir, name+"-state"))
 	fmt.Fprintf(&b, "[[virtual_server]]\naddress = \"%v\"\nscheduler = \"mh\"\nmh_fallback = true\nmh_port = true\nforwarding = \"dr\"\n", Target)
-	for w := 1; w <= l.o.Webs; w++ {
+	// Each director lists the webs in another order (rotated by i-1):
+	// the same table on every director then rests on lvsha adding mh
+	// destinations in address order, as the kernel's Maglev table
+	// depends on the order they were added.
+	for k := range l.o.Webs {
+		w := (k+i-1)%l.o.Webs + 1
 		fmt.Fprintf(&b, "\n[[virtual_server.real_server]]\naddress = \"%v:%d\"\n", WebAddr(w).Addr(), connsync.Port)
 		fmt.Fprintf(&b, "[virtual_server.real_server.check]\ntype = \"exec\"\nargv = [\"/bin/sh\", \"-c\", \"! test -e %s -o -e %s\"]\n"+
-			"interval = \"1s\"\ntimeout = \"900ms\"\nrise = 1\nfall = 3\n",
-			l.WebDownFile(w), l.DirectorDownFile(i))
+			"interval = %q\ntimeout = \"900ms\"\nrise = 1\nfall = 3\n",
+			l.WebDownFile(w), l.DirectorDownFile(i), l.o.CheckInterval.String())
 	}
 	sloppy := !l.o.NoSloppy
 	fmt.Fprintf(&b, "\n[bgp]\nasn = 65001\nrouter_id = %q\nannounce = [%q]\ndrain_time = \"2s\"\nsloppy_tcp = %v\n"+
