@@ -613,21 +613,6 @@ func (l *Lab) Duplicates() string {
 	return strings.Join(out, "; ")
 }
 
-// HasConn says whether director i's IPVS table has an entry for the
-// client's port sport.
-func (l *Lab) HasConn(i int, sport uint16) (bool, error) {
-	es, err := lab.IPVSConns(l.Directors[i-1].Node.NS)
-	if err != nil {
-		return false, err
-	}
-	for _, e := range es {
-		if e.Client == netip.AddrPortFrom(ClientAddr.Addr(), sport) {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
 // WebName names a web by address as its echo does.
 func WebName(a netip.Addr) string {
 	b := a.As4()
