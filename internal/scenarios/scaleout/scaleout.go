@@ -623,7 +623,8 @@ func WebName(a netip.Addr) string {
 }
 
 // TotalConns is director i's IPVS count of connections ever scheduled
-// (the first column of /proc/net/ip_vs_stats, hexadecimal).
+// (the first column of /proc/net/ip_vs_stats, hexadecimal). On the VM's
+// 6.1 kernel the estimator refreshes it every 2 s: it lags by that much.
 func (l *Lab) TotalConns(i int) (uint64, error) {
 	b, err := l.procNet(i, "ip_vs_stats")
 	if err != nil {
