@@ -378,7 +378,10 @@ func GuestFiles(lvsha string) (map[string]string, error) {
 		}
 		maps.Copy(files, fs)
 	}
-	ip, err := filepath.EvalSymlinks("/usr/sbin/ip")
+	ip, err := exec.LookPath("ip")
+	if err == nil {
+		ip, err = filepath.EvalSymlinks(ip)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("iproute2's ip: %w", err)
 	}
