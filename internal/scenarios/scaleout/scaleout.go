@@ -1,6 +1,6 @@
 // Package scaleout proves active-active directors over BGP on a real
 // kernel: FRR's bgpd and zebra in a router namespace (ECMP over up to 8
-// paths, L4 hashing), three lvsha directors that peer with it and program
+// paths, hashing the 5-tuple), three lvsha directors that peer with it and program
 // real IPVS (mh scheduler, DR) over three echo servers, and a client
 // behind the router. It runs inside the QEMU VM (internal/testenv/vm).
 //
@@ -50,10 +50,12 @@ var (
 	ClientGW   = netip.MustParsePrefix("172.16.0.1/24")
 )
 
-// DirectorAddr is director i's (1-based) address, WebAddr web i's.
+// DirectorAddr is director i's (1-based) address.
 func DirectorAddr(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 24)
 }
+
+// WebAddr is web i's (1-based) address.
 func WebAddr(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(10 + i)}), 24)
 }
@@ -73,7 +75,6 @@ type Options struct {
 	// CheckInterval is the interval of the exec checks (3 per director,
 	// each a fork and exec of sh); default 1s.
 	CheckInterval time.Duration
-	Log           func(format string, args ...any)
 }
 
 // Lab is the router, the directors, the webs and the client.
@@ -109,9 +110,6 @@ func New(tag string, o Options) (_ *Lab, err error) {
 	}
 	if o.CheckInterval == 0 {
 		o.CheckInterval = time.Second
-	}
-	if o.Log == nil {
-		o.Log = func(string, ...any) {}
 	}
 	if err := os.MkdirAll(o.WorkDir, 0o755); err != nil {
 		return nil, err

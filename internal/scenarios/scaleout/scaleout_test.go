@@ -63,7 +63,6 @@ func TestScaleOut(t *testing.T) {
 
 func setup(t *testing.T, tag string, o Options) *Lab {
 	t.Helper()
-	o.Log = t.Logf
 	l, err := New(tag, o)
 	if err != nil {
 		t.Fatal(err)
