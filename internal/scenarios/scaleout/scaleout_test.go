@@ -188,7 +188,8 @@ func waitWeight(t *testing.T, l *Lab, dirs []int, web string, w int) {
 // testECMP is the scenario on one lab, in order: three next hops; the
 // same flow through each director reaching the same real server; 200
 // long-lived connections spread over the directors; a real server to
-// weight 0 and back; a director whose checks all fail withdrawing (and
+// weight 0 (every flow moved to one director meanwhile) and back; a
+// director whose checks all fail withdrawing (and
 // the router sending it nothing more); then one director's clean stop and
 // another's SIGKILL, the connections going on through all of it.
 func testECMP(t *testing.T) {
