@@ -9,7 +9,7 @@ export LVSHA_STRICT := 1
 # Namespace tests run this binary (built by the build target) instead of building their own.
 export LVSHA_BIN := $(CURDIR)/bin/lvsha
 
-.PHONY: all build test unit setup lint bench bench-failover bench-healthcheck bench-ipvs bench-sync soak demo deb clean
+.PHONY: all build test unit setup lint bench bench-failover bench-healthcheck bench-ipvs bench-sync bench-scaleout soak demo deb clean
 
 all: build
 
@@ -36,7 +36,7 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
-bench: bench-failover bench-healthcheck bench-ipvs bench-sync
+bench: bench-failover bench-healthcheck bench-ipvs bench-sync bench-scaleout
 
 bench-failover: setup build
 	$(GO) run ./internal/scenarios/benchfailover -lvsha bin/lvsha
@@ -59,6 +59,14 @@ bench-ipvs: setup build
 # failback, lvsha beside keepalived 2.2.7's lvs_sync_daemon.
 bench-sync: setup build
 	$(GO) run ./internal/scenarios/benchsync -lvsha bin/lvsha
+
+# Active-active directors over BGP in the VM (FRR as the ECMP router, three
+# lvsha directors with real IPVS): new connections per second through one
+# director and through three (the one-director run is the anchor), and the
+# share of long-lived connections reset when one of three leaves (clean
+# stop, SIGKILL, dead host) with sloppy_tcp on and off.
+bench-scaleout: setup build
+	$(GO) run ./internal/scenarios/benchscaleout -lvsha bin/lvsha
 
 # Chaos soak: two real directors in namespaces under random faults for
 # SOAK (e.g. make soak SOAK=30m), every invariant checked all along; exits

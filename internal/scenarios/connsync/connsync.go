@@ -147,7 +147,7 @@ func New(tag string, o Options) (_ *Topology, err error) {
 		if err := lab.RealServer(n.NS, lab.VIP); err != nil {
 			return nil, err
 		}
-		ln, err := echoServer(n, name)
+		ln, err := EchoServer(n.NS, name)
 		if err != nil {
 			return nil, err
 		}
@@ -216,8 +216,8 @@ func (t *Topology) Close() {
 	_ = t.lab.Close()
 }
 
-// echoServer answers each line "N" of a connection with "NAME N".
-func echoServer(n *netns.Node, name string) (net.Listener, error) {
+// EchoServer answers each line "N" of a connection to Port with "NAME N".
+func EchoServer(n *netns.NS, name string) (net.Listener, error) {
 	var ln net.Listener
 	if err := n.Do(func() (err error) {
 		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", Port))
@@ -247,6 +247,12 @@ func echoServer(n *netns.Node, name string) (net.Listener, error) {
 		}
 	}()
 	return ln, nil
+}
+
+// NewDirector is an lvsha daemon to run in node's namespace with the
+// config file config (already written), its control socket and log file.
+func NewDirector(name string, node *netns.Node, lvsha, config, socket, logf string) *Director {
+	return &Director{tool: "lvsha", Name: name, Node: node, lvsha: lvsha, Config: config, Socket: socket, Logf: logf}
 }
 
 // Start runs `lvsha -f CONFIG` in the director's namespace.
@@ -434,13 +440,19 @@ func Reset(err error) bool {
 // talking (a line every interval, its echo awaited) until ctx is done.
 // Connections are opened in a paced burst so the emulated CPU keeps up.
 func (t *Topology) Open(ctx context.Context, n int, interval time.Duration) ([]*Flow, error) {
+	return Open(ctx, t.Client.NS, netip.AddrPortFrom(lab.VIP, Port), n, interval)
+}
+
+// Open dials n connections from the namespace client to target (an echo
+// server's address) and keeps each talking as Topology.Open does.
+func Open(ctx context.Context, client *netns.NS, target netip.AddrPort, n int, interval time.Duration) ([]*Flow, error) {
 	flows := make([]*Flow, 0, n)
 	// One thread in the client's namespace dials them all: a namespace
 	// switch per connection is slow under the VM's emulated CPU.
-	err := t.Client.Do(func() error {
+	err := client.Do(func() error {
 		for i := range n {
 			d := net.Dialer{Timeout: 5 * time.Second}
-			c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(lab.VIP, Port).String())
+			c, err := d.DialContext(ctx, "tcp", target.String())
 			if err != nil {
 				return fmt.Errorf("connection %d: %w", i, err)
 			}
