@@ -75,6 +75,10 @@ type Options struct {
 	// CheckInterval is the interval of the exec checks (3 per director,
 	// each a fork and exec of sh); default 1s.
 	CheckInterval time.Duration
+	// Sync gives every director a [sync] with no instance (master and
+	// backup daemons all the time, on eth0), so each has the others'
+	// connections.
+	Sync bool
 }
 
 // Lab is the router, the directors, the webs and the client.
@@ -259,6 +263,9 @@ func (l *Lab) config(i int, socket string) string {
 		fmt.Fprintf(&b, "[virtual_server.real_server.check]\ntype = \"exec\"\nargv = [\"/bin/sh\", \"-c\", \"! test -e %s -o -e %s\"]\n"+
 			"interval = %q\ntimeout = \"900ms\"\nrise = 1\nfall = 3\n",
 			l.WebDownFile(w), l.DirectorDownFile(i), l.o.CheckInterval.String())
+	}
+	if l.o.Sync {
+		b.WriteString("\n[sync]\ninterface = \"eth0\"\nsync_id = 9\n")
 	}
 	sloppy := !l.o.NoSloppy
 	fmt.Fprintf(&b, "\n[bgp]\nasn = 65001\nrouter_id = %q\nannounce = [%q]\ndrain_time = \"2s\"\nsloppy_tcp = %v\n"+

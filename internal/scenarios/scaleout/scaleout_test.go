@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -57,6 +58,7 @@ func TestScaleOut(t *testing.T) {
 	}
 	start := time.Now()
 	t.Run("ecmp", testECMP)
+	t.Run("sync", testSync)
 	t.Run("nosloppy", testNoSloppy)
 	t.Logf("RESULT scenario time in the VM %v", time.Since(start).Round(time.Second))
 }
@@ -361,6 +363,66 @@ func testECMP(t *testing.T) {
 	waitHops(t, l, Hops(3), 10*time.Second)
 	t.Logf("RESULT d2 SIGKILLed: its route gone from the router %v after the kill", time.Since(killed).Round(time.Millisecond))
 	goOn(t, "d2 killed (SIGKILL)", flows, 3*time.Second)
+}
+
+// testSync: with [sync] on every director and no instance (the master
+// daemon runs all the time), each director holds the others' connections
+// too. Then the step where testECMP sees web1's moved flows reset (web1 at
+// weight 0, every flow moved to d1, whose Maglev table now sends web1's
+// share elsewhere) keeps every flow, web1's included: d1 finds each one's
+// synced entry, and so its real server, before the scheduler is asked.
+func testSync(t *testing.T) {
+	l := setup(t, "s", Options{Sync: true})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	flows, err := connsync.Open(ctx, l.Client, Target, Flows, FlowInterval)
+	if err != nil {
+		t.Fatal(err)
+	}
+	talking(t, flows, 3)
+	onWeb1 := 0
+	for _, f := range flows {
+		if f.RealServer() == "web1" {
+			onWeb1++
+		}
+	}
+	if onWeb1 == 0 {
+		t.Fatalf("no flow on web1: the step proves nothing")
+	}
+	took, err := connsync.WaitFor(ctx, "every connection in d1's table", 30*time.Second, func() error {
+		es, err := lab.IPVSConns(l.Directors[0].Node.NS)
+		if err != nil {
+			return err
+		}
+		have := map[netip.AddrPort]bool{}
+		for _, e := range es {
+			have[e.Client] = true
+		}
+		missing := 0
+		for _, f := range flows {
+			if !have[f.Local] {
+				missing++
+			}
+		}
+		if missing > 0 {
+			return fmt.Errorf("%d of %d connections not in d1's table", missing, len(flows))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	per, _ := spread(t, l)
+	t.Logf("RESULT [sync]: d1 holds all %d connections (through d1, d2, d3: %v) %v after they talked", len(flows), per, took.Round(time.Millisecond))
+	touch(t, l.WebDownFile(1), true)
+	waitWeight(t, l, []int{1, 2, 3}, "web1", 0)
+	if err := l.PinVia(1); err != nil {
+		t.Fatal(err)
+	}
+	goOn(t, fmt.Sprintf("[sync] on, web1 at weight 0, every flow moved to d1: all of them, the %d on web1 too", onWeb1), flows, 2*time.Second)
+	if err := l.PinVia(0); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // testNoSloppy: the same clean stop with sloppy_tcp = false resets the
