@@ -236,7 +236,6 @@ func TestBGPWithFRR(t *testing.T) {
 
 	startFRR(t, r, frrBGPConfig)
 
-
 	dirs := [2]string{t.TempDir(), t.TempDir()}
 	// d1 muted (its session comes up, it announces nothing), d2 normal.
 	d1 := startBGPDirector(t, nodes[0], dirs[0], true)
