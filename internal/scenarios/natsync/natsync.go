@@ -18,14 +18,13 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/lvsha/lvsha/internal/director/control"
+	"github.com/lvsha/lvsha/internal/scenarios/connsync"
 	"github.com/lvsha/lvsha/internal/testenv/lab"
 	"github.com/lvsha/lvsha/internal/testenv/netns"
 	"github.com/vishvananda/netlink"
@@ -115,10 +114,8 @@ func New(tag string, o Options) (_ *Topology, err error) {
 		if err := lab.Sysctl(n.NS, "net.ipv4.ip_forward", "1"); err != nil {
 			return nil, err
 		}
-		d := &Director{Name: name, Node: n, lvsha: o.Lvsha,
-			Config: filepath.Join(o.WorkDir, name+".toml"),
-			Socket: filepath.Join("/run/lvsha", "ns"+tag+"-"+name+".sock"),
-			Logf:   filepath.Join(o.WorkDir, name+".log")}
+		d := &Director{connsync.NewDirector(name, n, o.Lvsha, filepath.Join(o.WorkDir, name+".toml"),
+			filepath.Join("/run/lvsha", "ns"+tag+"-"+name+".sock"), filepath.Join(o.WorkDir, name+".log"))}
 		if err := os.WriteFile(d.Config, []byte(t.config(d, 150-50*i)), 0o644); err != nil {
 			return nil, fmt.Errorf("natsync: %w", err)
 		}
@@ -377,72 +374,9 @@ func (t *Topology) WaitStates(ctx context.Context, want string) (time.Duration, 
 	})
 }
 
-// Director is one lvsha daemon in its namespace.
-type Director struct {
-	Name   string
-	Node   *netns.Node
-	lvsha  string
-	Config string
-	Socket string
-	Logf   string
-	cmd    *exec.Cmd
-	done   chan struct{}
-}
-
-// Start runs `lvsha -f CONFIG` in the director's namespace.
-func (d *Director) Start() error {
-	logf, err := os.OpenFile(d.Logf, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("%s: %w", d.Name, err)
-	}
-	cmd := exec.Command(d.lvsha, "-f", d.Config)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := d.Node.Start(cmd); err != nil {
-		logf.Close()
-		return fmt.Errorf("%s: start lvsha: %w", d.Name, err)
-	}
-	d.cmd, d.done = cmd, make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		logf.Close()
-		close(d.done)
-	}()
-	return nil
-}
-
-// Stop is a clean stop (SIGTERM), a kill of its process group after 10 s.
-func (d *Director) Stop() {
-	if d.cmd == nil {
-		return
-	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(10 * time.Second):
-		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-		<-d.done
-	}
-	d.cmd = nil
-}
-
-// Status asks the daemon over its control socket.
-func (d *Director) Status(ctx context.Context) (*control.Status, error) {
-	if d.done != nil {
-		select {
-		case <-d.done:
-			return nil, fmt.Errorf("%s: lvsha exited", d.Name)
-		default:
-		}
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	st, err := control.QueryStatus(ctx, d.Socket)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", d.Name, err)
-	}
-	return st, nil
-}
+// Director is a director of the lab: connsync's lvsha daemon, with what
+// this scenario asks of it.
+type Director struct{ *connsync.Director }
 
 // States is "outside=STATE inside=STATE" as the status says.
 func (d *Director) States(ctx context.Context) (string, error) {
@@ -459,14 +393,4 @@ func (d *Director) States(ctx context.Context) (string, error) {
 		s = append(s, name+"="+st.VRRP[i].State)
 	}
 	return strings.Join(s, " "), nil
-}
-
-// LogTail is the end of the daemon's log, for failures.
-func (d *Director) LogTail(n int) string {
-	b, _ := os.ReadFile(d.Logf)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return "    " + strings.Join(lines, "\n    ")
 }
