@@ -29,7 +29,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -78,16 +77,8 @@ func host(n int, d time.Duration, workers int, lvsha string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if lvsha == "" {
-		lvsha = filepath.Join(tmp, "lvsha")
-		if err := e2e.BuildLvsha(ctx, lvsha); err != nil {
-			return err
-		}
-	} else if err := vm.IsStatic(lvsha); err != nil {
-		return err
-	}
-	bin := filepath.Join(tmp, "benchscaleout")
-	if err := vm.BuildStatic(ctx, "github.com/lvsha/lvsha/internal/scenarios/benchscaleout", bin); err != nil {
+	lvsha, bin, err := e2e.HostBinaries(ctx, tmp, lvsha, "github.com/lvsha/lvsha/internal/scenarios/benchscaleout")
+	if err != nil {
 		return err
 	}
 	files, err := scaleout.GuestFiles(lvsha)

@@ -24,7 +24,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -69,16 +68,8 @@ func host(n int, lvsha string, keepalivedFirst bool) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	if lvsha == "" {
-		lvsha = filepath.Join(tmp, "lvsha")
-		if err := e2e.BuildLvsha(ctx, lvsha); err != nil {
-			return err
-		}
-	} else if err := vm.IsStatic(lvsha); err != nil {
-		return err
-	}
-	bin := filepath.Join(tmp, "benchsync")
-	if err := vm.BuildStatic(ctx, "github.com/lvsha/lvsha/internal/scenarios/benchsync", bin); err != nil {
+	lvsha, bin, err := e2e.HostBinaries(ctx, tmp, lvsha, "github.com/lvsha/lvsha/internal/scenarios/benchsync")
+	if err != nil {
 		return err
 	}
 	files, err := vm.WithLibs("keepalived")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -49,6 +50,26 @@ func BuildLvsha(ctx context.Context, out string) error {
 		version = strings.TrimSpace(string(b))
 	}
 	return vm.BuildStatic(ctx, "github.com/lvsha/lvsha/cmd/lvsha", out, "-ldflags", "-X main.version="+version)
+}
+
+// HostBinaries builds, in dir, what a VM program's host side passes to
+// the guest: lvsha from this checkout unless lvsha names one (which must
+// then be static: the guest has no libraries), and the static program of
+// package pkg. It returns both paths.
+func HostBinaries(ctx context.Context, dir, lvsha, pkg string) (string, string, error) {
+	if lvsha == "" {
+		lvsha = filepath.Join(dir, "lvsha")
+		if err := BuildLvsha(ctx, lvsha); err != nil {
+			return "", "", err
+		}
+	} else if err := vm.IsStatic(lvsha); err != nil {
+		return "", "", err
+	}
+	bin := filepath.Join(dir, path.Base(pkg))
+	if err := vm.BuildStatic(ctx, pkg, bin); err != nil {
+		return "", "", err
+	}
+	return lvsha, bin, nil
 }
 
 // GuestFiles maps the scenario's guest paths to host files: the lvsha
