@@ -218,15 +218,22 @@ address = "10.98.0.20:80"
 	if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", checker)); !strings.Contains(string(cmd), "\x00checker\x00") {
 		t.Errorf("checker command line %q", cmd)
 	}
-	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", checker))
-	for _, task := range tasks {
-		tid, _ := strconv.Atoi(task.Name())
-		if attr, err := unix.SchedGetAttr(tid, 0); err != nil || attr.Policy != unix.SCHED_NORMAL {
-			t.Errorf("checker thread %d scheduling %+v %v, want SCHED_NORMAL", tid, attr, err)
+	// The child inherits the thread it was forked from and switches
+	// itself to normal scheduling as it starts: wait for that.
+	var notNormal []string
+	normal := func() bool {
+		notNormal = nil
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", checker))
+		for _, task := range tasks {
+			tid, _ := strconv.Atoi(task.Name())
+			if attr, err := unix.SchedGetAttr(tid, 0); err != nil || attr.Policy != unix.SCHED_NORMAL {
+				notNormal = append(notNormal, fmt.Sprintf("thread %d: %+v %v", tid, attr, err))
+			}
 		}
+		return len(tasks) > 0 && len(notNormal) == 0
 	}
-	if len(tasks) == 0 {
-		t.Errorf("checker %d has no threads", checker)
+	if !netns.WaitFor(5*time.Second, 10*time.Millisecond, normal) {
+		t.Errorf("checker %d: threads not under SCHED_NORMAL (or none): %v", checker, notNormal)
 	}
 	// Adverts went on: the backup kept hearing the master.
 	waitCond(t, "adverts after the reload", func() bool { return d2.vrrp(t).AdvertsIn > before2.AdvertsIn+5 })
