@@ -86,7 +86,7 @@ func host(n int, d time.Duration, workers int, lvsha string) error {
 		return err
 	}
 	res, err := vm.Run(ctx, vm.Options{
-		Binary: bin, Files: files, Console: &quiet{w: os.Stdout},
+		Binary: bin, Files: files, Console: vm.GuestOutput(os.Stdout),
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		CPUs:   2, MemoryMB: 1024, Timeout: 30 * time.Minute,
 		Args: []string{"-n", strconv.Itoa(n), "-d", d.String(), "-c", strconv.Itoa(workers)},
@@ -460,29 +460,6 @@ func share(k, n int) string {
 		return "-"
 	}
 	return fmt.Sprintf("%d/%d (%.1f%%)", k, n, 100*float64(k)/float64(n))
-}
-
-// quiet passes the guest's output on, without the kernel's boot messages.
-type quiet struct {
-	w   io.Writer
-	buf []byte
-}
-
-func (q *quiet) Write(p []byte) (int, error) {
-	q.buf = append(q.buf, p...)
-	for {
-		i := strings.IndexByte(string(q.buf), '\n')
-		if i < 0 {
-			break
-		}
-		line := strings.TrimRight(string(q.buf[:i]), "\r")
-		q.buf = q.buf[i+1:]
-		if strings.HasPrefix(line, "[") || strings.HasPrefix(line, "lvsha-vm-") {
-			continue
-		}
-		fmt.Fprintln(q.w, line)
-	}
-	return len(p), nil
 }
 
 // cpuByName sums the CPU time (user+system, in clock ticks) of the guest's

@@ -78,7 +78,7 @@ func host(n int, lvsha string, keepalivedFirst bool) error {
 	}
 	files[connsync.GuestLvsha] = lvsha
 	res, err := vm.Run(ctx, vm.Options{
-		Binary: bin, Files: files, Console: &quiet{w: os.Stdout},
+		Binary: bin, Files: files, Console: vm.GuestOutput(os.Stdout, "Keepalived"),
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		CPUs:   2, MemoryMB: 2048, Timeout: 45 * time.Minute, Args: []string{"-n", strconv.Itoa(n), "-keepalived-first=" + strconv.FormatBool(keepalivedFirst)},
 	})
@@ -443,29 +443,4 @@ func printTable(w io.Writer, rows []result) {
 func execOutput(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	return string(out), err
-}
-
-// quiet passes the guest's console through without the kernel's and
-// keepalived's messages (keepalived logs to the console too).
-type quiet struct {
-	w   io.Writer
-	buf []byte
-}
-
-func (q *quiet) Write(p []byte) (int, error) {
-	q.buf = append(q.buf, p...)
-	for {
-		i := strings.IndexByte(string(q.buf), '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		l := string(q.buf[:i+1])
-		q.buf = q.buf[i+1:]
-		if strings.HasPrefix(l, "Keepalived") || strings.HasPrefix(l, "[") || strings.HasPrefix(l, "lvsha-vm-") {
-			continue
-		}
-		if _, err := io.WriteString(q.w, l); err != nil {
-			return 0, err
-		}
-	}
 }

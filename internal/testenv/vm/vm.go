@@ -25,6 +25,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -341,4 +342,36 @@ export ` + GuestEnv + `=1
 		return err
 	}
 	return f.Close()
+}
+
+// GuestOutput passes a run's console on to w line by line, without the
+// kernel's messages ("[   1.234] ..."), this package's own markers
+// ("lvsha-vm-...") and lines starting with any of drop: what is left is
+// what the guest program printed.
+func GuestOutput(w io.Writer, drop ...string) io.Writer {
+	return &guestOutput{w: w, drop: append([]string{"[", "lvsha-vm-"}, drop...)}
+}
+
+type guestOutput struct {
+	w    io.Writer
+	drop []string
+	buf  []byte
+}
+
+func (g *guestOutput) Write(p []byte) (int, error) {
+	g.buf = append(g.buf, p...)
+	for {
+		i := bytes.IndexByte(g.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		line := strings.TrimRight(string(g.buf[:i]), "\r")
+		g.buf = g.buf[i+1:]
+		if slices.ContainsFunc(g.drop, func(d string) bool { return strings.HasPrefix(line, d) }) {
+			continue
+		}
+		if _, err := fmt.Fprintln(g.w, line); err != nil {
+			return 0, err
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package vm_test
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"strings"
@@ -86,5 +87,21 @@ func TestVMNoMarker(t *testing.T) {
 	res, err := vm.Run(t.Context(), vm.Options{Binary: script, Timeout: time.Minute})
 	if !errors.Is(err, vm.ErrNoMarker) {
 		t.Fatalf("err = %v, want ErrNoMarker; console:\n%s", err, res.Console)
+	}
+}
+
+// TestGuestOutput: the kernel's lines, the markers and the dropped
+// prefixes go; the rest comes through whole, however it is split.
+func TestGuestOutput(t *testing.T) {
+	var b bytes.Buffer
+	w := vm.GuestOutput(&b, "Keepalived")
+	in := "[    0.1] Linux version\r\nlvsha-vm-result 0123 0\nKeepalived_vrrp: x\nrow 1\nrow 2\r\npartial"
+	for _, c := range []string{in[:7], in[7:40], in[40:]} {
+		if _, err := w.Write([]byte(c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := b.String(); got != "row 1\nrow 2\n" {
+		t.Fatalf("got %q", got)
 	}
 }
